@@ -1,0 +1,242 @@
+"""The ``textdiffusion`` command: one registry of subcommands, each a thin call into the library.
+
+Bad input never shows a traceback: known errors print one line and exit with status 2
+(set TEXTDIFFUSION_DEBUG=1 to see the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+EXAMPLES = """examples:
+  textdiffusion train --data stdlib --out runs/q --config configs/quickstart.toml
+  textdiffusion train --data input.txt --out runs/ar --process ar --set train.max_steps=500
+  textdiffusion sample runs/q --prompt "def " --num 4 --steps 64 --sampler confidence
+  textdiffusion eval runs/q --data stdlib --judge runs/ar --json
+"""
+
+
+def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=int, default=64, help="denoising steps (network calls at most; default 64)")
+    p.add_argument("--sampler", default=None,
+                   help="ancestral (default: the reverse process, cached) | confidence (most confident "
+                        "tokens first) | ar (for AR runs)")
+    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 = greedy (default 1)")
+    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (default 0 = off)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1 = off)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="textdiffusion",
+        description="Train, sample and evaluate text diffusion language models, beside an "
+                    "autoregressive twin on the same backbone.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"textdiffusion {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a diffusion model (or its AR twin) on your text",
+                       description="Train a model into a run directory (config, tokenizer, metrics, checkpoint).")
+    p.add_argument("--data", help="a text file, a folder of text files, a JSONL file with a 'text' field, "
+                                  "or 'stdlib' (this Python's standard library sources)")
+    p.add_argument("--out", required=True, help="run directory to create (or to continue with --resume)")
+    p.add_argument("--process", choices=("masked", "ar"), help="masked diffusion (default) or the AR twin")
+    p.add_argument("--config", help="TOML config file (see configs/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config value, e.g. --set train.max_steps=500 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sample", help="generate text from a trained run",
+                       description="Generate text from a run directory. Diffusion runs start from all-mask "
+                                   "and denoise; AR runs decode left to right with a KV cache.")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--prompt", default="", help="text the samples start with (kept verbatim)")
+    p.add_argument("--num", type=int, default=1, help="number of samples, generated as one batch (default 1)")
+    p.add_argument("--length", type=int, default=None, help="new tokens per sample (default: fill the context, at most 128)")
+    _add_sampling_args(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object (samples, nfe, tokens_per_second, ...)")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("eval", help="held-out likelihood bound, sample quality and speed",
+                       description="Evaluate a run: ELBO (diffusion) or exact NLL (AR) in bits/token and "
+                                   "bits/byte, then sample quality (judge perplexity, entropy) and speed.")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--data", required=True, help="text to score: the training source (its --split is used) or any other file/folder/JSONL")
+    p.add_argument("--split", choices=("train", "val", "test", "all"), default=None,
+                   help="which split to score (default: val for the run's own data, all otherwise)")
+    p.add_argument("--judge", help="an AR run directory whose perplexity of the samples is reported")
+    p.add_argument("--mc-samples", type=int, default=4, help="Monte Carlo draws of t per window (default 4)")
+    p.add_argument("--max-windows", type=int, default=256, help="cap on scored windows; 0 = all (default 256)")
+    p.add_argument("--batch-size", type=int, default=16, help="windows per forward pass (default 16)")
+    p.add_argument("--num-samples", type=int, default=8, help="samples for quality and speed (default 8; 0 = skip)")
+    _add_sampling_args(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_eval)
+    return parser
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+
+def cmd_train(args) -> int:
+    from .config import load_config
+    from .training.recipe import resume_run, train_run
+
+    if args.resume:
+        if args.data or args.process or args.config:
+            raise ValueError("--resume continues the saved config: drop --data/--process/--config (use --set train.*)")
+        result = resume_run(args.out, args.overrides, progress=not args.quiet)
+    else:
+        overrides = list(args.overrides)
+        if args.data:
+            overrides.append(f"data.path={args.data}")
+        if args.process:
+            overrides.append(f"process.name={args.process}")
+        cfg = load_config(args.config, overrides)
+        result = train_run(cfg, args.out, progress=not args.quiet)
+    val = f", val {result.val_loss:.4f} nats/token" if result.val_loss is not None else ""
+    print(f"trained to step {result.step}: loss {result.train_loss:.4f}{val}, "
+          f"{result.tokens_per_second:,.0f} tokens/s; run saved in {args.out}", file=sys.stderr)
+    return 0
+
+
+def _generate(run, args, prompt: str, num: int, length: int | None):
+    import torch
+
+    from .sampling import build_sampler
+
+    tok = run.tokenizer
+    prompt_ids = torch.from_numpy(tok.encode(prompt)) if prompt else None
+    p_len = 0 if prompt_ids is None else len(prompt_ids)
+    if length is None:
+        length = max(1, min(128, run.cfg.model.context - p_len))
+    if num <= 0:
+        raise ValueError("--num must be positive")
+    sampler = build_sampler(args.sampler, run.objective, tok, temperature=args.temperature,
+                            top_k=args.top_k, top_p=args.top_p)
+    gen = torch.Generator(device=next(run.model.parameters()).device).manual_seed(args.seed)
+    out = sampler.generate(run.model, run.objective, length=length, steps=args.steps, batch_size=num,
+                           prompt=prompt_ids, gen=gen)
+    texts = [tok.decode(row) for row in out.tokens.tolist()]
+    return out, texts, sampler.name
+
+
+def _load(run_dir: str, device: str):
+    from .training.checkpoint import load_run
+    from .training.trainer import resolve_device
+
+    return load_run(run_dir, resolve_device(device))
+
+
+def cmd_sample(args) -> int:
+    run = _load(args.run, args.device)
+    out, texts, sampler = _generate(run, args, args.prompt, args.num, args.length)
+    if args.json:
+        print(json.dumps({"samples": texts, "nfe": out.nfe, "tokens_per_second": out.tokens_per_second,
+                          "seconds": out.seconds, "sampler": sampler, "steps": args.steps,
+                          "length": out.new_tokens.shape[1], "seed": args.seed, "prompt": args.prompt,
+                          "process": run.cfg.process.name}))
+    else:
+        for i, text in enumerate(texts):
+            if i:
+                print("\n" + "─" * 40)
+            print(text)
+        print(f"[{sampler}: {out.nfe} network calls, {out.tokens_per_second:,.0f} tokens/s]", file=sys.stderr)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    import numpy as np
+
+    from .config import DataConfig
+    from .data import load_token_splits, read_documents
+    from .evaluation import distinct_n, evaluate_likelihood, judge_perplexity, unigram_entropy
+
+    run = _load(args.run, args.device)
+    tok = run.tokenizer
+    own = args.data == run.cfg.data.path or (
+        args.data != "stdlib" and run.cfg.data.path != "stdlib" and Path(args.data).resolve() == Path(run.cfg.data.path)
+    )
+    split = args.split or ("val" if own else "all")
+    if split == "all":
+        data = DataConfig(path=args.data, glob=run.cfg.data.glob)
+        tokens = tok.encode_documents(d.text for d in read_documents(data.path, data.glob))
+    else:
+        data = run.cfg.data if own else DataConfig(path=args.data, glob=run.cfg.data.glob)
+        tokens = load_token_splits(data, tok, run.run_dir / "tokenizer.json")[split]
+        if len(tokens) == 0:
+            raise ValueError(f"the {split} split of {args.data} is empty (try --split all)")
+    report = evaluate_likelihood(run.model, run.objective, np.asarray(tokens), tok.token_bytes(),
+                                 context=run.cfg.model.context, mc_samples=args.mc_samples,
+                                 batch_size=args.batch_size, max_windows=args.max_windows, seed=args.seed)
+    result = {"run": str(args.run), "process": run.cfg.process.name, "data": args.data, "split": split,
+              **report.to_dict()}
+    if args.num_samples > 0:
+        out, texts, sampler = _generate(run, args, "", args.num_samples, None)
+        token_lists = out.new_tokens.tolist()
+        result.update(sampler=sampler, steps=args.steps, nfe=out.nfe, tokens_per_second=out.tokens_per_second,
+                      sample_length=out.new_tokens.shape[1], unigram_entropy=unigram_entropy(token_lists),
+                      distinct_2=distinct_n(token_lists, 2), samples=texts[:2])
+        if args.judge:
+            judge = _load(args.judge, args.device)
+            result["judge"] = str(args.judge)
+            result["judge_perplexity"] = judge_perplexity(judge.model, judge.tokenizer, texts)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        kind = "exact NLL" if report.exact else "ELBO bound"
+        print(f"{args.run} on {args.data} [{split}]: {report.bits_per_token:.4f} ± {report.stderr_bits_per_token:.4f} "
+              f"bits/token, {report.bits_per_byte:.4f} bits/byte ({kind}, {report.num_tokens:,} tokens)")
+        if "nfe" in result:
+            line = (f"samples ({result['sampler']}, {args.steps} steps): {result['nfe']} network calls, "
+                    f"{result['tokens_per_second']:,.0f} tokens/s, unigram entropy {result['unigram_entropy']:.3f} bits")
+            if "judge_perplexity" in result:
+                line += f", judge perplexity {result['judge_perplexity']:.3f}"
+            print(line)
+    return 0
+
+
+# -- entry point --------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    from .config import ConfigError
+    from .data import DataError
+    from .tokenizers import TokenizerError
+    from .training.checkpoint import CheckpointError
+
+    known = (ConfigError, DataError, TokenizerError, CheckpointError, ValueError, FloatingPointError, OSError)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("textdiffusion: interrupted (a training run continues with --resume)", file=sys.stderr)
+        return 130
+    except known as exc:
+        if os.environ.get("TEXTDIFFUSION_DEBUG"):
+            raise
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, OSError) and exc.filename:
+            message = f"{exc.strerror}: {exc.filename}"
+        print(f"textdiffusion: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

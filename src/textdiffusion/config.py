@@ -1,0 +1,228 @@
+"""Configuration: plain dataclasses, read from TOML, overridden with ``--set section.key=value``.
+
+One dataclass per component (model, process, data, train). Each validates itself in
+``__post_init__`` with a message that names the flag to change. The whole ``Config`` is saved
+as JSON beside every checkpoint, so a run directory is enough to rebuild its model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the CLI prints it as one line."""
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _check_choice(value: str, choices: tuple[str, ...], flag: str) -> None:
+    _check(value in choices, f"{flag} must be one of {', '.join(choices)}; got {value!r}")
+
+
+@dataclass
+class ModelConfig:
+    """The transformer denoiser (also the AR twin's backbone)."""
+
+    n_layer: int = 6
+    n_head: int = 6
+    d_model: int = 384
+    context: int = 256  # tokens per training window = the longest sequence the model sees
+    mlp_ratio: int = 4
+    dropout: float = 0.0
+    time_cond: bool = False  # adaLN conditioning on the diffusion time t (MDLM: not needed for masking)
+    vocab_size: int = 0  # filled in from the tokenizer at train time
+
+    def __post_init__(self) -> None:
+        for name in ("n_layer", "n_head", "d_model", "context", "mlp_ratio"):
+            _check(getattr(self, name) > 0, f"model.{name} must be positive")
+        _check(
+            self.d_model % self.n_head == 0,
+            f"model.d_model ({self.d_model}) must be divisible by model.n_head ({self.n_head})",
+        )
+        _check((self.d_model // self.n_head) % 2 == 0, "model.d_model / model.n_head must be even (RoPE)")
+        _check(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
+
+
+PROCESSES = ("masked", "ar")
+SCHEDULES = ("loglinear", "cosine")
+
+
+@dataclass
+class ProcessConfig:
+    """The forward corruption and its training objective."""
+
+    name: str = "masked"  # masked | ar
+    schedule: str = "loglinear"  # alpha(t) for the masked process
+    antithetic: bool = True  # low-discrepancy timestep sampling
+
+    def __post_init__(self) -> None:
+        _check_choice(self.name, PROCESSES, "process.name (--process)")
+        _check_choice(self.schedule, SCHEDULES, "process.schedule")
+
+
+TOKENIZERS = ("char", "byte", "bpe")
+
+
+@dataclass
+class DataConfig:
+    """Where the text comes from and how it becomes token ids."""
+
+    path: str = ""  # text file, folder, JSONL file, or "stdlib"
+    glob: str = "**/*.txt"  # files to read when path is a folder
+    tokenizer: str = "char"  # char | byte | bpe
+    vocab_size: int = 4096  # BPE only
+    val_fraction: float = 0.05  # single file: the last part; several documents: hashed by name
+    max_docs: int = 0  # 0 = all; a cap for quick runs
+    cut_at_newline: bool = True  # single file: move the train/val cut to the next newline
+
+    def __post_init__(self) -> None:
+        _check_choice(self.tokenizer, TOKENIZERS, "data.tokenizer")
+        _check(0.0 < self.val_fraction < 1.0, "data.val_fraction must be in (0, 1)")
+        _check(self.vocab_size >= 260, "data.vocab_size must be at least 260 (256 bytes + specials)")
+        _check(self.max_docs >= 0, "data.max_docs must be >= 0")
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation loop."""
+
+    batch_size: int = 32
+    grad_accum: int = 1
+    max_steps: int = 2000
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta2: float = 0.99
+    grad_clip: float = 1.0
+    ema: float = 0.0  # EMA decay of the weights; 0 disables (use e.g. 0.999 for long runs)
+    eval_every: int = 250
+    eval_batches: int = 8
+    ckpt_every: int = 500
+    log_every: int = 10
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    compile: bool = False  # torch.compile the model
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "grad_accum", "max_steps", "eval_every", "ckpt_every", "log_every"):
+            _check(getattr(self, name) > 0, f"train.{name} must be positive")
+        _check(self.lr > 0, "train.lr must be positive")
+        _check(0 <= self.min_lr <= self.lr, "train.min_lr must be in [0, train.lr]")
+        _check(self.warmup_steps >= 0, "train.warmup_steps must be >= 0")
+        _check(0.0 <= self.ema < 1.0, "train.ema must be in [0, 1)")
+        _check(self.grad_clip >= 0, "train.grad_clip must be >= 0 (0 disables)")
+        _check(self.eval_batches > 0, "train.eval_batches must be positive")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    process: ProcessConfig = field(default_factory=ProcessConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Config:
+        """Build from nested dicts; unknown sections or keys are errors, not silently dropped."""
+        sections = {f.name: f.type for f in dataclasses.fields(cls)}
+        kwargs = {}
+        for section, values in raw.items():
+            _check(section in sections, f"unknown config section {section!r} (known: {', '.join(sections)})")
+            _check(isinstance(values, dict), f"config section {section!r} must be a table")
+            klass = _SECTION_CLASSES[section]
+            known = {f.name: f for f in dataclasses.fields(klass)}
+            for key, value in values.items():
+                _check(key in known, f"unknown config key {section}.{key} (known: {', '.join(known)})")
+                values[key] = _coerce(value, known[key].type, f"{section}.{key}")
+            kwargs[section] = klass(**values)
+        return cls(**kwargs)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Config:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+_SECTION_CLASSES = {"model": ModelConfig, "process": ProcessConfig, "data": DataConfig, "train": TrainConfig}
+
+
+def _coerce(value: Any, type_name: Any, flag: str) -> Any:
+    """Convert a TOML/JSON/--set value to the field's declared type, or raise naming the flag."""
+    type_name = type_name if isinstance(type_name, str) else type_name.__name__
+    if type_name == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{flag} must be true or false; got {value!r}")
+    if type_name == "int":
+        if isinstance(value, bool):
+            raise ConfigError(f"{flag} must be an integer; got {value!r}")
+        try:
+            as_float = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{flag} must be an integer; got {value!r}") from None
+        if not as_float.is_integer():
+            raise ConfigError(f"{flag} must be an integer; got {value!r}")
+        return int(as_float)
+    if type_name == "float":
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{flag} must be a number; got {value!r}") from None
+    if type_name == "str":
+        return str(value)
+    raise ConfigError(f"{flag}: unsupported type {type_name}")  # pragma: no cover
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults <- TOML file <- ``section.key=value`` overrides, validated once at the end."""
+    raw: dict[str, dict[str, Any]] = {}
+    if path is not None:
+        path = Path(path)
+        _check(path.is_file(), f"config file not found: {path}")
+        try:
+            raw = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    apply_overrides(raw, overrides or [])
+    return Config.from_dict(raw)
+
+
+def parse_override(item: str) -> tuple[str, str, str]:
+    """``"train.lr=3e-4"`` -> ``("train", "lr", "3e-4")``."""
+    key, sep, value = item.partition("=")
+    section, dot, name = key.strip().partition(".")
+    _check(bool(sep) and bool(dot) and bool(name), f"--set expects section.key=value; got {item!r}")
+    return section, name, value.strip()
+
+
+def apply_overrides(raw: dict[str, dict[str, Any]], overrides: list[str], sections: tuple[str, ...] | None = None) -> None:
+    """Write ``section.key=value`` items into nested dicts (validated later by ``Config.from_dict``)."""
+    for item in overrides:
+        section, name, value = parse_override(item)
+        if sections is not None:
+            _check(section in sections, f"cannot change {section}.{name} here (only {', '.join(s + '.*' for s in sections)})")
+        raw.setdefault(section, {})[name] = value

@@ -1,0 +1,38 @@
+"""The autoregressive twin: next-token prediction on the SAME transformer, in causal mode.
+
+It has the same interface as a diffusion process (``loss``, ``nelbo``), so the trainer and
+evaluation treat both alike and every comparison runs the same code path.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..processes.base import LossOutput
+
+
+class AutoregressiveObjective:
+    name = "ar"
+    uses_time = False
+    attn = "causal"
+
+    def loss(self, model, batch: torch.Tensor, gen: torch.Generator | None = None,
+             loss_mask: torch.Tensor | None = None) -> LossOutput:
+        """-log p(x_{i+1} | x_{<=i}) in nats per token. ``batch`` is (B, L+1): the first L tokens
+        are the input, the last L the targets (the same tokens the diffusion loss scores)."""
+        logits = model(batch[:, :-1])  # (B, L, V)
+        nll = F.cross_entropy(logits.float().transpose(1, 2), batch[:, 1:], reduction="none")
+        if loss_mask is not None:
+            n = int(loss_mask.sum())
+            return LossOutput((nll * loss_mask).sum() / max(n, 1), n)
+        return LossOutput(nll.mean(), nll.numel())
+
+    @torch.no_grad()
+    def nelbo(self, model, batch: torch.Tensor, gen: torch.Generator | None = None,
+              num_samples: int = 1) -> torch.Tensor:
+        """(1, B) exact NLL in nats of the last L tokens of each (B, L+1) window (no sampling:
+        ``num_samples`` is ignored and the standard error is zero)."""
+        logits = model(batch[:, :-1])
+        nll = F.cross_entropy(logits.float().transpose(1, 2), batch[:, 1:], reduction="none")
+        return nll.sum(1)[None]

@@ -1,0 +1,197 @@
+"""The denoiser: a pre-norm transformer with RoPE, SDPA attention and optional adaLN time conditioning.
+
+It knows nothing about diffusion: tokens (and optionally a time t) in, logits out.
+``attn="full"`` makes it bidirectional (the diffusion denoiser); ``attn="causal"`` makes the very
+same module the autoregressive twin, which can also decode with a KV cache.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import ModelConfig
+
+
+def rope_tables(head_dim: int, length: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables (length, head_dim/2) for rotary position embeddings (Su et al. 2021)."""
+    inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    angles = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x1, x2) of channels by position-dependent angles. x: (B, H, T, D)."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    out = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+    return out.type_as(x)
+
+
+@dataclass
+class KVCache:
+    """Keys/values of the tokens seen so far, per layer, for incremental causal decoding."""
+
+    keys: list[torch.Tensor] = field(default_factory=list)
+    values: list[torch.Tensor] = field(default_factory=list)
+
+    @property
+    def length(self) -> int:
+        return self.keys[0].shape[2] if self.keys else 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if layer == len(self.keys):
+            self.keys.append(k)
+            self.values.append(v)
+        else:
+            self.keys[layer] = torch.cat((self.keys[layer], k), dim=2)
+            self.values[layer] = torch.cat((self.values[layer], v), dim=2)
+        return self.keys[layer], self.values[layer]
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, causal: bool):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.causal = causal
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.dropout = cfg.dropout
+
+    def forward(self, x, cos, sin, layer: int, kv_cache: KVCache | None):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q, k, v = (z.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for z in (q, k, v))  # (B, H, T, D)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        past = 0
+        if kv_cache is not None:
+            past = kv_cache.keys[layer].shape[2] if layer < len(kv_cache.keys) else 0
+            k, v = kv_cache.update(layer, k, v)
+        # causal with a cache: new queries see all past keys and the causal part of their own block
+        mask = None
+        is_causal = self.causal and T > 1
+        if is_causal and past:
+            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+            is_causal = False
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.fc = nn.Linear(cfg.d_model, cfg.mlp_ratio * cfg.d_model, bias=False)
+        self.proj = nn.Linear(cfg.mlp_ratio * cfg.d_model, cfg.d_model, bias=False)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        return self.drop(self.proj(F.gelu(self.fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    """Pre-norm block; with time conditioning, adaLN-Zero shift/scale/gate (Peebles & Xie 2023)."""
+
+    def __init__(self, cfg: ModelConfig, causal: bool):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.d_model, elementwise_affine=not cfg.time_cond)
+        self.attn = Attention(cfg, causal)
+        self.norm2 = nn.LayerNorm(cfg.d_model, elementwise_affine=not cfg.time_cond)
+        self.mlp = MLP(cfg)
+        self.ada = None
+        if cfg.time_cond:
+            self.ada = nn.Linear(cfg.d_model, 6 * cfg.d_model)
+            nn.init.zeros_(self.ada.weight)  # zero-init: each block starts as the identity
+            nn.init.zeros_(self.ada.bias)
+
+    def forward(self, x, cos, sin, layer, kv_cache, c):
+        if self.ada is None:
+            x = x + self.attn(self.norm1(x), cos, sin, layer, kv_cache)
+            return x + self.mlp(self.norm2(x))
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c)[:, None, :].chunk(6, dim=-1)  # (B, 1, C) each
+        x = x + gate1 * self.attn(self.norm1(x) * (1 + scale1) + shift1, cos, sin, layer, kv_cache)
+        return x + gate2 * self.mlp(self.norm2(x) * (1 + scale2) + shift2)
+
+
+class TimeEmbedding(nn.Module):
+    """Sinusoidal features of t in [0, 1] followed by a small MLP."""
+
+    def __init__(self, dim: int, freq_dim: int = 256):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        half = self.freq_dim // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device) / half)
+        args = 1000.0 * t.float()[:, None] * freqs[None, :]  # (B, half)
+        return self.mlp(torch.cat((args.cos(), args.sin()), dim=-1))
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig, attn: str = "full"):
+        super().__init__()
+        if attn not in ("full", "causal"):
+            raise ValueError(f"attn must be 'full' or 'causal'; got {attn!r}")
+        if cfg.vocab_size <= 0:
+            raise ValueError("model.vocab_size must be set (it comes from the tokenizer)")
+        self.cfg = cfg
+        self.attn_mode = attn
+        causal = attn == "causal"
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.time = TimeEmbedding(cfg.d_model) if cfg.time_cond else None
+        self.blocks = nn.ModuleList(Block(cfg, causal) for _ in range(cfg.n_layer))
+        self.norm = nn.LayerNorm(cfg.d_model)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        cos, sin = rope_tables(cfg.d_model // cfg.n_head, cfg.context)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init)
+        for name, p in self.named_parameters():  # GPT-2 scaled init of residual projections
+            if name.endswith("proj.weight"):
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.n_layer))
+        for block in self.blocks:
+            if block.ada is not None:
+                nn.init.zeros_(block.ada.weight)
+                nn.init.zeros_(block.ada.bias)
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.embed.weight.numel() if non_embedding else n
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs (forward + backward) per token: 6N plus attention (PaLM appendix B)."""
+        c = self.cfg
+        return 6.0 * self.num_params() + 12.0 * c.n_layer * c.d_model * seq_len
+
+    def forward(self, tokens: torch.Tensor, t: torch.Tensor | None = None, *,
+                kv_cache: KVCache | None = None) -> torch.Tensor:
+        """tokens (B, T) -> logits (B, T, V). ``t`` (B,) is used only with time conditioning."""
+        B, T = tokens.shape
+        start = kv_cache.length if kv_cache is not None else 0
+        if start + T > self.rope_cos.shape[0]:
+            raise ValueError(f"sequence of {start + T} tokens exceeds the model context {self.cfg.context}")
+        cos, sin = self.rope_cos[start : start + T], self.rope_sin[start : start + T]
+        x = self.embed(tokens)  # (B, T, C)
+        c = None
+        if self.time is not None:
+            if t is None:
+                raise ValueError("this model is time-conditioned: pass t")
+            c = F.silu(self.time(t.expand(B) if t.dim() == 0 else t))  # (B, C)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cos, sin, i, kv_cache, c)
+        return self.head(self.norm(x))

@@ -1,0 +1,117 @@
+"""Masked (absorbing-state) diffusion: MDLM's continuous-time ELBO with the SUBS parameterisation.
+
+Notation (Sahoo et al. 2024, "Simple and Effective Masked Diffusion Language Models"):
+
+    x0      clean tokens (B, L)             alpha(t)  P(token still clean at t), alpha(0)=1, alpha(1)=0
+    x_t     tokens with some set to [MASK]  w(t)      -alpha'(t) / (1 - alpha(t))
+
+Forward:  q(x_t^l | x0^l) = alpha(t) * onehot(x0^l) + (1 - alpha(t)) * onehot(mask)      (eq. 2)
+SUBS:     the mask token gets probability zero; unmasked tokens are copied through   (sec. 3.2.3)
+NELBO:    int_0^1 w(t) E_q[ sum_{l: x_t^l = mask} -log p_theta(x0^l | x_t) ] dt          (eq. 10)
+
+Training integrates over t in [eps, 1] (the integrand's variance blows up as t -> 0).
+Evaluation adds the reconstruction term at t = eps, E_q[sum_{masked at eps} -log p(x0 | x_eps)],
+so ``nelbo`` is a true upper bound on -log p(x0), and the prior term is zero because
+alpha(1) = 0 makes x_1 all-mask with certainty.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .base import LossOutput
+from .schedules import get_schedule
+
+
+class MaskedProcess:
+    name = "masked"
+    uses_time = True
+
+    def __init__(self, vocab_size: int, mask_id: int, schedule: str = "loglinear",
+                 antithetic: bool = True, eps: float = 1e-3):
+        self.vocab_size = vocab_size
+        self.mask_id = mask_id
+        self.schedule = get_schedule(schedule)
+        self.antithetic = antithetic
+        self.eps = eps
+
+    # forward process ---------------------------------------------------------------------
+    def prior(self, shape: tuple[int, ...], device=None) -> torch.Tensor:
+        """x_1: every position is [MASK]."""
+        return torch.full(shape, self.mask_id, dtype=torch.long, device=device)
+
+    def corrupt(self, x0: torch.Tensor, t: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+        """Sample q(x_t | x0): each token independently masked with probability 1 - alpha(t)."""
+        alpha = self.schedule.alpha(t).view(-1, *([1] * (x0.dim() - 1)))  # (B, 1)
+        u = torch.rand(x0.shape, generator=gen, device=x0.device)
+        return torch.where(u < 1.0 - alpha, torch.full_like(x0, self.mask_id), x0)
+
+    def sample_t(self, batch: int, gen: torch.Generator | None = None, device=None) -> torch.Tensor:
+        """t ~ U[eps, 1]; antithetic: one uniform shifted by i/B, so the batch covers [eps, 1] evenly."""
+        if self.antithetic:
+            u = torch.rand(1, generator=gen, device=device)
+            u = (u + torch.arange(batch, device=device) / batch) % 1.0
+        else:
+            u = torch.rand(batch, generator=gen, device=device)
+        return self.eps + (1.0 - self.eps) * u
+
+    # parameterisation --------------------------------------------------------------------
+    def log_probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """SUBS: log p_theta(x0 | x_t) with the mask token's probability forced to zero."""
+        logits = logits.float()
+        logits[..., self.mask_id] = float("-inf")
+        return F.log_softmax(logits, dim=-1)
+
+    def _masked_nll(self, model, xt: torch.Tensor, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """(B, L) -log p_theta(x0^l | x_t) at masked positions, 0 elsewhere (carry-over)."""
+        logits = model(xt, t)  # (B, L, V)
+        nll = F.cross_entropy(self.log_probs(logits).transpose(1, 2), x0, reduction="none")
+        return nll * (xt == self.mask_id)
+
+    # objective -----------------------------------------------------------------------------
+    def loss(self, model, batch: torch.Tensor, gen: torch.Generator | None = None,
+             loss_mask: torch.Tensor | None = None) -> LossOutput:
+        """Monte Carlo NELBO over t in [eps, 1], nats per token. ``batch`` is (B, L+1) windows;
+        the last L tokens are scored (the same tokens the AR twin predicts)."""
+        x0 = batch[:, 1:]
+        t = self.sample_t(x0.shape[0], gen, x0.device)
+        xt = self.corrupt(x0, t, gen)
+        nll = self._masked_nll(model, xt, x0, t)
+        per_token = (1.0 - self.eps) * self.schedule.weight(t)[:, None] * nll  # (B, L)
+        if loss_mask is not None:
+            per_token = per_token * loss_mask
+            n = int(loss_mask.sum())
+        else:
+            n = x0.numel()
+        return LossOutput(per_token.sum() / max(n, 1), n)
+
+    @torch.no_grad()
+    def nelbo(self, model, batch: torch.Tensor, gen: torch.Generator | None = None,
+              num_samples: int = 1) -> torch.Tensor:
+        """(num_samples, B) unbiased estimates of the full NELBO, in nats, of the last L tokens of
+        each (B, L+1) window: the diffusion integral over [eps, 1] plus reconstruction at eps."""
+        x0 = batch[:, 1:]
+        out = []
+        eps_t = torch.full((x0.shape[0],), self.eps, device=x0.device)
+        for _ in range(num_samples):
+            t = self.sample_t(x0.shape[0], gen, x0.device)
+            xt = self.corrupt(x0, t, gen)
+            diffusion = (1.0 - self.eps) * self.schedule.weight(t) * self._masked_nll(model, xt, x0, t).sum(1)
+            x_eps = self.corrupt(x0, eps_t, gen)
+            if (x_eps == self.mask_id).any():
+                recon = self._masked_nll(model, x_eps, x0, eps_t).sum(1)
+            else:
+                recon = torch.zeros_like(diffusion)
+            out.append(diffusion + recon)
+        return torch.stack(out)
+
+    # reverse process -------------------------------------------------------------------------
+    def unmask_probability(self, t: float, s: float) -> float:
+        """P(a token masked at t is unmasked at s < t) = (alpha_s - alpha_t) / (1 - alpha_t); when
+        it unmasks, its value is drawn from p_theta(x0 | x_t)  (MDLM eq. 7)."""
+        a_t = float(self.schedule.alpha(torch.tensor(t, dtype=torch.float64)))
+        a_s = float(self.schedule.alpha(torch.tensor(s, dtype=torch.float64)))
+        if a_t >= 1.0:
+            return 1.0
+        return min(max((a_s - a_t) / (1.0 - a_t), 0.0), 1.0)

@@ -1,0 +1,26 @@
+"""Samplers: one file per family, each an object with ``generate()`` built on ``step()``."""
+
+from __future__ import annotations
+
+from .ancestral import AncestralSampler
+from .autoregressive import AutoregressiveSampler
+from .base import Generation, StepOutput
+from .remasking import ConfidenceSampler
+
+DIFFUSION_SAMPLERS = {"ancestral": AncestralSampler, "confidence": ConfidenceSampler}
+
+
+def build_sampler(name: str | None, objective, tokenizer, **options):
+    """The sampler for a model: the AR twin always decodes left to right with its KV cache."""
+    if objective.name == "ar":
+        if name not in (None, "ar"):
+            raise ValueError(f"sampler {name!r} needs a diffusion model; this run is the AR twin (use 'ar')")
+        return AutoregressiveSampler(bos_id=tokenizer.eot_id, banned_ids=(tokenizer.mask_id, tokenizer.pad_id), **options)
+    name = name or "ancestral"
+    if name not in DIFFUSION_SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r} (choose {', '.join(DIFFUSION_SAMPLERS)})")
+    return DIFFUSION_SAMPLERS[name](**options)
+
+
+__all__ = ["AncestralSampler", "AutoregressiveSampler", "ConfidenceSampler", "Generation", "StepOutput",
+           "build_sampler"]

@@ -1,0 +1,76 @@
+"""Ancestral sampling of the masked reverse process, with MDLM's caching trick.
+
+Steps run on the grid t_0 = 1 > t_1 > ... > t_N = 0. At each step every masked token is
+unmasked with probability (alpha_s - alpha_t) / (1 - alpha_t), to a value drawn from
+p_theta(x0 | x_t); the last step (alpha_0 = 1) unmasks everything left.
+
+Cache: when no token changed in a step, x_t is the same, so p_theta(x0 | x_t) is the same and the
+network is not called again (exact when the model is not time-conditioned; a time-conditioned
+model is always re-run). NFE counts real network calls only.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from .base import Generation, OnStep, StepOutput, check_length, prompt_batch
+from .filters import filter_logits, sample_categorical, validate_sampling_args
+
+
+class AncestralSampler:
+    name = "ancestral"
+
+    def __init__(self, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, cache: bool = True):
+        validate_sampling_args(temperature, top_k, top_p)
+        self.temperature, self.top_k, self.top_p, self.cache = temperature, top_k, top_p, cache
+        self.timesteps: torch.Tensor | None = None
+
+    def set_timesteps(self, num_steps: int) -> None:
+        if num_steps <= 0:
+            raise ValueError("steps must be positive")
+        self.timesteps = torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64)
+
+    def step(self, log_p_x0: torch.Tensor, x_t: torch.Tensor, t: float, s: float, process,
+             gen: torch.Generator | None = None) -> StepOutput:
+        """One draw of p(x_s | x_t). ``log_p_x0``: (B, T, V) filtered SUBS log-probabilities."""
+        if self.timesteps is None:
+            raise RuntimeError("call set_timesteps(num_steps) before step()")
+        masked = x_t == process.mask_id
+        x0_pred = torch.where(masked, sample_categorical(log_p_x0, gen), x_t)  # (B, T)
+        p_unmask = process.unmask_probability(t, s)
+        u = torch.rand(x_t.shape, generator=gen, device=x_t.device)
+        changed = masked & (u < p_unmask)
+        return StepOutput(torch.where(changed, x0_pred, x_t), x0_pred, changed)
+
+    @torch.no_grad()
+    def generate(self, model, process, *, length: int, steps: int, batch_size: int = 1,
+                 prompt: torch.Tensor | None = None, gen: torch.Generator | None = None,
+                 on_step: OnStep | None = None, trace: bool = False) -> Generation:
+        device = next(model.parameters()).device
+        prompt = prompt_batch(prompt, batch_size, device)
+        check_length(prompt.shape[1], length, model.cfg.context)
+        self.set_timesteps(steps)
+        x = torch.cat([prompt, process.prior((prompt.shape[0], length), device)], dim=1)  # (B, P + L)
+        nfe, log_p, states = 0, None, []
+        reuse_ok = self.cache and not model.cfg.time_cond
+        start = time.perf_counter()
+        for i in range(steps):
+            t, s = float(self.timesteps[i]), float(self.timesteps[i + 1])
+            if not (x == process.mask_id).any():
+                break
+            if log_p is None or not reuse_ok:
+                t_vec = torch.full((x.shape[0],), t, device=device)
+                logits = model(x, t_vec)
+                log_p = filter_logits(process.log_probs(logits), self.temperature, self.top_k, self.top_p)
+                nfe += 1
+            out = self.step(log_p, x, t, s, process, gen)
+            if out.changed.any():
+                log_p = None  # x changed: the cached prediction is stale
+            x = out.x_prev
+            if trace:
+                states.append(x.clone())
+            if on_step is not None:
+                on_step(i, out)
+        return Generation(x, prompt.shape[1], nfe, time.perf_counter() - start, states)

@@ -1,0 +1,54 @@
+"""Left-to-right decoding of the AR twin with a KV cache: the baseline every speed figure is
+compared to. One network call per generated token (the prompt is one call: prefill)."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from ..models.transformer import KVCache
+from .base import Generation, OnStep, StepOutput, check_length, prompt_batch
+from .filters import filter_logits, sample_categorical, validate_sampling_args
+
+
+class AutoregressiveSampler:
+    name = "ar"
+
+    def __init__(self, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, bos_id: int = 0,
+                 banned_ids: tuple[int, ...] = ()):
+        validate_sampling_args(temperature, top_k, top_p)
+        self.temperature, self.top_k, self.top_p, self.bos_id = temperature, top_k, top_p, bos_id
+        self.banned_ids = list(banned_ids)  # tokens that never occur in text (mask, pad)
+
+    @torch.no_grad()
+    def generate(self, model, process=None, *, length: int, steps: int | None = None, batch_size: int = 1,
+                 prompt: torch.Tensor | None = None, gen: torch.Generator | None = None,
+                 on_step: OnStep | None = None, trace: bool = False) -> Generation:
+        """``steps`` is accepted for a uniform signature; AR always takes ``length`` steps."""
+        device = next(model.parameters()).device
+        prompt = prompt_batch(prompt, batch_size, device)
+        P = prompt.shape[1]
+        # without a prompt, start from end-of-text: "a new document begins"
+        context = prompt if P else torch.full((batch_size, 1), self.bos_id, dtype=torch.long, device=device)
+        check_length(P, length, model.cfg.context)  # the same limit as the diffusion samplers
+        cache = KVCache()
+        start = time.perf_counter()
+        logits = model(context, kv_cache=cache)[:, -1]  # prefill: (B, V)
+        out_tokens, states = [], []
+        for i in range(length):
+            logits[:, self.banned_ids] = float("-inf")
+            nxt = sample_categorical(filter_logits(logits, self.temperature, self.top_k, self.top_p), gen)  # (B,)
+            out_tokens.append(nxt)
+            if on_step is not None or trace:
+                x = torch.cat([prompt, torch.stack(out_tokens, 1)], 1)
+                if trace:
+                    states.append(x)
+                if on_step is not None:
+                    changed = torch.zeros_like(x, dtype=torch.bool)
+                    changed[:, -1] = True
+                    on_step(i, StepOutput(x, None, changed))
+            if i + 1 < length:
+                logits = model(nxt[:, None], kv_cache=cache)[:, -1]
+        tokens = torch.cat([prompt, torch.stack(out_tokens, 1)], 1)
+        return Generation(tokens, P, length, time.perf_counter() - start, states)

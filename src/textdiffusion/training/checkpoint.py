@@ -1,0 +1,160 @@
+"""Run directories and checkpoints: safetensors weights + JSON config + tokenizer + optimizer/RNG state.
+
+A run directory holds::
+
+    config.json        the full Config (model, process, data, train)
+    tokenizer.json     the tokenizer, so the run needs nothing else to sample or evaluate
+    metrics.jsonl      one JSON object per logged step / validation
+    checkpoint/        the latest checkpoint, replaced atomically:
+        model.safetensors      raw weights            ema.safetensors   EMA weights (if enabled)
+        optimizer.safetensors  AdamW moments          rng.safetensors   data/noise/torch RNG states
+        state.json             step, tokens seen, optimizer hyper-parameters
+
+A checkpoint is first written to ``checkpoint.tmp/``; the old one is renamed aside and removed
+only after the new one is in place, so a crash at any moment leaves a loadable checkpoint.
+Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..config import Config, ConfigError
+from ..tokenizers import Tokenizer, TokenizerError, load_tokenizer
+
+
+class CheckpointError(ValueError):
+    """A missing or corrupt run directory; the CLI prints it as one line."""
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - not all platforms can open directories
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path))
+
+
+def save_checkpoint(run_dir: Path, *, model, ema, optimizer, state: dict, rng: dict[str, torch.Tensor]) -> None:
+    run_dir = Path(run_dir)
+    tmp, final, old = run_dir / "checkpoint.tmp", run_dir / "checkpoint", run_dir / "checkpoint.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    _write(tmp / "model.safetensors", model.state_dict())
+    if ema is not None:
+        _write(tmp / "ema.safetensors", ema.shadow)
+    opt_tensors, opt_meta = _flatten_optimizer(optimizer)
+    _write(tmp / "optimizer.safetensors", opt_tensors)
+    _write(tmp / "rng.safetensors", rng)
+    (tmp / "state.json").write_text(json.dumps({**state, "optimizer": opt_meta}, indent=2))
+    for f in tmp.iterdir():
+        with open(f, "rb+") as fh:
+            os.fsync(fh.fileno())
+    _fsync_dir(tmp)
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+    tmp.rename(final)
+    _fsync_dir(run_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    """The newest complete checkpoint (``checkpoint.old`` if a save was cut off mid-swap)."""
+    for name in ("checkpoint", "checkpoint.old"):
+        d = Path(run_dir) / name
+        if (d / "state.json").exists():
+            return d
+    raise CheckpointError(f"{run_dir} has no checkpoint (is it a textdiffusion run directory?)")
+
+
+def _flatten_optimizer(optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = optimizer.state_dict()
+    tensors = {}
+    for idx, st in sd["state"].items():
+        for key, value in st.items():
+            tensors[f"{idx}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
+    return tensors, {"param_groups": sd["param_groups"]}
+
+
+def load_optimizer_state(optimizer, ckpt: Path, meta: dict) -> None:
+    tensors = load_file(str(ckpt / "optimizer.safetensors"))
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, value in tensors.items():
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def read_run(run_dir: str | Path) -> tuple[Config, Tokenizer]:
+    """Config and tokenizer of a run directory, with one-line errors for anything wrong."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run directory not found: {run_dir}")
+    try:
+        cfg = Config.load(run_dir / "config.json")
+    except FileNotFoundError:
+        raise CheckpointError(f"{run_dir} has no config.json (is it a textdiffusion run directory?)") from None
+    except (json.JSONDecodeError, ConfigError, TypeError) as exc:
+        raise CheckpointError(f"{run_dir}/config.json is corrupt: {exc}") from None
+    try:
+        tokenizer = load_tokenizer(run_dir / "tokenizer.json")
+    except TokenizerError as exc:
+        raise CheckpointError(str(exc)) from None
+    return cfg, tokenizer
+
+
+def load_weights(model, ckpt: Path, prefer_ema: bool = True) -> str:
+    """Load EMA weights when present (they are what a run is for), else the raw weights."""
+    name = "ema.safetensors" if prefer_ema and (ckpt / "ema.safetensors").exists() else "model.safetensors"
+    try:
+        tensors = load_file(str(ckpt / name))
+        model.load_state_dict(tensors)
+    except (SafetensorError, OSError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"corrupt checkpoint {ckpt / name}: {first}") from None
+    return name
+
+
+class LoadedRun:
+    """A trained model ready for sampling or evaluation."""
+
+    def __init__(self, run_dir: Path, cfg: Config, tokenizer: Tokenizer, model, objective, weights: str):
+        self.run_dir, self.cfg, self.tokenizer = run_dir, cfg, tokenizer
+        self.model, self.objective, self.weights = model, objective, weights
+
+
+def build_model(cfg: Config, tokenizer: Tokenizer):
+    """The backbone and the objective (diffusion process or AR) a config describes."""
+    from ..models.transformer import Transformer
+    from ..processes import attn_mode, build_process
+
+    objective = build_process(cfg.process, tokenizer.vocab_size, mask_id=tokenizer.mask_id)
+    return Transformer(cfg.model, attn=attn_mode(cfg.process)), objective
+
+
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
+    run_dir = Path(run_dir)
+    cfg, tokenizer = read_run(run_dir)
+    if cfg.model.vocab_size != tokenizer.vocab_size:
+        raise CheckpointError(
+            f"{run_dir}: tokenizer has {tokenizer.vocab_size} tokens but the model expects {cfg.model.vocab_size}"
+        )
+    model, objective = build_model(cfg, tokenizer)
+    weights = load_weights(model, checkpoint_dir(run_dir))
+    model.to(device).eval()
+    return LoadedRun(run_dir, cfg, tokenizer, model, objective, weights)

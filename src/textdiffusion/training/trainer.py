@@ -1,0 +1,286 @@
+"""The training loop, in plain view (nanoGPT style): the same loop trains every process and the AR twin.
+
+AdamW, linear warmup then cosine decay, gradient accumulation and clipping, bf16 autocast on
+CUDA, EMA weights, optional ``torch.compile``, seeded RNGs for data and noise, periodic
+validation, metrics as JSONL, atomic checkpoints, and exact resumption.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from ..config import Config
+from ..data import WindowSampler
+from ..tokenizers import Tokenizer
+from .checkpoint import (
+    CheckpointError,
+    build_model,
+    checkpoint_dir,
+    load_optimizer_state,
+    load_weights,
+    save_checkpoint,
+)
+
+VAL_SEED = 1234  # validation windows and noise are the same at every evaluation
+
+
+class EMA:
+    """Exponential moving average of the weights; ``with ema.applied(model):`` swaps them in."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.shadow[k].lerp_(v, 1.0 - self.decay)  # shadow = d * shadow + (1 - d) * v
+            else:
+                self.shadow[k].copy_(v)
+
+    @contextlib.contextmanager
+    def applied(self, model: torch.nn.Module):
+        backup = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(self.shadow)
+        try:
+            yield
+        finally:
+            model.load_state_dict(backup)
+
+
+def lr_at(step: int, cfg) -> float:
+    """Linear warmup to ``lr``, then cosine decay to ``min_lr`` at ``max_steps``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise CheckpointError(f"train.device={name} but CUDA is not available here")
+    return torch.device(name)
+
+
+@dataclass
+class TrainResult:
+    step: int
+    train_loss: float  # last logged training loss, nats/token
+    val_loss: float | None  # last validation loss, nats/token
+    tokens_per_second: float
+    seconds: float
+    peak_memory_bytes: int
+
+
+def _make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.AdamW:
+    # no weight decay on biases, norms and embeddings' 1-d params
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.beta2))
+
+
+def _peak_rss_bytes() -> int:
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    except ImportError:  # pragma: no cover
+        return 0
+
+
+def train(
+    cfg: Config,
+    run_dir: str | Path,
+    splits: dict[str, np.ndarray],
+    tokenizer: Tokenizer,
+    *,
+    resume: bool = False,
+    until: int | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``cfg`` on token ``splits`` into ``run_dir``. ``until`` stops early at that step
+    (as an interruption would), leaving a checkpoint from which ``resume`` continues exactly."""
+    tc, run_dir = cfg.train, Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    device = resolve_device(tc.device)
+    torch.manual_seed(tc.seed)
+    cfg.model.vocab_size = tokenizer.vocab_size
+    model, objective = build_model(cfg, tokenizer)
+    model.to(device)
+    optimizer = _make_optimizer(model, tc)
+    ema = EMA(model, tc.ema) if tc.ema > 0 else None
+    L = cfg.model.context
+    sampler = WindowSampler(splits["train"], L, tc.batch_size, seed=tc.seed + 1)
+    noise_gen = torch.Generator(device=device).manual_seed(tc.seed + 2)
+    val = _validation_batches(splits["val"], L, tc)
+
+    step, tokens_seen = 0, 0
+    metrics_path = run_dir / "metrics.jsonl"
+    if resume:
+        step, tokens_seen = _restore(run_dir, model, ema, optimizer, sampler, noise_gen)
+        _truncate_metrics(metrics_path, step)
+    else:
+        cfg.save(run_dir / "config.json")
+        tokenizer.save(run_dir / "tokenizer.json")
+        metrics_path.write_text("")
+
+    n_params = model.num_params(non_embedding=False)
+    print(f"textdiffusion: {cfg.process.name} model, {n_params / 1e6:.2f}M parameters "
+          f"({model.num_params() / 1e6:.2f}M non-embedding), {device}", file=sys.stderr)
+
+    fwd_model = torch.compile(model) if tc.compile else model
+    use_bf16 = tc.bf16 and device.type == "cuda"
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
+    last_step = min(until, tc.max_steps) if until is not None else tc.max_steps
+    tokens_per_step = tc.batch_size * tc.grad_accum * L
+    bar = _progress_bar(progress, step, tc.max_steps)
+    train_loss, val_loss = float("nan"), None
+    t_start = time.perf_counter()
+    start_step = step
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    def rng_state() -> dict[str, torch.Tensor]:
+        return {"data": sampler.gen.get_state(), "noise": noise_gen.get_state(), "torch": torch.get_rng_state()}
+
+    def save(rng: dict[str, torch.Tensor]) -> None:
+        save_checkpoint(run_dir, model=model, ema=ema, optimizer=optimizer,
+                        state={"step": step, "tokens_seen": tokens_seen}, rng=rng)
+
+    # a Ctrl-C checkpoint saves the last completed step with the RNG states as they were then
+    saved_step, rng_done = step, rng_state()
+    interrupt = _checkpoint_on_interrupt(lambda: step > saved_step, lambda: save(rng_done), bar)
+    with open(metrics_path, "a") as metrics, interrupt:
+        while step < last_step:
+            lr = lr_at(step, tc)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            model.train()
+            loss_sum = 0.0
+            for _ in range(tc.grad_accum):
+                batch = sampler.next().to(device, non_blocking=True)
+                with autocast():
+                    out = objective.loss(fwd_model, batch, noise_gen)
+                (out.loss / tc.grad_accum).backward()
+                loss_sum += out.loss.item() / tc.grad_accum
+            if not math.isfinite(loss_sum):
+                raise FloatingPointError(
+                    f"loss became {loss_sum} at step {step}: lower train.lr or raise train.warmup_steps "
+                    f"(the last checkpoint in {run_dir} is untouched)"
+                )
+            if tc.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.update(model)
+            step += 1
+            tokens_seen += tokens_per_step
+            rng_done = rng_state()
+            train_loss = loss_sum
+            elapsed = time.perf_counter() - t_start
+            tok_s = (step - start_step) * tokens_per_step / max(elapsed, 1e-9)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum:.4f}", tok_s=f"{tok_s:,.0f}")
+            if step % tc.log_every == 0 or step == last_step:
+                _log(metrics, step=step, loss=loss_sum, lr=lr, tokens=tokens_seen, tokens_per_second=tok_s,
+                     seconds=elapsed)
+            if step % tc.eval_every == 0 or step == tc.max_steps:
+                val_loss = _validate(model, ema, objective, val, device, autocast)
+                _log(metrics, step=step, val_loss=val_loss, val_bits_per_token=val_loss / math.log(2))
+                bar.write(f"step {step}: val {val_loss:.4f} nats/token ({val_loss / math.log(2):.4f} bits)")
+            if step % tc.ckpt_every == 0 or step == last_step:
+                metrics.flush()
+                save(rng_done)
+                saved_step = step
+    bar.close()
+    seconds = time.perf_counter() - t_start
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _peak_rss_bytes()
+    return TrainResult(step, train_loss, val_loss, (step - start_step) * tokens_per_step / max(seconds, 1e-9),
+                       seconds, peak)
+
+
+@contextlib.contextmanager
+def _checkpoint_on_interrupt(unsaved, save, bar):
+    """Ctrl-C between steps: save the last completed step, so --resume loses nothing."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        bar.close()
+        if unsaved():
+            save()
+        raise
+
+
+def _progress_bar(enabled: bool, initial: int, total: int):
+    from tqdm.auto import tqdm
+
+    interactive = sys.stderr.isatty()
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True,
+                file=sys.stderr, mininterval=0.2 if interactive else 10.0)
+
+
+def _log(fh, **record) -> None:
+    fh.write(json.dumps(record) + "\n")
+
+
+def _validation_batches(tokens: np.ndarray, length: int, tc) -> list[torch.Tensor]:
+    sampler = WindowSampler(tokens, length, tc.batch_size, seed=VAL_SEED)
+    return [sampler.next() for _ in range(tc.eval_batches)]
+
+
+@torch.no_grad()
+def _validate(model, ema, objective, batches, device, autocast) -> float:
+    """Mean loss (nats/token) on fixed windows with fixed noise, with EMA weights if enabled."""
+    gen = torch.Generator(device=device).manual_seed(VAL_SEED)
+    ctx = ema.applied(model) if ema is not None else contextlib.nullcontext()
+    model.eval()
+    total, count = 0.0, 0
+    with ctx:
+        for batch in batches:
+            with autocast():
+                out = objective.loss(model, batch.to(device), gen)
+            total += out.loss.item() * out.num_tokens
+            count += out.num_tokens
+    model.train()
+    return total / max(count, 1)
+
+
+def _restore(run_dir: Path, model, ema, optimizer, sampler, noise_gen) -> tuple[int, int]:
+    ckpt = checkpoint_dir(run_dir)
+    state = json.loads((ckpt / "state.json").read_text())
+    load_weights(model, ckpt, prefer_ema=False)
+    if ema is not None:
+        if not (ckpt / "ema.safetensors").exists():
+            raise CheckpointError(f"{ckpt} has no EMA weights but train.ema > 0")
+        ema.shadow = load_file(str(ckpt / "ema.safetensors"), device=str(next(model.parameters()).device))
+    load_optimizer_state(optimizer, ckpt, state["optimizer"])
+    rng = load_file(str(ckpt / "rng.safetensors"))
+    sampler.gen.set_state(rng["data"])
+    noise_gen.set_state(rng["noise"])
+    torch.set_rng_state(rng["torch"])
+    return state["step"], state["tokens_seen"]
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metrics logged after the checkpoint we resume from (they will be logged again)."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in keep))

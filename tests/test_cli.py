@@ -1,0 +1,123 @@
+"""The command line end to end, in subprocesses: train tiny -> sample -> eval, and bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = REPO / "configs" / "tiny.toml"
+EXE = Path(sys.executable).parent / "textdiffusion"
+
+
+def cli(*args, cwd=None, env_cache=None):
+    env = {**os.environ, "TEXTDIFFUSION_CACHE": str(env_cache)} if env_cache else None
+    cmd = [str(EXE)] if EXE.exists() else [sys.executable, "-m", "textdiffusion"]
+    return subprocess.run([*cmd, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    d = tmp_path_factory.mktemp("corpus")
+    lines = [f"the {a} {b} sat on the mat.\n" for a in ("cat", "dog", "bird", "fox") for b in ("red", "big", "old")]
+    (d / "text.txt").write_text("".join(lines * 60))
+    return d / "text.txt"
+
+
+@pytest.fixture(scope="module")
+def runs(corpus, tmp_path_factory):
+    base = tmp_path_factory.mktemp("runs")
+    cache = base / "cache"
+    for process in ("masked", "ar"):
+        r = cli("train", "--data", corpus, "--out", base / process, "--config", TINY, "--process", process,
+                "--set", "train.max_steps=30", "--quiet", env_cache=cache)
+        assert r.returncode == 0, r.stderr
+        assert "parameters" in r.stderr
+    return base, cache
+
+
+def test_train_sample_eval(runs, corpus):
+    base, cache = runs
+    for process in ("masked", "ar"):
+        run = base / process
+        assert (run / "checkpoint" / "model.safetensors").exists() and (run / "tokenizer.json").exists()
+        metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        assert metrics[-1]["step"] == 30
+        r = cli("sample", run, "--json", "--num", "2", "--length", "20", "--prompt", "the ", "--seed", "1",
+                env_cache=cache)
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout)
+        assert len(out["samples"]) == 2 and all(s.startswith("the ") for s in out["samples"])
+        assert out["nfe"] >= 1 and out["tokens_per_second"] > 0
+        again = json.loads(cli("sample", run, "--json", "--num", "2", "--length", "20", "--prompt", "the ",
+                               "--seed", "1", env_cache=cache).stdout)
+        assert again["samples"] == out["samples"]
+        r = cli("eval", run, "--data", corpus, "--json", "--judge", base / "ar", "--num-samples", "2",
+                env_cache=cache)
+        assert r.returncode == 0, r.stderr
+        ev = json.loads(r.stdout)
+        assert ev["split"] == "val" and ev["num_tokens"] > 0
+        assert 0 < ev["bits_per_token"] < 8 and ev["bits_per_byte"] > 0
+        assert ev["judge_perplexity"] > 1 and ev["exact"] == (process == "ar")
+
+
+def test_sampler_choice_and_text_output(runs):
+    base, cache = runs
+    r = cli("sample", base / "masked", "--sampler", "confidence", "--steps", "8", "--length", "16", env_cache=cache)
+    assert r.returncode == 0 and r.stdout.strip()
+    r = cli("sample", base / "ar", "--sampler", "confidence", env_cache=cache)
+    assert r.returncode == 2 and "AR twin" in r.stderr
+
+
+def test_resume_continues_and_refuses_to_overwrite(runs, corpus):
+    base, cache = runs
+    run = base / "masked"
+    r = cli("train", "--data", corpus, "--out", run, "--config", TINY, env_cache=cache)
+    assert r.returncode == 2 and "--resume" in r.stderr  # never clobbers a trained run
+    r = cli("train", "--out", run, "--resume", "--set", "train.max_steps=40", "--quiet", env_cache=cache)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 40
+    r = cli("train", "--out", run, "--resume", "--set", "model.n_layer=3", env_cache=cache)
+    assert r.returncode == 2 and "only train" in r.stderr
+
+
+def _one_line_error(r):
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = [x for x in r.stderr.strip().splitlines() if x.strip()]
+    assert lines and "error" in lines[-1].lower(), r.stderr
+    return lines[-1]
+
+
+def test_bad_input_gives_one_line_errors(tmp_path, runs):
+    _, cache = runs
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "model.safetensors").write_text("x")
+    (tmp_path / "bad.toml").write_text("[train\n")
+    cases = [
+        (("train", "--data", tmp_path / "missing.txt", "--out", tmp_path / "o1", "--config", TINY), "not found"),
+        (("train", "--data", tmp_path / "empty.txt", "--out", tmp_path / "o2", "--config", TINY), "empty"),
+        (("train", "--data", tmp_path / "empty.txt", "--out", tmp_path / "o3", "--set", "train.bogus=1"), "unknown config key"),
+        (("train", "--data", tmp_path / "empty.txt", "--out", tmp_path / "o4", "--config", tmp_path / "bad.toml"), "TOML"),
+        (("sample", tmp_path / "no-such-run"), "not found"),
+        (("sample", tmp_path / "junk"), "config.json"),
+        (("eval", tmp_path / "no-such-run", "--data", tmp_path / "empty.txt"), "not found"),
+        (("sample", runs[0] / "masked", "--length", "5000"), "context"),
+    ]
+    for args, needle in cases:
+        line = _one_line_error(cli(*args, env_cache=cache))
+        assert needle in line, (args, line)
+    r = cli("train", "--out", tmp_path / "o5")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "--data" in r.stderr
+
+
+def test_help_is_useful():
+    r = cli("--help")
+    assert r.returncode == 0 and "train" in r.stdout and "sample" in r.stdout and "eval" in r.stdout
+    for command in ("train", "sample", "eval"):
+        r = cli(command, "--help")
+        assert r.returncode == 0 and "--json" in r.stdout or command == "train"

@@ -1,0 +1,79 @@
+import math
+
+import torch
+
+from textdiffusion.processes.masked import MaskedProcess
+from textdiffusion.processes.schedules import Cosine, LogLinear
+
+
+def test_masked_fraction_matches_one_minus_alpha():
+    for schedule in ("loglinear", "cosine"):
+        proc = MaskedProcess(vocab_size=20, mask_id=17, schedule=schedule)
+        gen = torch.Generator().manual_seed(0)
+        x0 = torch.randint(0, 16, (64, 512), generator=gen)
+        for t in (0.05, 0.3, 0.5, 0.8, 0.99):
+            xt = proc.corrupt(x0, torch.full((64,), t), gen)
+            frac = (xt == 17).float().mean().item()
+            expected = 1 - proc.schedule.alpha(torch.tensor(t)).item()
+            n = x0.numel()
+            sd = math.sqrt(expected * (1 - expected) / n)
+            assert abs(frac - expected) < 5 * sd + 1e-9, (schedule, t, frac, expected)
+            # unmasked positions are carried over unchanged
+            keep = xt != 17
+            assert torch.equal(xt[keep], x0[keep])
+
+
+def test_schedule_endpoints_and_weights():
+    for sched in (LogLinear(), Cosine()):
+        assert sched.alpha(torch.tensor(0.0)).item() == 1.0
+        assert sched.alpha(torch.tensor(1.0)).item() == 0.0
+        # the ELBO weight is -alpha'(t) / (1 - alpha(t)); check against a finite difference
+        for t in (0.1, 0.5, 0.9):
+            h = 1e-4
+            tt = torch.tensor([t - h, t + h], dtype=torch.float64)
+            a = sched.alpha(tt)
+            deriv = (a[1] - a[0]) / (2 * h)
+            w = -deriv / (1 - sched.alpha(torch.tensor(t, dtype=torch.float64)))
+            assert abs(sched.weight(torch.tensor(t, dtype=torch.float64)).item() - w.item()) < 1e-4
+            assert abs(sched.time_of(sched.alpha(torch.tensor(t))).item() - t) < 1e-5
+
+
+def test_antithetic_times_cover_the_interval():
+    proc = MaskedProcess(20, 17, antithetic=True)
+    t = proc.sample_t(8, torch.Generator().manual_seed(1))
+    assert ((t >= proc.eps) & (t <= 1)).all()
+    # exactly one sample in each of the 8 equal-width strata
+    strata = ((t - proc.eps) / (1 - proc.eps) * 8).floor().long()
+    assert sorted(strata.tolist()) == list(range(8))
+
+
+def test_subs_gives_mask_zero_probability():
+    proc = MaskedProcess(10, 9)
+    logp = proc.log_probs(torch.randn(2, 5, 10))
+    assert torch.isinf(logp[..., 9]).all()
+    assert torch.allclose(logp.exp().sum(-1), torch.ones(2, 5))
+
+
+class _Oracle(torch.nn.Module):
+    """A 'model' that knows x0: predicts it with probability p at every position."""
+
+    def __init__(self, x0, p, vocab):
+        super().__init__()
+        self.x0, self.p, self.vocab = x0, p, vocab
+
+    def forward(self, xt, t=None):
+        logits = torch.full((*xt.shape, self.vocab), math.log((1 - self.p) / (self.vocab - 2)))
+        return logits.scatter(-1, self.x0[..., None], math.log(self.p))
+
+
+def test_nelbo_of_a_fixed_predictor_is_its_cross_entropy():
+    """With a predictor whose p(x0|x_t) does not depend on x_t, the integral of w(t)(1-alpha(t))
+    over [0, 1] is exactly 1, so the NELBO equals L * (-log p) for either schedule."""
+    vocab, p = 10, 0.7
+    x0 = torch.randint(0, 8, (64, 33), generator=torch.Generator().manual_seed(0))
+    model = _Oracle(x0[:, 1:], p, vocab)
+    for schedule in ("loglinear", "cosine"):
+        proc = MaskedProcess(vocab, 9, schedule=schedule)
+        est = proc.nelbo(model, x0, torch.Generator().manual_seed(0), num_samples=32)  # (S, B)
+        per_token = est.mean().item() / 32
+        assert abs(per_token - (-math.log(p))) < 0.03 * -math.log(p), (schedule, per_token)

@@ -1,0 +1,94 @@
+import pytest
+import torch
+from markov import tokenizer
+
+from textdiffusion.config import Config, ModelConfig, ProcessConfig
+from textdiffusion.models.transformer import KVCache
+from textdiffusion.sampling import build_sampler
+from textdiffusion.sampling.filters import filter_logits
+from textdiffusion.training.checkpoint import build_model
+
+
+def _model(process="masked", time_cond=False):
+    cfg = Config(model=ModelConfig(n_layer=2, n_head=2, d_model=32, context=24, time_cond=time_cond),
+                 process=ProcessConfig(name=process))
+    cfg.model.vocab_size = tokenizer().vocab_size
+    torch.manual_seed(0)
+    model, objective = build_model(cfg, tokenizer())
+    return model.eval(), objective
+
+
+@pytest.mark.parametrize("name, time_cond", [("ancestral", False), ("ancestral", True), ("confidence", False),
+                                             ("confidence", True), ("ar", False)])
+def test_sampler_contract(name, time_cond):
+    model, objective = _model("ar" if name == "ar" else "masked", time_cond)
+    sampler = build_sampler(name, objective, tokenizer(), temperature=1.0, top_k=5, top_p=0.9)
+    prompt = torch.tensor([0, 1, 2])
+    run = lambda seed, steps=8: sampler.generate(model, objective, length=12, steps=steps, batch_size=3,  # noqa: E731
+                                                 prompt=prompt, gen=torch.Generator().manual_seed(seed))
+    out = run(0)
+    assert out.tokens.shape == (3, 15)
+    assert (out.tokens[:, :3] == prompt).all()  # prompt kept verbatim
+    assert (out.tokens != tokenizer().mask_id).all()  # nothing left masked
+    assert torch.equal(out.tokens, run(0).tokens)  # same seed, same text
+    assert not torch.equal(out.tokens, run(1).tokens)
+    if name != "ar":
+        assert out.nfe <= 8  # never above the step budget
+    else:
+        assert out.nfe == 12  # one call per token
+
+
+def test_ancestral_cache_skips_calls_when_nothing_changes():
+    model, objective = _model()
+    sampler = build_sampler("ancestral", objective, tokenizer())
+    out = sampler.generate(model, objective, length=8, steps=256, gen=torch.Generator().manual_seed(0))
+    assert out.nfe <= 8  # at most one call per step in which a token changed
+    uncached = build_sampler("ancestral", objective, tokenizer(), cache=False)
+    assert uncached.generate(model, objective, length=8, steps=256, gen=torch.Generator().manual_seed(0)).nfe > 100
+
+
+def test_cache_does_not_change_the_samples():
+    """Reusing p(x0|x_t) when x_t did not change is exact: same seed, same tokens."""
+    model, objective = _model()
+    a = build_sampler("ancestral", objective, tokenizer(), cache=True)
+    b = build_sampler("ancestral", objective, tokenizer(), cache=False)
+    kw = dict(length=16, steps=64, batch_size=2)
+    ta = a.generate(model, objective, gen=torch.Generator().manual_seed(3), **kw).tokens
+    tb = b.generate(model, objective, gen=torch.Generator().manual_seed(3), **kw).tokens
+    assert torch.equal(ta, tb)
+
+
+def test_step_before_set_timesteps_raises():
+    model, objective = _model()
+    sampler = build_sampler("ancestral", objective, tokenizer())
+    with pytest.raises(RuntimeError, match="set_timesteps"):
+        sampler.step(torch.zeros(1, 2, 12), torch.zeros(1, 2, dtype=torch.long), 1.0, 0.5, objective)
+
+
+def test_kv_cache_decoding_matches_full_recompute():
+    model, _ = _model("ar")
+    x = torch.randint(0, 8, (2, 20))
+    full = model(x)
+    cache = KVCache()
+    pieces = [model(x[:, :5], kv_cache=cache)] + [model(x[:, i : i + 1], kv_cache=cache) for i in range(5, 20)]
+    assert torch.allclose(torch.cat(pieces, 1), full, atol=1e-5)
+
+
+def test_too_long_prompt_is_an_error():
+    model, objective = _model()
+    sampler = build_sampler("confidence", objective, tokenizer())
+    with pytest.raises(ValueError, match="exceeds the model context"):
+        sampler.generate(model, objective, length=20, steps=4, prompt=torch.zeros(10, dtype=torch.long))
+
+
+def test_filters():
+    logits = torch.tensor([[3.0, 2.0, 1.0, 0.0]])
+    assert torch.isinf(filter_logits(logits, top_k=2)[0, 2:]).all()
+    p = filter_logits(logits, top_p=0.7).exp()[0]
+    assert p[0] > 0 and p[1] > 0 and p[2] == 0  # 0.64 < 0.7 needs the second token
+    greedy = filter_logits(logits, temperature=0).exp()[0]
+    assert greedy.tolist() == [1.0, 0.0, 0.0, 0.0]
+    with pytest.raises(ValueError):
+        build_sampler("ancestral", _model()[1], tokenizer(), top_p=0)
+    with pytest.raises(ValueError, match="unknown sampler"):
+        build_sampler("nope", _model()[1], tokenizer())

@@ -1,0 +1,96 @@
+import json
+import shutil
+
+import pytest
+import torch
+from markov import MarkovChain, tokenizer
+
+from textdiffusion.config import Config, ModelConfig, ProcessConfig, TrainConfig
+from textdiffusion.training.checkpoint import CheckpointError, checkpoint_dir, load_run
+from textdiffusion.training.trainer import lr_at, train
+
+
+@pytest.fixture(scope="module")
+def splits():
+    mc = MarkovChain()
+    return {"train": mc.sample(20_000, seed=1), "val": mc.sample(4_000, seed=2)}
+
+
+def _cfg(process="masked", **train) -> Config:
+    return Config(
+        model=ModelConfig(n_layer=1, n_head=2, d_model=32, context=16, time_cond=process == "masked"),
+        process=ProcessConfig(name=process),
+        train=TrainConfig(**{"batch_size": 8, "max_steps": 12, "warmup_steps": 3, "eval_every": 6,
+                             "eval_batches": 2, "ckpt_every": 4, "log_every": 1, "ema": 0.9, **train}),
+    )
+
+
+def _losses(run_dir):
+    return [(r["step"], r["loss"]) for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+            if "loss" in r]
+
+
+@pytest.mark.parametrize("process", ["masked", "ar"])
+def test_resume_gives_identical_losses(splits, tmp_path, process):
+    full, part = tmp_path / "full", tmp_path / "part"
+    train(_cfg(process), full, splits, tokenizer(), progress=False)
+    train(_cfg(process), part, splits, tokenizer(), progress=False, until=5)  # stopped after step 5
+    assert _losses(part)[-1][0] == 5
+    train(_cfg(process), part, splits, tokenizer(), progress=False, resume=True)
+    assert _losses(part) == _losses(full)
+    a, b = load_run(full), load_run(part)
+    for (k, v), (_, w) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        assert torch.equal(v, w), k
+
+
+def test_resume_after_a_crash_replays_from_the_last_checkpoint(splits, tmp_path):
+    """Killed after step 6 with the last checkpoint at step 4: the metrics of steps 5-6 are
+    dropped and re-logged, and the result equals an uninterrupted run."""
+    full, crashed, ref = tmp_path / "full", tmp_path / "crashed", tmp_path / "ref"
+    train(_cfg(), full, splits, tokenizer(), progress=False)
+    train(_cfg(), crashed, splits, tokenizer(), progress=False, until=6)
+    train(_cfg(), ref, splits, tokenizer(), progress=False, until=4)
+    shutil.rmtree(crashed / "checkpoint")
+    shutil.copytree(ref / "checkpoint", crashed / "checkpoint")  # the state a kill -9 leaves behind
+    assert _losses(crashed)[-1][0] == 6
+    train(_cfg(), crashed, splits, tokenizer(), progress=False, resume=True)
+    assert _losses(crashed) == _losses(full)
+
+
+def test_checkpoint_round_trip_and_ema(splits, tmp_path):
+    cfg = _cfg()
+    train(cfg, tmp_path / "r", splits, tokenizer(), progress=False)
+    run = load_run(tmp_path / "r")
+    assert run.weights == "ema.safetensors"
+    x = torch.randint(0, 8, (2, 16))
+    t = torch.full((2,), 0.5)
+    again = load_run(tmp_path / "r")
+    assert torch.equal(run.model(x, t), again.model(x, t))
+    raw = load_run(tmp_path / "r")
+    from textdiffusion.training.checkpoint import load_weights
+    load_weights(raw.model, checkpoint_dir(tmp_path / "r"), prefer_ema=False)
+    assert not torch.equal(run.model(x, t), raw.model(x, t))  # EMA weights differ from raw ones
+
+
+def test_interrupted_swap_falls_back_to_old_checkpoint(splits, tmp_path):
+    train(_cfg(), tmp_path / "r", splits, tokenizer(), progress=False)
+    (tmp_path / "r" / "checkpoint").rename(tmp_path / "r" / "checkpoint.old")  # crash mid-swap
+    assert checkpoint_dir(tmp_path / "r").name == "checkpoint.old"
+    load_run(tmp_path / "r")
+
+
+def test_corrupt_or_missing_checkpoint_is_a_clear_error(splits, tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_run(tmp_path / "nope")
+    train(_cfg(), tmp_path / "r", splits, tokenizer(), progress=False)
+    (tmp_path / "r" / "checkpoint" / "ema.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_run(tmp_path / "r")
+
+
+def test_lr_schedule():
+    tc = TrainConfig(lr=1.0, min_lr=0.1, warmup_steps=10, max_steps=110)
+    assert lr_at(0, tc) == pytest.approx(0.1)
+    assert lr_at(9, tc) == pytest.approx(1.0)
+    assert lr_at(60, tc) == pytest.approx(0.55)
+    assert lr_at(110, tc) == pytest.approx(0.1)
