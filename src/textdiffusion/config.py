@@ -103,6 +103,7 @@ class TrainConfig:
     batch_size: int = 32
     grad_accum: int = 1
     max_steps: int = 2000
+    max_seconds: float = 0.0  # wall-clock budget for this invocation; 0 = none (the LR schedule still follows max_steps)
     lr: float = 1e-3
     min_lr: float = 1e-4
     warmup_steps: int = 100
@@ -129,6 +130,7 @@ class TrainConfig:
         _check(0.0 <= self.ema < 1.0, "train.ema must be in [0, 1)")
         _check(self.grad_clip >= 0, "train.grad_clip must be >= 0 (0 disables)")
         _check(self.eval_batches > 0, "train.eval_batches must be positive")
+        _check(self.max_seconds >= 0, "train.max_seconds must be >= 0 (0 = no budget)")
 
 
 @dataclass

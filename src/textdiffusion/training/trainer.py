@@ -80,8 +80,8 @@ class TrainResult:
     step: int
     train_loss: float  # last logged training loss, nats/token
     val_loss: float | None  # last validation loss, nats/token
-    tokens_per_second: float
-    seconds: float
+    tokens_per_second: float  # during optimisation steps (validation and checkpoints excluded)
+    seconds: float  # wall clock of the whole call
     peak_memory_bytes: int
 
 
@@ -152,6 +152,7 @@ def train(
     bar = _progress_bar(progress, step, tc.max_steps)
     train_loss, val_loss = float("nan"), None
     t_start = time.perf_counter()
+    train_seconds = 0.0  # time in optimisation steps only (not validation or checkpoints)
     start_step = step
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -168,6 +169,12 @@ def train(
     interrupt = _checkpoint_on_interrupt(lambda: step > saved_step, lambda: save(rng_done), bar)
     with open(metrics_path, "a") as metrics, interrupt:
         while step < last_step:
+            if tc.max_seconds and time.perf_counter() - t_start >= tc.max_seconds:
+                bar.write(f"time budget of {tc.max_seconds:g}s reached at step {step}")
+                if step > saved_step:
+                    save(rng_done)
+                break
+            t_step = time.perf_counter()
             lr = lr_at(step, tc)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -194,8 +201,9 @@ def train(
             tokens_seen += tokens_per_step
             rng_done = rng_state()
             train_loss = loss_sum
+            train_seconds += time.perf_counter() - t_step
             elapsed = time.perf_counter() - t_start
-            tok_s = (step - start_step) * tokens_per_step / max(elapsed, 1e-9)
+            tok_s = (step - start_step) * tokens_per_step / max(train_seconds, 1e-9)
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum:.4f}", tok_s=f"{tok_s:,.0f}")
             if step % tc.log_every == 0 or step == last_step:
@@ -212,7 +220,7 @@ def train(
     bar.close()
     seconds = time.perf_counter() - t_start
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _peak_rss_bytes()
-    return TrainResult(step, train_loss, val_loss, (step - start_step) * tokens_per_step / max(seconds, 1e-9),
+    return TrainResult(step, train_loss, val_loss, (step - start_step) * tokens_per_step / max(train_seconds, 1e-9),
                        seconds, peak)
 
 

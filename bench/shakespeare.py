@@ -1,0 +1,180 @@
+"""Benchmark: masked diffusion vs its AR twin on Tiny Shakespeare, same backbone, same wall-clock budget.
+
+    python bench/shakespeare.py --data ../shared/data/tinyshakespeare.txt --budget 900
+
+Runs everything through the real CLI in subprocesses (so peak memory is per phase, read with
+``os.wait4``), then writes ``bench/out/shakespeare.json`` and prints a Markdown table for
+BENCHMARKS.md. Reports: training tokens/s and MFU (FLOPs per token over the peak fp32 matmul
+rate measured in this run), peak memory of training and sampling, validation bits/char
+(diffusion ELBO vs AR exact NLL), judge perplexity (the AR twin is the judge) and unigram
+entropy of samples at several step counts, and a few samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+EXE = Path(sys.executable).parent / "textdiffusion"
+
+
+def peak_matmul_flops(sizes=(1024, 2048, 3072), reps: int = 3) -> float:
+    """Best fp32 matmul rate over a few square sizes: the denominator of MFU."""
+    best = 0.0
+    for n in sizes:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        a @ b
+        for _ in range(reps):
+            t = time.perf_counter()
+            a @ b
+            best = max(best, 2 * n**3 / (time.perf_counter() - t))
+    return best
+
+
+def run_measured(args: list[str]) -> tuple[str, int, float]:
+    """Like ``run`` but reads the child's rusage (peak RSS) with os.wait4."""
+    start = time.perf_counter()
+    proc = subprocess.Popen([str(EXE), *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out = proc.stdout.read()
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    if status:
+        raise SystemExit(f"command failed: textdiffusion {' '.join(map(str, args))}\n{err}")
+    return out, usage.ru_maxrss * 1024, time.perf_counter() - start
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "tinyshakespeare.txt"))
+    p.add_argument("--out", default=str(REPO / "bench" / "out"))
+    p.add_argument("--budget", type=float, default=900, help="training seconds per model (default 900)")
+    p.add_argument("--max-steps", type=int, default=520, help="LR schedule length (sized to the budget)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--steps", default="32,64,128,256", help="sampling step budgets for the diffusion model")
+    p.add_argument("--num-samples", type=int, default=8)
+    p.add_argument("--max-windows", type=int, default=0, help="validation windows to score (0 = all)")
+    p.add_argument("--skip-train", action="store_true", help="reuse the runs already in --out")
+    args = p.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(os.cpu_count() or 1)
+
+    peak = peak_matmul_flops()
+    results: dict = {
+        "date": datetime.date.today().isoformat(), "machine": f"{platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores, torch {torch.__version__}", "cpu_model": _cpu_model(),
+        "peak_fp32_matmul_gflops": peak / 1e9, "budget_seconds": args.budget, "data": args.data, "models": {},
+    }
+    overrides = ["--set", f"train.max_steps={args.max_steps}", "--set", f"train.max_seconds={args.budget}",
+                 "--set", f"train.batch_size={args.batch_size}", "--set", "train.warmup_steps=50",
+                 "--set", "train.lr=1.5e-3", "--set", "train.ema=0", "--set", "train.eval_every=100",
+                 "--set", "train.ckpt_every=100"]
+    for process in ("masked", "ar"):
+        run_dir = out / f"shakespeare-{process}"
+        entry: dict = {"run": str(run_dir)}
+        if not args.skip_train:
+            cmd = ["train", "--data", args.data, "--out", run_dir, "--config", REPO / "configs" / "shakespeare-char.toml",
+                   "--process", process, "--quiet", *overrides]
+            entry["train_command"] = "textdiffusion " + " ".join(map(str, cmd))
+            _, rss, wall = run_measured(cmd)
+            entry.update(train_peak_rss_bytes=rss, train_wall_seconds=wall)
+        metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        last = [m for m in metrics if "loss" in m][-1]
+        cfg = json.loads((run_dir / "config.json").read_text())
+        from textdiffusion.training.checkpoint import load_run
+
+        loaded = load_run(run_dir)
+        flops = loaded.model.flops_per_token(cfg["model"]["context"])
+        entry.update(steps=last["step"], tokens_per_second=last["tokens_per_second"], flops_per_token=flops,
+                     mfu=last["tokens_per_second"] * flops / peak, params=loaded.model.num_params(False))
+        ev, _, wall = run_measured(["eval", run_dir, "--data", args.data, "--json", "--max-windows", args.max_windows,
+                                    "--mc-samples", "2", "--num-samples", "0"])
+        entry["eval"] = json.loads(ev)
+        entry["eval_seconds"] = wall
+        results["models"][process] = entry
+        print(f"{process}: {entry['eval']['bits_per_token']:.4f} bits/char, {entry['tokens_per_second']:.0f} tok/s, "
+              f"MFU {entry['mfu']:.2%}", file=sys.stderr)
+
+    from textdiffusion.evaluation import judge_perplexity, unigram_entropy
+    from textdiffusion.training.checkpoint import load_run
+
+    judge = load_run(out / "shakespeare-ar")
+    samples = []
+    plan = [("ar", "ar", 256)] + [("masked", s, int(n)) for s in ("ancestral", "confidence") for n in args.steps.split(",")]
+    for process, sampler, steps in plan:
+        run_dir = out / f"shakespeare-{process}"
+        cmd = ["sample", run_dir, "--num", args.num_samples, "--length", 256, "--steps", steps, "--seed", 0, "--json"]
+        if sampler != "ar":
+            cmd += ["--sampler", sampler]
+        stdout, rss, _ = run_measured(cmd)
+        res = json.loads(stdout)
+        tokens = [judge.tokenizer.encode(t).tolist() for t in res["samples"]]
+        samples.append({"process": process, "sampler": sampler, "steps": steps, "nfe": res["nfe"],
+                        "tokens_per_second": res["tokens_per_second"], "sample_peak_rss_bytes": rss,
+                        "judge_perplexity": judge_perplexity(judge.model, judge.tokenizer, res["samples"]),
+                        "unigram_entropy": unigram_entropy(tokens), "examples": res["samples"][:2]})
+        print(f"{sampler} {steps}: judge ppl {samples[-1]['judge_perplexity']:.2f}, "
+              f"entropy {samples[-1]['unigram_entropy']:.3f}", file=sys.stderr)
+    # reference: real validation text, cut into pieces of the samples' length
+
+    text = Path(args.data).read_text()
+    val = text[int(len(text) * 0.9):]
+    pieces = [val[i * 256 : (i + 1) * 256] for i in range(args.num_samples)]
+    samples.insert(0, {"process": "data", "sampler": "validation text", "steps": 0, "nfe": 0, "tokens_per_second": 0,
+                       "sample_peak_rss_bytes": 0, "judge_perplexity": judge_perplexity(judge.model, judge.tokenizer, pieces),
+                       "unigram_entropy": unigram_entropy([judge.tokenizer.encode(t).tolist() for t in pieces]),
+                       "examples": pieces[:1]})
+    results["samples"] = samples
+    (out / "shakespeare.json").write_text(json.dumps(results, indent=2))
+    print(markdown(results))
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def markdown(r: dict) -> str:
+    m, a = r["models"]["masked"], r["models"]["ar"]
+    gib = 2**30
+    lines = [
+        f"Machine: {r['cpu_model']} ({r['machine']}); peak fp32 matmul measured in the run: "
+        f"{r['peak_fp32_matmul_gflops']:.0f} GFLOP/s. Date: {r['date']}. Budget: {r['budget_seconds']:.0f} s of training each.",
+        "",
+        "| | masked diffusion | AR twin | ratio |",
+        "|---|---|---|---|",
+        f"| parameters | {m['params'] / 1e6:.2f}M | {a['params'] / 1e6:.2f}M | |",
+        f"| optimiser steps in budget | {m['steps']} | {a['steps']} | |",
+        f"| training tokens/s | {m['tokens_per_second']:.0f} | {a['tokens_per_second']:.0f} | "
+        f"{m['tokens_per_second'] / a['tokens_per_second']:.3f} |",
+        f"| MFU (FLOPs/token {m['flops_per_token'] / 1e6:.1f}M) | {m['mfu']:.1%} | {a['mfu']:.1%} | |",
+        f"| peak RSS, training | {m.get('train_peak_rss_bytes', 0) / gib:.2f} GiB | {a.get('train_peak_rss_bytes', 0) / gib:.2f} GiB | |",
+        f"| validation bits/char | {m['eval']['bits_per_token']:.4f} ± {m['eval']['stderr_bits_per_token']:.4f} (ELBO bound) "
+        f"| {a['eval']['bits_per_token']:.4f} ± {a['eval']['stderr_bits_per_token']:.4f} (exact NLL) | |",
+        "",
+        "| model | sampler | steps | NFE | tokens/s (batch 8) | peak RSS | judge ppl | unigram entropy (bits) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for s in r["samples"]:
+        lines.append(f"| {s['process']} | {s['sampler']} | {s['steps']} | {s['nfe']} | {s['tokens_per_second']:.0f} | "
+                     f"{s['sample_peak_rss_bytes'] / gib:.2f} GiB | {s['judge_perplexity']:.2f} | {s['unigram_entropy']:.3f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
