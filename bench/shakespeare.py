@@ -126,7 +126,6 @@ def main() -> None:
         print(f"{sampler} {steps}: judge ppl {samples[-1]['judge_perplexity']:.2f}, "
               f"entropy {samples[-1]['unigram_entropy']:.3f}", file=sys.stderr)
     # reference: real validation text, cut into pieces of the samples' length
-
     text = Path(args.data).read_text()
     val = text[int(len(text) * 0.9):]
     pieces = [val[i * 256 : (i + 1) * 256] for i in range(args.num_samples)]
