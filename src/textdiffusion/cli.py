@@ -145,7 +145,8 @@ def cmd_sample(args) -> int:
     out, texts, sampler = _generate(run, args, args.prompt, args.num, args.length)
     if args.json:
         print(json.dumps({"samples": texts, "nfe": out.nfe, "tokens_per_second": out.tokens_per_second,
-                          "seconds": out.seconds, "sampler": sampler, "steps": args.steps,
+                          "seconds": out.seconds, "sampler": sampler,
+                          "steps": out.nfe if sampler == "ar" else args.steps,
                           "length": out.new_tokens.shape[1], "seed": args.seed, "prompt": args.prompt,
                           "process": run.cfg.process.name}))
     else:

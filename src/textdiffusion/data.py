@@ -144,7 +144,8 @@ def _cache_root() -> Path:
 def _cache_key(path: str, split_rule: str, tok_path: Path, glob: str) -> str:
     h = hashlib.sha1()
     files = _source_files(path, glob)
-    h.update(f"{Path(path).resolve()}|{split_rule}|{sys.version_info[:2]}".encode())
+    source = path if path == "stdlib" else str(Path(path).resolve())
+    h.update(f"{source}|{split_rule}|{sys.version_info[:2]}".encode())
     for f in files:
         st = f.stat()
         h.update(f"{f}|{st.st_size}|{st.st_mtime_ns}".encode())
