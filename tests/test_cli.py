@@ -80,6 +80,7 @@ def test_resume_continues_and_refuses_to_overwrite(runs, corpus):
     r = cli("train", "--out", run, "--resume", "--set", "train.max_steps=40", "--quiet", env_cache=cache)
     assert r.returncode == 0, r.stderr
     assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 40
+    assert json.loads((run / "config.json").read_text())["train"]["max_steps"] == 40  # saved with the run
     r = cli("train", "--out", run, "--resume", "--set", "model.n_layer=3", env_cache=cache)
     assert r.returncode == 2 and "only train" in r.stderr
 
@@ -107,6 +108,13 @@ def test_bad_input_gives_one_line_errors(tmp_path, runs):
         (("sample", tmp_path / "junk"), "config.json"),
         (("eval", tmp_path / "no-such-run", "--data", tmp_path / "empty.txt"), "not found"),
         (("sample", runs[0] / "masked", "--length", "5000"), "context"),
+        (("sample", runs[0] / "masked", "--device", "bogus"), "unknown device"),
+        (("sample", runs[0] / "masked", "--num", "0"), "at least 1"),
+        (("eval", runs[0] / "masked", "--data", tmp_path / "empty.txt", "--mc-samples", "0"), "at least 1"),
+        (("eval", runs[0] / "masked", "--data", tmp_path / "empty.txt", "--max-windows", "-1"), "at least 0"),
+        (("train", "--data", tmp_path / "empty.txt", "--out", tmp_path / "o6", "--process", "ar",
+          "--set", "model.time_cond=true"), "time_cond"),
+        (("train", "--data", tmp_path / "empty.txt", "--out", tmp_path / "o7", "--set", "train.device=tpu9"), "device"),
     ]
     for args, needle in cases:
         line = _one_line_error(cli(*args, env_cache=cache))
@@ -118,6 +126,6 @@ def test_bad_input_gives_one_line_errors(tmp_path, runs):
 def test_help_is_useful():
     r = cli("--help")
     assert r.returncode == 0 and "train" in r.stdout and "sample" in r.stdout and "eval" in r.stdout
-    for command in ("train", "sample", "eval"):
+    for command, flag in (("train", "--resume"), ("sample", "--json"), ("eval", "--json")):
         r = cli(command, "--help")
-        assert r.returncode == 0 and "--json" in r.stdout or command == "train"
+        assert r.returncode == 0 and flag in r.stdout, (command, r.stdout)

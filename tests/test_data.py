@@ -31,6 +31,10 @@ def test_sources_file_folder_jsonl(tmp_path):
     assert [d.text for d in read_documents(str(tmp_path / "one.txt"))] == ["hello\nworld\n"]
     assert sorted(d.text for d in read_documents(str(folder), "**/*.txt")) == ["first", "second"]
     assert [d.text for d in read_documents(str(jsonl))] == ["x1", "x2"]
+    # raw U+2028 inside a JSON string is valid JSON and must not split the record
+    raw = tmp_path / "raw.jsonl"
+    raw.write_text(json.dumps({"text": "a\u2028b"}, ensure_ascii=False) + "\n")
+    assert [d.text for d in read_documents(str(raw))] == ["a\u2028b"]
 
 
 def test_bad_sources(tmp_path):

@@ -70,8 +70,11 @@ def test_kv_cache_decoding_matches_full_recompute():
     x = torch.randint(0, 8, (2, 20))
     full = model(x)
     cache = KVCache()
-    pieces = [model(x[:, :5], kv_cache=cache)] + [model(x[:, i : i + 1], kv_cache=cache) for i in range(5, 20)]
+    # prefill, then a multi-token chunk on top of a filled cache, then one token at a time
+    pieces = [model(x[:, :5], kv_cache=cache), model(x[:, 5:9], kv_cache=cache)]
+    pieces += [model(x[:, i : i + 1], kv_cache=cache) for i in range(9, 20)]
     assert torch.allclose(torch.cat(pieces, 1), full, atol=1e-5)
+    assert cache.length == 20
 
 
 def test_too_long_prompt_is_an_error():

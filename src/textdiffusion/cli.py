@@ -20,13 +20,29 @@ EXAMPLES = """examples:
 """
 
 
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    return parse
+
+
+POSITIVE, NON_NEGATIVE = _int_at_least(1), _int_at_least(0)
+
+
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--steps", type=int, default=64, help="denoising steps (network calls at most; default 64)")
+    p.add_argument("--steps", type=POSITIVE, default=64, help="denoising steps (network calls at most; default 64)")
     p.add_argument("--sampler", default=None,
                    help="ancestral (default: the reverse process, cached) | confidence (most confident "
                         "tokens first) | ar (for AR runs)")
     p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 = greedy (default 1)")
-    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (default 0 = off)")
+    p.add_argument("--top-k", type=NON_NEGATIVE, default=0, help="keep the k most likely tokens (default 0 = off)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1 = off)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
@@ -63,8 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "and denoise; AR runs decode left to right with a KV cache.")
     p.add_argument("run", help="run directory")
     p.add_argument("--prompt", default="", help="text the samples start with (kept verbatim)")
-    p.add_argument("--num", type=int, default=1, help="number of samples, generated as one batch (default 1)")
-    p.add_argument("--length", type=int, default=None, help="new tokens per sample (default: fill the context, at most 128)")
+    p.add_argument("--num", type=POSITIVE, default=1, help="number of samples, generated as one batch (default 1)")
+    p.add_argument("--length", type=POSITIVE, default=None, help="new tokens per sample (default: fill the context, at most 128)")
     _add_sampling_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object (samples, nfe, tokens_per_second, ...)")
     p.set_defaults(func=cmd_sample)
@@ -77,10 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("train", "val", "test", "all"), default=None,
                    help="which split to score (default: val for the run's own data, all otherwise)")
     p.add_argument("--judge", help="an AR run directory whose perplexity of the samples is reported")
-    p.add_argument("--mc-samples", type=int, default=4, help="Monte Carlo draws of t per window (default 4)")
-    p.add_argument("--max-windows", type=int, default=256, help="cap on scored windows; 0 = all (default 256)")
-    p.add_argument("--batch-size", type=int, default=16, help="windows per forward pass (default 16)")
-    p.add_argument("--num-samples", type=int, default=8, help="samples for quality and speed (default 8; 0 = skip)")
+    p.add_argument("--mc-samples", type=POSITIVE, default=4, help="Monte Carlo draws of t per window (default 4)")
+    p.add_argument("--max-windows", type=NON_NEGATIVE, default=256, help="cap on scored windows; 0 = all (default 256)")
+    p.add_argument("--batch-size", type=POSITIVE, default=16, help="windows per forward pass (default 16)")
+    p.add_argument("--num-samples", type=NON_NEGATIVE, default=8, help="samples for quality and speed (default 8; 0 = skip)")
     _add_sampling_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_eval)
@@ -122,8 +138,6 @@ def _generate(run, args, prompt: str, num: int, length: int | None):
     p_len = 0 if prompt_ids is None else len(prompt_ids)
     if length is None:
         length = max(1, min(128, run.cfg.model.context - p_len))
-    if num <= 0:
-        raise ValueError("--num must be positive")
     sampler = build_sampler(args.sampler, run.objective, tok, temperature=args.temperature,
                             top_k=args.top_k, top_p=args.top_p)
     gen = torch.Generator(device=next(run.model.parameters()).device).manual_seed(args.seed)
@@ -223,11 +237,14 @@ def main(argv: list[str] | None = None) -> int:
     from .tokenizers import TokenizerError
     from .training.checkpoint import CheckpointError
 
-    known = (ConfigError, DataError, TokenizerError, CheckpointError, ValueError, FloatingPointError, OSError)
+    # RuntimeError: torch's own (e.g. out of memory) — still one line, TEXTDIFFUSION_DEBUG=1 for more
+    known = (ConfigError, DataError, TokenizerError, CheckpointError, ValueError, FloatingPointError, OSError,
+             RuntimeError)
     try:
         return args.func(args)
     except KeyboardInterrupt:
-        print("textdiffusion: interrupted (a training run continues with --resume)", file=sys.stderr)
+        hint = " (continue the run with --resume)" if args.command == "train" else ""
+        print(f"textdiffusion: interrupted{hint}", file=sys.stderr)
         return 130
     except known as exc:
         if os.environ.get("TEXTDIFFUSION_DEBUG"):

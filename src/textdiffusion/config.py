@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import re
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -131,6 +133,9 @@ class TrainConfig:
         _check(self.grad_clip >= 0, "train.grad_clip must be >= 0 (0 disables)")
         _check(self.eval_batches > 0, "train.eval_batches must be positive")
         _check(self.max_seconds >= 0, "train.max_seconds must be >= 0 (0 = no budget)")
+        _check(self.threads >= 0, "train.threads must be >= 0 (0 = torch's default)")
+        _check(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device) is not None,
+               f"train.device must be auto, cpu, mps, cuda or cuda:N; got {self.device!r}")
 
 
 @dataclass
@@ -139,6 +144,10 @@ class Config:
     process: ProcessConfig = field(default_factory=ProcessConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        _check(not (self.process.name == "ar" and self.model.time_cond),
+               "model.time_cond must be false for the AR twin (--process ar has no diffusion time)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -160,7 +169,11 @@ class Config:
         return cls(**kwargs)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        """Write atomically: a crash never leaves a half-written config.json."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: str | Path) -> Config:

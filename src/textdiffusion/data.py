@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sys
 import sysconfig
 from dataclasses import dataclass
@@ -85,7 +86,8 @@ def read_documents(path: str, glob: str = "**/*.txt", max_docs: int = 0) -> list
     root = stdlib_root() if path == "stdlib" else Path(path)
     for f in files:
         if f.suffix == ".jsonl":
-            for n, line in enumerate(_read_text(f).splitlines()):
+            # split on "\n" only: JSON strings may hold raw U+2028/U+2029, which splitlines() cuts at
+            for n, line in enumerate(_read_text(f).split("\n")):
                 if not line.strip():
                     continue
                 try:
@@ -175,7 +177,7 @@ def load_token_splits(data: DataConfig, tokenizer: Tokenizer, tokenizer_file: Pa
         try:
             tmp.rename(folder)
         except OSError:  # another process finished first: use theirs
-            pass
+            shutil.rmtree(tmp, ignore_errors=True)
     out = {}
     for name in SPLITS:
         f = folder / f"{name}.bin"
@@ -190,11 +192,11 @@ class WindowSampler:
     The generator's state is part of a checkpoint, so a resumed run sees the same batches.
     """
 
-    def __init__(self, tokens: np.ndarray, length: int, batch_size: int, seed: int):
+    def __init__(self, tokens: np.ndarray, length: int, batch_size: int, seed: int, split: str = "train"):
         if len(tokens) < length + 1:
             raise DataError(
-                f"split has {len(tokens)} tokens, fewer than one window of {length + 1}: "
-                "use more data or a smaller model.context"
+                f"the {split} split has {len(tokens)} tokens, fewer than one window of {length + 1}: "
+                "use more data, a smaller model.context, or another data.val_fraction"
             )
         self.tokens = tokens
         self.length = length

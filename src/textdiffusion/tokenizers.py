@@ -86,7 +86,9 @@ class Tokenizer:
         return "".join(out)
 
     def token_bytes(self) -> np.ndarray:
-        """UTF-8 bytes each id stands for (0 for specials): the denominator of bits/byte."""
+        """UTF-8 bytes each id stands for: the denominator of bits/byte. Specials count 0 bytes
+        (end-of-text is a boundary, not text; an unknown character's bytes are not known), so
+        their bits are charged to the real text around them: bits/byte errs on the high side."""
         counts = np.zeros(self.vocab_size, dtype=np.int64)
         counts[: self.base_size] = self._piece_bytes()
         return counts

@@ -16,7 +16,9 @@ from ..data import eval_windows
 class LikelihoodReport:
     bits_per_token: float
     bits_per_byte: float
-    stderr_bits_per_token: float  # over windows (and Monte Carlo draws of t for diffusion)
+    # standard error of the mean over windows: it includes the Monte Carlo noise of t (diffusion)
+    # and the spread between windows (both), so it is the honest error bar of the reported figure
+    stderr_bits_per_token: float
     num_tokens: int
     num_bytes: int
     num_windows: int

@@ -32,7 +32,7 @@ class AutoregressiveObjective:
     def nelbo(self, model, batch: torch.Tensor, gen: torch.Generator | None = None,
               num_samples: int = 1) -> torch.Tensor:
         """(1, B) exact NLL in nats of the last L tokens of each (B, L+1) window (no sampling:
-        ``num_samples`` is ignored and the standard error is zero)."""
+        ``num_samples`` is ignored; evaluation's standard error is then over windows only)."""
         logits = model(batch[:, :-1])
         nll = F.cross_entropy(logits.float().transpose(1, 2), batch[:, 1:], reduction="none")
         return nll.sum(1)[None]

@@ -174,9 +174,13 @@ class Transformer(nn.Module):
         return n - self.embed.weight.numel() if non_embedding else n
 
     def flops_per_token(self, seq_len: int) -> float:
-        """Training FLOPs (forward + backward) per token: 6N plus attention (PaLM appendix B)."""
+        """Training FLOPs (forward + backward) per token: 6N plus attention (PaLM appendix B).
+        N counts the per-token matmuls only: not the embedding lookup, nor the time
+        conditioning, which runs once per sequence."""
         c = self.cfg
-        return 6.0 * self.num_params() + 12.0 * c.n_layer * c.d_model * seq_len
+        per_sequence = sum(p.numel() for b in self.blocks if b.ada is not None for p in b.ada.parameters())
+        per_sequence += sum(p.numel() for p in self.time.parameters()) if self.time is not None else 0
+        return 6.0 * (self.num_params() - per_sequence) + 12.0 * c.n_layer * c.d_model * seq_len
 
     def forward(self, tokens: torch.Tensor, t: torch.Tensor | None = None, *,
                 kv_cache: KVCache | None = None) -> torch.Tensor:

@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from .base import Generation, OnStep, StepOutput, check_length, prompt_batch
+from .base import Generation, OnStep, StepOutput, initial_sequence
 from .filters import filter_logits, sample_categorical, validate_sampling_args
 
 
@@ -48,11 +48,9 @@ class AncestralSampler:
     def generate(self, model, process, *, length: int, steps: int, batch_size: int = 1,
                  prompt: torch.Tensor | None = None, gen: torch.Generator | None = None,
                  on_step: OnStep | None = None, trace: bool = False) -> Generation:
-        device = next(model.parameters()).device
-        prompt = prompt_batch(prompt, batch_size, device)
-        check_length(prompt.shape[1], length, model.cfg.context)
+        x = initial_sequence(model, process, prompt, batch_size, length)  # (B, P + L)
+        prompt_length, device = x.shape[1] - length, x.device
         self.set_timesteps(steps)
-        x = torch.cat([prompt, process.prior((prompt.shape[0], length), device)], dim=1)  # (B, P + L)
         nfe, log_p, states = 0, None, []
         reuse_ok = self.cache and not model.cfg.time_cond
         start = time.perf_counter()
@@ -73,4 +71,4 @@ class AncestralSampler:
                 states.append(x.clone())
             if on_step is not None:
                 on_step(i, out)
-        return Generation(x, prompt.shape[1], nfe, time.perf_counter() - start, states)
+        return Generation(x, prompt_length, nfe, time.perf_counter() - start, states)

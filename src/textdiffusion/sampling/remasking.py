@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from .base import Generation, OnStep, StepOutput, check_length, prompt_batch
+from .base import Generation, OnStep, StepOutput, initial_sequence
 from .filters import filter_logits, sample_categorical, validate_sampling_args
 
 
@@ -50,11 +50,9 @@ class ConfidenceSampler:
     def generate(self, model, process, *, length: int, steps: int, batch_size: int = 1,
                  prompt: torch.Tensor | None = None, gen: torch.Generator | None = None,
                  on_step: OnStep | None = None, trace: bool = False) -> Generation:
-        device = next(model.parameters()).device
-        prompt = prompt_batch(prompt, batch_size, device)
-        check_length(prompt.shape[1], length, model.cfg.context)
+        x = initial_sequence(model, process, prompt, batch_size, length)  # (B, P + L)
+        prompt_length = x.shape[1] - length
         self.set_timesteps(steps)
-        x = torch.cat([prompt, process.prior((prompt.shape[0], length), device)], dim=1)
         nfe, states = 0, []
         start = time.perf_counter()
         for i in range(steps):
@@ -62,7 +60,7 @@ class ConfidenceSampler:
             if not masked.any():
                 break
             # time of the current masked fraction (for time-conditioned models)
-            frac = masked[:, prompt.shape[1]:].float().mean(1)
+            frac = masked[:, prompt_length:].float().mean(1)
             t_vec = process.schedule.time_of(1.0 - frac).clamp(process.eps, 1.0)
             log_p = filter_logits(process.log_probs(model(x, t_vec)), self.temperature, self.top_k, self.top_p)
             nfe += 1
@@ -72,5 +70,5 @@ class ConfidenceSampler:
                 states.append(x.clone())
             if on_step is not None:
                 on_step(i, out)
-        return Generation(x, prompt.shape[1], nfe, time.perf_counter() - start, states)
+        return Generation(x, prompt_length, nfe, time.perf_counter() - start, states)
 

@@ -140,11 +140,17 @@ class LoadedRun:
 
 def build_model(cfg: Config, tokenizer: Tokenizer):
     """The backbone and the objective (diffusion process or AR) a config describes."""
+    from ..models.autoregressive import AutoregressiveObjective
     from ..models.transformer import Transformer
-    from ..processes import attn_mode, build_process
+    from ..processes import MaskedProcess
 
-    objective = build_process(cfg.process, tokenizer.vocab_size, mask_id=tokenizer.mask_id)
-    return Transformer(cfg.model, attn=attn_mode(cfg.process)), objective
+    p = cfg.process
+    if p.name == "ar":  # the same backbone, causal
+        return Transformer(cfg.model, attn="causal"), AutoregressiveObjective()
+    if p.name == "masked":
+        process = MaskedProcess(tokenizer.vocab_size, tokenizer.mask_id, schedule=p.schedule, antithetic=p.antithetic)
+        return Transformer(cfg.model, attn="full"), process
+    raise ConfigError(f"unknown process {p.name!r}")
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedRun:

@@ -57,5 +57,6 @@ def resume_run(run_dir: str | Path, overrides: list[str] | None = None, *, progr
     raw = cfg.to_dict()
     apply_overrides(raw, overrides or [], sections=RESUMABLE_SECTIONS)
     cfg = Config.from_dict(raw)
+    cfg.save(run_dir / "config.json")  # the run's config says what it now trains with
     splits = load_token_splits(cfg.data, tokenizer, run_dir / "tokenizer.json")
     return train(cfg, run_dir, splits, tokenizer, resume=True, progress=progress)

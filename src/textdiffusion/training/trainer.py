@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,11 +43,17 @@ class EMA:
         self.decay = decay
         self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
+    def decay_at(self, step: int) -> float:
+        """Warm-up: min(decay, (1 + n) / (10 + n)), so early averages are not dominated by the
+        random initialisation (0.999 ** 1500 would still be 22 % init after 1500 steps)."""
+        return min(self.decay, (1.0 + step) / (10.0 + step))
+
     @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
+    def update(self, model: torch.nn.Module, step: int) -> None:
+        d = self.decay_at(step)
         for k, v in model.state_dict().items():
             if v.dtype.is_floating_point:
-                self.shadow[k].lerp_(v, 1.0 - self.decay)  # shadow = d * shadow + (1 - d) * v
+                self.shadow[k].lerp_(v, 1.0 - d)  # shadow = d * shadow + (1 - d) * v
             else:
                 self.shadow[k].copy_(v)
 
@@ -70,9 +78,13 @@ def lr_at(step: int, cfg) -> float:
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise CheckpointError(f"train.device={name} but CUDA is not available here")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name} asked for, but CUDA is not available here")
+    return device
 
 
 @dataclass
@@ -164,11 +176,15 @@ def train(
         save_checkpoint(run_dir, model=model, ema=ema, optimizer=optimizer,
                         state={"step": step, "tokens_seen": tokens_seen}, rng=rng)
 
-    # a Ctrl-C checkpoint saves the last completed step with the RNG states as they were then
     saved_step, rng_done = step, rng_state()
-    interrupt = _checkpoint_on_interrupt(lambda: step > saved_step, lambda: save(rng_done), bar)
-    with open(metrics_path, "a") as metrics, interrupt:
+    with open(metrics_path, "a") as metrics, _StopOnSignal() as stop:
         while step < last_step:
+            if stop.requested:  # Ctrl-C: checkpoint the last completed step, then stop
+                bar.close()
+                if step > saved_step:
+                    metrics.flush()
+                    save(rng_done)
+                raise KeyboardInterrupt
             if tc.max_seconds and time.perf_counter() - t_start >= tc.max_seconds:
                 bar.write(f"time budget of {tc.max_seconds:g}s reached at step {step}")
                 if step > saved_step:
@@ -196,7 +212,7 @@ def train(
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             if ema is not None:
-                ema.update(model)
+                ema.update(model, step)
             step += 1
             tokens_seen += tokens_per_step
             rng_done = rng_state()
@@ -211,8 +227,10 @@ def train(
                      seconds=elapsed)
             if step % tc.eval_every == 0 or step == tc.max_steps:
                 val_loss = _validate(model, ema, objective, val, device, autocast)
-                _log(metrics, step=step, val_loss=val_loss, val_bits_per_token=val_loss / math.log(2))
-                bar.write(f"step {step}: val {val_loss:.4f} nats/token ({val_loss / math.log(2):.4f} bits)")
+                # the training objective on fixed validation windows; `textdiffusion eval` adds the
+                # reconstruction term that makes the diffusion loss an exact bound
+                _log(metrics, step=step, val_loss=val_loss, val_loss_bits=val_loss / math.log(2))
+                bar.write(f"step {step}: val loss {val_loss:.4f} nats/token ({val_loss / math.log(2):.4f} bits)")
             if step % tc.ckpt_every == 0 or step == last_step:
                 metrics.flush()
                 save(rng_done)
@@ -224,16 +242,29 @@ def train(
                        seconds, peak)
 
 
-@contextlib.contextmanager
-def _checkpoint_on_interrupt(unsaved, save, bar):
-    """Ctrl-C between steps: save the last completed step, so --resume loses nothing."""
-    try:
-        yield
-    except KeyboardInterrupt:
-        bar.close()
-        if unsaved():
-            save()
-        raise
+class _StopOnSignal:
+    """The first Ctrl-C asks the loop to stop after the current step (which is then
+    checkpointed, so --resume loses nothing and stays exact); a second one stops at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nstopping after this step (Ctrl-C again to stop now)", file=sys.stderr)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
 
 
 def _progress_bar(enabled: bool, initial: int, total: int):
@@ -249,7 +280,7 @@ def _log(fh, **record) -> None:
 
 
 def _validation_batches(tokens: np.ndarray, length: int, tc) -> list[torch.Tensor]:
-    sampler = WindowSampler(tokens, length, tc.batch_size, seed=VAL_SEED)
+    sampler = WindowSampler(tokens, length, tc.batch_size, seed=VAL_SEED, split="validation")
     return [sampler.next() for _ in range(tc.eval_batches)]
 
 
@@ -290,5 +321,12 @@ def _truncate_metrics(path: Path, step: int) -> None:
     """Drop metrics logged after the checkpoint we resume from (they will be logged again)."""
     if not path.exists():
         return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    keep = []
+    for line in path.read_text().split("\n"):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a crash
+            continue
+        if record.get("step", step + 1) <= step:
+            keep.append(line)
     path.write_text("".join(line + "\n" for line in keep))
