@@ -221,7 +221,7 @@ def train(
             elapsed = time.perf_counter() - t_start
             tok_s = (step - start_step) * tokens_per_step / max(train_seconds, 1e-9)
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum:.4f}", tok_s=f"{tok_s:,.0f}")
+            bar.set_postfix(loss=f"{loss_sum:.4f}", tok_s=f"{tok_s:,.0f}", refresh=False)
             if step % tc.log_every == 0 or step == last_step:
                 _log(metrics, step=step, loss=loss_sum, lr=lr, tokens=tokens_seen, tokens_per_second=tok_s,
                      seconds=elapsed)
