@@ -34,7 +34,7 @@ def chain():
 def trained(chain, tmp_path_factory):
     _, splits = chain
     runs = {}
-    for process in ("masked", "ar"):
+    for process in ("masked", "uniform", "ar"):
         out = tmp_path_factory.mktemp(process)
         train(_config(process), out, splits, tokenizer(), progress=False)
         runs[process] = load_run(out)
@@ -54,14 +54,15 @@ def _untrained(process):
     return model.eval(), objective
 
 
-def test_diffusion_elbo_bounds_the_true_entropy(chain, trained):
+@pytest.mark.parametrize("process, slack", [("masked", 0.35), ("uniform", 0.6)])
+def test_diffusion_elbo_bounds_the_true_entropy(chain, trained, process, slack):
     mc, splits = chain
-    run = trained["masked"]
+    run = trained[process]
     report = _likelihood(run.model, run.objective, splits["val"])
     true_bits = mc.window_entropy_bits(CONTEXT)  # no context before a window: (H(pi) + (L-1) h) / L
-    untrained = _likelihood(*_untrained("masked"), splits["val"])
+    untrained = _likelihood(*_untrained(process), splits["val"])
     assert report.bits_per_token >= true_bits - 3 * report.stderr_bits_per_token, (report, true_bits)
-    assert report.bits_per_token < true_bits + 0.35, (report, true_bits)  # it learned most of the chain
+    assert report.bits_per_token < true_bits + slack, (report, true_bits)  # it learned most of the chain
     assert report.bits_per_token < untrained.bits_per_token - 1.0, (report, untrained)
 
 
@@ -77,10 +78,10 @@ def test_ar_nll_bounds_the_entropy_rate(chain, trained):
     assert report.bits_per_token < untrained.bits_per_token - 1.0
 
 
-@pytest.mark.parametrize("sampler_name", ["ancestral", "confidence", "ar"])
-def test_samples_reproduce_the_chain(chain, trained, sampler_name):
+@pytest.mark.parametrize("process, sampler_name", [("masked", "ancestral"), ("masked", "confidence"),
+                                                   ("uniform", "ancestral"), ("ar", "ar")])
+def test_samples_reproduce_the_chain(chain, trained, process, sampler_name):
     mc, _ = chain
-    process = "ar" if sampler_name == "ar" else "masked"
     run = trained[process]
     tok = tokenizer()
     sampler = build_sampler(sampler_name, run.objective, tok)

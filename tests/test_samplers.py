@@ -18,10 +18,11 @@ def _model(process="masked", time_cond=False):
     return model.eval(), objective
 
 
-@pytest.mark.parametrize("name, time_cond", [("ancestral", False), ("ancestral", True), ("confidence", False),
-                                             ("confidence", True), ("ar", False)])
-def test_sampler_contract(name, time_cond):
-    model, objective = _model("ar" if name == "ar" else "masked", time_cond)
+@pytest.mark.parametrize("process, name, time_cond", [
+    ("masked", "ancestral", False), ("masked", "ancestral", True), ("masked", "confidence", False),
+    ("masked", "confidence", True), ("uniform", "ancestral", True), ("ar", "ar", False)])
+def test_sampler_contract(process, name, time_cond):
+    model, objective = _model(process, time_cond)
     sampler = build_sampler(name, objective, tokenizer(), temperature=1.0, top_k=5, top_p=0.9)
     prompt = torch.tensor([0, 1, 2])
     run = lambda seed, steps=8: sampler.generate(model, objective, length=12, steps=steps, batch_size=3,  # noqa: E731
@@ -29,7 +30,7 @@ def test_sampler_contract(name, time_cond):
     out = run(0)
     assert out.tokens.shape == (3, 15)
     assert (out.tokens[:, :3] == prompt).all()  # prompt kept verbatim
-    assert (out.tokens != tokenizer().mask_id).all()  # nothing left masked
+    assert (out.tokens <= tokenizer().eot_id).all()  # valid tokens only: nothing left masked
     assert torch.equal(out.tokens, run(0).tokens)  # same seed, same text
     assert not torch.equal(out.tokens, run(1).tokens)
     if name != "ar":
@@ -75,6 +76,12 @@ def test_kv_cache_decoding_matches_full_recompute():
     pieces += [model(x[:, i : i + 1], kv_cache=cache) for i in range(9, 20)]
     assert torch.allclose(torch.cat(pieces, 1), full, atol=1e-5)
     assert cache.length == 20
+
+
+def test_confidence_needs_a_masked_model():
+    model, objective = _model("uniform", True)
+    with pytest.raises(ValueError, match="masked"):
+        build_sampler("confidence", objective, tokenizer())
 
 
 def test_too_long_prompt_is_an_error():

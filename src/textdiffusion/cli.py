@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="a text file, a folder of text files, a JSONL file with a 'text' field, "
                                   "or 'stdlib' (this Python's standard library sources)")
     p.add_argument("--out", required=True, help="run directory to create (or to continue with --resume)")
-    p.add_argument("--process", choices=("masked", "ar"), help="masked diffusion (default) or the AR twin")
+    p.add_argument("--process", choices=("masked", "uniform", "ar"),
+                   help="masked diffusion (default), uniform (random-token replacement) diffusion, or the AR twin")
     p.add_argument("--config", help="TOML config file (see configs/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one config value, e.g. --set train.max_steps=500 (repeatable)")

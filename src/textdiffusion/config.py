@@ -45,7 +45,9 @@ class ModelConfig:
     context: int = 256  # tokens per training window = the longest sequence the model sees
     mlp_ratio: int = 4
     dropout: float = 0.0
-    time_cond: bool = False  # adaLN conditioning on the diffusion time t (MDLM: not needed for masking)
+    # adaLN conditioning on the diffusion time t; unset (None) = the process's default:
+    # off for masked (MDLM: not needed at convergence) and AR, on for uniform
+    time_cond: bool | None = None
     vocab_size: int = 0  # filled in from the tokenizer at train time
 
     def __post_init__(self) -> None:
@@ -59,7 +61,8 @@ class ModelConfig:
         _check(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
 
 
-PROCESSES = ("masked", "ar")
+PROCESSES = ("masked", "uniform", "ar")
+TIME_COND_DEFAULT = {"masked": False, "uniform": True, "ar": False}
 SCHEDULES = ("loglinear", "cosine")
 
 
@@ -67,7 +70,7 @@ SCHEDULES = ("loglinear", "cosine")
 class ProcessConfig:
     """The forward corruption and its training objective."""
 
-    name: str = "masked"  # masked | ar
+    name: str = "masked"  # masked | uniform | ar
     schedule: str = "loglinear"  # alpha(t) for the masked process
     antithetic: bool = True  # low-discrepancy timestep sampling
 
@@ -146,6 +149,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
+        if self.model.time_cond is None:
+            self.model.time_cond = TIME_COND_DEFAULT[self.process.name]
         _check(not (self.process.name == "ar" and self.model.time_cond),
                "model.time_cond must be false for the AR twin (--process ar has no diffusion time)")
 
@@ -186,6 +191,10 @@ _SECTION_CLASSES = {"model": ModelConfig, "process": ProcessConfig, "data": Data
 def _coerce(value: Any, type_name: Any, flag: str) -> Any:
     """Convert a TOML/JSON/--set value to the field's declared type, or raise naming the flag."""
     type_name = type_name if isinstance(type_name, str) else type_name.__name__
+    if type_name == "bool | None":
+        if value is None or (isinstance(value, str) and value.lower() in ("auto", "none", "")):
+            return None
+        type_name = "bool"
     if type_name == "bool":
         if isinstance(value, bool):
             return value

@@ -6,5 +6,6 @@ from __future__ import annotations
 
 from .base import LossOutput
 from .masked import MaskedProcess
+from .uniform import UniformProcess
 
-__all__ = ["LossOutput", "MaskedProcess"]
+__all__ = ["LossOutput", "MaskedProcess", "UniformProcess"]

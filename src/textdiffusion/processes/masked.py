@@ -37,8 +37,10 @@ class MaskedProcess:
         self.eps = eps
 
     # forward process ---------------------------------------------------------------------
-    def prior(self, shape: tuple[int, ...], device=None) -> torch.Tensor:
-        """x_1: every position is [MASK]."""
+    supports_cache = True  # x_t only changes where a token unmasks: an unchanged x_t needs no new call
+
+    def prior(self, shape: tuple[int, ...], device=None, gen: torch.Generator | None = None) -> torch.Tensor:
+        """x_1: every position is [MASK] (``gen`` is unused: the prior is deterministic)."""
         return torch.full(shape, self.mask_id, dtype=torch.long, device=device)
 
     def corrupt(self, x0: torch.Tensor, t: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
@@ -107,6 +109,19 @@ class MaskedProcess:
         return torch.stack(out)
 
     # reverse process -------------------------------------------------------------------------
+    def reverse_step(self, log_p_x0: torch.Tensor, x_t: torch.Tensor, t: float, s: float,
+                     gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One draw of p(x_s | x_t): each masked token unmasks with probability
+        (alpha_s - alpha_t) / (1 - alpha_t), to a value drawn from p_theta(x0 | x_t); unmasked
+        tokens stay (MDLM eq. 7). Returns (x_s, x0_pred)."""
+        from ..sampling.filters import sample_categorical
+
+        masked = x_t == self.mask_id
+        x0_pred = torch.where(masked, sample_categorical(log_p_x0, gen), x_t)  # (B, T)
+        u = torch.rand(x_t.shape, generator=gen, device=x_t.device)
+        unmask = masked & (u < self.unmask_probability(t, s))
+        return torch.where(unmask, x0_pred, x_t), x0_pred
+
     def unmask_probability(self, t: float, s: float) -> float:
         """P(a token masked at t is unmasked at s < t) = (alpha_s - alpha_t) / (1 - alpha_t); when
         it unmasks, its value is drawn from p_theta(x0 | x_t)  (MDLM eq. 7)."""

@@ -23,6 +23,10 @@ class LogLinear:
         # -alpha'/(1 - alpha) = 1 / t
         return 1.0 / t
 
+    def rate(self, t: torch.Tensor) -> torch.Tensor:
+        """beta(t) = -alpha'(t) / alpha(t): the forward jump rate (uniform noise)."""
+        return 1.0 / (1.0 - t)
+
     def time_of(self, alpha: torch.Tensor) -> torch.Tensor:
         """The inverse: t such that alpha(t) = alpha."""
         return 1.0 - alpha
@@ -39,6 +43,10 @@ class Cosine:
     def weight(self, t: torch.Tensor) -> torch.Tensor:
         # (pi/2) sin(x) / (1 - cos x) with x = pi t / 2, which equals (pi/2) / tan(x / 2)
         return (0.5 * math.pi) / torch.tan(0.25 * math.pi * t)
+
+    def rate(self, t: torch.Tensor) -> torch.Tensor:
+        # (pi/2) sin(x) / cos(x) with x = pi t / 2
+        return (0.5 * math.pi) * torch.tan(0.5 * math.pi * t)
 
     def time_of(self, alpha: torch.Tensor) -> torch.Tensor:
         return torch.arccos(alpha.clamp(0.0, 1.0)) * (2.0 / math.pi)

@@ -12,14 +12,17 @@ DIFFUSION_SAMPLERS = {"ancestral": AncestralSampler, "confidence": ConfidenceSam
 
 def build_sampler(name: str | None, objective, tokenizer, **options):
     """The sampler for a model: the AR twin always decodes left to right with its KV cache."""
+    banned = (tokenizer.mask_id, tokenizer.pad_id, tokenizer.unk_id)  # never text
     if objective.name == "ar":
         if name not in (None, "ar"):
             raise ValueError(f"sampler {name!r} needs a diffusion model; this run is the AR twin (use 'ar')")
-        return AutoregressiveSampler(bos_id=tokenizer.eot_id, banned_ids=(tokenizer.mask_id, tokenizer.pad_id), **options)
+        return AutoregressiveSampler(bos_id=tokenizer.eot_id, banned_ids=banned, **options)
     name = name or "ancestral"
     if name not in DIFFUSION_SAMPLERS:
         raise ValueError(f"unknown sampler {name!r} (choose {', '.join(DIFFUSION_SAMPLERS)})")
-    return DIFFUSION_SAMPLERS[name](**options)
+    if name == "confidence" and objective.name != "masked":
+        raise ValueError(f"the confidence sampler needs a masked model; this run is {objective.name!r} (use ancestral)")
+    return DIFFUSION_SAMPLERS[name](banned_ids=banned, **options)
 
 
 __all__ = ["AncestralSampler", "AutoregressiveSampler", "ConfidenceSampler", "Generation", "StepOutput",

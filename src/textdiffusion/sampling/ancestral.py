@@ -1,8 +1,9 @@
-"""Ancestral sampling of the masked reverse process, with MDLM's caching trick.
+"""Ancestral sampling of a discrete reverse process, with MDLM's caching trick for masking.
 
-Steps run on the grid t_0 = 1 > t_1 > ... > t_N = 0. At each step every masked token is
-unmasked with probability (alpha_s - alpha_t) / (1 - alpha_t), to a value drawn from
-p_theta(x0 | x_t); the last step (alpha_0 = 1) unmasks everything left.
+Steps run on the grid t_0 = 1 > t_1 > ... > t_N = 0; each draws p(x_s | x_t) with the
+process's ``reverse_step`` (masked: every masked token unmasks with probability
+(alpha_s - alpha_t) / (1 - alpha_t), and the last step unmasks everything left; uniform: every
+token is redrawn from the posterior mixture over the model's x0 estimate).
 
 Cache: when no token changed in a step, x_t is the same, so p_theta(x0 | x_t) is the same and the
 network is not called again (exact when the model is not time-conditioned; a time-conditioned
@@ -16,14 +17,16 @@ import time
 import torch
 
 from .base import Generation, OnStep, StepOutput, initial_sequence
-from .filters import filter_logits, sample_categorical, validate_sampling_args
+from .filters import ban, filter_logits, validate_sampling_args
 
 
 class AncestralSampler:
     name = "ancestral"
 
-    def __init__(self, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, cache: bool = True):
+    def __init__(self, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                 banned_ids: tuple[int, ...] = (), cache: bool = True):
         validate_sampling_args(temperature, top_k, top_p)
+        self.banned_ids = list(banned_ids)  # ids that are never text (mask, pad, unknown)
         self.temperature, self.top_k, self.top_p, self.cache = temperature, top_k, top_p, cache
         self.timesteps: torch.Tensor | None = None
 
@@ -33,37 +36,38 @@ class AncestralSampler:
         self.timesteps = torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64)
 
     def step(self, log_p_x0: torch.Tensor, x_t: torch.Tensor, t: float, s: float, process,
-             gen: torch.Generator | None = None) -> StepOutput:
-        """One draw of p(x_s | x_t). ``log_p_x0``: (B, T, V) filtered SUBS log-probabilities."""
+             gen: torch.Generator | None = None, fixed: torch.Tensor | None = None) -> StepOutput:
+        """One draw of p(x_s | x_t) by the process's reverse step; ``fixed`` (B, T) positions
+        (the prompt) are kept. ``log_p_x0``: (B, T, V) filtered log-probabilities of x0."""
         if self.timesteps is None:
             raise RuntimeError("call set_timesteps(num_steps) before step()")
-        masked = x_t == process.mask_id
-        x0_pred = torch.where(masked, sample_categorical(log_p_x0, gen), x_t)  # (B, T)
-        p_unmask = process.unmask_probability(t, s)
-        u = torch.rand(x_t.shape, generator=gen, device=x_t.device)
-        changed = masked & (u < p_unmask)
-        return StepOutput(torch.where(changed, x0_pred, x_t), x0_pred, changed)
+        x_s, x0_pred = process.reverse_step(log_p_x0, x_t, t, s, gen)
+        if fixed is not None:
+            x_s = torch.where(fixed, x_t, x_s)
+        return StepOutput(x_s, x0_pred, x_s != x_t)
 
     @torch.no_grad()
     def generate(self, model, process, *, length: int, steps: int, batch_size: int = 1,
                  prompt: torch.Tensor | None = None, gen: torch.Generator | None = None,
                  on_step: OnStep | None = None, trace: bool = False) -> Generation:
-        x = initial_sequence(model, process, prompt, batch_size, length)  # (B, P + L)
+        x = initial_sequence(model, process, prompt, batch_size, length, gen)  # (B, P + L)
         prompt_length, device = x.shape[1] - length, x.device
+        fixed = torch.zeros_like(x, dtype=torch.bool)
+        fixed[:, :prompt_length] = True
         self.set_timesteps(steps)
         nfe, log_p, states = 0, None, []
-        reuse_ok = self.cache and not model.cfg.time_cond
+        reuse_ok = self.cache and process.supports_cache and not model.cfg.time_cond
         start = time.perf_counter()
         for i in range(steps):
             t, s = float(self.timesteps[i]), float(self.timesteps[i + 1])
-            if not (x == process.mask_id).any():
-                break
+            if process.supports_cache and not (x == process.mask_id).any():
+                break  # nothing left to unmask
             if log_p is None or not reuse_ok:
                 t_vec = torch.full((x.shape[0],), t, device=device)
-                logits = model(x, t_vec)
+                logits = ban(model(x, t_vec), self.banned_ids)
                 log_p = filter_logits(process.log_probs(logits), self.temperature, self.top_k, self.top_p)
                 nfe += 1
-            out = self.step(log_p, x, t, s, process, gen)
+            out = self.step(log_p, x, t, s, process, gen, fixed)
             if out.changed.any():
                 log_p = None  # x changed: the cached prediction is stale
             x = out.x_prev

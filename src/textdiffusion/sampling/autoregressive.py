@@ -9,7 +9,7 @@ import torch
 
 from ..models.transformer import KVCache
 from .base import Generation, OnStep, StepOutput, check_length, prompt_batch
-from .filters import filter_logits, sample_categorical, validate_sampling_args
+from .filters import ban, filter_logits, sample_categorical, validate_sampling_args
 
 
 class AutoregressiveSampler:
@@ -37,8 +37,8 @@ class AutoregressiveSampler:
         logits = model(context, kv_cache=cache)[:, -1]  # prefill: (B, V)
         out_tokens, states = [], []
         for i in range(length):
-            logits[:, self.banned_ids] = float("-inf")
-            nxt = sample_categorical(filter_logits(logits, self.temperature, self.top_k, self.top_p), gen)  # (B,)
+            nxt = sample_categorical(filter_logits(ban(logits, self.banned_ids), self.temperature, self.top_k,
+                                                   self.top_p), gen)  # (B,)
             out_tokens.append(nxt)
             if on_step is not None or trace:
                 x = torch.cat([prompt, torch.stack(out_tokens, 1)], 1)

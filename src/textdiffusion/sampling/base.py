@@ -52,9 +52,10 @@ def prompt_batch(prompt: torch.Tensor | None, batch: int, device) -> torch.Tenso
     return prompt.expand(batch, -1) if prompt.dim() == 1 else prompt
 
 
-def initial_sequence(model, process, prompt: torch.Tensor | None, batch_size: int, length: int) -> torch.Tensor:
-    """(B, P + length): the prompt followed by the process's prior (e.g. all [MASK])."""
+def initial_sequence(model, process, prompt: torch.Tensor | None, batch_size: int, length: int,
+                     gen: torch.Generator | None = None) -> torch.Tensor:
+    """(B, P + length): the prompt followed by the process's prior (all [MASK], or random tokens)."""
     device = next(model.parameters()).device
     prompt = prompt_batch(prompt, batch_size, device)
     check_length(prompt.shape[1], length, model.cfg.context)
-    return torch.cat([prompt, process.prior((prompt.shape[0], length), device)], dim=1)
+    return torch.cat([prompt, process.prior((prompt.shape[0], length), device, gen)], dim=1)

@@ -27,6 +27,14 @@ def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0
     return torch.log_softmax(logits, dim=-1)
 
 
+def ban(logits: torch.Tensor, ids: list[int]) -> torch.Tensor:
+    """Give ``ids`` (tokens that are never text: mask, pad, unknown) zero probability."""
+    if ids:
+        logits = logits.float().clone()
+        logits[..., ids] = float("-inf")
+    return logits
+
+
 def sample_categorical(log_probs: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
     """One draw per row of (..., V) log-probabilities. Sampled in float64: float32 Gumbel noise
     truncates the tail and quietly lowers sample diversity (Zheng et al. 2024)."""

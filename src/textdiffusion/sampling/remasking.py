@@ -13,14 +13,16 @@ import time
 import torch
 
 from .base import Generation, OnStep, StepOutput, initial_sequence
-from .filters import filter_logits, sample_categorical, validate_sampling_args
+from .filters import ban, filter_logits, sample_categorical, validate_sampling_args
 
 
 class ConfidenceSampler:
     name = "confidence"
 
-    def __init__(self, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0):
+    def __init__(self, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                 banned_ids: tuple[int, ...] = ()):
         validate_sampling_args(temperature, top_k, top_p)
+        self.banned_ids = list(banned_ids)  # ids that are never text (mask, pad, unknown)
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
         self.num_steps: int | None = None
 
@@ -50,7 +52,9 @@ class ConfidenceSampler:
     def generate(self, model, process, *, length: int, steps: int, batch_size: int = 1,
                  prompt: torch.Tensor | None = None, gen: torch.Generator | None = None,
                  on_step: OnStep | None = None, trace: bool = False) -> Generation:
-        x = initial_sequence(model, process, prompt, batch_size, length)  # (B, P + L)
+        if getattr(process, "mask_id", None) is None:
+            raise ValueError(f"the confidence sampler needs a masked model; this one is {process.name!r} (use ancestral)")
+        x = initial_sequence(model, process, prompt, batch_size, length, gen)  # (B, P + L)
         prompt_length = x.shape[1] - length
         self.set_timesteps(steps)
         nfe, states = 0, []
@@ -62,7 +66,8 @@ class ConfidenceSampler:
             # time of the current masked fraction (for time-conditioned models)
             frac = masked[:, prompt_length:].float().mean(1)
             t_vec = process.schedule.time_of(1.0 - frac).clamp(process.eps, 1.0)
-            log_p = filter_logits(process.log_probs(model(x, t_vec)), self.temperature, self.top_k, self.top_p)
+            logits = ban(model(x, t_vec), self.banned_ids)
+            log_p = filter_logits(process.log_probs(logits), self.temperature, self.top_k, self.top_p)
             nfe += 1
             out = self.step(log_p, x, steps - i, process.mask_id, gen)
             x = out.x_prev

@@ -142,13 +142,17 @@ def build_model(cfg: Config, tokenizer: Tokenizer):
     """The backbone and the objective (diffusion process or AR) a config describes."""
     from ..models.autoregressive import AutoregressiveObjective
     from ..models.transformer import Transformer
-    from ..processes import MaskedProcess
+    from ..processes import MaskedProcess, UniformProcess
 
     p = cfg.process
     if p.name == "ar":  # the same backbone, causal
         return Transformer(cfg.model, attn="causal"), AutoregressiveObjective()
     if p.name == "masked":
         process = MaskedProcess(tokenizer.vocab_size, tokenizer.mask_id, schedule=p.schedule, antithetic=p.antithetic)
+        return Transformer(cfg.model, attn="full"), process
+    if p.name == "uniform":  # every id is a state (so any text, unknowns included, has a bound)
+        process = UniformProcess(tokenizer.vocab_size, tokenizer.vocab_size, schedule=p.schedule,
+                                 antithetic=p.antithetic)
         return Transformer(cfg.model, attn="full"), process
     raise ConfigError(f"unknown process {p.name!r}")
 

@@ -1,0 +1,83 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from textdiffusion.processes import MaskedProcess, UniformProcess
+
+N = 6
+P = torch.tensor([0.4, 0.25, 0.15, 0.1, 0.06, 0.04])
+H = float(-(P * P.log()).sum())  # entropy of one i.i.d. token, nats
+
+
+def test_forward_marginals_match_the_closed_form():
+    proc = UniformProcess(N, N + 3)
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.zeros(8, 4096, dtype=torch.long)  # every clean token is state 0
+    for t in (0.1, 0.5, 0.9):
+        xt = proc.corrupt(x0, torch.full((8,), t), gen)
+        alpha = 1 - t  # log-linear
+        # q(x_t = y | x0 = 0) = alpha [y = 0] + (1 - alpha) / N
+        expected = torch.full((N,), (1 - alpha) / N)
+        expected[0] += alpha
+        freq = torch.bincount(xt.flatten(), minlength=N).float() / xt.numel()
+        sd = (expected * (1 - expected) / xt.numel()).sqrt()
+        assert ((freq - expected).abs() < 5 * sd).all(), (t, freq, expected)
+        assert xt.max() < N  # never a special token
+
+
+class _BayesOracle(torch.nn.Module):
+    """The exact p(x0 | x_t) for i.i.d. tokens drawn from P: the best possible denoiser."""
+
+    def __init__(self, proc, vocab):
+        super().__init__()
+        self.proc, self.vocab = proc, vocab
+
+    def forward(self, xt, t):
+        if isinstance(self.proc, UniformProcess):
+            a = self.proc.schedule.alpha(t)[:, None, None]
+            posterior = P * (a * F.one_hot(xt.clamp_max(N - 1), N) + (1 - a) / N)  # p(x0) q(x_t | x0)
+        else:  # masked: a masked token says nothing, so the posterior is the prior
+            posterior = P.expand(*xt.shape, N)
+        logits = torch.full((*xt.shape, self.vocab), -1e9)
+        logits[..., :N] = posterior.log()
+        return logits
+
+
+@pytest.mark.parametrize("kind", ["uniform", "masked"])
+def test_bound_is_tight_for_the_bayes_optimal_denoiser(kind):
+    """Known answer: with the exact denoiser the NELBO of i.i.d. tokens equals their entropy."""
+    proc = UniformProcess(N, N + 3) if kind == "uniform" else MaskedProcess(N + 3, N + 1)
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.multinomial(P, 256 * 33, replacement=True, generator=gen).view(256, 33)
+    est = proc.nelbo(_BayesOracle(proc, N + 3), x0, gen, num_samples=16) / 32  # nats per token
+    mean, se = est.mean().item(), est.std().item() / math.sqrt(est.numel())
+    assert abs(mean - H) < 4 * se + 0.01, (kind, mean, H, se)
+
+
+def test_integrand_is_a_kl_zero_at_the_truth():
+    proc = UniformProcess(N, N + 3)
+    gen = torch.Generator().manual_seed(1)
+    x0 = torch.randint(0, N, (16, 20), generator=gen)
+    t = torch.rand(16, generator=gen) * 0.9 + 0.05
+    xt = proc.corrupt(x0, t, gen)
+    perfect = torch.full((16, 20, N + 3), -1e9).scatter(-1, x0[..., None], 0.0)
+    assert proc._kl_rates(proc.log_probs(perfect), xt, x0, t).abs().max() < 1e-4
+    random = proc._kl_rates(proc.log_probs(torch.randn(16, 20, N + 3, generator=gen)), xt, x0, t)
+    assert (random > 0).all()
+
+
+def test_reverse_step_with_the_exact_denoiser_gives_the_true_marginal():
+    """One reverse step from x_t ~ q_t with the Bayes denoiser must land on q_s."""
+    proc = UniformProcess(N, N + 3)
+    gen = torch.Generator().manual_seed(2)
+    x0 = torch.multinomial(P, 64 * 512, replacement=True, generator=gen).view(64, 512)
+    t, s = 0.7, 0.3
+    xt = proc.corrupt(x0, torch.full((64,), t), gen)
+    log_x_theta = proc.log_probs(_BayesOracle(proc, N + 3)(xt, torch.full((64,), t)))
+    xs, _ = proc.reverse_step(log_x_theta, xt, t, s, gen)
+    alpha_s = 1 - s
+    expected = alpha_s * P + (1 - alpha_s) / N  # q_s(y) = sum_x0 p(x0) q(y | x0)
+    freq = torch.bincount(xs.flatten(), minlength=N).float() / xs.numel()
+    assert (freq - expected).abs().max() < 0.01, (freq, expected)
