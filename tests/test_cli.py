@@ -64,6 +64,18 @@ def test_train_sample_eval(runs, corpus):
         assert ev["judge_perplexity"] > 1 and ev["exact"] == (process == "ar")
 
 
+def test_eval_discrete_time_bound(runs, corpus):
+    base, cache = runs
+    for process in ("masked", "uniform"):
+        r = cli("eval", base / process, "--data", corpus, "--json", "--discrete-steps", "8", "--num-samples", "0",
+                "--max-windows", "8", env_cache=cache)
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout)
+        assert out["discrete_steps"] == 8 and 0 < out["bits_per_token"] < 30
+    r = cli("eval", base / "ar", "--data", corpus, "--discrete-steps", "8", env_cache=cache)
+    assert r.returncode == 2 and "exact" in r.stderr
+
+
 def test_sampler_choice_and_text_output(runs):
     base, cache = runs
     r = cli("sample", base / "masked", "--sampler", "confidence", "--steps", "8", "--length", "16", env_cache=cache)

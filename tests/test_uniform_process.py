@@ -45,15 +45,41 @@ class _BayesOracle(torch.nn.Module):
         return logits
 
 
-@pytest.mark.parametrize("kind", ["uniform", "masked"])
-def test_bound_is_tight_for_the_bayes_optimal_denoiser(kind):
-    """Known answer: with the exact denoiser the NELBO of i.i.d. tokens equals their entropy."""
-    proc = UniformProcess(N, N + 3) if kind == "uniform" else MaskedProcess(N + 3, N + 1)
+@pytest.mark.parametrize("kind, num_steps", [("uniform", 0), ("masked", 0), ("uniform", 8), ("masked", 4)])
+def test_bound_is_tight_for_the_bayes_optimal_denoiser(kind, num_steps):
+    """Known answer: with the exact denoiser the NELBO of i.i.d. tokens equals their entropy,
+    in continuous time and for a discrete-time (D3PM) bound with few steps alike."""
+    if kind == "uniform":
+        proc = UniformProcess(N, N + 3, num_steps=num_steps)
+    else:
+        proc = MaskedProcess(N + 3, N + 1, num_steps=num_steps)
     gen = torch.Generator().manual_seed(0)
     x0 = torch.multinomial(P, 256 * 33, replacement=True, generator=gen).view(256, 33)
     est = proc.nelbo(_BayesOracle(proc, N + 3), x0, gen, num_samples=16) / 32  # nats per token
     mean, se = est.mean().item(), est.std().item() / math.sqrt(est.numel())
     assert abs(mean - H) < 4 * se + 0.01, (kind, mean, H, se)
+
+
+@pytest.mark.parametrize("kind", ["uniform", "masked"])
+def test_discrete_bound_approaches_the_continuous_one(kind):
+    """For a fixed (poor) denoiser that ignores x_t, the T-step bound tends to the continuous
+    one as T grows (here T = 1024, within Monte Carlo error)."""
+    gen = torch.Generator().manual_seed(3)
+    x0 = torch.multinomial(P, 256 * 33, replacement=True, generator=gen).view(256, 33)
+
+    class Marginal(torch.nn.Module):
+        def forward(self, xt, t):
+            logits = torch.full((*xt.shape, N + 3), -1e9)
+            logits[..., :N] = P.log() + 0.5 * torch.arange(N)  # a wrong guess, the same everywhere
+            return logits
+
+    est = {}
+    for T in (1024, 0):
+        proc = UniformProcess(N, N + 3, num_steps=T) if kind == "uniform" else MaskedProcess(N + 3, N + 1, num_steps=T)
+        e = proc.nelbo(Marginal(), x0, torch.Generator().manual_seed(0), num_samples=32) / 32
+        est[T] = (e.mean().item(), e.std().item() / math.sqrt(e.numel()))
+    (a, sa), (b, sb) = est[1024], est[0]
+    assert abs(a - b) < 3 * math.hypot(sa, sb) + 0.02, est
 
 
 def test_integrand_is_a_kl_zero_at_the_truth():

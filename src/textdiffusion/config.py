@@ -73,9 +73,11 @@ class ProcessConfig:
     name: str = "masked"  # masked | uniform | ar
     schedule: str = "loglinear"  # alpha(t) for the masked process
     antithetic: bool = True  # low-discrepancy timestep sampling
+    num_steps: int = 0  # T for discrete-time (D3PM-style) training; 0 = continuous time
 
     def __post_init__(self) -> None:
         _check_choice(self.name, PROCESSES, "process.name (--process)")
+        _check(self.num_steps >= 0, "process.num_steps must be >= 0 (0 = continuous time)")
         _check_choice(self.schedule, SCHEDULES, "process.schedule")
 
 

@@ -11,3 +11,17 @@ import torch
 class LossOutput:
     loss: torch.Tensor  # scalar to backpropagate: nats per scored token
     num_tokens: int
+
+
+def stratified_uniform(batch: int, antithetic: bool, gen: torch.Generator | None, device=None) -> torch.Tensor:
+    """(B,) draws from U[0, 1); antithetic: one uniform shifted by i/B, one draw per stratum."""
+    if antithetic:
+        u = torch.rand(1, generator=gen, device=device)
+        return (u + torch.arange(batch, device=device) / batch) % 1.0
+    return torch.rand(batch, generator=gen, device=device)
+
+
+def discrete_times(u: torch.Tensor, num_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step i = floor(u T) + 1 of T, as times (t_i, t_{i-1}) = (i / T, (i - 1) / T)."""
+    i = (u * num_steps).floor().clamp(max=num_steps - 1) + 1
+    return i / num_steps, (i - 1) / num_steps

@@ -1,4 +1,5 @@
-"""Masked (absorbing-state) diffusion: MDLM's continuous-time ELBO with the SUBS parameterisation.
+"""Masked (absorbing-state) diffusion: MDLM's continuous-time ELBO with the SUBS parameterisation,
+and its discrete-time (D3PM) form with T steps.
 
 Notation (Sahoo et al. 2024, "Simple and Effective Masked Diffusion Language Models"):
 
@@ -20,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import LossOutput
+from .base import LossOutput, discrete_times, stratified_uniform
 from .schedules import get_schedule
 
 
@@ -29,12 +30,13 @@ class MaskedProcess:
     uses_time = True
 
     def __init__(self, vocab_size: int, mask_id: int, schedule: str = "loglinear",
-                 antithetic: bool = True, eps: float = 1e-3):
+                 antithetic: bool = True, eps: float = 1e-3, num_steps: int = 0):
         self.vocab_size = vocab_size
         self.mask_id = mask_id
         self.schedule = get_schedule(schedule)
         self.antithetic = antithetic
         self.eps = eps
+        self.num_steps = num_steps  # T > 0: the discrete-time bound with T steps instead
 
     # forward process ---------------------------------------------------------------------
     supports_cache = True  # x_t only changes where a token unmasks: an unchanged x_t needs no new call
@@ -51,12 +53,22 @@ class MaskedProcess:
 
     def sample_t(self, batch: int, gen: torch.Generator | None = None, device=None) -> torch.Tensor:
         """t ~ U[eps, 1]; antithetic: one uniform shifted by i/B, so the batch covers [eps, 1] evenly."""
-        if self.antithetic:
-            u = torch.rand(1, generator=gen, device=device)
-            u = (u + torch.arange(batch, device=device) / batch) % 1.0
-        else:
-            u = torch.rand(batch, generator=gen, device=device)
-        return self.eps + (1.0 - self.eps) * u
+        return self.eps + (1.0 - self.eps) * stratified_uniform(batch, self.antithetic, gen, device)
+
+    def _weighted_times(self, batch: int, gen, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(t, weight) for one Monte Carlo draw of the bound's sum or integral over time.
+
+        Continuous: t ~ U[eps, 1], weight (1 - eps) w(t) (the integral over [eps, 1]).
+        Discrete T steps (D3PM): step i ~ U{1..T}, t = i/T, s = (i-1)/T, and the KL of step i for a
+        masked token is P(unmask) (-log p) with P(unmask) = (alpha_s - alpha_t) / (1 - alpha_t),
+        so the weight is T (alpha_s - alpha_t) / (1 - alpha_t); step 1 (s = 0) is the
+        reconstruction term, so nothing is left out."""
+        if not self.num_steps:
+            t = self.sample_t(batch, gen, device)
+            return t, (1.0 - self.eps) * self.schedule.weight(t)
+        t, s = discrete_times(stratified_uniform(batch, self.antithetic, gen, device), self.num_steps)
+        a_t, a_s = self.schedule.alpha(t), self.schedule.alpha(s)
+        return t, self.num_steps * (a_s - a_t) / (1.0 - a_t)
 
     # parameterisation --------------------------------------------------------------------
     def log_probs(self, logits: torch.Tensor) -> torch.Tensor:
@@ -77,10 +89,10 @@ class MaskedProcess:
         """Monte Carlo NELBO over t in [eps, 1], nats per token. ``batch`` is (B, L+1) windows;
         the last L tokens are scored (the same tokens the AR twin predicts)."""
         x0 = batch[:, 1:]
-        t = self.sample_t(x0.shape[0], gen, x0.device)
+        t, weight = self._weighted_times(x0.shape[0], gen, x0.device)
         xt = self.corrupt(x0, t, gen)
         nll = self._masked_nll(model, xt, x0, t)
-        per_token = (1.0 - self.eps) * self.schedule.weight(t)[:, None] * nll  # (B, L)
+        per_token = weight[:, None] * nll  # (B, L)
         if loss_mask is not None:
             per_token = per_token * loss_mask
             n = int(loss_mask.sum())
@@ -97,9 +109,12 @@ class MaskedProcess:
         out = []
         eps_t = torch.full((x0.shape[0],), self.eps, device=x0.device)
         for _ in range(num_samples):
-            t = self.sample_t(x0.shape[0], gen, x0.device)
+            t, weight = self._weighted_times(x0.shape[0], gen, x0.device)
             xt = self.corrupt(x0, t, gen)
-            diffusion = (1.0 - self.eps) * self.schedule.weight(t) * self._masked_nll(model, xt, x0, t).sum(1)
+            diffusion = weight * self._masked_nll(model, xt, x0, t).sum(1)
+            if self.num_steps:  # the discrete sum already holds the reconstruction step
+                out.append(diffusion)
+                continue
             x_eps = self.corrupt(x0, eps_t, gen)
             if (x_eps == self.mask_id).any():
                 recon = self._masked_nll(model, x_eps, x0, eps_t).sum(1)

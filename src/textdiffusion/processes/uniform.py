@@ -31,7 +31,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .base import LossOutput
+from .base import LossOutput, discrete_times, stratified_uniform
 from .schedules import get_schedule
 
 
@@ -40,7 +40,8 @@ class UniformProcess:
     supports_cache = False  # tokens move at every step: there is nothing to reuse
 
     def __init__(self, num_states: int, vocab_size: int, schedule: str = "loglinear",
-                 antithetic: bool = True, eps: float = 1e-3):
+                 antithetic: bool = True, eps: float = 1e-3, num_steps: int = 0):
+        self.num_steps = num_steps  # T > 0: the discrete-time (D3PM) bound with T steps instead
         self.N = num_states  # tokens 0..N-1 take part; ids >= N (mask, pad, unk) never appear
         self.vocab_size = vocab_size
         self.schedule = get_schedule(schedule)
@@ -61,12 +62,7 @@ class UniformProcess:
 
     def sample_t(self, batch: int, gen: torch.Generator | None = None, device=None) -> torch.Tensor:
         """t ~ U[eps, 1 - eps], antithetic (stratified) by default."""
-        if self.antithetic:
-            u = torch.rand(1, generator=gen, device=device)
-            u = (u + torch.arange(batch, device=device) / batch) % 1.0
-        else:
-            u = torch.rand(batch, generator=gen, device=device)
-        return self.eps + (1.0 - 2 * self.eps) * u
+        return self.eps + (1.0 - 2 * self.eps) * stratified_uniform(batch, self.antithetic, gen, device)
 
     # parameterisation --------------------------------------------------------------------
     def log_probs(self, logits: torch.Tensor) -> torch.Tensor:
@@ -104,15 +100,48 @@ class UniformProcess:
         sum_dlog = hit * at_x0 + (1.0 - hit) * elsewhere
         return (beta / N) * (sum_c - sum_d + sum_dlog)
 
+    def _kl_step(self, log_x_theta: torch.Tensor, xt: torch.Tensor, x0: torch.Tensor,
+                 t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """(B, L) KL(q(x_s | x_t, x0) || p_theta(x_s | x_t)) per token: one term of the
+        discrete-time bound. At s = 0, q is e_{x0} and this is -log x_theta(x0)."""
+        q = self._posterior(F.one_hot(x0, self.N).to(log_x_theta.dtype), xt, t, s)
+        p = self._reverse_probs(log_x_theta, xt, t, s)
+        return (torch.xlogy(q, q) - q * p.clamp_min(1e-30).log()).sum(-1)
+
+    def _posterior(self, x0_probs: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """(B, L, N) sum_x0 x0_probs(x0) q(x_s | x_t, x0): the true posterior for one-hot x0,
+        the model's reverse step for x0_probs = x_theta. With w = x0_probs / q(x_t | x0) it is
+        q(x_t | x_s = y) (alpha_s w_y + (1 - alpha_s) / N sum w)."""
+        N = self.N
+        a_t = self.schedule.alpha(t).view(-1, 1, 1).to(x0_probs.dtype)
+        a_s = self.schedule.alpha(s).view(-1, 1, 1).to(x0_probs.dtype)
+        a_ts = torch.where(a_s > 0, a_t / a_s.clamp_min(1e-30), torch.zeros_like(a_t))  # alpha_{t|s}
+        z = F.one_hot(xt.clamp_max(N - 1), N).to(x0_probs.dtype)
+        w = x0_probs / (a_t * z + (1.0 - a_t) / N)
+        probs = (a_ts * z + (1.0 - a_ts) / N) * (a_s * w + (1.0 - a_s) / N * w.sum(-1, keepdim=True))
+        return probs / probs.sum(-1, keepdim=True)
+
+    def _reverse_probs(self, log_x_theta, xt, t, s) -> torch.Tensor:
+        return self._posterior(log_x_theta[..., : self.N].exp(), xt, t, s)
+
+    def _draw(self, model, x0: torch.Tensor, gen) -> torch.Tensor:
+        """(B, L) one Monte Carlo draw of the per-token diffusion term (integral or sum over t)."""
+        B = x0.shape[0]
+        if self.num_steps:  # discrete time: T KL(step i), i ~ U{1..T}; step 1 is reconstruction
+            t, s = discrete_times(stratified_uniform(B, self.antithetic, gen, x0.device), self.num_steps)
+            xt = self.corrupt(x0, t, gen)
+            return self.num_steps * self._kl_step(self.log_probs(model(xt, t)), xt, x0, t, s)
+        t = self.sample_t(B, gen, x0.device)
+        xt = self.corrupt(x0, t, gen)
+        return (1.0 - 2 * self.eps) * self._kl_rates(self.log_probs(model(xt, t)), xt, x0, t)
+
     # objective -----------------------------------------------------------------------------
     def loss(self, model, batch: torch.Tensor, gen: torch.Generator | None = None,
              loss_mask: torch.Tensor | None = None) -> LossOutput:
-        """Monte Carlo NELBO over t in [eps, 1 - eps], nats per token, on the last L tokens of
-        (B, L+1) windows."""
+        """Monte Carlo NELBO (over t in [eps, 1 - eps], or over the T steps), nats per token, on
+        the last L tokens of (B, L+1) windows."""
         x0 = batch[:, 1:]
-        t = self.sample_t(x0.shape[0], gen, x0.device)
-        xt = self.corrupt(x0, t, gen)
-        per_token = (1.0 - 2 * self.eps) * self._kl_rates(self.log_probs(model(xt, t)), xt, x0, t)
+        per_token = self._draw(model, x0, gen)
         if loss_mask is not None:
             return LossOutput((per_token * loss_mask).sum() / max(int(loss_mask.sum()), 1), int(loss_mask.sum()))
         return LossOutput(per_token.mean(), x0.numel())
@@ -135,9 +164,10 @@ class UniformProcess:
         eps_t = torch.full((B,), self.eps, device=x0.device)
         out = []
         for _ in range(num_samples):
-            t = self.sample_t(B, gen, x0.device)
-            xt = self.corrupt(x0, t, gen)
-            diffusion = (1.0 - 2 * self.eps) * self._kl_rates(self.log_probs(model(xt, t)), xt, x0, t).sum(1)
+            diffusion = self._draw(model, x0, gen).sum(1)
+            if self.num_steps:  # the discrete sum holds reconstruction; alpha(1) = 0: no prior term
+                out.append(diffusion)
+                continue
             x_eps = self.corrupt(x0, eps_t, gen)
             recon = -self.log_probs(model(x_eps, eps_t)).gather(-1, x0[..., None]).squeeze(-1).sum(1)
             out.append(diffusion + recon + self.prior_kl(L))
@@ -147,17 +177,11 @@ class UniformProcess:
     def reverse_step(self, log_x_theta: torch.Tensor, x_t: torch.Tensor, t: float, s: float,
                      gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One draw of p(x_s | x_t) = sum_x0 x_theta(x0) q(x_s | x_t, x0), exact when x_theta is the
-        true p(x0 | x_t). With w = x_theta / q(x_t | x0), this is
-        q(x_t | x_s = y) (alpha_s w_y + (1 - alpha_s) / N sum w). Returns (x_s, x0_pred)."""
+        true p(x0 | x_t). Returns (x_s, x0_pred)."""
         from ..sampling.filters import sample_categorical
 
-        N = self.N
-        a_t = float(self.schedule.alpha(torch.tensor(t, dtype=torch.float64)))
-        a_s = float(self.schedule.alpha(torch.tensor(s, dtype=torch.float64)))
-        a_ts = a_t / a_s if a_s > 0 else 0.0  # alpha_{t|s}
-        x_theta = log_x_theta[..., :N].exp()  # (B, L, N)
-        z = F.one_hot(x_t.clamp_max(N - 1), N).to(x_theta.dtype)
-        w = x_theta / (a_t * z + (1.0 - a_t) / N)  # x_theta(x0) / q(x_t | x0)
-        probs = (a_ts * z + (1.0 - a_ts) / N) * (a_s * w + (1.0 - a_s) / N * w.sum(-1, keepdim=True))
-        x_s = sample_categorical((probs / probs.sum(-1, keepdim=True)).log(), gen)
-        return x_s, x_theta.argmax(-1)
+        B = x_t.shape[0]
+        t_vec = torch.full((B,), t, dtype=torch.float64, device=x_t.device)
+        s_vec = torch.full((B,), s, dtype=torch.float64, device=x_t.device)
+        probs = self._posterior(log_x_theta[..., : self.N].exp().double(), x_t, t_vec, s_vec)
+        return sample_categorical(probs.log(), gen), log_x_theta.argmax(-1)

@@ -148,11 +148,12 @@ def build_model(cfg: Config, tokenizer: Tokenizer):
     if p.name == "ar":  # the same backbone, causal
         return Transformer(cfg.model, attn="causal"), AutoregressiveObjective()
     if p.name == "masked":
-        process = MaskedProcess(tokenizer.vocab_size, tokenizer.mask_id, schedule=p.schedule, antithetic=p.antithetic)
+        process = MaskedProcess(tokenizer.vocab_size, tokenizer.mask_id, schedule=p.schedule, antithetic=p.antithetic,
+                                num_steps=p.num_steps)
         return Transformer(cfg.model, attn="full"), process
     if p.name == "uniform":  # every id is a state (so any text, unknowns included, has a bound)
         process = UniformProcess(tokenizer.vocab_size, tokenizer.vocab_size, schedule=p.schedule,
-                                 antithetic=p.antithetic)
+                                 antithetic=p.antithetic, num_steps=p.num_steps)
         return Transformer(cfg.model, attn="full"), process
     raise ConfigError(f"unknown process {p.name!r}")
 
