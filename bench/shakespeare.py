@@ -63,7 +63,9 @@ def main() -> None:
     p.add_argument("--steps", default="32,64,128,256", help="sampling step budgets for the diffusion model")
     p.add_argument("--num-samples", type=int, default=8)
     p.add_argument("--max-windows", type=int, default=0, help="validation windows to score (0 = all)")
-    p.add_argument("--skip-train", action="store_true", help="reuse the runs already in --out")
+    p.add_argument("--processes", default="masked,ar", help="comma list of masked, uniform, ar (the AR twin is the judge)")
+    p.add_argument("--reuse", action="store_true",
+                   help="reuse finished runs and results in --out (bench/out/shakespeare.json); train only the missing ones")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -74,20 +76,29 @@ def main() -> None:
         "date": datetime.date.today().isoformat(), "machine": f"{platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores, torch {torch.__version__}", "cpu_model": _cpu_model(),
         "peak_fp32_matmul_gflops": peak / 1e9, "budget_seconds": args.budget, "data": args.data, "models": {},
+        "samples": [],
     }
+    previous = out / "shakespeare.json"
+    if args.reuse and previous.exists():
+        results["models"] = json.loads(previous.read_text())["models"]
+        results["samples"] = json.loads(previous.read_text())["samples"]
+    processes = [p for p in args.processes.split(",") if p]
+    if "ar" not in processes and not (out / "shakespeare-ar" / "checkpoint").exists():
+        raise SystemExit("the AR twin is the judge: include ar in --processes (or keep its run in --out)")
     overrides = ["--set", f"train.max_steps={args.max_steps}", "--set", f"train.max_seconds={args.budget}",
                  "--set", f"train.batch_size={args.batch_size}", "--set", "train.warmup_steps=50",
                  "--set", "train.lr=1.5e-3", "--set", "train.ema=0", "--set", "train.eval_every=100",
                  "--set", "train.ckpt_every=100"]
-    for process in ("masked", "ar"):
+    for process in processes:
         run_dir = out / f"shakespeare-{process}"
+        if args.reuse and process in results["models"]:
+            continue
         entry: dict = {"run": str(run_dir)}
-        if not args.skip_train:
-            cmd = ["train", "--data", args.data, "--out", run_dir, "--config", REPO / "configs" / "shakespeare-char.toml",
-                   "--process", process, "--quiet", *overrides]
-            entry["train_command"] = "textdiffusion " + " ".join(map(str, cmd))
-            _, rss, wall = run_measured(cmd)
-            entry.update(train_peak_rss_bytes=rss, train_wall_seconds=wall)
+        cmd = ["train", "--data", args.data, "--out", run_dir, "--config", REPO / "configs" / "shakespeare-char.toml",
+               "--process", process, "--quiet", *overrides]
+        entry["train_command"] = "textdiffusion " + " ".join(map(str, cmd))
+        _, rss, wall = run_measured(cmd)
+        entry.update(train_peak_rss_bytes=rss, train_wall_seconds=wall)
         metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
         last = [m for m in metrics if "loss" in m][-1]
         cfg = json.loads((run_dir / "config.json").read_text())
@@ -109,8 +120,12 @@ def main() -> None:
     from textdiffusion.training.checkpoint import load_run
 
     judge = load_run(out / "shakespeare-ar")
-    samples = []
-    plan = [("ar", "ar", 256)] + [("masked", s, int(n)) for s in ("ancestral", "confidence") for n in args.steps.split(",")]
+    samples = [s for s in results["samples"] if s["process"] not in processes and s["process"] != "data"]
+    plan = []
+    for process in processes:
+        samplers = {"ar": ("ar",), "masked": ("ancestral", "confidence"), "uniform": ("ancestral",)}[process]
+        steps = (256,) if process == "ar" else tuple(int(n) for n in args.steps.split(","))
+        plan += [(process, s, n) for s in samplers for n in steps]
     for process, sampler, steps in plan:
         run_dir = out / f"shakespeare-{process}"
         cmd = ["sample", run_dir, "--num", args.num_samples, "--length", 256, "--steps", steps, "--seed", 0, "--json"]
@@ -149,22 +164,31 @@ def _cpu_model() -> str:
 
 
 def markdown(r: dict) -> str:
-    m, a = r["models"]["masked"], r["models"]["ar"]
+    models = r["models"]
+    names = list(models)
+    ar = models.get("ar")
     gib = 2**30
+
+    def row(label, fmt):
+        return f"| {label} | " + " | ".join(fmt(models[n]) for n in names) + " |"
+
+    def bound(m):
+        kind = "exact NLL" if m["eval"]["exact"] else "ELBO bound"
+        return f"{m['eval']['bits_per_token']:.4f} ± {m['eval']['stderr_bits_per_token']:.4f} ({kind})"
+
     lines = [
         f"Machine: {r['cpu_model']} ({r['machine']}); peak fp32 matmul measured in the run: "
         f"{r['peak_fp32_matmul_gflops']:.0f} GFLOP/s. Date: {r['date']}. Budget: {r['budget_seconds']:.0f} s of training each.",
         "",
-        "| | masked diffusion | AR twin | ratio |",
-        "|---|---|---|---|",
-        f"| parameters | {m['params'] / 1e6:.2f}M | {a['params'] / 1e6:.2f}M | |",
-        f"| optimiser steps in budget | {m['steps']} | {a['steps']} | |",
-        f"| training tokens/s | {m['tokens_per_second']:.0f} | {a['tokens_per_second']:.0f} | "
-        f"{m['tokens_per_second'] / a['tokens_per_second']:.3f} |",
-        f"| MFU (FLOPs/token {m['flops_per_token'] / 1e6:.1f}M) | {m['mfu']:.1%} | {a['mfu']:.1%} | |",
-        f"| peak RSS, training | {m.get('train_peak_rss_bytes', 0) / gib:.2f} GiB | {a.get('train_peak_rss_bytes', 0) / gib:.2f} GiB | |",
-        f"| validation bits/char | {m['eval']['bits_per_token']:.4f} ± {m['eval']['stderr_bits_per_token']:.4f} (ELBO bound) "
-        f"| {a['eval']['bits_per_token']:.4f} ± {a['eval']['stderr_bits_per_token']:.4f} (exact NLL) | |",
+        "| | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+        row("parameters", lambda m: f"{m['params'] / 1e6:.2f}M"),
+        row("optimiser steps in budget", lambda m: str(m["steps"])),
+        row("training tokens/s", lambda m: f"{m['tokens_per_second']:.0f}"
+            + (f" ({m['tokens_per_second'] / ar['tokens_per_second']:.3f}× AR)" if ar else "")),
+        row("MFU", lambda m: f"{m['mfu']:.1%}"),
+        row("peak RSS, training", lambda m: f"{m.get('train_peak_rss_bytes', 0) / gib:.2f} GiB"),
+        row("validation bits/char", bound),
         "",
         "| model | sampler | steps | NFE | tokens/s (batch 8) | peak RSS | judge ppl | unigram entropy (bits) |",
         "|---|---|---|---|---|---|---|---|",
