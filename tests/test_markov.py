@@ -34,7 +34,7 @@ def chain():
 def trained(chain, tmp_path_factory):
     _, splits = chain
     runs = {}
-    for process in ("masked", "uniform", "ar"):
+    for process in ("masked", "uniform", "sedd-absorb", "sedd-uniform", "ar"):
         out = tmp_path_factory.mktemp(process)
         train(_config(process), out, splits, tokenizer(), progress=False)
         runs[process] = load_run(out)
@@ -54,7 +54,8 @@ def _untrained(process):
     return model.eval(), objective
 
 
-@pytest.mark.parametrize("process, slack", [("masked", 0.35), ("uniform", 0.6)])
+@pytest.mark.parametrize("process, slack", [("masked", 0.35), ("uniform", 0.6), ("sedd-absorb", 0.35),
+                                            ("sedd-uniform", 0.6)])
 def test_diffusion_elbo_bounds_the_true_entropy(chain, trained, process, slack):
     mc, splits = chain
     run = trained[process]
@@ -79,7 +80,9 @@ def test_ar_nll_bounds_the_entropy_rate(chain, trained):
 
 
 @pytest.mark.parametrize("process, sampler_name", [("masked", "ancestral"), ("masked", "confidence"),
-                                                   ("uniform", "ancestral"), ("ar", "ar")])
+                                                   ("uniform", "ancestral"), ("sedd-absorb", "ancestral"),
+                                                   ("sedd-uniform", "ancestral"), ("sedd-absorb", "euler"),
+                                                   ("sedd-uniform", "euler"), ("ar", "ar")])
 def test_samples_reproduce_the_chain(chain, trained, process, sampler_name):
     mc, _ = chain
     run = trained[process]

@@ -20,7 +20,9 @@ def _model(process="masked", time_cond=False):
 
 @pytest.mark.parametrize("process, name, time_cond", [
     ("masked", "ancestral", False), ("masked", "ancestral", True), ("masked", "confidence", False),
-    ("masked", "confidence", True), ("uniform", "ancestral", True), ("ar", "ar", False)])
+    ("masked", "confidence", True), ("uniform", "ancestral", True), ("sedd-absorb", "ancestral", True),
+    ("sedd-uniform", "ancestral", True), ("sedd-absorb", "euler", True), ("sedd-uniform", "euler", True),
+    ("ar", "ar", False)])
 def test_sampler_contract(process, name, time_cond):
     model, objective = _model(process, time_cond)
     sampler = build_sampler(name, objective, tokenizer(), temperature=1.0, top_k=5, top_p=0.9)

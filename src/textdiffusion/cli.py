@@ -39,8 +39,8 @@ POSITIVE, NON_NEGATIVE = _int_at_least(1), _int_at_least(0)
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=POSITIVE, default=64, help="denoising steps (network calls at most; default 64)")
     p.add_argument("--sampler", default=None,
-                   help="ancestral (default: the reverse process, cached) | confidence (most confident "
-                        "tokens first) | ar (for AR runs)")
+                   help="ancestral (default: the reverse process; analytic for SEDD) | confidence (masked: "
+                        "most confident tokens first) | euler (SEDD: first-order steps) | ar (for AR runs)")
     p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 = greedy (default 1)")
     p.add_argument("--top-k", type=NON_NEGATIVE, default=0, help="keep the k most likely tokens (default 0 = off)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1 = off)")
@@ -66,8 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="a text file, a folder of text files, a JSONL file with a 'text' field, "
                                   "or 'stdlib' (this Python's standard library sources)")
     p.add_argument("--out", required=True, help="run directory to create (or to continue with --resume)")
-    p.add_argument("--process", choices=("masked", "uniform", "ar"),
-                   help="masked diffusion (default), uniform (random-token replacement) diffusion, or the AR twin")
+    p.add_argument("--process", choices=("masked", "uniform", "sedd-absorb", "sedd-uniform", "ar"),
+                   help="masked diffusion (default), uniform (random-token replacement) diffusion, "
+                        "score-entropy diffusion (SEDD) with absorbing or uniform transitions, or the AR twin")
     p.add_argument("--config", help="TOML config file (see configs/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one config value, e.g. --set train.max_steps=500 (repeatable)")
@@ -185,8 +186,9 @@ def cmd_eval(args) -> int:
     run = _load(args.run, args.device)
     tok = run.tokenizer
     if args.discrete_steps is not None:
-        if run.objective.name == "ar":
-            raise ValueError("--discrete-steps is for diffusion runs; the AR twin's NLL is exact")
+        if run.objective.name not in ("masked", "uniform"):
+            raise ValueError(f"--discrete-steps is for masked and uniform runs (this one is {run.objective.name}); "
+                             "the AR twin's NLL is exact")
         run.objective.num_steps = args.discrete_steps
     own = args.data == run.cfg.data.path or (
         args.data != "stdlib" and run.cfg.data.path != "stdlib" and Path(args.data).resolve() == Path(run.cfg.data.path)

@@ -61,8 +61,8 @@ class ModelConfig:
         _check(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
 
 
-PROCESSES = ("masked", "uniform", "ar")
-TIME_COND_DEFAULT = {"masked": False, "uniform": True, "ar": False}
+PROCESSES = ("masked", "uniform", "sedd-absorb", "sedd-uniform", "ar")
+TIME_COND_DEFAULT = {"masked": False, "uniform": True, "sedd-absorb": True, "sedd-uniform": True, "ar": False}
 SCHEDULES = ("loglinear", "cosine")
 
 
@@ -70,7 +70,7 @@ SCHEDULES = ("loglinear", "cosine")
 class ProcessConfig:
     """The forward corruption and its training objective."""
 
-    name: str = "masked"  # masked | uniform | ar
+    name: str = "masked"  # masked | uniform | sedd-absorb | sedd-uniform | ar
     schedule: str = "loglinear"  # alpha(t) for the masked process
     antithetic: bool = True  # low-discrepancy timestep sampling
     num_steps: int = 0  # T for discrete-time (D3PM-style) training; 0 = continuous time
@@ -78,6 +78,8 @@ class ProcessConfig:
     def __post_init__(self) -> None:
         _check_choice(self.name, PROCESSES, "process.name (--process)")
         _check(self.num_steps >= 0, "process.num_steps must be >= 0 (0 = continuous time)")
+        _check(not (self.num_steps and self.name.startswith("sedd")),
+               "process.num_steps (discrete time) is for masked and uniform; SEDD is continuous-time")
         _check_choice(self.schedule, SCHEDULES, "process.schedule")
 
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from .ancestral import AncestralSampler
+from .ancestral import AncestralSampler, EulerSampler
 from .autoregressive import AutoregressiveSampler
 from .base import Generation, StepOutput
 from .remasking import ConfidenceSampler
 
-DIFFUSION_SAMPLERS = {"ancestral": AncestralSampler, "confidence": ConfidenceSampler}
+DIFFUSION_SAMPLERS = {"ancestral": AncestralSampler, "confidence": ConfidenceSampler, "euler": EulerSampler}
 
 
 def build_sampler(name: str | None, objective, tokenizer, **options):
@@ -22,8 +22,10 @@ def build_sampler(name: str | None, objective, tokenizer, **options):
         raise ValueError(f"unknown sampler {name!r} (choose {', '.join(DIFFUSION_SAMPLERS)})")
     if name == "confidence" and objective.name != "masked":
         raise ValueError(f"the confidence sampler needs a masked model; this run is {objective.name!r} (use ancestral)")
+    if name == "euler" and not hasattr(objective, "euler_step"):
+        raise ValueError(f"the euler sampler needs a score-entropy model (sedd-*); this run is {objective.name!r}")
     return DIFFUSION_SAMPLERS[name](banned_ids=banned, **options)
 
 
-__all__ = ["AncestralSampler", "AutoregressiveSampler", "ConfidenceSampler", "Generation", "StepOutput",
-           "build_sampler"]
+__all__ = ["AncestralSampler", "AutoregressiveSampler", "ConfidenceSampler", "EulerSampler", "Generation",
+           "StepOutput", "build_sampler"]

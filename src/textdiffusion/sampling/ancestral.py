@@ -76,3 +76,18 @@ class AncestralSampler:
             if on_step is not None:
                 on_step(i, out)
         return Generation(x, prompt_length, nfe, time.perf_counter() - start, states)
+
+
+class EulerSampler(AncestralSampler):
+    """Score-entropy models: first-order (Euler / tau-leaping) steps with the model's reverse
+    rates instead of the analytic posterior; the last step is analytic. Same loop and options."""
+
+    name = "euler"
+
+    def step(self, log_p_x0, x_t, t, s, process, gen=None, fixed=None) -> StepOutput:
+        if self.timesteps is None:
+            raise RuntimeError("call set_timesteps(num_steps) before step()")
+        x_s, x0_pred = process.euler_step(log_p_x0, x_t, t, s, gen)
+        if fixed is not None:
+            x_s = torch.where(fixed, x_t, x_s)
+        return StepOutput(x_s, x0_pred, x_s != x_t)

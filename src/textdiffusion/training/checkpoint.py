@@ -155,6 +155,12 @@ def build_model(cfg: Config, tokenizer: Tokenizer):
         process = UniformProcess(tokenizer.vocab_size, tokenizer.vocab_size, schedule=p.schedule,
                                  antithetic=p.antithetic, num_steps=p.num_steps)
         return Transformer(cfg.model, attn="full"), process
+    if p.name in ("sedd-absorb", "sedd-uniform"):
+        from ..processes.score_entropy import ScoreEntropyProcess
+
+        process = ScoreEntropyProcess(p.name.split("-")[1], tokenizer.vocab_size, tokenizer.mask_id,
+                                      schedule=p.schedule, antithetic=p.antithetic)
+        return Transformer(cfg.model, attn="full"), process
     raise ConfigError(f"unknown process {p.name!r}")
 
 
