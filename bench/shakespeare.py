@@ -123,7 +123,7 @@ def main() -> None:
     samples = [s for s in results["samples"] if s["process"] not in processes and s["process"] != "data"]
     plan = []
     for process in processes:
-        samplers = {"ar": ("ar",), "masked": ("ancestral", "confidence"), "uniform": ("ancestral",)}[process]
+        samplers = {"ar": ("ar",), "masked": ("ancestral", "confidence")}.get(process, ("ancestral",))
         steps = (256,) if process == "ar" else tuple(int(n) for n in args.steps.split(","))
         plan += [(process, s, n) for s in samplers for n in steps]
     for process, sampler, steps in plan:

@@ -104,3 +104,16 @@ def test_filters():
         build_sampler("ancestral", _model()[1], tokenizer(), top_p=0)
     with pytest.raises(ValueError, match="unknown sampler"):
         build_sampler("nope", _model()[1], tokenizer())
+
+
+@pytest.mark.parametrize("process, name", [("masked", "ancestral"), ("masked", "confidence"), ("uniform", "ancestral"),
+                                           ("ar", "ar")])
+def test_trace_and_step_hook(process, name):
+    """Every step reaches the on_step hook and the trace; the last state is the result."""
+    model, objective = _model(process, process == "uniform")
+    sampler = build_sampler(name, objective, tokenizer())
+    seen = []
+    out = sampler.generate(model, objective, length=10, steps=10, batch_size=2, trace=True,
+                           gen=torch.Generator().manual_seed(0), on_step=lambda i, step: seen.append(i))
+    assert seen == list(range(len(out.trace))) and len(seen) >= 1
+    assert torch.equal(out.trace[-1], out.tokens)

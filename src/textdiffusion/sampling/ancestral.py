@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from .base import Generation, OnStep, StepOutput, initial_sequence
+from .base import Generation, OnStep, StepOutput, initial_sequence, report_step
 from .filters import ban, filter_logits, validate_sampling_args
 
 
@@ -41,10 +41,14 @@ class AncestralSampler:
         (the prompt) are kept. ``log_p_x0``: (B, T, V) filtered log-probabilities of x0."""
         if self.timesteps is None:
             raise RuntimeError("call set_timesteps(num_steps) before step()")
-        x_s, x0_pred = process.reverse_step(log_p_x0, x_t, t, s, gen)
+        x_s, x0_pred = self._transition(process)(log_p_x0, x_t, t, s, gen)
         if fixed is not None:
             x_s = torch.where(fixed, x_t, x_s)
         return StepOutput(x_s, x0_pred, x_s != x_t)
+
+    def _transition(self, process):
+        """The process's exact reverse draw (analytic for score-entropy models)."""
+        return process.reverse_step
 
     @torch.no_grad()
     def generate(self, model, process, *, length: int, steps: int, batch_size: int = 1,
@@ -71,10 +75,7 @@ class AncestralSampler:
             if out.changed.any():
                 log_p = None  # x changed: the cached prediction is stale
             x = out.x_prev
-            if trace:
-                states.append(x.clone())
-            if on_step is not None:
-                on_step(i, out)
+            report_step(i, out, states if trace else None, on_step)
         return Generation(x, prompt_length, nfe, time.perf_counter() - start, states)
 
 
@@ -84,10 +85,5 @@ class EulerSampler(AncestralSampler):
 
     name = "euler"
 
-    def step(self, log_p_x0, x_t, t, s, process, gen=None, fixed=None) -> StepOutput:
-        if self.timesteps is None:
-            raise RuntimeError("call set_timesteps(num_steps) before step()")
-        x_s, x0_pred = process.euler_step(log_p_x0, x_t, t, s, gen)
-        if fixed is not None:
-            x_s = torch.where(fixed, x_t, x_s)
-        return StepOutput(x_s, x0_pred, x_s != x_t)
+    def _transition(self, process):
+        return process.euler_step

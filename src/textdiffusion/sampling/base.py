@@ -59,3 +59,11 @@ def initial_sequence(model, process, prompt: torch.Tensor | None, batch_size: in
     prompt = prompt_batch(prompt, batch_size, device)
     check_length(prompt.shape[1], length, model.cfg.context)
     return torch.cat([prompt, process.prior((prompt.shape[0], length), device, gen)], dim=1)
+
+
+def report_step(i: int, out: StepOutput, states: list[torch.Tensor] | None, on_step: OnStep | None) -> None:
+    """Record a finished step: into the trace (if kept) and to the per-step hook (if any)."""
+    if states is not None:
+        states.append(out.x_prev.clone())
+    if on_step is not None:
+        on_step(i, out)

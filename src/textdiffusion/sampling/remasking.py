@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from .base import Generation, OnStep, StepOutput, initial_sequence
+from .base import Generation, OnStep, StepOutput, initial_sequence, report_step
 from .filters import ban, filter_logits, sample_categorical, validate_sampling_args
 
 
@@ -71,9 +71,6 @@ class ConfidenceSampler:
             nfe += 1
             out = self.step(log_p, x, steps - i, process.mask_id, gen)
             x = out.x_prev
-            if trace:
-                states.append(x.clone())
-            if on_step is not None:
-                on_step(i, out)
+            report_step(i, out, states if trace else None, on_step)
         return Generation(x, prompt_length, nfe, time.perf_counter() - start, states)
 
