@@ -77,8 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sample", help="generate text from a trained run",
-                       description="Generate text from a run directory. Diffusion runs start from all-mask "
-                                   "and denoise; AR runs decode left to right with a KV cache.")
+                       description="Generate text from a run directory. Diffusion runs start from their "
+                                   "prior (all-mask, or random tokens) and denoise; AR runs decode left to "
+                                   "right with a KV cache.")
     p.add_argument("run", help="run directory")
     p.add_argument("--prompt", default="", help="text the samples start with (kept verbatim)")
     p.add_argument("--num", type=POSITIVE, default=1, help="number of samples, generated as one batch (default 1)")
