@@ -49,9 +49,9 @@ class _ExactScores(torch.nn.Module):
         self.proc = proc
 
     def forward(self, xt, t):
-        if self.proc.kind == "absorb":  # s_y = r p(y): the network part is log p(y)
+        if self.proc.kind == "absorb":  # s_y = r p(y): the network part is log p(y) + log(V - 1)
             logits = torch.full((*xt.shape, V), -1e9)
-            logits[..., :N] = P.log()
+            logits[..., :N] = P.log() + math.log(V - 1)
             return logits
         a = self.proc.schedule.alpha(t)[:, None, None]
         return (a * P + (1 - a) / N).log().expand(*xt.shape, N)  # log p_t(y); ratios are the scores
@@ -81,8 +81,8 @@ def test_score_entropy_is_zero_at_the_truth_and_positive_elsewhere(kind):
         a = (1 - t)[:, None, None]
         truth = (a * torch.nn.functional.one_hot(x0, N) + (1 - a) / N).log()
         assert proc._score_entropy(truth, xt, x0, t).abs().max() < 1e-4
-    else:  # s_{x0} = r exactly: network output 0 at x0 and -inf elsewhere
-        truth = torch.full((8, 16, V), -1e9).scatter(-1, x0[..., None], 0.0)
+    else:  # s_{x0} = r exactly: network output log(V - 1) at x0 and -inf elsewhere
+        truth = torch.full((8, 16, V), -1e9).scatter(-1, x0[..., None], math.log(V - 1))
         assert proc._score_entropy(truth, xt, x0, t).abs().max() < 1e-4
 
 

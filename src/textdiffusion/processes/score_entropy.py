@@ -11,7 +11,8 @@ which is the generalised KL between the true and the model's reverse rates, as f
 
 Parameterisation. Absorbing: only masked positions count, r_{x0} = alpha / (1 - alpha) and
 R(y -> mask) = beta = -alpha'/alpha; the log score is the network output plus log r (SEDD's
-"scale by sigma"), so the integrand is w(t) [sum_y e^{l_y} - l_{x0} - 1] with MDLM's weight
+"scale by sigma") minus the constant log(V - 1) (so an output near zero is normalised), and with
+l = output - log(V - 1) the integrand is w(t) [sum_y e^{l_y} - l_{x0} - 1] with MDLM's weight
 w(t): MDLM's loss plus a penalty for unnormalised outputs. Uniform: R(y -> z) = beta / N and
 s_y = exp(l_y - l_z) (a score is a ratio, so s_z = 1).
 
@@ -22,6 +23,8 @@ uniform turns the scores into the x0 estimate they imply, then takes the exact p
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -65,7 +68,9 @@ class ScoreEntropyProcess:
         """(B, L) sum_{y != z} R(y -> z) [s_y - r_y log s_y + K(r_y)] per token, nats per unit time."""
         logits = logits.float()
         if self.kind == "absorb":
-            logits = logits.clone()
+            # a fixed shift by -log(V - 1): a network that starts near zero starts with normalised
+            # scores, instead of a penalty of about V that swamps the first updates
+            logits = logits - math.log(self.vocab_size - 1)
             logits[..., self.mask_id] = float("-inf")
             masked = (xt == self.mask_id).float()
             w = self.schedule.weight(t)[:, None]  # beta * r = -alpha'/(1 - alpha)
