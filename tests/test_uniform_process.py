@@ -107,3 +107,59 @@ def test_reverse_step_with_the_exact_denoiser_gives_the_true_marginal():
     expected = alpha_s * P + (1 - alpha_s) / N  # q_s(y) = sum_x0 p(x0) q(y | x0)
     freq = torch.bincount(xs.flatten(), minlength=N).float() / xs.numel()
     assert (freq - expected).abs().max() < 0.01, (freq, expected)
+
+
+def test_integrand_matches_the_definition_term_by_term():
+    """The O(N) closed form equals sum_{y != z} (R_theta - R_q + R_q log(R_q / R_theta)) computed
+    directly from the rates, with R_theta the x_theta-average of the x0-conditioned rates."""
+    proc = UniformProcess(N, N + 3)
+    gen = torch.Generator().manual_seed(5)
+    x0 = torch.randint(0, N, (4, 5), generator=gen)
+    t = torch.rand(4, generator=gen) * 0.9 + 0.05
+    xt = proc.corrupt(x0, t, gen)
+    xt[0] = x0[0]  # both cases: z = x0 and z != x0
+    log_x_theta = proc.log_probs(torch.randn(4, 5, N + 3, generator=gen))
+    closed = proc._kl_rates(log_x_theta, xt, x0, t)
+    brute = torch.zeros(4, 5)
+    for b in range(4):
+        a, beta = 1 - t[b], 1 / (1 - t[b])
+        q = a * torch.eye(N) + (1 - a) / N  # q[x0, y] = q_t(y | x0)
+        for i in range(5):
+            z, x = xt[b, i], x0[b, i]
+            r_q = q[x] / q[x, z]
+            r_theta = (log_x_theta[b, i, :N].exp()[:, None] * q / q[:, z : z + 1]).sum(0)
+            keep = torch.arange(N) != z
+            rq, rt = r_q[keep], r_theta[keep]
+            brute[b, i] = beta / N * (rt - rq + rq * (rq / rt).log()).sum()
+    assert torch.allclose(closed, brute, atol=1e-4, rtol=1e-4)
+
+
+def test_integrand_is_accurate_in_float32_for_a_large_vocabulary_at_small_t():
+    """N = 4096 (a BPE vocabulary) at t = eps, where rho ~ N / eps: float32 must agree with
+    float64 (a cancellation in c_y = 1 + x_y (rho - 1) + x_z (1/rho - 1) once lost it)."""
+    big = 4096
+    proc = UniformProcess(big, big)
+    gen = torch.Generator().manual_seed(6)
+    x0 = torch.randint(0, big, (2, 64), generator=gen)
+    xt = x0.clone()
+    xt[1, :32] = torch.randint(0, big, (32,), generator=gen)
+    logits = 3.0 * torch.randn(2, 64, big, generator=gen)
+    logits.scatter_(-1, xt[..., None], 25.0)  # a confident model: x_theta(z) close to 1
+    t = torch.full((2,), proc.eps)
+    single = proc._kl_rates(proc.log_probs(logits), xt, x0, t)
+    double = proc._kl_rates(F.log_softmax(logits.double(), -1), xt, x0, t.double())
+    assert torch.isfinite(single).all()
+    # the closed form subtracts O(N) terms: expect ~1e-3 relative error on large values, ~1e-4 absolute on small
+    assert torch.allclose(single.double(), double, rtol=2e-3, atol=1e-3), (single - double).abs().max()
+
+
+def test_integrand_stays_finite_when_float32_saturates():
+    """N = 65536 at t = eps with x_theta(z) rounding to exactly 1: 1/rho - 1 rounds to -1 in
+    float32, which once made log c_y = -inf and the integrand NaN."""
+    big = 65536
+    proc = UniformProcess(big, big)
+    x0 = torch.tensor([[1, 2, 3, 4]])
+    xt = torch.tensor([[1, 2, 7, 9]])  # two hits, two misses
+    logits = torch.full((1, 4, big), -100.0).scatter(-1, xt[..., None], 100.0)
+    out = proc._kl_rates(proc.log_probs(logits), xt, x0, torch.full((1,), proc.eps))
+    assert torch.isfinite(out).all() and (out >= -1e-3).all(), out

@@ -188,8 +188,7 @@ def cmd_eval(args) -> int:
     tok = run.tokenizer
     if args.discrete_steps is not None:
         if run.objective.name not in ("masked", "uniform"):
-            raise ValueError(f"--discrete-steps is for masked and uniform runs (this one is {run.objective.name}); "
-                             "the AR twin's NLL is exact")
+            raise ValueError(f"--discrete-steps is for masked and uniform runs; this one is {run.objective.name}")
         run.objective.num_steps = args.discrete_steps
     own = args.data == run.cfg.data.path or (
         args.data != "stdlib" and run.cfg.data.path != "stdlib" and Path(args.data).resolve() == Path(run.cfg.data.path)

@@ -71,15 +71,15 @@ class ProcessConfig:
     """The forward corruption and its training objective."""
 
     name: str = "masked"  # masked | uniform | sedd-absorb | sedd-uniform | ar
-    schedule: str = "loglinear"  # alpha(t) for the masked process
+    schedule: str = "loglinear"  # alpha(t) of every diffusion process
     antithetic: bool = True  # low-discrepancy timestep sampling
     num_steps: int = 0  # T for discrete-time (D3PM-style) training; 0 = continuous time
 
     def __post_init__(self) -> None:
         _check_choice(self.name, PROCESSES, "process.name (--process)")
         _check(self.num_steps >= 0, "process.num_steps must be >= 0 (0 = continuous time)")
-        _check(not (self.num_steps and self.name.startswith("sedd")),
-               "process.num_steps (discrete time) is for masked and uniform; SEDD is continuous-time")
+        _check(not self.num_steps or self.name in ("masked", "uniform"),
+               "process.num_steps (discrete time) is for masked and uniform only")
         _check_choice(self.schedule, SCHEDULES, "process.schedule")
 
 

@@ -145,7 +145,8 @@ class ScoreEntropyProcess:
         # they imply is p(x0 = y | z) ~ q(z | y) p0(y) with p0 = (p_t - (1 - alpha)/N) / alpha, its
         # negative parts clipped (exact for exact scores)
         N = self.vocab_size
-        a = float(self.schedule.alpha(torch.tensor(t, dtype=torch.float64)))
+        # at t = 1 the scores carry no information about x0 (p0 = 0/0): read them just below
+        a = float(self.schedule.alpha(torch.tensor(min(t, 1.0 - self.eps), dtype=torch.float64)))
         p_t = log_scores.double().exp()  # rows of log_softmax: they sum to one
         q_z = a * F.one_hot(x_t, N).double() + (1.0 - a) / N  # q(z | y)
         x0_probs = (q_z * (p_t - (1.0 - a) / N)).clamp_min(0.0)
@@ -164,7 +165,8 @@ class ScoreEntropyProcess:
         if s <= 0.0:
             return self.reverse_step(log_scores, x_t, t, s, gen)
         dt = t - s
-        t_vec = torch.tensor([min(t, 1.0 - self.eps)], dtype=torch.float64)
+        # uniform: beta(1) is infinite, so read the rate just below t = 1 (absorbing: w(1) is finite)
+        t_vec = torch.tensor([t if self.kind == "absorb" else min(t, 1.0 - self.eps)], dtype=torch.float64)
         z = F.one_hot(x_t, log_scores.shape[-1]).double()
         if self.kind == "absorb":  # only masked tokens move, each to y at rate w(t) p(y)
             rate = float(self.schedule.weight(t_vec)) * log_scores.double().exp()

@@ -42,7 +42,7 @@ class UniformProcess:
     def __init__(self, num_states: int, vocab_size: int, schedule: str = "loglinear",
                  antithetic: bool = True, eps: float = 1e-3, num_steps: int = 0):
         self.num_steps = num_steps  # T > 0: the discrete-time (D3PM) bound with T steps instead
-        self.N = num_states  # tokens 0..N-1 take part; ids >= N (mask, pad, unk) never appear
+        self.N = num_states  # ids 0..N-1 are states (build_model uses every id, so any text has a bound)
         self.vocab_size = vocab_size
         self.schedule = get_schedule(schedule)
         self.antithetic = antithetic
@@ -86,7 +86,11 @@ class UniformProcess:
         rho = (1.0 - alpha + N * alpha) / (1.0 - alpha)  # (B, 1), > 1
         x_theta = log_x_theta[..., :N].exp()  # (B, L, N)
         xz = x_theta.gather(-1, xt[..., None]).squeeze(-1)  # x_theta(z): (B, L)
-        log_c = torch.log1p(x_theta * (rho - 1.0)[..., None] + (xz * (1.0 / rho - 1.0))[..., None])  # (B, L, N)
+        # c_y written as a sum of non-negative terms (no cancellation: c_y >= 1/rho > 0 in float32
+        # even when rho ~ N / eps is large)
+        inv = (1.0 / rho)[..., None]  # (B, 1, 1)
+        c = inv + (1.0 - inv) * (1.0 - xz)[..., None] + (rho - 1.0)[..., None] * x_theta  # (B, L, N)
+        log_c = c.log()
         log_c_z = log_c.gather(-1, xt[..., None]).squeeze(-1)
         log_c_x0 = log_c.gather(-1, x0[..., None]).squeeze(-1)
         sum_log_c = log_c.sum(-1) - log_c_z  # over y != z
@@ -97,7 +101,7 @@ class UniformProcess:
         log_rho = rho.log()
         at_x0 = (1.0 / rho) * (-(N - 1) * log_rho - sum_log_c)
         elsewhere = rho * (log_rho - log_c_x0) - (sum_log_c - log_c_x0)
-        sum_dlog = hit * at_x0 + (1.0 - hit) * elsewhere
+        sum_dlog = torch.where(hit.bool(), at_x0, elsewhere)
         return (beta / N) * (sum_c - sum_d + sum_dlog)
 
     def _kl_step(self, log_x_theta: torch.Tensor, xt: torch.Tensor, x0: torch.Tensor,
