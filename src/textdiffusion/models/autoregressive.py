@@ -23,10 +23,7 @@ class AutoregressiveObjective:
         are the input, the last L the targets (the same tokens the diffusion loss scores)."""
         logits = model(batch[:, :-1])  # (B, L, V)
         nll = F.cross_entropy(logits.float().transpose(1, 2), batch[:, 1:], reduction="none")
-        if loss_mask is not None:
-            n = int(loss_mask.sum())
-            return LossOutput((nll * loss_mask).sum() / max(n, 1), n)
-        return LossOutput(nll.mean(), nll.numel())
+        return LossOutput.mean_over(nll, loss_mask)
 
     @torch.no_grad()
     def nelbo(self, model, batch: torch.Tensor, gen: torch.Generator | None = None,

@@ -12,6 +12,14 @@ class LossOutput:
     loss: torch.Tensor  # scalar to backpropagate: nats per scored token
     num_tokens: int
 
+    @classmethod
+    def mean_over(cls, per_token: torch.Tensor, loss_mask: torch.Tensor | None = None) -> LossOutput:
+        """Average (B, L) per-token losses over all tokens, or over those ``loss_mask`` keeps."""
+        if loss_mask is None:
+            return cls(per_token.mean(), per_token.numel())
+        n = int(loss_mask.sum())
+        return cls((per_token * loss_mask).sum() / max(n, 1), n)
+
 
 def stratified_uniform(batch: int, antithetic: bool, gen: torch.Generator | None, device=None) -> torch.Tensor:
     """(B,) draws from U[0, 1); antithetic: one uniform shifted by i/B, one draw per stratum."""

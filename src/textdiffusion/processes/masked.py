@@ -93,12 +93,7 @@ class MaskedProcess:
         xt = self.corrupt(x0, t, gen)
         nll = self._masked_nll(model, xt, x0, t)
         per_token = weight[:, None] * nll  # (B, L)
-        if loss_mask is not None:
-            per_token = per_token * loss_mask
-            n = int(loss_mask.sum())
-        else:
-            n = x0.numel()
-        return LossOutput(per_token.sum() / max(n, 1), n)
+        return LossOutput.mean_over(per_token, loss_mask)
 
     @torch.no_grad()
     def nelbo(self, model, batch: torch.Tensor, gen: torch.Generator | None = None,

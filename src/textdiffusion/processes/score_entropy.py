@@ -115,10 +115,7 @@ class ScoreEntropyProcess:
              loss_mask: torch.Tensor | None = None) -> LossOutput:
         """Monte Carlo score-entropy bound over t, nats per token, on the last L tokens of (B, L+1)."""
         per_token = self._integral_draw(model, batch[:, 1:], gen)
-        if loss_mask is not None:
-            n = int(loss_mask.sum())
-            return LossOutput((per_token * loss_mask).sum() / max(n, 1), n)
-        return LossOutput(per_token.mean(), per_token.numel())
+        return LossOutput.mean_over(per_token, loss_mask)
 
     @torch.no_grad()
     def nelbo(self, model, batch: torch.Tensor, gen: torch.Generator | None = None,

@@ -146,9 +146,7 @@ class UniformProcess:
         the last L tokens of (B, L+1) windows."""
         x0 = batch[:, 1:]
         per_token = self._draw(model, x0, gen)
-        if loss_mask is not None:
-            return LossOutput((per_token * loss_mask).sum() / max(int(loss_mask.sum()), 1), int(loss_mask.sum()))
-        return LossOutput(per_token.mean(), x0.numel())
+        return LossOutput.mean_over(per_token, loss_mask)
 
     def prior_kl(self, length: int) -> float:
         """KL(q(x_{1-eps} | x0) || uniform) for ``length`` tokens, in nats (same for every x0)."""
