@@ -31,7 +31,7 @@ def corpus(tmp_path_factory):
 def runs(corpus, tmp_path_factory):
     base = tmp_path_factory.mktemp("runs")
     cache = base / "cache"
-    for process in ("masked", "uniform", "sedd-absorb", "sedd-uniform", "ar"):
+    for process in ("masked", "uniform", "gaussian", "sedd-absorb", "sedd-uniform", "ar"):
         r = cli("train", "--data", corpus, "--out", base / process, "--config", TINY, "--process", process,
                 "--set", "train.max_steps=30", "--quiet", env_cache=cache)
         assert r.returncode == 0, r.stderr
@@ -41,7 +41,7 @@ def runs(corpus, tmp_path_factory):
 
 def test_train_sample_eval(runs, corpus):
     base, cache = runs
-    for process in ("masked", "uniform", "sedd-absorb", "sedd-uniform", "ar"):
+    for process in ("masked", "uniform", "gaussian", "sedd-absorb", "sedd-uniform", "ar"):
         run = base / process
         assert (run / "checkpoint" / "model.safetensors").exists() and (run / "tokenizer.json").exists()
         metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]

@@ -15,12 +15,21 @@ from textdiffusion.training.trainer import train
 CONTEXT = 32
 
 
+# Gaussian embedding diffusion learns more slowly (its ELBO estimator is noisier: rare decoding
+# errors weighted by the SNR); it gets a longer run, the same model and data
+# and its samples sit a little further from the chain at that budget (TV 0.12-0.14 against 0.05 for
+# the chain's own samples, where the discrete processes reach 0.08-0.12)
+STEPS = {"gaussian": 1000}
+TV_SLACK = {"gaussian": 0.15}
+
+
 def _config(process: str) -> Config:
+    steps = STEPS.get(process, 300)
     return Config(
         model=ModelConfig(n_layer=2, n_head=4, d_model=64, context=CONTEXT),
         process=ProcessConfig(name=process),
-        train=TrainConfig(batch_size=64, max_steps=300, lr=3e-3, min_lr=3e-4, warmup_steps=20,
-                          eval_every=300, ckpt_every=300, log_every=50),
+        train=TrainConfig(batch_size=64, max_steps=steps, lr=3e-3, min_lr=3e-4, warmup_steps=20,
+                          eval_every=steps, ckpt_every=steps, log_every=50),
     )
 
 
@@ -34,7 +43,7 @@ def chain():
 def trained(chain, tmp_path_factory):
     _, splits = chain
     runs = {}
-    for process in ("masked", "uniform", "sedd-absorb", "sedd-uniform", "ar"):
+    for process in ("masked", "uniform", "gaussian", "sedd-absorb", "sedd-uniform", "ar"):
         out = tmp_path_factory.mktemp(process)
         train(_config(process), out, splits, tokenizer(), progress=False)
         runs[process] = load_run(out)
@@ -54,8 +63,8 @@ def _untrained(process):
     return model.eval(), objective
 
 
-@pytest.mark.parametrize("process, slack", [("masked", 0.35), ("uniform", 0.6), ("sedd-absorb", 0.35),
-                                            ("sedd-uniform", 0.6)])
+@pytest.mark.parametrize("process, slack", [("masked", 0.35), ("uniform", 0.6), ("gaussian", 0.6),
+                                            ("sedd-absorb", 0.35), ("sedd-uniform", 0.6)])
 def test_diffusion_elbo_bounds_the_true_entropy(chain, trained, process, slack):
     mc, splits = chain
     run = trained[process]
@@ -80,7 +89,8 @@ def test_ar_nll_bounds_the_entropy_rate(chain, trained):
 
 
 @pytest.mark.parametrize("process, sampler_name", [("masked", "ancestral"), ("masked", "confidence"),
-                                                   ("uniform", "ancestral"), ("sedd-absorb", "ancestral"),
+                                                   ("uniform", "ancestral"), ("gaussian", "ddpm"),
+                                                   ("gaussian", "ddim"), ("sedd-absorb", "ancestral"),
                                                    ("sedd-uniform", "ancestral"), ("sedd-absorb", "euler"),
                                                    ("sedd-uniform", "euler"), ("ar", "ar")])
 def test_samples_reproduce_the_chain(chain, trained, process, sampler_name):
@@ -107,4 +117,4 @@ def test_samples_reproduce_the_chain(chain, trained, process, sampler_name):
         assert tv < tv_untrained
     else:
         assert tv < 0.5 * tv_untrained, (tv, tv_untrained)
-        assert tv < reference + 0.1, (tv, reference)
+        assert tv < reference + TV_SLACK.get(process, 0.1), (tv, reference)

@@ -22,7 +22,7 @@ def _model(process="masked", time_cond=False):
     ("masked", "ancestral", False), ("masked", "ancestral", True), ("masked", "confidence", False),
     ("masked", "confidence", True), ("uniform", "ancestral", True), ("sedd-absorb", "ancestral", True),
     ("sedd-uniform", "ancestral", True), ("sedd-absorb", "euler", True), ("sedd-uniform", "euler", True),
-    ("ar", "ar", False)])
+    ("gaussian", "ddpm", True), ("gaussian", "ddim", True), ("ar", "ar", False)])
 def test_sampler_contract(process, name, time_cond):
     model, objective = _model(process, time_cond)
     sampler = build_sampler(name, objective, tokenizer(), temperature=1.0, top_k=5, top_p=0.9)
@@ -86,6 +86,14 @@ def test_confidence_needs_a_masked_model():
         build_sampler("confidence", objective, tokenizer())
 
 
+def test_samplers_refuse_the_wrong_kind_of_process():
+    with pytest.raises(ValueError, match="needs a gaussian model"):
+        build_sampler("ddim", _model("masked")[1], tokenizer())
+    with pytest.raises(ValueError, match="use ddpm or ddim"):
+        build_sampler("ancestral", _model("gaussian", True)[1], tokenizer())
+    assert build_sampler(None, _model("gaussian", True)[1], tokenizer()).name == "ddpm"
+
+
 def test_too_long_prompt_is_an_error():
     model, objective = _model()
     sampler = build_sampler("confidence", objective, tokenizer())
@@ -107,10 +115,10 @@ def test_filters():
 
 
 @pytest.mark.parametrize("process, name", [("masked", "ancestral"), ("masked", "confidence"), ("uniform", "ancestral"),
-                                           ("ar", "ar")])
+                                           ("gaussian", "ddpm"), ("ar", "ar")])
 def test_trace_and_step_hook(process, name):
     """Every step reaches the on_step hook and the trace; the last state is the result."""
-    model, objective = _model(process, process == "uniform")
+    model, objective = _model(process, process in ("uniform", "gaussian"))
     sampler = build_sampler(name, objective, tokenizer())
     seen = []
     out = sampler.generate(model, objective, length=10, steps=10, batch_size=2, trace=True,

@@ -40,7 +40,8 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=POSITIVE, default=64, help="denoising steps (network calls at most; default 64)")
     p.add_argument("--sampler", default=None,
                    help="ancestral (default: the reverse process; analytic for SEDD) | confidence (masked: "
-                        "most confident tokens first) | euler (SEDD: first-order steps) | ar (for AR runs)")
+                        "most confident tokens first) | euler (SEDD: first-order steps) | ddpm (default for "
+                        "gaussian) | ddim (gaussian, deterministic) | ar (for AR runs)")
     p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 = greedy (default 1)")
     p.add_argument("--top-k", type=NON_NEGATIVE, default=0, help="keep the k most likely tokens (default 0 = off)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1 = off)")
@@ -66,9 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="a text file, a folder of text files, a JSONL file with a 'text' field, "
                                   "or 'stdlib' (this Python's standard library sources)")
     p.add_argument("--out", required=True, help="run directory to create (or to continue with --resume)")
-    p.add_argument("--process", choices=("masked", "uniform", "sedd-absorb", "sedd-uniform", "ar"),
-                   help="masked diffusion (default), uniform (random-token replacement) diffusion, "
-                        "score-entropy diffusion (SEDD) with absorbing or uniform transitions, or the AR twin")
+    p.add_argument("--process", choices=("masked", "uniform", "gaussian", "sedd-absorb", "sedd-uniform", "ar"),
+                   help="masked diffusion (default), uniform (random-token replacement) diffusion, gaussian "
+                        "(noise on learned embeddings), score-entropy diffusion (SEDD) with absorbing or "
+                        "uniform transitions, or the AR twin")
     p.add_argument("--config", help="TOML config file (see configs/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one config value, e.g. --set train.max_steps=500 (repeatable)")

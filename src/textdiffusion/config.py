@@ -61,8 +61,9 @@ class ModelConfig:
         _check(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
 
 
-PROCESSES = ("masked", "uniform", "sedd-absorb", "sedd-uniform", "ar")
-TIME_COND_DEFAULT = {"masked": False, "uniform": True, "sedd-absorb": True, "sedd-uniform": True, "ar": False}
+PROCESSES = ("masked", "uniform", "gaussian", "sedd-absorb", "sedd-uniform", "ar")
+TIME_COND_DEFAULT = {"masked": False, "uniform": True, "gaussian": True, "sedd-absorb": True, "sedd-uniform": True,
+                     "ar": False}
 SCHEDULES = ("loglinear", "cosine")
 
 
@@ -70,10 +71,15 @@ SCHEDULES = ("loglinear", "cosine")
 class ProcessConfig:
     """The forward corruption and its training objective."""
 
-    name: str = "masked"  # masked | uniform | sedd-absorb | sedd-uniform | ar
-    schedule: str = "loglinear"  # alpha(t) of every diffusion process
+    name: str = "masked"  # masked | uniform | gaussian | sedd-absorb | sedd-uniform | ar
+    schedule: str = "loglinear"  # alpha(t) of the discrete processes (gaussian: linear in log-SNR)
     antithetic: bool = True  # low-discrepancy timestep sampling
     num_steps: int = 0  # T for discrete-time (D3PM-style) training; 0 = continuous time
+    # gaussian only: embedding size, log-SNR at t = 0 and t = 1, self-conditioning
+    embed_dim: int = 16
+    logsnr_max: float = 6.0
+    logsnr_min: float = -6.0
+    self_cond: bool = False
 
     def __post_init__(self) -> None:
         _check_choice(self.name, PROCESSES, "process.name (--process)")
@@ -81,6 +87,9 @@ class ProcessConfig:
         _check(not self.num_steps or self.name in ("masked", "uniform"),
                "process.num_steps (discrete time) is for masked and uniform only")
         _check_choice(self.schedule, SCHEDULES, "process.schedule")
+        _check(self.embed_dim > 0, "process.embed_dim must be positive")
+        _check(self.logsnr_min < self.logsnr_max, "process.logsnr_min must be below process.logsnr_max")
+        _check(not self.self_cond or self.name == "gaussian", "process.self_cond is for the gaussian process only")
 
 
 TOKENIZERS = ("char", "byte", "bpe")

@@ -2,7 +2,9 @@
 
 It knows nothing about diffusion: tokens (and optionally a time t) in, logits out.
 ``attn="full"`` makes it bidirectional (the diffusion denoiser); ``attn="causal"`` makes the very
-same module the autoregressive twin, which can also decode with a KV cache.
+same module the autoregressive twin, which can also decode with a KV cache. With ``input_dim``
+it reads continuous vectors (B, T, input_dim) instead of token ids (the Gaussian embedding
+process, models/continuous.py); everything after the input layer is the same.
 """
 
 from __future__ import annotations
@@ -136,7 +138,7 @@ class TimeEmbedding(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, cfg: ModelConfig, attn: str = "full"):
+    def __init__(self, cfg: ModelConfig, attn: str = "full", input_dim: int | None = None):
         super().__init__()
         if attn not in ("full", "causal"):
             raise ValueError(f"attn must be 'full' or 'causal'; got {attn!r}")
@@ -145,7 +147,8 @@ class Transformer(nn.Module):
         self.cfg = cfg
         self.attn_mode = attn
         causal = attn == "causal"
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        # token ids -> vectors, or (continuous inputs) a linear map of the input vectors
+        self.embed = nn.Linear(input_dim, cfg.d_model, bias=False) if input_dim else nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.time = TimeEmbedding(cfg.d_model) if cfg.time_cond else None
         self.blocks = nn.ModuleList(Block(cfg, causal) for _ in range(cfg.n_layer))
         self.norm = nn.LayerNorm(cfg.d_model)
@@ -184,8 +187,9 @@ class Transformer(nn.Module):
 
     def forward(self, tokens: torch.Tensor, t: torch.Tensor | None = None, *,
                 kv_cache: KVCache | None = None) -> torch.Tensor:
-        """tokens (B, T) -> logits (B, T, V). ``t`` (B,) is used only with time conditioning."""
-        B, T = tokens.shape
+        """tokens (B, T) -> logits (B, T, V); or, built with ``input_dim``, vectors (B, T, input_dim)
+        -> logits. ``t`` (B,) is used only with time conditioning."""
+        B, T = tokens.shape[:2]
         start = kv_cache.length if kv_cache is not None else 0
         if start + T > self.rope_cos.shape[0]:
             raise ValueError(f"sequence of {start + T} tokens exceeds the model context {self.cfg.context}")

@@ -5,9 +5,11 @@ from __future__ import annotations
 from .ancestral import AncestralSampler, EulerSampler
 from .autoregressive import AutoregressiveSampler
 from .base import Generation, StepOutput
+from .continuous import ContinuousSampler, DDIMSampler
 from .remasking import ConfidenceSampler
 
 DIFFUSION_SAMPLERS = {"ancestral": AncestralSampler, "confidence": ConfidenceSampler, "euler": EulerSampler}
+CONTINUOUS_SAMPLERS = {"ddpm": ContinuousSampler, "ddim": DDIMSampler}
 
 
 def build_sampler(name: str | None, objective, tokenizer, **options):
@@ -17,6 +19,13 @@ def build_sampler(name: str | None, objective, tokenizer, **options):
         if name not in (None, "ar"):
             raise ValueError(f"sampler {name!r} needs a diffusion model; this run is the AR twin (use 'ar')")
         return AutoregressiveSampler(bos_id=tokenizer.eot_id, banned_ids=banned, **options)
+    if objective.name == "gaussian":
+        name = name or "ddpm"
+        if name not in CONTINUOUS_SAMPLERS:
+            raise ValueError(f"sampler {name!r} is for discrete processes; this run is gaussian (use ddpm or ddim)")
+        return CONTINUOUS_SAMPLERS[name](banned_ids=banned, **options)
+    if name in CONTINUOUS_SAMPLERS:
+        raise ValueError(f"the {name} sampler needs a gaussian model; this run is {objective.name!r} (use ancestral)")
     name = name or "ancestral"
     if name not in DIFFUSION_SAMPLERS:
         raise ValueError(f"unknown sampler {name!r} (choose {', '.join(DIFFUSION_SAMPLERS)})")
@@ -27,5 +36,5 @@ def build_sampler(name: str | None, objective, tokenizer, **options):
     return DIFFUSION_SAMPLERS[name](banned_ids=banned, **options)
 
 
-__all__ = ["AncestralSampler", "AutoregressiveSampler", "ConfidenceSampler", "EulerSampler", "Generation",
-           "StepOutput", "build_sampler"]
+__all__ = ["AncestralSampler", "AutoregressiveSampler", "ConfidenceSampler", "ContinuousSampler", "DDIMSampler",
+           "EulerSampler", "Generation", "StepOutput", "build_sampler"]

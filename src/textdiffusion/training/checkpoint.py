@@ -155,6 +155,13 @@ def build_model(cfg: Config, tokenizer: Tokenizer):
         process = UniformProcess(tokenizer.vocab_size, tokenizer.vocab_size, schedule=p.schedule,
                                  antithetic=p.antithetic, num_steps=p.num_steps)
         return Transformer(cfg.model, attn="full"), process
+    if p.name == "gaussian":  # continuous inputs: the backbone reads noisy embeddings, not ids
+        from ..models.continuous import EmbeddingDenoiser
+        from ..processes.gaussian import GaussianProcess
+
+        process = GaussianProcess(tokenizer.vocab_size, p.embed_dim, p.logsnr_min, p.logsnr_max, p.self_cond,
+                                  antithetic=p.antithetic)
+        return EmbeddingDenoiser(cfg.model, p.embed_dim, p.self_cond), process
     if p.name in ("sedd-absorb", "sedd-uniform"):
         from ..processes.score_entropy import ScoreEntropyProcess
 
