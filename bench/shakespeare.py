@@ -1,4 +1,4 @@
-"""Benchmark: masked diffusion vs its AR twin on Tiny Shakespeare, same backbone, same wall-clock budget.
+"""Benchmark: every diffusion process vs the AR twin on Tiny Shakespeare, same backbone, same wall-clock budget.
 
     python bench/shakespeare.py --data ../shared/data/tinyshakespeare.txt --budget 900
 
@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
+SAMPLERS = {"ar": ("ar",), "masked": ("ancestral", "confidence"), "gaussian": ("ddpm", "ddim"),
+            "sedd-absorb": ("ancestral", "euler"), "sedd-uniform": ("ancestral", "euler")}
 EXE = Path(sys.executable).parent / "textdiffusion"
 
 
@@ -60,10 +62,11 @@ def main() -> None:
     p.add_argument("--budget", type=float, default=900, help="training seconds per model (default 900)")
     p.add_argument("--max-steps", type=int, default=520, help="LR schedule length (sized to the budget)")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--steps", default="32,64,128,256", help="sampling step budgets for the diffusion model")
+    p.add_argument("--steps", default="16,64,256", help="sampling step budgets for the diffusion models")
     p.add_argument("--num-samples", type=int, default=8)
     p.add_argument("--max-windows", type=int, default=0, help="validation windows to score (0 = all)")
-    p.add_argument("--processes", default="masked,ar", help="comma list of masked, uniform, ar (the AR twin is the judge)")
+    p.add_argument("--processes", default="masked,ar",
+                   help="comma list of masked, uniform, gaussian, sedd-absorb, sedd-uniform, ar (the AR twin is the judge)")
     p.add_argument("--reuse", action="store_true",
                    help="reuse finished runs and results in --out (bench/out/shakespeare.json); train only the missing ones")
     args = p.parse_args()
@@ -123,7 +126,7 @@ def main() -> None:
     samples = [s for s in results["samples"] if s["process"] not in processes and s["process"] != "data"]
     plan = []
     for process in processes:
-        samplers = {"ar": ("ar",), "masked": ("ancestral", "confidence")}.get(process, ("ancestral",))
+        samplers = SAMPLERS.get(process, ("ancestral",))
         steps = (256,) if process == "ar" else tuple(int(n) for n in args.steps.split(","))
         plan += [(process, s, n) for s in samplers for n in steps]
     for process, sampler, steps in plan:
