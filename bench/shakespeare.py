@@ -17,42 +17,17 @@ import datetime
 import json
 import os
 import platform
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import REPO, cpu_model, peak_matmul_flops, run_measured, train_overrides  # noqa: E402
+
 SAMPLERS = {"ar": ("ar",), "masked": ("ancestral", "confidence"), "gaussian": ("ddpm", "ddim"),
             "sedd-absorb": ("ancestral", "euler"), "sedd-uniform": ("ancestral", "euler")}
-EXE = Path(sys.executable).parent / "textdiffusion"
-
-
-def peak_matmul_flops(sizes=(1024, 2048, 3072), reps: int = 3) -> float:
-    """Best fp32 matmul rate over a few square sizes: the denominator of MFU."""
-    best = 0.0
-    for n in sizes:
-        a, b = torch.randn(n, n), torch.randn(n, n)
-        a @ b
-        for _ in range(reps):
-            t = time.perf_counter()
-            a @ b
-            best = max(best, 2 * n**3 / (time.perf_counter() - t))
-    return best
-
-
-def run_measured(args: list[str]) -> tuple[str, int, float]:
-    """Like ``run`` but reads the child's rusage (peak RSS) with os.wait4."""
-    start = time.perf_counter()
-    proc = subprocess.Popen([str(EXE), *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    out = proc.stdout.read()
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    if status:
-        raise SystemExit(f"command failed: textdiffusion {' '.join(map(str, args))}\n{err}")
-    return out, usage.ru_maxrss * 1024, time.perf_counter() - start
 
 
 def main() -> None:
@@ -77,7 +52,7 @@ def main() -> None:
     peak = peak_matmul_flops()
     results: dict = {
         "date": datetime.date.today().isoformat(), "machine": f"{platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores, torch {torch.__version__}", "cpu_model": _cpu_model(),
+        f"{os.cpu_count()} cores, torch {torch.__version__}", "cpu_model": cpu_model(),
         "peak_fp32_matmul_gflops": peak / 1e9, "budget_seconds": args.budget, "data": args.data, "models": {},
         "samples": [],
     }
@@ -88,10 +63,7 @@ def main() -> None:
     processes = [p for p in args.processes.split(",") if p]
     if "ar" not in processes and not (out / "shakespeare-ar" / "checkpoint").exists():
         raise SystemExit("the AR twin is the judge: include ar in --processes (or keep its run in --out)")
-    overrides = ["--set", f"train.max_steps={args.max_steps}", "--set", f"train.max_seconds={args.budget}",
-                 "--set", f"train.batch_size={args.batch_size}", "--set", "train.warmup_steps=50",
-                 "--set", "train.lr=1.5e-3", "--set", "train.ema=0", "--set", "train.eval_every=100",
-                 "--set", "train.ckpt_every=100"]
+    overrides = train_overrides(args.budget, args.max_steps, args.batch_size)
     for process in processes:
         run_dir = out / f"shakespeare-{process}"
         if args.reuse and process in results["models"]:
@@ -154,16 +126,6 @@ def main() -> None:
     results["samples"] = samples
     (out / "shakespeare.json").write_text(json.dumps(results, indent=2))
     print(markdown(results))
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def markdown(r: dict) -> str:

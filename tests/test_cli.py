@@ -31,7 +31,7 @@ def corpus(tmp_path_factory):
 def runs(corpus, tmp_path_factory):
     base = tmp_path_factory.mktemp("runs")
     cache = base / "cache"
-    for process in ("masked", "uniform", "gaussian", "sedd-absorb", "sedd-uniform", "ar"):
+    for process in ("masked", "uniform", "gaussian", "sedd-absorb", "sedd-uniform", "block", "ar"):
         r = cli("train", "--data", corpus, "--out", base / process, "--config", TINY, "--process", process,
                 "--set", "train.max_steps=30", "--quiet", env_cache=cache)
         assert r.returncode == 0, r.stderr
@@ -41,7 +41,7 @@ def runs(corpus, tmp_path_factory):
 
 def test_train_sample_eval(runs, corpus):
     base, cache = runs
-    for process in ("masked", "uniform", "gaussian", "sedd-absorb", "sedd-uniform", "ar"):
+    for process in ("masked", "uniform", "gaussian", "sedd-absorb", "sedd-uniform", "block", "ar"):
         run = base / process
         assert (run / "checkpoint" / "model.safetensors").exists() and (run / "tokenizer.json").exists()
         metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
@@ -81,7 +81,33 @@ def test_sampler_choice_and_text_output(runs):
     r = cli("sample", base / "masked", "--sampler", "confidence", "--steps", "8", "--length", "16", env_cache=cache)
     assert r.returncode == 0 and r.stdout.strip()
     r = cli("sample", base / "ar", "--sampler", "confidence", env_cache=cache)
-    assert r.returncode == 2 and "AR twin" in r.stderr
+    assert r.returncode == 2 and "needs a masked model" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("run, sampler, options", [
+    ("masked", "margin", ["--schedule", "cosine"]), ("masked", "entropy", []), ("masked", "random", []),
+    ("masked", "remdm", ["--eta", "0.1"]), ("masked", "semi-ar", ["--block-length", "8", "--order", "margin"]),
+    ("masked", "threshold", ["--block-length", "8", "--threshold", "0.8", "--kv-cache", "prefix"]),
+    ("block", "block", ["--kv-cache", "none"]), ("block", "block", ["--order", "confidence"]),
+    ("uniform", "tau-leaping", []), ("gaussian", "ddim", [])])
+def test_every_sampler_from_the_command_line(runs, run, sampler, options):
+    base, cache = runs
+    r = cli("sample", base / run, "--sampler", sampler, *options, "--steps", "8", "--length", "16", "--num", "3",
+            "--json", env_cache=cache)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["sampler"] == sampler and len(out["samples"]) == 3 and 1 <= out["nfe"] <= 8
+    assert out["tokens_per_second"] > 0
+
+
+def test_sampler_options_are_checked(runs):
+    base, cache = runs
+    r = cli("sample", base / "masked", "--sampler", "ancestral", "--threshold", "0.5", env_cache=cache)
+    assert r.returncode == 2 and "takes no threshold option" in r.stderr
+    r = cli("sample", base / "masked", "--sampler", "threshold", "--kv-cache", "sideways", env_cache=cache)
+    assert r.returncode == 2 and "none, prefix or dual" in r.stderr
+    r = cli("sample", base / "block", "--steps", "2", "--length", "40", env_cache=cache)
+    assert r.returncode == 2 and "at least" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_resume_continues_and_refuses_to_overwrite(runs, corpus):

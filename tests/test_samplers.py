@@ -89,7 +89,7 @@ def test_confidence_needs_a_masked_model():
 def test_samplers_refuse_the_wrong_kind_of_process():
     with pytest.raises(ValueError, match="needs a gaussian model"):
         build_sampler("ddim", _model("masked")[1], tokenizer())
-    with pytest.raises(ValueError, match="use ddpm or ddim"):
+    with pytest.raises(ValueError, match="default sampler is ddpm"):
         build_sampler("ancestral", _model("gaussian", True)[1], tokenizer())
     assert build_sampler(None, _model("gaussian", True)[1], tokenizer()).name == "ddpm"
 

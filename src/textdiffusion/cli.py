@@ -36,17 +36,41 @@ def _int_at_least(low: int):
 POSITIVE, NON_NEGATIVE = _int_at_least(1), _int_at_least(0)
 
 
+def _sampler_help() -> str:
+    from .config import SAMPLERS
+
+    return "; ".join(f"{name} ({'/'.join(fits)}): {what}" for name, (fits, what) in SAMPLERS.items())
+
+
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=POSITIVE, default=64, help="denoising steps (network calls at most; default 64)")
-    p.add_argument("--sampler", default=None,
-                   help="ancestral (default: the reverse process; analytic for SEDD) | confidence (masked: "
-                        "most confident tokens first) | euler (SEDD: first-order steps) | ddpm (default for "
-                        "gaussian) | ddim (gaussian, deterministic) | ar (for AR runs)")
+    p.add_argument("--sampler", default=None, metavar="NAME",
+                   help="default: the run's own (ancestral; ddpm for gaussian; block for block diffusion; ar "
+                        "for the AR twin). All: " + _sampler_help())
     p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 = greedy (default 1)")
     p.add_argument("--top-k", type=NON_NEGATIVE, default=0, help="keep the k most likely tokens (default 0 = off)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1 = off)")
+    g = p.add_argument_group("sampler options (only for the samplers named)")
+    g.add_argument("--block-length", type=POSITIVE, default=None, help="semi-ar, threshold: tokens per block (default 32)")
+    g.add_argument("--order", default=None,
+                   help="semi-ar: confidence|margin|entropy|random (default confidence); block: ancestral|confidence")
+    g.add_argument("--threshold", type=float, default=None, help="threshold: confidence to reveal a token (default 0.9)")
+    g.add_argument("--kv-cache", default=None,
+                   help="threshold: none|prefix|dual (default dual); block: exact|none (default exact)")
+    g.add_argument("--schedule", default=None, help="confidence/margin/entropy/random: linear|cosine tokens per step")
+    g.add_argument("--eta", type=float, default=None, help="remdm: cap on the re-mask probability (default 0.04)")
+    g.add_argument("--stop-at-eot", action="store_true",
+                   help="semi-ar, threshold, block: stop once every sample has ended (variable length)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+
+
+def sampler_options(args, tokenizer) -> dict:
+    """The sampler options given on the command line (unset ones stay None)."""
+    return {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
+            "block_length": args.block_length, "order": args.order, "threshold": args.threshold,
+            "kv_cache": args.kv_cache, "schedule": args.schedule, "eta": args.eta,
+            "eot_id": tokenizer.eot_id if args.stop_at_eot else None}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,10 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="a text file, a folder of text files, a JSONL file with a 'text' field, "
                                   "or 'stdlib' (this Python's standard library sources)")
     p.add_argument("--out", required=True, help="run directory to create (or to continue with --resume)")
-    p.add_argument("--process", choices=("masked", "uniform", "gaussian", "sedd-absorb", "sedd-uniform", "ar"),
+    p.add_argument("--process", choices=("masked", "uniform", "gaussian", "sedd-absorb", "sedd-uniform", "block", "ar"),
                    help="masked diffusion (default), uniform (random-token replacement) diffusion, gaussian "
                         "(noise on learned embeddings), score-entropy diffusion (SEDD) with absorbing or "
-                        "uniform transitions, or the AR twin")
+                        "uniform transitions, block diffusion (BD3-LM; --set process.block_size=N), or the AR twin")
     p.add_argument("--config", help="TOML config file (see configs/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one config value, e.g. --set train.max_steps=500 (repeatable)")
@@ -145,12 +169,14 @@ def _generate(run, args, prompt: str, num: int, length: int | None):
     p_len = 0 if prompt_ids is None else len(prompt_ids)
     if length is None:
         length = max(1, min(128, run.cfg.model.context - p_len))
-    sampler = build_sampler(args.sampler, run.objective, tok, temperature=args.temperature,
-                            top_k=args.top_k, top_p=args.top_p)
+    sampler = build_sampler(args.sampler, run.objective, tok, **sampler_options(args, tok))
     gen = torch.Generator(device=next(run.model.parameters()).device).manual_seed(args.seed)
     out = sampler.generate(run.model, run.objective, length=length, steps=args.steps, batch_size=num,
                            prompt=prompt_ids, gen=gen)
-    texts = [tok.decode(row) for row in out.tokens.tolist()]
+    rows = out.tokens.tolist()
+    if args.stop_at_eot:  # variable length: each sample ends at its first end-of-text
+        rows = [row[: p_len + row[p_len:].index(tok.eot_id)] if tok.eot_id in row[p_len:] else row for row in rows]
+    texts = [tok.decode(row) for row in rows]
     return out, texts, sampler.name
 
 

@@ -61,17 +61,37 @@ class ModelConfig:
         _check(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
 
 
-PROCESSES = ("masked", "uniform", "gaussian", "sedd-absorb", "sedd-uniform", "ar")
+PROCESSES = ("masked", "uniform", "gaussian", "sedd-absorb", "sedd-uniform", "block", "ar")
 TIME_COND_DEFAULT = {"masked": False, "uniform": True, "gaussian": True, "sedd-absorb": True, "sedd-uniform": True,
-                     "ar": False}
+                     "block": False, "ar": False}
 SCHEDULES = ("loglinear", "cosine")
+# sampler name -> (processes it works with, what it is); the samplers live in sampling/, this table
+# is here so the command line can list them without importing torch
+SAMPLERS = {
+    "ancestral": (("masked", "uniform", "sedd-absorb", "sedd-uniform"), "the reverse process (analytic for SEDD)"),
+    "confidence": (("masked",), "most confident tokens first, an even share per step"),
+    "margin": (("masked",), "largest top-1/top-2 probability gap first"),
+    "entropy": (("masked",), "lowest-entropy positions first"),
+    "random": (("masked",), "a random order, an even share per step"),
+    "remdm": (("masked",), "ReMDM: ancestral steps that may re-mask decoded tokens (--eta)"),
+    "semi-ar": (("masked",), "blocks left to right (--block-length), remasking inside each (--order)"),
+    "threshold": (("masked",), "Fast-dLLM: blocks, all tokens above --threshold per step, --kv-cache"),
+    "block": (("block",), "block diffusion with an exact KV cache of finished blocks"),
+    "euler": (("uniform", "sedd-absorb", "sedd-uniform"), "first-order (Euler / tau-leaping) steps"),
+    "tau-leaping": (("uniform", "sedd-absorb", "sedd-uniform"), "the same as euler (one jump per token)"),
+    "ddpm": (("gaussian",), "Gaussian ancestral steps, then rounding"),
+    "ddim": (("gaussian",), "Gaussian deterministic steps (fewer steps), then rounding"),
+    "ar": (("ar",), "left to right with a KV cache (the AR twin)"),
+}
+DEFAULT_SAMPLER = {"masked": "ancestral", "uniform": "ancestral", "sedd-absorb": "ancestral",
+                   "sedd-uniform": "ancestral", "gaussian": "ddpm", "block": "block", "ar": "ar"}
 
 
 @dataclass
 class ProcessConfig:
     """The forward corruption and its training objective."""
 
-    name: str = "masked"  # masked | uniform | gaussian | sedd-absorb | sedd-uniform | ar
+    name: str = "masked"  # masked | uniform | gaussian | sedd-absorb | sedd-uniform | block | ar
     schedule: str = "loglinear"  # alpha(t) of the discrete processes (gaussian: linear in log-SNR)
     antithetic: bool = True  # low-discrepancy timestep sampling
     num_steps: int = 0  # T for discrete-time (D3PM-style) training; 0 = continuous time
@@ -80,6 +100,8 @@ class ProcessConfig:
     logsnr_max: float = 6.0
     logsnr_min: float = -6.0
     self_cond: bool = False
+    # block only (BD3-LM): tokens per block; 1 = autoregressive, the context = plain masked diffusion
+    block_size: int = 16
 
     def __post_init__(self) -> None:
         _check_choice(self.name, PROCESSES, "process.name (--process)")
@@ -90,6 +112,7 @@ class ProcessConfig:
         _check(self.embed_dim > 0, "process.embed_dim must be positive")
         _check(self.logsnr_min < self.logsnr_max, "process.logsnr_min must be below process.logsnr_max")
         _check(not self.self_cond or self.name == "gaussian", "process.self_cond is for the gaussian process only")
+        _check(self.block_size > 0, "process.block_size must be positive")
 
 
 TOKENIZERS = ("char", "byte", "bpe")
@@ -166,6 +189,8 @@ class Config:
             self.model.time_cond = TIME_COND_DEFAULT[self.process.name]
         _check(not (self.process.name == "ar" and self.model.time_cond),
                "model.time_cond must be false for the AR twin (--process ar has no diffusion time)")
+        _check(not (self.process.name == "block" and self.model.time_cond),
+               "model.time_cond must be false for block diffusion (each block has its own time)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -25,8 +25,12 @@ class EmbeddingDenoiser(nn.Module):
             raise ValueError("model.vocab_size must be set (it comes from the tokenizer)")
         self.embed_dim, self.self_cond = embed_dim, self_cond
         # raw vectors; ``embeddings()`` normalises them, so their scale never drifts against the noise
-        self.embedding = nn.Parameter(torch.randn(cfg.vocab_size, embed_dim))
+        self.embedding = nn.Parameter(torch.empty(cfg.vocab_size, embed_dim))
         self.net = Transformer(cfg, attn="full", input_dim=embed_dim * (2 if self_cond else 1))
+        # drawn after the network's weights: drawn first, they would be the very first normal draws
+        # of the training seed, which a sampler seeded alike draws again as its prior z_1 (so that
+        # prior sat exactly on the initial embeddings, and decoded to ids 0, 1, 2, ... in order)
+        nn.init.normal_(self.embedding)
 
     @property
     def cfg(self) -> ModelConfig:

@@ -35,23 +35,69 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 @dataclass
 class KVCache:
-    """Keys/values of the tokens seen so far, per layer, for incremental causal decoding."""
+    """Keys/values of the tokens seen so far, per layer, for incremental decoding.
+
+    Each call appends its chunk's keys/values. ``keep`` (set by the caller before a call) stores
+    only the chunk's first ``keep`` tokens: block diffusion runs [finished clean block; next noisy
+    block] in one call, keeps the clean block and lets the noisy one see it without storing it.
+    """
 
     keys: list[torch.Tensor] = field(default_factory=list)
     values: list[torch.Tensor] = field(default_factory=list)
+    keep: int | None = None  # None: store the whole chunk
 
     @property
     def length(self) -> int:
         return self.keys[0].shape[2] if self.keys else 0
 
+    def past(self, layer: int) -> int:
+        """Cached positions before the chunk (they all precede it)."""
+        return self.keys[layer].shape[2] if layer < len(self.keys) else 0
+
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if layer == len(self.keys):
+            self.keys.append(k[:, :, : self.keep])
+            self.values.append(v[:, :, : self.keep])
+            return k, v
+        k_all = torch.cat((self.keys[layer], k), dim=2)
+        v_all = torch.cat((self.values[layer], v), dim=2)
+        n = self.keys[layer].shape[2] + (k.shape[2] if self.keep is None else self.keep)
+        self.keys[layer], self.values[layer] = k_all[:, :, :n], v_all[:, :, :n]
+        return k_all, v_all
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
+
+
+@dataclass
+class WindowCache:
+    """Keys/values of a whole sequence from one full pass (the first call records them); later
+    calls recompute only a window of positions [start, start + T) and read every other position
+    from here. Approximate (Fast-dLLM): the stored entries go stale as tokens change; the caller
+    refreshes them with a new full pass (``clear()``) once per block."""
+
+    keys: list[torch.Tensor] = field(default_factory=list)
+    values: list[torch.Tensor] = field(default_factory=list)
+    start: int = 0  # first position of the window the next call computes
+
+    @property
+    def length(self) -> int:
+        return self.start  # RoPE offset of the window
+
+    def past(self, layer: int) -> int:
+        return 0  # full attention: no causal offset
+
+    def clear(self) -> None:
+        self.keys, self.values, self.start = [], [], 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if layer == len(self.keys):  # recording pass over the whole sequence
             self.keys.append(k)
             self.values.append(v)
-        else:
-            self.keys[layer] = torch.cat((self.keys[layer], k), dim=2)
-            self.values[layer] = torch.cat((self.values[layer], v), dim=2)
-        return self.keys[layer], self.values[layer]
+            return k, v
+        a, b = self.start, self.start + k.shape[2]
+        K, V = self.keys[layer], self.values[layer]
+        return (torch.cat((K[:, :, :a], k, K[:, :, b:]), dim=2), torch.cat((V[:, :, :a], v, V[:, :, b:]), dim=2))
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.keys + self.values)
@@ -66,21 +112,26 @@ class Attention(nn.Module):
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.dropout = cfg.dropout
 
-    def forward(self, x, cos, sin, layer: int, kv_cache: KVCache | None):
+    def forward(self, x, cos, sin, layer: int, kv_cache, attn_mask: torch.Tensor | None = None):
+        """``attn_mask`` (T, T) bool, True = may attend, is the pattern inside the chunk (e.g.
+        block-causal); positions already in a KV cache precede the chunk and are always visible."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (z.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for z in (q, k, v))  # (B, H, T, D)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         past = 0
         if kv_cache is not None:
-            past = kv_cache.keys[layer].shape[2] if layer < len(kv_cache.keys) else 0
+            past = kv_cache.past(layer)
             k, v = kv_cache.update(layer, k, v)
-        # causal with a cache: new queries see all past keys and the causal part of their own block
-        mask = None
-        is_causal = self.causal and T > 1
-        if is_causal and past:
-            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
-            is_causal = False
+        mask, is_causal = attn_mask, False
+        if mask is None and self.causal and T > 1:
+            # causal with a cache: new queries see all past keys and the causal part of their own chunk
+            if past:
+                mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+            else:
+                is_causal = True
+        elif mask is not None and past:
+            mask = torch.cat((torch.ones(T, past, dtype=torch.bool, device=x.device), mask), dim=1)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0
         )
@@ -113,12 +164,12 @@ class Block(nn.Module):
             nn.init.zeros_(self.ada.weight)  # zero-init: each block starts as the identity
             nn.init.zeros_(self.ada.bias)
 
-    def forward(self, x, cos, sin, layer, kv_cache, c):
+    def forward(self, x, cos, sin, layer, kv_cache, c, attn_mask=None):
         if self.ada is None:
-            x = x + self.attn(self.norm1(x), cos, sin, layer, kv_cache)
+            x = x + self.attn(self.norm1(x), cos, sin, layer, kv_cache, attn_mask)
             return x + self.mlp(self.norm2(x))
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c)[:, None, :].chunk(6, dim=-1)  # (B, 1, C) each
-        x = x + gate1 * self.attn(self.norm1(x) * (1 + scale1) + shift1, cos, sin, layer, kv_cache)
+        x = x + gate1 * self.attn(self.norm1(x) * (1 + scale1) + shift1, cos, sin, layer, kv_cache, attn_mask)
         return x + gate2 * self.mlp(self.norm2(x) * (1 + scale2) + shift2)
 
 
@@ -186,14 +237,25 @@ class Transformer(nn.Module):
         return 6.0 * (self.num_params() - per_sequence) + 12.0 * c.n_layer * c.d_model * seq_len
 
     def forward(self, tokens: torch.Tensor, t: torch.Tensor | None = None, *,
-                kv_cache: KVCache | None = None) -> torch.Tensor:
+                kv_cache: KVCache | WindowCache | None = None, positions: torch.Tensor | None = None,
+                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         """tokens (B, T) -> logits (B, T, V); or, built with ``input_dim``, vectors (B, T, input_dim)
-        -> logits. ``t`` (B,) is used only with time conditioning."""
+        -> logits. ``t`` (B,) is used only with time conditioning.
+
+        ``kv_cache``: reuse the keys/values of other positions (the chunk starts at the cache's
+        ``length``). ``positions`` (T,): explicit RoPE positions (block diffusion training reads two
+        copies of a sequence at the same positions). ``attn_mask`` (T, T) bool: who attends to whom
+        inside the chunk (default: everyone, or causal for the AR twin)."""
         B, T = tokens.shape[:2]
-        start = kv_cache.length if kv_cache is not None else 0
-        if start + T > self.rope_cos.shape[0]:
-            raise ValueError(f"sequence of {start + T} tokens exceeds the model context {self.cfg.context}")
-        cos, sin = self.rope_cos[start : start + T], self.rope_sin[start : start + T]
+        if positions is None:
+            start = kv_cache.length if kv_cache is not None else 0
+            if start + T > self.rope_cos.shape[0]:
+                raise ValueError(f"sequence of {start + T} tokens exceeds the model context {self.cfg.context}")
+            cos, sin = self.rope_cos[start : start + T], self.rope_sin[start : start + T]
+        else:
+            if int(positions.max()) >= self.rope_cos.shape[0]:
+                raise ValueError(f"position {int(positions.max())} exceeds the model context {self.cfg.context}")
+            cos, sin = self.rope_cos[positions], self.rope_sin[positions]
         x = self.embed(tokens)  # (B, T, C)
         c = None
         if self.time is not None:
@@ -201,5 +263,5 @@ class Transformer(nn.Module):
                 raise ValueError("this model is time-conditioned: pass t")
             c = F.silu(self.time(t.expand(B) if t.dim() == 0 else t))  # (B, C)
         for i, block in enumerate(self.blocks):
-            x = block(x, cos, sin, i, kv_cache, c)
+            x = block(x, cos, sin, i, kv_cache, c, attn_mask)
         return self.head(self.norm(x))

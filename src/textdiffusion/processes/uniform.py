@@ -187,3 +187,26 @@ class UniformProcess:
         s_vec = torch.full((B,), s, dtype=torch.float64, device=x_t.device)
         probs = self._posterior(log_x_theta[..., : self.N].exp().double(), x_t, t_vec, s_vec)
         return sample_categorical(probs.log(), gen), log_x_theta.argmax(-1)
+
+    def euler_step(self, log_x_theta: torch.Tensor, x_t: torch.Tensor, t: float, s: float,
+                   gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """First-order (Euler / tau-leaping) step with the model's reverse rates: token l jumps
+        z -> y with probability (t - s) R_theta(z -> y) = (t - s) (beta / N) c_y (the c_y of
+        ``_kl_rates``), scaled down if the probabilities of leaving exceed one. beta(1) is infinite,
+        so the rates are read at min(t, 1 - eps); the last step (s = 0) is the exact one."""
+        from ..sampling.filters import sample_categorical
+
+        if s <= 0.0:
+            return self.reverse_step(log_x_theta, x_t, t, s, gen)
+        N = self.N
+        t_c = torch.tensor(min(t, 1.0 - self.eps), dtype=torch.float64)
+        alpha, beta = float(self.schedule.alpha(t_c)), float(self.schedule.rate(t_c))
+        rho = (1.0 - alpha + N * alpha) / (1.0 - alpha)
+        x_theta = log_x_theta[..., :N].double().exp()
+        z = F.one_hot(x_t.clamp_max(N - 1), N).double()
+        xz = (x_theta * z).sum(-1, keepdim=True)
+        c = 1.0 / rho + (1.0 - 1.0 / rho) * (1.0 - xz) + (rho - 1.0) * x_theta  # (B, L, N)
+        jump = (t - s) * (beta / N) * c * (1.0 - z)
+        jump = jump / jump.sum(-1, keepdim=True).clamp_min(1.0)  # at most probability one of leaving
+        probs = jump + z * (1.0 - jump.sum(-1, keepdim=True))
+        return sample_categorical(probs.clamp_min(0.0).log(), gen), log_x_theta.argmax(-1)

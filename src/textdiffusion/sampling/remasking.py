@@ -1,13 +1,31 @@
-"""Confidence-ordered unmasking (MaskGIT / LLaDA "low-confidence remasking").
+"""Remasking samplers for masked models: which masked tokens to reveal at each step (MaskGIT /
+LLaDA "low-confidence remasking" and its relatives), and ReMDM, which may also re-mask tokens it
+already decoded.
 
-Each step samples a candidate for every masked position, then keeps only the most confident
-ones: k = ceil(masked / steps_left) per sequence, so exactly ``steps`` network calls decode the
-whole sequence (fewer if it has fewer masked tokens than steps). Confidence is the probability
-of the sampled candidate under the filtered distribution.
+Order strategies (``RemaskingSampler(strategy=...)``; each step samples a candidate for every
+masked position, then keeps the k highest-scoring ones):
+
+    confidence   probability of the sampled candidate (LLaDA's low-confidence remasking)
+    margin       gap between the two most likely tokens (top-1 minus top-2 probability)
+    entropy      negative entropy of the position's distribution (most certain first)
+    random       a random order (the same number per step as the others)
+
+How many per step (``schedule``):
+
+    linear       k = ceil(masked / steps left): an even share, so ``steps`` calls decode everything
+    cosine       MaskGIT's schedule: after step i of N, a fraction cos(pi/2 (i+1)/N) of the
+                 initially masked tokens is still masked: few tokens early, many late
+
+ReMDM (Wang et al. 2025, "Remasking Discrete Diffusion Models with Inference-Time Scaling"), the
+"max-capped" schedule: on the grid 1 = t_0 > ... > t_N = 0, a decoded token is re-masked with
+probability sigma = min(eta, (1 - alpha_s) / alpha_t) and a masked one is revealed with
+probability (alpha_s - (1 - sigma) alpha_t) / (1 - alpha_t); sigma = 0 is MDLM's ancestral step,
+and at s = 0 everything is revealed. Prompt tokens are never re-masked.
 """
 
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -15,15 +33,75 @@ import torch
 from .base import Generation, OnStep, StepOutput, initial_sequence, report_step
 from .filters import ban, filter_logits, sample_categorical, validate_sampling_args
 
+STRATEGIES = ("confidence", "margin", "entropy", "random")
+REVEAL_SCHEDULES = ("linear", "cosine")
 
-class ConfidenceSampler:
+
+def order_scores(log_p: torch.Tensor, candidate: torch.Tensor, strategy: str,
+                 gen: torch.Generator | None = None) -> torch.Tensor:
+    """(B, T) how much each position wants to be revealed now (higher first)."""
+    if strategy == "confidence":
+        return log_p.gather(-1, candidate[..., None]).squeeze(-1)
+    if strategy == "margin":
+        top2 = log_p.topk(2, dim=-1).values.exp()
+        return top2[..., 0] - top2[..., 1]
+    if strategy == "entropy":
+        p = log_p.exp()
+        return (p * log_p.clamp_min(-1e30)).nan_to_num().sum(-1)  # -H: certain positions first
+    if strategy == "random":
+        return torch.rand(candidate.shape, generator=gen, device=candidate.device)
+    raise ValueError(f"unknown strategy {strategy!r} (choose {', '.join(STRATEGIES)})")
+
+
+def reveal_count(masked_now: torch.Tensor, masked_at_start: torch.Tensor, step: int, steps: int,
+                 schedule: str) -> torch.Tensor:
+    """(B,) tokens to reveal at ``step`` (0-based) of ``steps``: at least one while any is masked,
+    and all of them at the last step."""
+    if schedule == "linear":
+        k = torch.ceil(masked_now.double() / (steps - step)).long()
+    elif schedule == "cosine":
+        still = torch.floor(masked_at_start.double() * math.cos(0.5 * math.pi * (step + 1) / steps)).long()
+        k = masked_now - still
+    else:
+        raise ValueError(f"unknown reveal schedule {schedule!r} (choose {', '.join(REVEAL_SCHEDULES)})")
+    return torch.minimum(k.clamp_min(1), masked_now)
+
+
+def top_k_mask(scores: torch.Tensor, eligible: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """(B, T) bool: the k[b] highest ``scores`` among the ``eligible`` positions of each row."""
+    scores = scores.masked_fill(~eligible, float("-inf"))
+    order = scores.argsort(dim=1, descending=True, stable=True)
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(scores.shape[1], device=scores.device).expand_as(order))
+    return eligible & (rank < k[:, None])
+
+
+def reveal_step(log_p: torch.Tensor, x_t: torch.Tensor, eligible: torch.Tensor, k: torch.Tensor, strategy: str,
+                gen: torch.Generator | None = None) -> StepOutput:
+    """Sample a candidate everywhere, then reveal the k[b] best ``eligible`` positions of row b."""
+    candidate = sample_categorical(log_p, gen)  # (B, T)
+    changed = top_k_mask(order_scores(log_p, candidate, strategy, gen), eligible, k)
+    return StepOutput(torch.where(changed, candidate, x_t), torch.where(eligible, candidate, x_t), changed)
+
+
+def masked_time(process, x: torch.Tensor, prompt_length: int) -> torch.Tensor:
+    """(B,) the diffusion time whose masked fraction matches the generated part (time-conditioned models)."""
+    frac = (x[:, prompt_length:] == process.mask_id).float().mean(1)
+    return process.schedule.time_of(1.0 - frac).clamp(process.eps, 1.0)
+
+
+class RemaskingSampler:
     name = "confidence"
 
     def __init__(self, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                 banned_ids: tuple[int, ...] = ()):
+                 banned_ids: tuple[int, ...] = (), strategy: str = "confidence", schedule: str = "linear"):
         validate_sampling_args(temperature, top_k, top_p)
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {strategy!r} (choose {', '.join(STRATEGIES)})")
+        if schedule not in REVEAL_SCHEDULES:
+            raise ValueError(f"unknown reveal schedule {schedule!r} (choose {', '.join(REVEAL_SCHEDULES)})")
         self.banned_ids = list(banned_ids)  # ids that are never text (mask, pad, unknown)
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
+        self.strategy, self.schedule, self.name = strategy, schedule, strategy
         self.num_steps: int | None = None
 
     def set_timesteps(self, num_steps: int) -> None:
@@ -31,46 +109,117 @@ class ConfidenceSampler:
             raise ValueError("steps must be positive")
         self.num_steps = num_steps
 
-    def step(self, log_p_x0: torch.Tensor, x_t: torch.Tensor, steps_left: int, mask_id: int,
+    def step(self, log_p_x0: torch.Tensor, x_t: torch.Tensor, k: torch.Tensor, mask_id: int,
              gen: torch.Generator | None = None) -> StepOutput:
-        """Reveal the ceil(masked / steps_left) most confident masked positions of each row."""
+        """Reveal the k[b] best masked positions of row b (``log_p_x0``: filtered log-probabilities)."""
         if self.num_steps is None:
             raise RuntimeError("call set_timesteps(num_steps) before step()")
-        masked = x_t == mask_id  # (B, T)
-        candidate = sample_categorical(log_p_x0, gen)  # (B, T)
-        confidence = log_p_x0.gather(-1, candidate[..., None]).squeeze(-1)
-        confidence = confidence.masked_fill(~masked, float("-inf"))
-        n_masked = masked.sum(1)  # (B,)
-        k = torch.ceil(n_masked.double() / steps_left).long()  # (B,)
-        order = confidence.argsort(dim=1, descending=True)
-        rank = torch.empty_like(order).scatter_(1, order, torch.arange(x_t.shape[1], device=x_t.device).expand_as(order))
-        changed = masked & (rank < k[:, None])
-        x0_pred = torch.where(masked, candidate, x_t)
-        return StepOutput(torch.where(changed, candidate, x_t), x0_pred, changed)
+        return reveal_step(log_p_x0, x_t, x_t == mask_id, k, self.strategy, gen)
+
+    def log_probs(self, model, process, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        logits = ban(model(x, t), self.banned_ids)
+        return filter_logits(process.log_probs(logits), self.temperature, self.top_k, self.top_p)
 
     @torch.no_grad()
     def generate(self, model, process, *, length: int, steps: int, batch_size: int = 1,
                  prompt: torch.Tensor | None = None, gen: torch.Generator | None = None,
                  on_step: OnStep | None = None, trace: bool = False) -> Generation:
         if getattr(process, "mask_id", None) is None:
-            raise ValueError(f"the confidence sampler needs a masked model; this one is {process.name!r} (use ancestral)")
+            raise ValueError(f"the {self.name} sampler needs a masked model; this one is {process.name!r} (use ancestral)")
         x = initial_sequence(model, process, prompt, batch_size, length, gen)  # (B, P + L)
         prompt_length = x.shape[1] - length
         self.set_timesteps(steps)
+        masked_at_start = (x == process.mask_id).sum(1)
         nfe, states = 0, []
         start = time.perf_counter()
         for i in range(steps):
             masked = x == process.mask_id
             if not masked.any():
                 break
-            # time of the current masked fraction (for time-conditioned models)
-            frac = masked[:, prompt_length:].float().mean(1)
-            t_vec = process.schedule.time_of(1.0 - frac).clamp(process.eps, 1.0)
-            logits = ban(model(x, t_vec), self.banned_ids)
-            log_p = filter_logits(process.log_probs(logits), self.temperature, self.top_k, self.top_p)
+            log_p = self.log_probs(model, process, x, masked_time(process, x, prompt_length))
             nfe += 1
-            out = self.step(log_p, x, steps - i, process.mask_id, gen)
+            k = reveal_count(masked.sum(1), masked_at_start, i, steps, self.schedule)
+            out = self.step(log_p, x, k, process.mask_id, gen)
             x = out.x_prev
             report_step(i, out, states if trace else None, on_step)
         return Generation(x, prompt_length, nfe, time.perf_counter() - start, states)
 
+
+class ConfidenceSampler(RemaskingSampler):
+    """Most confident candidates first, an even share per step (the default remasking order)."""
+
+    def __init__(self, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                 banned_ids: tuple[int, ...] = (), schedule: str = "linear"):
+        super().__init__(temperature, top_k, top_p, banned_ids, "confidence", schedule)
+
+
+class ReMDMSampler:
+    """ReMDM with the max-capped remasking schedule (``eta``: the cap on the re-mask probability)."""
+
+    name = "remdm"
+
+    def __init__(self, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                 banned_ids: tuple[int, ...] = (), eta: float = 0.04):
+        validate_sampling_args(temperature, top_k, top_p)
+        if not 0.0 <= eta <= 1.0:
+            raise ValueError("eta (the ReMDM re-mask cap) must be in [0, 1]")
+        self.banned_ids = list(banned_ids)
+        self.temperature, self.top_k, self.top_p, self.eta = temperature, top_k, top_p, eta
+        self.timesteps: torch.Tensor | None = None
+
+    def set_timesteps(self, num_steps: int) -> None:
+        if num_steps <= 0:
+            raise ValueError("steps must be positive")
+        self.timesteps = torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64)
+
+    def probabilities(self, process, t: float, s: float) -> tuple[float, float]:
+        """(P(reveal a masked token), P(re-mask a decoded token)) for the step t -> s."""
+        a_t = float(process.schedule.alpha(torch.tensor(t, dtype=torch.float64)))
+        a_s = float(process.schedule.alpha(torch.tensor(s, dtype=torch.float64)))
+        sigma = min(self.eta, (1.0 - a_s) / a_t) if a_t > 0 else 0.0
+        reveal = 1.0 if a_t >= 1.0 else (a_s - (1.0 - sigma) * a_t) / (1.0 - a_t)
+        return min(max(reveal, 0.0), 1.0), max(sigma, 0.0)
+
+    def step(self, log_p_x0: torch.Tensor, x_t: torch.Tensor, t: float, s: float, process,
+             gen: torch.Generator | None = None, fixed: torch.Tensor | None = None) -> StepOutput:
+        if self.timesteps is None:
+            raise RuntimeError("call set_timesteps(num_steps) before step()")
+        reveal, remask = self.probabilities(process, t, s)
+        masked = x_t == process.mask_id
+        candidate = sample_categorical(log_p_x0, gen)
+        u = torch.rand(x_t.shape, generator=gen, device=x_t.device)
+        unmask = masked & (u < reveal)
+        back = ~masked & (u < remask)
+        if fixed is not None:
+            back &= ~fixed
+        x_s = torch.where(unmask, candidate, x_t)
+        x_s = torch.where(back, torch.full_like(x_t, process.mask_id), x_s)
+        return StepOutput(x_s, torch.where(masked, candidate, x_t), x_s != x_t)
+
+    @torch.no_grad()
+    def generate(self, model, process, *, length: int, steps: int, batch_size: int = 1,
+                 prompt: torch.Tensor | None = None, gen: torch.Generator | None = None,
+                 on_step: OnStep | None = None, trace: bool = False) -> Generation:
+        if getattr(process, "mask_id", None) is None:
+            raise ValueError(f"ReMDM needs a masked model; this one is {process.name!r}")
+        x = initial_sequence(model, process, prompt, batch_size, length, gen)
+        prompt_length = x.shape[1] - length
+        fixed = torch.zeros_like(x, dtype=torch.bool)
+        fixed[:, :prompt_length] = True
+        self.set_timesteps(steps)
+        nfe, log_p, states = 0, None, []
+        reuse_ok = not model.cfg.time_cond  # x unchanged -> the same prediction (no time input)
+        start = time.perf_counter()
+        for i in range(steps):
+            t, s = float(self.timesteps[i]), float(self.timesteps[i + 1])
+            if log_p is None or not reuse_ok:
+                t_vec = torch.full((x.shape[0],), t, device=x.device)
+                logits = ban(model(x, t_vec), self.banned_ids)
+                log_p = filter_logits(process.log_probs(logits), self.temperature, self.top_k, self.top_p)
+                nfe += 1
+            out = self.step(log_p, x, t, s, process, gen, fixed)
+            if out.changed.any():
+                log_p = None
+            x = out.x_prev
+            report_step(i, out, states if trace else None, on_step)
+        return Generation(x, prompt_length, nfe, time.perf_counter() - start, states)

@@ -155,6 +155,12 @@ def build_model(cfg: Config, tokenizer: Tokenizer):
         process = UniformProcess(tokenizer.vocab_size, tokenizer.vocab_size, schedule=p.schedule,
                                  antithetic=p.antithetic, num_steps=p.num_steps)
         return Transformer(cfg.model, attn="full"), process
+    if p.name == "block":  # BD3-LM: block-causal attention comes from the process's masks
+        from ..processes.block import BlockDiffusionProcess
+
+        process = BlockDiffusionProcess(tokenizer.vocab_size, tokenizer.mask_id, p.block_size, schedule=p.schedule,
+                                        antithetic=p.antithetic)
+        return Transformer(cfg.model, attn="full"), process
     if p.name == "gaussian":  # continuous inputs: the backbone reads noisy embeddings, not ids
         from ..models.continuous import EmbeddingDenoiser
         from ..processes.gaussian import GaussianProcess

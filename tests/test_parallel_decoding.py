@@ -1,0 +1,187 @@
+"""Parallel decoding: every sampler's contract, the exactness of the block-diffusion KV cache and of
+threshold decoding, the remasking schedules, and the block-diffusion bound."""
+
+import math
+
+import pytest
+import torch
+from markov import tokenizer
+
+from textdiffusion.config import Config, ModelConfig, ProcessConfig
+from textdiffusion.models.transformer import WindowCache
+from textdiffusion.processes.block import block_causal_mask
+from textdiffusion.sampling import build_sampler
+from textdiffusion.sampling.remasking import reveal_count
+from textdiffusion.training.checkpoint import build_model
+
+
+def _model(process="masked", time_cond=False, block_size=4, context=24):
+    cfg = Config(model=ModelConfig(n_layer=2, n_head=2, d_model=32, context=context, time_cond=time_cond),
+                 process=ProcessConfig(name=process, block_size=block_size))
+    cfg.model.vocab_size = tokenizer().vocab_size
+    torch.manual_seed(0)
+    model, objective = build_model(cfg, tokenizer())
+    return model.eval(), objective
+
+
+CASES = [
+    ("masked", "margin", {}), ("masked", "entropy", {}), ("masked", "random", {}),
+    ("masked", "confidence", {"schedule": "cosine"}), ("masked", "remdm", {"eta": 0.2}),
+    ("masked", "semi-ar", {"block_length": 4}), ("masked", "semi-ar", {"block_length": 5, "order": "margin"}),
+    ("masked", "threshold", {"block_length": 4, "kv_cache": "none"}),
+    ("masked", "threshold", {"block_length": 4, "kv_cache": "prefix"}),
+    ("masked", "threshold", {"block_length": 4, "kv_cache": "dual", "threshold": 0.5}),
+    ("block", "block", {}), ("block", "block", {"order": "confidence"}), ("block", "block", {"kv_cache": "none"}),
+    ("uniform", "euler", {}), ("uniform", "tau-leaping", {}),
+]
+
+
+@pytest.mark.parametrize("process, name, options", CASES)
+def test_every_sampler_keeps_the_contract(process, name, options):
+    model, objective = _model(process, process == "uniform")
+    sampler = build_sampler(name, objective, tokenizer(), temperature=1.0, top_k=5, top_p=0.9, **options)
+    prompt = torch.tensor([0, 1, 2])
+    run = lambda seed: sampler.generate(model, objective, length=12, steps=8, batch_size=3, prompt=prompt,  # noqa: E731
+                                        gen=torch.Generator().manual_seed(seed))
+    out = run(0)
+    assert out.tokens.shape == (3, 15)
+    assert (out.tokens[:, :3] == prompt).all()  # prompt kept verbatim
+    assert (out.tokens <= tokenizer().eot_id).all()  # valid tokens only, nothing left masked
+    assert torch.equal(out.tokens, run(0).tokens)  # same seed, same text
+    assert not torch.equal(out.tokens, run(1).tokens)
+    assert 1 <= out.nfe <= 8  # never above the step budget
+    assert out.tokens_per_second > 0
+
+
+def test_block_diffusion_kv_cache_is_exact():
+    """Decoding with the KV cache of finished blocks gives exactly the tokens of recomputing the
+    whole prefix with the block-causal mask at every call, with a prompt that ends mid-block."""
+    model, objective = _model("block", block_size=4)
+    with torch.no_grad():  # sharp predictions, so any difference in what the network sees changes tokens
+        for p in model.parameters():
+            p.mul_(4.0)
+    for order in ("ancestral", "confidence"):
+        tokens = []
+        for cache in ("exact", "none"):
+            sampler = build_sampler("block", objective, tokenizer(), order=order, kv_cache=cache)
+            out = sampler.generate(model, objective, length=17, steps=12, batch_size=4, prompt=torch.tensor([3, 1, 4, 1, 5]),
+                                   gen=torch.Generator().manual_seed(7))
+            tokens.append(out.tokens)
+        assert torch.equal(tokens[0], tokens[1]), order
+
+
+def test_cached_chunk_logits_match_the_full_recompute():
+    """The model with a KV cache of clean blocks, fed [finished block; noisy block], returns the
+    logits of the full block-causal pass (to float precision)."""
+    model, _ = _model("block", block_size=4)
+    x = torch.randint(0, 8, (2, 12))
+    full = model(x, None, attn_mask=block_causal_mask(12, 4))
+    from textdiffusion.models.transformer import KVCache
+
+    kv = KVCache()
+    kv.keep = 4
+    first = model(x[:, :8], None, kv_cache=kv, attn_mask=block_causal_mask(8, 4))  # stores block 0 only
+    kv.keep = 4
+    second = model(x[:, 4:12], None, kv_cache=kv, attn_mask=block_causal_mask(8, 4, offset=4))
+    assert kv.length == 8
+    assert torch.allclose(first, full[:, :8], atol=1e-5)
+    assert torch.allclose(second, full[:, 4:12], atol=1e-5)
+
+
+def test_window_cache_is_exact_while_nothing_changed():
+    """Right after the recording pass, a prefix- or dual-cached window call returns the same logits
+    as the full pass (the approximation only comes from tokens changing later)."""
+    model, _ = _model("masked")
+    x = torch.randint(0, 8, (2, 20))
+    full = model(x)
+    cache = WindowCache()
+    assert torch.allclose(model(x, kv_cache=cache), full, atol=1e-6)
+    cache.start = 8
+    assert torch.allclose(model(x[:, 8:12], kv_cache=cache), full[:, 8:12], atol=1e-5)  # dual
+    assert torch.allclose(model(x[:, 8:], kv_cache=cache), full[:, 8:], atol=1e-5)  # prefix
+
+
+def test_threshold_above_one_is_one_token_per_step_confidence_decoding():
+    model, objective = _model("masked")
+    conf = build_sampler("confidence", objective, tokenizer())
+    thr = build_sampler("threshold", objective, tokenizer(), threshold=1.5, block_length=16, kv_cache="none")
+    a = conf.generate(model, objective, length=16, steps=16, batch_size=3, gen=torch.Generator().manual_seed(1))
+    b = thr.generate(model, objective, length=16, steps=16, batch_size=3, gen=torch.Generator().manual_seed(1))
+    assert torch.equal(a.tokens, b.tokens) and a.nfe == b.nfe == 16
+
+
+def test_threshold_reveals_many_tokens_per_step_when_confident():
+    model, objective = _model("masked")
+    thr = build_sampler("threshold", objective, tokenizer(), threshold=0.01, block_length=16, kv_cache="dual")
+    out = thr.generate(model, objective, length=16, steps=16, batch_size=2, gen=torch.Generator().manual_seed(1))
+    assert out.nfe < 16 and (out.tokens != tokenizer().mask_id).all()
+
+
+def test_remdm_without_remasking_is_ancestral_sampling_and_with_it_remasks():
+    model, objective = _model("masked")
+    kw = dict(length=16, steps=32, batch_size=2)
+    a = build_sampler("ancestral", objective, tokenizer()).generate(model, objective, gen=torch.Generator().manual_seed(2), **kw)
+    r = build_sampler("remdm", objective, tokenizer(), eta=0.0).generate(model, objective, gen=torch.Generator().manual_seed(2), **kw)
+    assert torch.equal(a.tokens, r.tokens)
+    remdm = build_sampler("remdm", objective, tokenizer(), eta=0.5)
+    out = remdm.generate(model, objective, gen=torch.Generator().manual_seed(2), trace=True, **kw)
+    mask = tokenizer().mask_id
+    remasked = any(((prev != mask) & (cur == mask)).any() for prev, cur in zip(out.trace[:-1], out.trace[1:]))
+    assert remasked and (out.tokens != mask).all()
+
+
+def test_reveal_schedules():
+    start = torch.tensor([64])
+    for schedule in ("linear", "cosine"):
+        left, counts = start.clone(), []
+        for i in range(8):
+            k = reveal_count(left, start, i, 8, schedule)
+            counts.append(int(k))
+            left = left - k
+        assert sum(counts) == 64 and int(left) == 0 and min(counts) >= 1
+        if schedule == "linear":
+            assert counts == [8] * 8
+        else:
+            assert counts[0] < counts[-1]  # MaskGIT's cosine: few early, many late
+
+
+def test_semi_ar_stops_at_end_of_text():
+    """Given eot_id, decoding stops after the block in which every row produced end-of-text."""
+    model, objective = _model("masked")
+    eot = tokenizer().eot_id
+    with torch.no_grad():  # make end-of-text overwhelmingly likely: every row ends in block 1
+        model.head.bias = torch.nn.Parameter(torch.zeros(tokenizer().vocab_size))
+        model.head.bias[eot] = 50.0
+    sampler = build_sampler("semi-ar", objective, tokenizer(), block_length=4, eot_id=eot)
+    out = sampler.generate(model, objective, length=16, steps=16, batch_size=2, gen=torch.Generator().manual_seed(0))
+    assert out.tokens.shape[1] == 4 and out.nfe <= 4
+
+
+def test_block_size_one_bound_is_the_block_causal_nll():
+    """With blocks of one token the block-diffusion bound is exactly the AR NLL of the network
+    reading [mask at i; clean tokens before i], in expectation over t."""
+    model, objective = _model("block", block_size=1, context=16)
+    batch = torch.randint(0, 8, (8, 17), generator=torch.Generator().manual_seed(0))
+    x0 = batch[:, 1:]
+    all_masked = torch.full_like(x0, objective.mask_id)
+    exact = objective._masked_nll(model, all_masked, x0).sum(1)  # (B,) every single-token block masked
+    est = objective.nelbo(model, batch, torch.Generator().manual_seed(1), num_samples=400).double()
+    mean, se = est.mean(0), est.std(0) / math.sqrt(est.shape[0])
+    assert (((mean - exact.double()).abs()) < 4 * se + 1e-3).all(), (mean, exact, se)
+
+
+def test_block_training_mask_hides_the_current_and_later_clean_blocks():
+    """The prediction for block i reads x_t block i and x0 blocks before i, never x0 block i or later."""
+    model, objective = _model("block", block_size=4, context=12)
+    x0 = torch.randint(0, 8, (1, 12), generator=torch.Generator().manual_seed(0))
+    xt = torch.full_like(x0, objective.mask_id)
+    L = 12
+    pos = torch.arange(L)
+    run = lambda clean: model(torch.cat((xt, clean), 1), None, positions=torch.cat((pos, pos)),  # noqa: E731
+                              attn_mask=objective.training_mask(L, x0.device))[:, :L]
+    base = run(x0)
+    changed = x0.clone()
+    changed[0, 4:8] = (changed[0, 4:8] + 1) % 8  # alter the clean copy of block 1
+    out = run(changed)
+    assert torch.allclose(out[:, :8], base[:, :8], atol=1e-6)  # blocks 0 and 1 cannot see it
+    assert not torch.allclose(out[:, 8:], base[:, 8:], atol=1e-4)  # block 2 reads it
