@@ -60,6 +60,7 @@ def test_train_sample_eval(runs, corpus):
         assert r.returncode == 0, r.stderr
         ev = json.loads(r.stdout)
         assert ev["split"] == "val" and ev["num_tokens"] > 0
+        assert 0.0 <= ev["self_bleu"] <= 1.0 and 0.0 < ev["distinct_1"] <= 1.0 and 0.0 < ev["distinct_3"] <= 1.0
         assert 0 < ev["bits_per_token"] < 8 and ev["bits_per_byte"] > 0
         assert ev["judge_perplexity"] > 1 and ev["exact"] == (process == "ar")
 
@@ -108,6 +109,107 @@ def test_sampler_options_are_checked(runs):
     assert r.returncode == 2 and "none, prefix or dual" in r.stderr
     r = cli("sample", base / "block", "--steps", "2", "--length", "40", env_cache=cache)
     assert r.returncode == 2 and "at least" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("run", ["masked", "uniform", "gaussian", "sedd-absorb"])
+def test_infill_and_edit_from_the_command_line(runs, run):
+    base, cache = runs
+    r = cli("infill", base / run, "the [MASK:3] sat[MASK]on the mat.\\n[MASK:2-4] ", "--num", "2", "--steps", "8",
+            "--candidates", "2", "--json", env_cache=cache)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    for text, fills in zip(out["texts"], out["fills"]):
+        assert text == f"the {fills[0]} sat{fills[1]}on the mat.\n{fills[2]} "  # fixed text verbatim, \\n a newline
+        assert len(fills[0]) == 3 and len(fills[1]) == 1 and 2 <= len(fills[2]) <= 4
+    text = "the cat sat on the mat."
+    r = cli("edit", base / run, "--text", text, "--span", "4:7", "--strength", "0.8", "--num", "3", "--json",
+            "--steps", "8", env_cache=cache)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert len(out["texts"]) == 3 and out["span"] == [4, 7] and out["strength"] == 0.8
+    assert all(t[:4] == text[:4] and t[7:] == text[7:] and len(t) == len(text) for t in out["texts"])
+    r = cli("edit", base / run, "--text", "the [EDIT]cat[/EDIT] sat on the mat.", "--strength", "1", "--steps", "8",
+            env_cache=cache)
+    assert r.returncode == 0 and r.stdout.startswith("the ") and r.stdout.rstrip("\n").endswith(" sat on the mat.")
+
+
+def test_infill_and_edit_errors(runs, tmp_path):
+    base, cache = runs
+    for args, needle in [
+        (("infill", base / "ar", "the [MASK:3] sat"), "only the text to the left"),
+        (("infill", base / "block", "the [MASK:3] sat"), "only the text to the left"),
+        (("infill", base / "masked", "no holes"), "no hole"),
+        (("infill", base / "masked", "the [MASK:900]"), "context"),
+        (("infill", base / "masked", "--file", tmp_path / "missing.txt"), "No such file"),
+        (("edit", base / "masked", "--text", "the cat", "--span", "4-7"), "A:B"),
+        (("edit", base / "masked", "--text", "the cat", "--span", "4:70"), "span"),
+        (("edit", base / "masked", "--text", "the cat", "--span", "0:3", "--strength", "2"), "strength"),
+        (("edit", base / "masked", "--text", "the cat"), "[EDIT]"),
+    ]:
+        line = _one_line_error(cli(*args, env_cache=cache))
+        assert needle in line, (args, line)
+    r = cli("infill", base / "ar", "the [MASK:3]", "--json", env_cache=cache)  # a plain continuation is fine
+    assert r.returncode == 0, r.stderr
+
+
+def test_sft_train_and_chat(runs, tmp_path):
+    base, cache = runs
+    pairs = tmp_path / "pairs.jsonl"
+    animals = ("cat", "dog", "bird", "fox")
+    pairs.write_text("".join(json.dumps({"prompt": f"where is the {a}?", "response": f"the {a} sat on the mat."}) + "\n"
+                             for a in animals * 10))
+    r = cli("train", "--sft", "--data", pairs, "--out", tmp_path / "chat", "--config", TINY,
+            "--set", "train.max_steps=10", "--quiet", env_cache=cache)
+    assert r.returncode == 0, r.stderr
+    r = cli("chat", tmp_path / "chat", "where is the cat?", "--json", "--num", "2", "--steps", "8", env_cache=cache)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert len(out["replies"]) == 2 and all("<|" not in x for x in out["replies"]) and out["nfe"] >= 1
+    r = subprocess.run([str(EXE), "chat", str(tmp_path / "chat"), "--steps", "4", "--json"], input="hello\nwhere?\n\n",
+                       capture_output=True, text=True, timeout=300, env={**os.environ, "TEXTDIFFUSION_CACHE": str(cache)})
+    turns = [json.loads(x) for x in r.stdout.splitlines()]
+    assert r.returncode == 0 and [t["message"] for t in turns] == ["hello", "where?"], r.stderr  # one reply per turn
+    # fine-tune the pretrained masked run on the pairs (its tokenizer, model and process)
+    r = cli("train", "--sft", "--init", base / "masked", "--data", pairs, "--out", tmp_path / "tuned",
+            "--set", "train.max_steps=5", "--quiet", env_cache=cache)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "tuned" / "tokenizer.json").read_text() == (base / "masked" / "tokenizer.json").read_text()
+    line = _one_line_error(cli("train", "--sft", "--data", base / "masked" / "config.json", "--out", tmp_path / "x",
+                               "--config", TINY, env_cache=cache))
+    assert "prompt" in line
+    line = _one_line_error(cli("train", "--init", tmp_path / "nothing", "--data", pairs, "--out", tmp_path / "y",
+                               env_cache=cache))
+    assert "not found" in line or "no such" in line.lower()
+
+
+def test_labels_and_guidance_from_the_command_line(runs, tmp_path):
+    base, cache = runs
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"text": f"the {a} sat on the mat.", "label": a}) + "\n"
+                            for a in ("cat", "dog") * 30))
+    r = cli("train", "--labels", "--data", docs, "--out", tmp_path / "lab", "--config", TINY,
+            "--set", "train.max_steps=5", "--quiet", env_cache=cache)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "lab" / "labels.json").read_text()) == ["cat", "dog"]
+    for extra in ([], ["--guidance", "2"]):
+        r = cli("sample", tmp_path / "lab", "--label", "dog", "--num", "2", "--length", "10", "--steps", "5",
+                "--json", *extra, env_cache=cache)
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout)
+        assert out["label"] == "dog" and len(out["samples"]) == 2
+    r = cli("infill", tmp_path / "lab", "the [MASK:3] sat", "--label", "cat", "--guidance", "1", "--json", env_cache=cache)
+    assert r.returncode == 0, r.stderr
+    for args, needle in [
+        (("sample", tmp_path / "lab", "--label", "cow"), "unknown label"),
+        (("sample", tmp_path / "lab", "--guidance", "2"), "needs --label"),
+        (("sample", base / "masked", "--label", "cat"), "not trained with labels"),
+        (("sample", base / "masked", "--guidance", "2", "--prompt", "the"), "guidance needs a condition"),
+        (("sample", tmp_path / "lab", "--label", "cat", "--guidance", "-1"), "must be >= 0"),
+        (("train", "--labels", "--data", base / "masked" / "config.json", "--out", tmp_path / "z", "--config", TINY),
+         "label"),
+    ]:
+        line = _one_line_error(cli(*args, env_cache=cache))
+        assert needle in line, (args, line)
 
 
 def test_resume_continues_and_refuses_to_overwrite(runs, corpus):
@@ -164,6 +266,7 @@ def test_bad_input_gives_one_line_errors(tmp_path, runs):
 def test_help_is_useful():
     r = cli("--help")
     assert r.returncode == 0 and "train" in r.stdout and "sample" in r.stdout and "eval" in r.stdout
-    for command, flag in (("train", "--resume"), ("sample", "--json"), ("eval", "--json")):
+    for command, flag in (("train", "--resume"), ("sample", "--json"), ("eval", "--json"), ("infill", "[MASK:n]"),
+                          ("edit", "--strength"), ("chat", "MESSAGE"), ("train", "--sft")):
         r = cli(command, "--help")
         assert r.returncode == 0 and flag in r.stdout, (command, r.stdout)

@@ -17,6 +17,8 @@ EXAMPLES = """examples:
   textdiffusion train --data input.txt --out runs/ar --process ar --set train.max_steps=500
   textdiffusion sample runs/q --prompt "def " --num 4 --steps 64 --sampler confidence
   textdiffusion eval runs/q --data stdlib --judge runs/ar --json
+  textdiffusion infill runs/q "def add(a, b):\n    return [MASK:6]\n"
+  textdiffusion edit runs/q --text "x = [EDIT]compute(y)[/EDIT] + 1" --strength 0.7
 """
 
 
@@ -61,6 +63,13 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eta", type=float, default=None, help="remdm: cap on the re-mask probability (default 0.04)")
     g.add_argument("--stop-at-eot", action="store_true",
                    help="semi-ar, threshold, block: stop once every sample has ended (variable length)")
+    g = p.add_argument_group("conditioning")
+    g.add_argument("--label", default=None, help="class label to condition on (runs trained with --labels)")
+    g.add_argument("--guidance", type=float, default=0.0,
+                   help="guidance scale w >= 0. Classifier-free on the label (or, for --sft runs, the prompt): "
+                        "logits = l_c + w (l_c - l_u); with --classifier: classifier guidance toward --label. 0 = off")
+    g.add_argument("--classifier", metavar="DIR", default=None,
+                   help="a classifier of this run's noisy inputs (train-classifier) for classifier guidance")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
 
@@ -99,6 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one config value, e.g. --set train.max_steps=500 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--sft", action="store_true",
+                   help="instruction tuning: --data is JSONL of {\"prompt\", \"response\"}; the prompt (in a "
+                        "chat template) is never noised and the loss is on the response only")
+    p.add_argument("--labels", action="store_true",
+                   help="class-conditional: --data is JSONL of {\"text\", \"label\"}; the label is dropped with "
+                        "probability train.cond_drop (default 0.1) for classifier-free guidance")
+    p.add_argument("--init", metavar="RUN", help="start from this run's weights, tokenizer, model and process "
+                                                 "(fine-tuning, e.g. --sft on a pretrained run)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
@@ -131,6 +148,68 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("infill", help="fill [MASK] holes anywhere in a text",
+                       description="Fill the holes of a template; its fixed text is kept verbatim. Holes: "
+                                   "[MASK] (one token), [MASK:n] (n tokens), [MASK:a-b] (a to b tokens: filled "
+                                   "at a few lengths, the most likely text under the model is kept). In the "
+                                   "TEMPLATE argument \\n and \\t are newline and tab (use --raw to keep them).",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog='example:\n  textdiffusion infill runs/code "def add(a, b):\\n    [MASK:12]\\n"')
+    p.add_argument("run", help="run directory")
+    p.add_argument("template", nargs="?", help="text with holes ('-' reads standard input)")
+    p.add_argument("--file", help="read the template from this file instead")
+    p.add_argument("--raw", action="store_true", help="do not turn \\n and \\t in TEMPLATE into newline and tab")
+    p.add_argument("--num", type=POSITIVE, default=1, help="fillings to draw, as one batch (default 1)")
+    p.add_argument("--candidates", type=POSITIVE, default=4,
+                   help="lengths tried for each variable-length hole [MASK:a-b] (default 4)")
+    _add_sampling_args(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object (texts, fills, nfe, ...)")
+    p.set_defaults(func=cmd_infill)
+
+    p = sub.add_parser("edit", help="rewrite a span of a text, keeping the rest",
+                       description="Re-noise a span to --strength (0 < s <= 1; 1 regenerates it) and denoise it "
+                                   "with the text around it fixed. Give the span as --span A:B (character "
+                                   "offsets) or mark it in the text as [EDIT]...[/EDIT]. The span keeps its "
+                                   "length in tokens; text outside it is returned verbatim.")
+    p.add_argument("run", help="run directory")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", help="the text to edit")
+    src.add_argument("--file", help="read the text from this file")
+    p.add_argument("--span", help="A:B, the characters text[A:B] to rewrite (default: the [EDIT] marks)")
+    p.add_argument("--strength", type=float, default=0.5, help="noise level of the span, in (0, 1] (default 0.5)")
+    p.add_argument("--num", type=POSITIVE, default=1, help="edits to draw, as one batch (default 1)")
+    _add_sampling_args(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object (texts, spans, nfe, ...)")
+    p.set_defaults(func=cmd_edit)
+
+    p = sub.add_parser("train-classifier", help="train a classifier of a run's noisy inputs (classifier guidance)",
+                       description="Train a classifier p(label | x_t) on the noisy inputs of a diffusion run (masked, "
+                                   "uniform, SEDD or Gaussian), from JSONL of {\"text\", \"label\"}; then steer the "
+                                   "run with sample/infill/edit --classifier DIR --label NAME --guidance W.")
+    p.add_argument("run", help="the diffusion run the classifier will guide")
+    p.add_argument("--data", required=True, help="JSONL file of {\"text\", \"label\"} records")
+    p.add_argument("--out", required=True, help="classifier directory to create")
+    p.add_argument("--steps", type=POSITIVE, default=300, help="optimisation steps (default 300)")
+    p.add_argument("--batch-size", type=POSITIVE, default=32, help="documents per step (default 32)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
+    p.add_argument("--layers", type=POSITIVE, default=None, help="transformer layers (default: the run's)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train_classifier)
+
+    p = sub.add_parser("chat", help="talk to an instruction-tuned run (train --sft)",
+                       description="Reply to MESSAGE, or (without one) talk turn by turn on standard input "
+                                   "(an empty line or end of input ends). The conversation is wrapped in the "
+                                   "chat template the run was tuned with; replies end at end-of-text.")
+    p.add_argument("run", help="run directory (trained with --sft)")
+    p.add_argument("message", nargs="?", help="one message to answer (default: interactive)")
+    p.add_argument("--length", type=POSITIVE, default=None, help="reply tokens at most (default: the rest of the context)")
+    p.add_argument("--num", type=POSITIVE, default=1, help="replies to draw for a one-shot MESSAGE (default 1)")
+    _add_sampling_args(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object (replies, nfe, ...); interactive: one "
+                                                          "JSON line per turn")
+    p.set_defaults(func=cmd_chat)
     return parser
 
 
@@ -142,15 +221,24 @@ def cmd_train(args) -> int:
     from .training.recipe import resume_run, train_run
 
     if args.resume:
-        if args.data or args.process or args.config:
-            raise ValueError("--resume continues the saved config: drop --data/--process/--config (use --set train.*)")
+        if args.data or args.process or args.config or args.sft or args.labels or args.init:
+            raise ValueError("--resume continues the saved config: drop --data/--process/--config/--sft/--init "
+                             "(use --set train.*)")
         result = resume_run(args.out, args.overrides, progress=not args.quiet)
     else:
         overrides = list(args.overrides)
         if args.data:
             overrides.append(f"data.path={args.data}")
         if args.process:
+            if args.init:
+                raise ValueError("--init takes the model and process of that run: drop --process")
             overrides.append(f"process.name={args.process}")
+        if args.sft:
+            overrides.append("data.sft=true")
+        if args.labels:
+            overrides.append("data.labels=true")
+        if args.init:
+            overrides.append(f"train.init={args.init}")
         cfg = load_config(args.config, overrides)
         result = train_run(cfg, args.out, progress=not args.quiet)
     val = f", val {result.val_loss:.4f} nats/token" if result.val_loss is not None else ""
@@ -162,6 +250,7 @@ def cmd_train(args) -> int:
 def _generate(run, args, prompt: str, num: int, length: int | None):
     import torch
 
+    from .control.guidance import guided_model
     from .sampling import build_sampler
 
     tok = run.tokenizer
@@ -171,13 +260,25 @@ def _generate(run, args, prompt: str, num: int, length: int | None):
         length = max(1, min(128, run.cfg.model.context - p_len))
     sampler = build_sampler(args.sampler, run.objective, tok, **sampler_options(args, tok))
     gen = torch.Generator(device=next(run.model.parameters()).device).manual_seed(args.seed)
-    out = sampler.generate(run.model, run.objective, length=length, steps=args.steps, batch_size=num,
+    positions = torch.zeros(num, p_len + length, dtype=torch.bool)
+    positions[:, :p_len] = True  # prompt guidance: the unconditional pass sees no prompt
+    model = guided_model(run, args.label, args.guidance, positions, _classifier(args))
+    out = sampler.generate(model, run.objective, length=length, steps=args.steps, batch_size=num,
                            prompt=prompt_ids, gen=gen)
     rows = out.tokens.tolist()
     if args.stop_at_eot:  # variable length: each sample ends at its first end-of-text
         rows = [row[: p_len + row[p_len:].index(tok.eot_id)] if tok.eot_id in row[p_len:] else row for row in rows]
     texts = [tok.decode(row) for row in rows]
     return out, texts, sampler.name
+
+
+def _classifier(args):
+    if not getattr(args, "classifier", None):
+        return None
+    from .training.classifier import load_classifier
+    from .training.trainer import resolve_device
+
+    return load_classifier(args.classifier, resolve_device(args.device))
 
 
 def _load(run_dir: str, device: str):
@@ -195,6 +296,7 @@ def cmd_sample(args) -> int:
                           "seconds": out.seconds, "sampler": sampler,
                           "steps": out.nfe if sampler == "ar" else args.steps,
                           "length": out.new_tokens.shape[1], "seed": args.seed, "prompt": args.prompt,
+                          "label": args.label, "guidance": args.guidance,
                           "process": run.cfg.process.name}))
     else:
         for i, text in enumerate(texts):
@@ -210,7 +312,13 @@ def cmd_eval(args) -> int:
 
     from .config import DataConfig
     from .data import load_token_splits, read_documents
-    from .evaluation import distinct_n, evaluate_likelihood, judge_perplexity, unigram_entropy
+    from .evaluation import (
+        distinct_n,
+        evaluate_likelihood,
+        judge_perplexity,
+        self_bleu,
+        unigram_entropy,
+    )
 
     run = _load(args.run, args.device)
     tok = run.tokenizer
@@ -240,7 +348,10 @@ def cmd_eval(args) -> int:
         token_lists = out.new_tokens.tolist()
         result.update(sampler=sampler, steps=args.steps, nfe=out.nfe, tokens_per_second=out.tokens_per_second,
                       sample_length=out.new_tokens.shape[1], unigram_entropy=unigram_entropy(token_lists),
-                      distinct_2=distinct_n(token_lists, 2), samples=texts[:2])
+                      distinct_1=distinct_n(token_lists, 1), distinct_2=distinct_n(token_lists, 2),
+                      distinct_3=distinct_n(token_lists, 3), samples=texts[:2])
+        if len(token_lists) >= 2:
+            result["self_bleu"] = self_bleu(token_lists)
         if args.judge:
             judge = _load(args.judge, args.device)
             result["judge"] = str(args.judge)
@@ -253,11 +364,126 @@ def cmd_eval(args) -> int:
               f"bits/token, {report.bits_per_byte:.4f} bits/byte ({kind}, {report.num_tokens:,} tokens)")
         if "nfe" in result:
             line = (f"samples ({result['sampler']}, {args.steps} steps): {result['nfe']} network calls, "
-                    f"{result['tokens_per_second']:,.0f} tokens/s, unigram entropy {result['unigram_entropy']:.3f} bits")
+                    f"{result['tokens_per_second']:,.0f} tokens/s, unigram entropy {result['unigram_entropy']:.3f} bits, "
+                    f"distinct-1/2/3 {result['distinct_1']:.3f}/{result['distinct_2']:.3f}/{result['distinct_3']:.3f}")
+            if "self_bleu" in result:
+                line += f", self-BLEU {result['self_bleu']:.3f}"
             if "judge_perplexity" in result:
                 line += f", judge perplexity {result['judge_perplexity']:.3f}"
             print(line)
     return 0
+
+
+def _read_text(inline: str | None, file: str | None, what: str) -> str:
+    if file:
+        return Path(file).read_text(encoding="utf-8")
+    if inline == "-":
+        return sys.stdin.read()
+    if inline is None:
+        raise ValueError(f"give the {what} (or --file)")
+    return inline
+
+
+def _print_control(result, args, extra: dict) -> None:
+    if args.json:
+        print(json.dumps({**result.to_dict(), "steps": args.steps, "seed": args.seed, **extra}))
+        return
+    for i, text in enumerate(result.texts):
+        if i:
+            print("\n" + "─" * 40)
+        print(text)
+    print(f"[{result.sampler}: {result.nfe} network calls, {result.seconds:.2f} s]", file=sys.stderr)
+
+
+def _control_options(args, run) -> dict:
+    opts = sampler_options(args, run.tokenizer)
+    opts["eot_id"] = None  # holes and spans have a fixed size
+    return opts
+
+
+def cmd_infill(args) -> int:
+    from .control import infill
+
+    if args.template is not None and args.file:
+        raise ValueError("give a TEMPLATE or --file, not both")
+    template = _read_text(args.template, args.file, "TEMPLATE")
+    if args.template not in (None, "-") and not args.raw:
+        template = template.replace("\\n", "\n").replace("\\t", "\t")
+    run = _load(args.run, args.device)
+    result = infill(run, template, num=args.num, steps=args.steps, sampler=args.sampler, seed=args.seed,
+                    candidates=args.candidates, label=args.label, guidance=args.guidance, classifier=_classifier(args),
+                    **_control_options(args, run))
+    _print_control(result, args, {"template": template})
+    return 0
+
+
+def _parse_span(span: str) -> tuple[int, int]:
+    try:
+        a, b = span.split(":")
+        return int(a), int(b)
+    except ValueError:
+        raise ValueError(f"--span takes A:B character offsets, e.g. 10:25; got {span!r}") from None
+
+
+def cmd_edit(args) -> int:
+    from .control import edit
+
+    text = _read_text(args.text, args.file, "text")
+    start, end = _parse_span(args.span) if args.span else (None, None)
+    run = _load(args.run, args.device)
+    result = edit(run, text, start, end, strength=args.strength, num=args.num, steps=args.steps,
+                  sampler=args.sampler, seed=args.seed, label=args.label, guidance=args.guidance,
+                  classifier=_classifier(args), **_control_options(args, run))
+    _print_control(result, args, {})
+    return 0
+
+
+def cmd_train_classifier(args) -> int:
+    from .training.classifier import train_classifier
+
+    if args.lr <= 0:
+        raise ValueError(f"--lr must be positive; got {args.lr}")
+    info = train_classifier(args.run, args.data, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                            layers=args.layers, seed=args.seed, progress=not args.quiet)
+    acc = ", ".join(f"t={t}: {a:.3f}" for t, a in info["val_accuracy_at_t"].items())
+    print(f"classifier of {len(info['labels'])} labels saved in {args.out}; validation accuracy {acc}", file=sys.stderr)
+    return 0
+
+
+def cmd_chat(args) -> int:
+    from .control import chat
+
+    run = _load(args.run, args.device)
+    opts = sampler_options(args, run.tokenizer)
+    opts.pop("eot_id")  # chat always ends replies at end-of-text
+
+    def reply(message: str, history: list, num: int):
+        if args.label is not None or args.classifier:
+            raise ValueError("chat guides on the prompt; --label and --classifier are for sample, infill and edit")
+        return chat(run, message, history, length=args.length, steps=args.steps, sampler=args.sampler,
+                    seed=args.seed, num=num, guidance=args.guidance, **opts)
+
+    if args.message is not None:
+        result = reply(args.message, [], args.num)
+        if args.json:
+            print(json.dumps({"replies": result.texts, "message": args.message, **result.to_dict()}))
+        else:
+            print("\n".join(result.texts))
+        return 0
+    history: list[tuple[str, str]] = []
+    interactive = sys.stdin.isatty()
+    while True:
+        if interactive:
+            print("you> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line.strip():
+            return 0
+        result = reply(line.strip(), history, 1)
+        if args.json:  # one JSON line per turn
+            print(json.dumps({"message": line.strip(), "reply": result.texts[0], "nfe": result.nfe}), flush=True)
+        else:
+            print(("model> " if interactive else "") + result.texts[0], flush=True)
+        history.append((line.strip(), result.texts[0]))
 
 
 # -- entry point --------------------------------------------------------------------------------

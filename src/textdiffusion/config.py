@@ -49,6 +49,7 @@ class ModelConfig:
     # off for masked (MDLM: not needed at convergence) and AR, on for uniform
     time_cond: bool | None = None
     vocab_size: int = 0  # filled in from the tokenizer at train time
+    num_labels: int = 0  # class labels the model is conditioned on (filled in from labelled data)
 
     def __post_init__(self) -> None:
         for name in ("n_layer", "n_head", "d_model", "context", "mlp_ratio"):
@@ -59,6 +60,7 @@ class ModelConfig:
         )
         _check((self.d_model // self.n_head) % 2 == 0, "model.d_model / model.n_head must be even (RoPE)")
         _check(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
+        _check(self.num_labels >= 0, "model.num_labels must be >= 0")
 
 
 PROCESSES = ("masked", "uniform", "gaussian", "sedd-absorb", "sedd-uniform", "block", "ar")
@@ -129,12 +131,16 @@ class DataConfig:
     val_fraction: float = 0.05  # single file: the last part; several documents: hashed by name
     max_docs: int = 0  # 0 = all; a cap for quick runs
     cut_at_newline: bool = True  # single file: move the train/val cut to the next newline
+    sft: bool = False  # instruction tuning: path is JSONL of {"prompt", "response"}; loss on responses only
+    labels: bool = False  # class-conditional: path is JSONL of {"text", "label"}; one document per row
+    fim_rate: float = 0.0  # AR twin only: fraction of training windows in fill-in-the-middle order
 
     def __post_init__(self) -> None:
         _check_choice(self.tokenizer, TOKENIZERS, "data.tokenizer")
         _check(0.0 < self.val_fraction < 1.0, "data.val_fraction must be in (0, 1)")
         _check(self.vocab_size >= 260, "data.vocab_size must be at least 260 (256 bytes + specials)")
         _check(self.max_docs >= 0, "data.max_docs must be >= 0")
+        _check(0.0 <= self.fim_rate <= 1.0, "data.fim_rate must be in [0, 1]")
 
 
 @dataclass
@@ -161,6 +167,12 @@ class TrainConfig:
     bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     compile: bool = False  # torch.compile the model
     threads: int = 0  # torch CPU threads; 0 = torch's default
+    init: str = ""  # start from this run's weights (fine-tuning; its tokenizer, model and process too)
+    # classifier-free guidance: how often a label (data.labels) / an SFT prompt (data.sft) is dropped.
+    # Prompt dropping is off by default: rows without their prompt have irreducible loss that the
+    # ELBO's 1/t weights turn into gradient noise, which slows instruction tuning a lot
+    cond_drop: float = 0.1
+    prompt_drop: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "grad_accum", "max_steps", "eval_every", "ckpt_every", "log_every"):
@@ -173,6 +185,8 @@ class TrainConfig:
         _check(self.eval_batches > 0, "train.eval_batches must be positive")
         _check(self.max_seconds >= 0, "train.max_seconds must be >= 0 (0 = no budget)")
         _check(self.threads >= 0, "train.threads must be >= 0 (0 = torch's default)")
+        _check(0.0 <= self.cond_drop < 1.0, "train.cond_drop must be in [0, 1)")
+        _check(0.0 <= self.prompt_drop < 1.0, "train.prompt_drop must be in [0, 1)")
         _check(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device) is not None,
                f"train.device must be auto, cpu, mps, cuda or cuda:N; got {self.device!r}")
 
@@ -189,6 +203,8 @@ class Config:
             self.model.time_cond = TIME_COND_DEFAULT[self.process.name]
         _check(not (self.process.name == "ar" and self.model.time_cond),
                "model.time_cond must be false for the AR twin (--process ar has no diffusion time)")
+        _check(self.data.fim_rate == 0 or self.process.name == "ar",
+               "data.fim_rate is for the AR twin (--process ar): diffusion models infill without it")
         _check(not (self.process.name == "block" and self.model.time_cond),
                "model.time_cond must be false for block diffusion (each block has its own time)")
 

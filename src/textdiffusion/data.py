@@ -40,6 +40,7 @@ class DataError(ValueError):
 class Document:
     name: str  # stable key used by the hash split
     text: str
+    label: str | None = None  # JSONL records may carry a class label
 
 
 def stdlib_root() -> Path:
@@ -95,9 +96,10 @@ def read_documents(path: str, glob: str = "**/*.txt", max_docs: int = 0) -> list
                     text = record["text"]
                 except (json.JSONDecodeError, KeyError, TypeError):
                     raise DataError(f"{f}:{n + 1}: expected a JSON object with a 'text' field") from None
-                if not isinstance(text, str):
-                    raise DataError(f"{f}:{n + 1}: 'text' must be a string")
-                docs.append(Document(f"{f.name}:{n}", text))
+                label = record.get("label")
+                if not isinstance(text, str) or not (label is None or isinstance(label, (str, int))):
+                    raise DataError(f"{f}:{n + 1}: 'text' must be a string (and 'label' a string)")
+                docs.append(Document(f"{f.name}:{n}", text, None if label is None else str(label)))
         else:
             name = f.relative_to(root).as_posix() if root.is_dir() else f.name
             docs.append(Document(name, _read_text(f)))
@@ -186,13 +188,22 @@ def load_token_splits(data: DataConfig, tokenizer: Tokenizer, tokenizer_file: Pa
     return out
 
 
+def fim_order(window: np.ndarray, i: int, j: int, bos: int, suf: int, mid: int) -> np.ndarray:
+    """Fill-in-the-middle (Bavarian et al. 2022, PSM order): window = prefix + middle + suffix cut
+    at i <= j, rearranged as [bos] prefix [suf] suffix [mid] middle (three tokens longer). The AR
+    twin uses end-of-text, pad and mask as the three sentinels (tokens that are never text)."""
+    return np.concatenate([[bos], window[:i], [suf], window[j:], [mid], window[i:j]]).astype(np.int64)
+
+
 class WindowSampler:
     """Random fixed-length windows from a token array, drawn with its own seeded generator.
 
-    The generator's state is part of a checkpoint, so a resumed run sees the same batches.
+    The generator's state is part of a checkpoint, so a resumed run sees the same batches. With
+    ``fim`` = (rate, bos, suf, mid), that fraction of windows is put in fill-in-the-middle order.
     """
 
-    def __init__(self, tokens: np.ndarray, length: int, batch_size: int, seed: int, split: str = "train"):
+    def __init__(self, tokens: np.ndarray, length: int, batch_size: int, seed: int, split: str = "train",
+                 fim: tuple[float, int, int, int] | None = None):
         if len(tokens) < length + 1:
             raise DataError(
                 f"the {split} split has {len(tokens)} tokens, fewer than one window of {length + 1}: "
@@ -202,11 +213,18 @@ class WindowSampler:
         self.length = length
         self.batch_size = batch_size
         self.gen = torch.Generator().manual_seed(seed)
+        self.fim = fim if fim and fim[0] > 0 else None
 
     def next(self) -> torch.Tensor:
         """(B, length + 1) int64: the extra token lets the AR twin predict ``length`` targets."""
         starts = torch.randint(0, len(self.tokens) - self.length, (self.batch_size,), generator=self.gen)
         rows = [np.asarray(self.tokens[s : s + self.length + 1], dtype=np.int64) for s in starts.tolist()]
+        if self.fim is not None:
+            rate, bos, suf, mid = self.fim
+            n = self.length - 2  # three sentinels join the window
+            u = torch.rand(self.batch_size, generator=self.gen).tolist()
+            cuts = torch.randint(0, n + 1, (self.batch_size, 2), generator=self.gen).sort(1).values.tolist()
+            rows = [fim_order(r[:n], i, j, bos, suf, mid) if x < rate else r for r, x, (i, j) in zip(rows, u, cuts)]
         return torch.from_numpy(np.stack(rows))
 
 
@@ -220,3 +238,138 @@ def eval_windows(tokens: np.ndarray, length: int, max_windows: int = 0) -> torch
         n = min(n, max_windows)
     idx = np.arange(n)[:, None] * length + np.arange(length + 1)[None, :]
     return torch.from_numpy(np.asarray(tokens[: n * length + 1], dtype=np.int64)[idx])
+
+
+# -- instruction tuning (SFT): prompt/response pairs, one padded row each ----------------------
+
+CHAT_USER, CHAT_ASSISTANT = "User: ", "\nAssistant: "
+
+
+def chat_prompt(prompt: str) -> str:
+    """The chat template around a prompt; the response follows it and ends with end-of-text."""
+    return f"{CHAT_USER}{prompt}{CHAT_ASSISTANT}"
+
+
+@dataclass
+class Pair:
+    name: str  # stable key used by the hash split
+    prompt: str
+    response: str
+    label: str | None = None
+
+
+def read_pairs(path: str) -> list[Pair]:
+    """``{"prompt": ..., "response": ...}`` records of a JSONL file (an optional ``label``)."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"data not found: {path} (--sft reads a JSONL file of prompt/response pairs)")
+    pairs = []
+    for n, line in enumerate(_read_text(p).split("\n")):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            prompt, response = record["prompt"], record["response"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise DataError(f"{p}:{n + 1}: expected a JSON object with 'prompt' and 'response' fields") from None
+        label = record.get("label")
+        if not isinstance(prompt, str) or not isinstance(response, str) or not (label is None or isinstance(label, str)):
+            raise DataError(f"{p}:{n + 1}: 'prompt', 'response' (and 'label') must be strings")
+        pairs.append(Pair(f"{p.name}:{n}", prompt, response, label))
+    if not pairs:
+        raise DataError(f"no prompt/response pairs in {path} (empty corpus)")
+    return pairs
+
+
+@dataclass
+class Rows:
+    """Fixed-length training rows: (N, L+1) token ids and the (N, L+1) positions that condition
+    (the prompt: never noised, never scored)."""
+
+    tokens: np.ndarray
+    fixed: np.ndarray
+    truncated: int = 0  # responses cut to fit the context
+    labels: np.ndarray | None = None  # (N,) class ids of class-conditional rows
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+def sft_rows(pairs: list[Pair], tokenizer: Tokenizer, length: int) -> Rows:
+    """One row per pair: end-of-text, the templated prompt (fixed), the response, then
+    end-of-text up to ``length`` + 1 tokens. The trailing end-of-text tokens are scored, so the
+    model learns where a response ends (LLaDA's recipe): generations are cut at the first one."""
+    eot = tokenizer.eot_id
+    tokens = np.full((len(pairs), length + 1), eot, dtype=np.int64)
+    fixed = np.zeros((len(pairs), length + 1), dtype=bool)
+    keep, truncated = [], 0
+    for i, pair in enumerate(pairs):
+        prompt = tokenizer.encode(chat_prompt(pair.prompt))
+        if len(prompt) + 2 > length + 1:  # leave room for at least one response token
+            continue
+        response = tokenizer.encode(pair.response)[: length - len(prompt)]
+        truncated += len(tokenizer.encode(pair.response)) > len(response)
+        tokens[i, 1 : 1 + len(prompt)] = prompt
+        tokens[i, 1 + len(prompt) : 1 + len(prompt) + len(response)] = response
+        fixed[i, : 1 + len(prompt)] = True
+        keep.append(i)
+    if not keep:
+        raise DataError(f"every prompt is longer than the model context ({length} tokens)")
+    return Rows(tokens[keep], fixed[keep], truncated)
+
+
+def pair_splits(pairs: list[Pair], val_fraction: float) -> dict[str, list[Pair]]:
+    """Hash split by record name, so adding pairs never moves others; val is never empty."""
+    splits: dict[str, list[Pair]] = {"train": [], "val": [], "test": []}
+    for pair in pairs:
+        splits[split_of(pair.name, val_fraction, test=False)].append(pair)
+    if not splits["val"] and len(splits["train"]) > 1:
+        splits["val"].append(splits["train"].pop())
+    if not splits["train"]:
+        raise DataError("too few prompt/response pairs to train on (need 2 or more)")
+    return splits
+
+
+def label_rows(docs: list[Document], labels: list[str], tokenizer: Tokenizer, length: int) -> Rows:
+    """Class-conditional data: one document per row (end-of-text, the text cut to fit, then
+    end-of-text padding, all scored), with the index of its label in ``labels``."""
+    eot, index = tokenizer.eot_id, {name: i for i, name in enumerate(labels)}
+    tokens = np.full((len(docs), length + 1), eot, dtype=np.int64)
+    for i, doc in enumerate(docs):
+        ids = tokenizer.encode(doc.text)[:length]
+        tokens[i, 1 : 1 + len(ids)] = ids
+    fixed = np.zeros_like(tokens, dtype=bool)
+    fixed[:, 0] = True
+    ids = np.array([index[d.label] for d in docs], dtype=np.int64)
+    return Rows(tokens, fixed, 0, ids)
+
+
+def labelled_documents(path: str) -> dict[str, list[Document]]:
+    """The documents of a ``{"text", "label"}`` JSONL file by split (hash of the record name)."""
+    docs = read_documents(path, "**/*.jsonl")
+    missing = [d.name for d in docs if d.label is None]
+    if missing:
+        raise DataError(f"{missing[0]}: no 'label' field (data.labels reads JSONL of {{\"text\", \"label\"}})")
+    splits: dict[str, list[Document]] = {"train": [], "val": [], "test": []}
+    for d in docs:
+        splits[split_of(d.name, 0.1, test=False)].append(d)
+    if not splits["val"] and len(splits["train"]) > 1:
+        splits["val"].append(splits["train"].pop())
+    return splits
+
+
+class RowSampler:
+    """Random rows (with replacement) of an SFT or labelled split, by its own seeded generator;
+    ``next()`` returns (tokens, fixed), both (B, L+1), and the (B,) labels if the rows have them."""
+
+    def __init__(self, rows: Rows, batch_size: int, seed: int):
+        self.rows = rows
+        self.batch_size = batch_size
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def next(self) -> tuple:
+        idx = torch.randint(0, len(self.rows), (self.batch_size,), generator=self.gen).numpy()
+        out = (torch.from_numpy(self.rows.tokens[idx]), torch.from_numpy(self.rows.fixed[idx]))
+        if self.rows.labels is not None:
+            out += (torch.from_numpy(self.rows.labels[idx]),)
+        return out

@@ -56,3 +56,14 @@ def evaluate_likelihood(model, objective, tokens: np.ndarray, token_bytes: np.nd
     se = float(nats.std(unbiased=True)) / math.sqrt(len(nats)) / context / math.log(2) if len(nats) > 1 else float("nan")
     return LikelihoodReport(total_bits / n_tokens, total_bits / max(n_bytes, 1), se, n_tokens, n_bytes,
                             len(nats), samples, exact)
+
+
+@torch.no_grad()
+def sequence_nll(model, objective, ids: torch.Tensor, bos_id: int, mc_samples: int = 16, seed: int = 0) -> float:
+    """Nats of one token sequence (L,) after ``bos_id``: the AR twin's exact NLL, or the diffusion
+    NELBO averaged over ``mc_samples`` draws (seeded, so texts scored with the same seed share t)."""
+    device = next(model.parameters()).device
+    window = torch.cat([torch.tensor([bos_id]), ids.long().cpu()])[None].to(device)  # (1, L + 1)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    samples = 1 if objective.name == "ar" else mc_samples
+    return float(objective.nelbo(model, window, gen, num_samples=samples).double().mean())

@@ -18,12 +18,12 @@ class AutoregressiveObjective:
     attn = "causal"
 
     def loss(self, model, batch: torch.Tensor, gen: torch.Generator | None = None,
-             loss_mask: torch.Tensor | None = None) -> LossOutput:
+             fixed: torch.Tensor | None = None) -> LossOutput:
         """-log p(x_{i+1} | x_{<=i}) in nats per token. ``batch`` is (B, L+1): the first L tokens
         are the input, the last L the targets (the same tokens the diffusion loss scores)."""
         logits = model(batch[:, :-1])  # (B, L, V)
         nll = F.cross_entropy(logits.float().transpose(1, 2), batch[:, 1:], reduction="none")
-        return LossOutput.mean_over(nll, loss_mask)
+        return LossOutput.mean_over(nll, None if fixed is None else ~fixed[:, 1:])  # prompt targets unscored
 
     @torch.no_grad()
     def nelbo(self, model, batch: torch.Tensor, gen: torch.Generator | None = None,

@@ -201,6 +201,8 @@ class Transformer(nn.Module):
         # token ids -> vectors, or (continuous inputs) a linear map of the input vectors
         self.embed = nn.Linear(input_dim, cfg.d_model, bias=False) if input_dim else nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.time = TimeEmbedding(cfg.d_model) if cfg.time_cond else None
+        # class labels (+1: the "no label" of classifier-free guidance), added to every position
+        self.label = nn.Embedding(cfg.num_labels + 1, cfg.d_model) if cfg.num_labels else None
         self.blocks = nn.ModuleList(Block(cfg, causal) for _ in range(cfg.n_layer))
         self.norm = nn.LayerNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
@@ -238,15 +240,25 @@ class Transformer(nn.Module):
 
     def forward(self, tokens: torch.Tensor, t: torch.Tensor | None = None, *,
                 kv_cache: KVCache | WindowCache | None = None, positions: torch.Tensor | None = None,
-                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """tokens (B, T) -> logits (B, T, V); or, built with ``input_dim``, vectors (B, T, input_dim)
-        -> logits. ``t`` (B,) is used only with time conditioning.
+                attn_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.hidden(tokens, t, kv_cache=kv_cache, positions=positions, attn_mask=attn_mask,
+                                     labels=labels))
+
+    def hidden(self, tokens: torch.Tensor | None, t: torch.Tensor | None = None, *,
+               kv_cache: KVCache | WindowCache | None = None, positions: torch.Tensor | None = None,
+               attn_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+               embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """Final (normalised) hidden states (B, T, C); ``forward`` maps them to logits (B, T, V).
+        Inputs: tokens (B, T); or, built with ``input_dim``, vectors (B, T, input_dim); or ``embeds``
+        (B, T, C), inputs already embedded (e.g. one-hot rows times the table, for gradients).
+        ``t`` (B,) is used only with time conditioning; ``labels`` (B,) only by a class-conditional
+        model (None or ``num_labels``: no label).
 
         ``kv_cache``: reuse the keys/values of other positions (the chunk starts at the cache's
         ``length``). ``positions`` (T,): explicit RoPE positions (block diffusion training reads two
         copies of a sequence at the same positions). ``attn_mask`` (T, T) bool: who attends to whom
         inside the chunk (default: everyone, or causal for the AR twin)."""
-        B, T = tokens.shape[:2]
+        B, T = (tokens if embeds is None else embeds).shape[:2]
         if positions is None:
             start = kv_cache.length if kv_cache is not None else 0
             if start + T > self.rope_cos.shape[0]:
@@ -256,7 +268,11 @@ class Transformer(nn.Module):
             if int(positions.max()) >= self.rope_cos.shape[0]:
                 raise ValueError(f"position {int(positions.max())} exceeds the model context {self.cfg.context}")
             cos, sin = self.rope_cos[positions], self.rope_sin[positions]
-        x = self.embed(tokens)  # (B, T, C)
+        x = self.embed(tokens) if embeds is None else embeds  # (B, T, C); embeds: inputs already embedded
+        if self.label is not None:
+            if labels is None:
+                labels = torch.full((B,), self.cfg.num_labels, dtype=torch.long, device=x.device)
+            x = x + self.label(labels)[:, None, :]
         c = None
         if self.time is not None:
             if t is None:
@@ -264,4 +280,4 @@ class Transformer(nn.Module):
             c = F.silu(self.time(t.expand(B) if t.dim() == 0 else t))  # (B, C)
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, i, kv_cache, c, attn_mask)
-        return self.head(self.norm(x))
+        return self.norm(x)

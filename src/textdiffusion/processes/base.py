@@ -21,6 +21,19 @@ class LossOutput:
         return cls((per_token * loss_mask).sum() / max(n, 1), n)
 
 
+def scored(fixed: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(keep, loss_mask) over the last L positions of a (B, L+1) ``fixed`` mask: conditioning
+    positions (an SFT prompt) are never noised and never scored."""
+    if fixed is None:
+        return None, None
+    keep = fixed[:, 1:]
+    return keep, ~keep
+
+
+def keep_clean(xt: torch.Tensor, x0: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    return xt if keep is None else torch.where(keep, x0, xt)
+
+
 def stratified_uniform(batch: int, antithetic: bool, gen: torch.Generator | None, device=None) -> torch.Tensor:
     """(B,) draws from U[0, 1); antithetic: one uniform shifted by i/B, one draw per stratum."""
     if antithetic:

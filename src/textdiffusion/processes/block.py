@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import stratified_uniform
+from .base import LossOutput, keep_clean, scored, stratified_uniform
 from .masked import MaskedProcess
 
 
@@ -77,15 +77,15 @@ class BlockDiffusionProcess(MaskedProcess):
         u = torch.rand(x0.shape, generator=gen, device=x0.device)
         return torch.where(u < 1.0 - self.schedule.alpha(t), torch.full_like(x0, self.mask_id), x0)
 
-    def _weighted_nll(self, model, x0: torch.Tensor, gen) -> torch.Tensor:
+    def _weighted_nll(self, model, x0: torch.Tensor, gen, keep=None) -> torch.Tensor:
         t = self._token_times(*x0.shape, gen, x0.device)
-        xt = self._corrupt_tokens(x0, t, gen)
+        xt = keep_clean(self._corrupt_tokens(x0, t, gen), x0, keep)
         return (1.0 - self.eps) * self.schedule.weight(t) * self._masked_nll(model, xt, x0)
 
-    def loss(self, model, batch: torch.Tensor, gen: torch.Generator | None = None, loss_mask=None):
-        from .base import LossOutput
-
-        return LossOutput.mean_over(self._weighted_nll(model, batch[:, 1:], gen), loss_mask)
+    def loss(self, model, batch: torch.Tensor, gen: torch.Generator | None = None,
+             fixed: torch.Tensor | None = None) -> LossOutput:
+        keep, loss_mask = scored(fixed)
+        return LossOutput.mean_over(self._weighted_nll(model, batch[:, 1:], gen, keep), loss_mask)
 
     @torch.no_grad()
     def nelbo(self, model, batch: torch.Tensor, gen: torch.Generator | None = None,

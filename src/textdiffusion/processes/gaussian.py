@@ -35,7 +35,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .base import LossOutput, stratified_uniform
+from .base import LossOutput, scored, stratified_uniform
 
 
 class GaussianProcess:
@@ -124,10 +124,12 @@ class GaussianProcess:
         return weight.float()[:, None] * (e0.float() - x_hat).pow(2).sum(-1)
 
     def loss(self, model, batch: torch.Tensor, gen: torch.Generator | None = None,
-             loss_mask: torch.Tensor | None = None) -> LossOutput:
+             fixed: torch.Tensor | None = None) -> LossOutput:
         """Monte Carlo NELBO (all three terms), nats per token, of the last L tokens of each
-        (B, L+1) window."""
+        (B, L+1) window. ``fixed`` positions (a prompt) are not scored; they are noised like the
+        rest, as the samplers do with fixed text (the replacement method)."""
         x0 = batch[:, 1:]
+        _, loss_mask = scored(fixed)
         B, device = x0.shape[0], x0.device
         embeddings = model.embeddings()  # (V, d), differentiable: the ELBO trains the embeddings too
         e0 = embeddings[x0]  # (B, L, d)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import LossOutput, discrete_times, stratified_uniform
+from .base import LossOutput, discrete_times, keep_clean, scored, stratified_uniform
 from .schedules import get_schedule
 
 
@@ -85,12 +85,14 @@ class MaskedProcess:
 
     # objective -----------------------------------------------------------------------------
     def loss(self, model, batch: torch.Tensor, gen: torch.Generator | None = None,
-             loss_mask: torch.Tensor | None = None) -> LossOutput:
+             fixed: torch.Tensor | None = None) -> LossOutput:
         """Monte Carlo NELBO over t in [eps, 1], nats per token. ``batch`` is (B, L+1) windows;
-        the last L tokens are scored (the same tokens the AR twin predicts)."""
+        the last L tokens are scored (the same tokens the AR twin predicts). ``fixed`` (B, L+1):
+        conditioning positions (a prompt), never masked and not scored."""
         x0 = batch[:, 1:]
+        keep, loss_mask = scored(fixed)
         t, weight = self._weighted_times(x0.shape[0], gen, x0.device)
-        xt = self.corrupt(x0, t, gen)
+        xt = keep_clean(self.corrupt(x0, t, gen), x0, keep)
         nll = self._masked_nll(model, xt, x0, t)
         per_token = weight[:, None] * nll  # (B, L)
         return LossOutput.mean_over(per_token, loss_mask)

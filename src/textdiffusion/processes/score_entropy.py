@@ -29,7 +29,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .base import LossOutput
+from .base import LossOutput, keep_clean, scored
 from .masked import MaskedProcess
 from .uniform import UniformProcess
 
@@ -105,16 +105,18 @@ class ScoreEntropyProcess:
         return -log_dec.gather(-1, x0[..., None]).squeeze(-1)
 
     # objective -----------------------------------------------------------------------------
-    def _integral_draw(self, model, x0, gen) -> torch.Tensor:
+    def _integral_draw(self, model, x0, gen, keep=None) -> torch.Tensor:
         t = self.forward.sample_t(x0.shape[0], gen, x0.device)
-        xt = self.corrupt(x0, t, gen)
+        xt = keep_clean(self.corrupt(x0, t, gen), x0, keep)
         span = (1.0 - self.eps) if self.kind == "absorb" else (1.0 - 2 * self.eps)
         return span * self._score_entropy(model(xt, t), xt, x0, t)
 
     def loss(self, model, batch: torch.Tensor, gen: torch.Generator | None = None,
-             loss_mask: torch.Tensor | None = None) -> LossOutput:
-        """Monte Carlo score-entropy bound over t, nats per token, on the last L tokens of (B, L+1)."""
-        per_token = self._integral_draw(model, batch[:, 1:], gen)
+             fixed: torch.Tensor | None = None) -> LossOutput:
+        """Monte Carlo score-entropy bound over t, nats per token, on the last L tokens of (B, L+1);
+        ``fixed`` positions are kept clean and not scored."""
+        keep, loss_mask = scored(fixed)
+        per_token = self._integral_draw(model, batch[:, 1:], gen, keep)
         return LossOutput.mean_over(per_token, loss_mask)
 
     @torch.no_grad()

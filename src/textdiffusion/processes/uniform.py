@@ -31,7 +31,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .base import LossOutput, discrete_times, stratified_uniform
+from .base import LossOutput, discrete_times, keep_clean, scored, stratified_uniform
 from .schedules import get_schedule
 
 
@@ -128,24 +128,25 @@ class UniformProcess:
     def _reverse_probs(self, log_x_theta, xt, t, s) -> torch.Tensor:
         return self._posterior(log_x_theta[..., : self.N].exp(), xt, t, s)
 
-    def _draw(self, model, x0: torch.Tensor, gen) -> torch.Tensor:
+    def _draw(self, model, x0: torch.Tensor, gen, keep: torch.Tensor | None = None) -> torch.Tensor:
         """(B, L) one Monte Carlo draw of the per-token diffusion term (integral or sum over t)."""
         B = x0.shape[0]
         if self.num_steps:  # discrete time: T KL(step i), i ~ U{1..T}; step 1 is reconstruction
             t, s = discrete_times(stratified_uniform(B, self.antithetic, gen, x0.device), self.num_steps)
-            xt = self.corrupt(x0, t, gen)
+            xt = keep_clean(self.corrupt(x0, t, gen), x0, keep)
             return self.num_steps * self._kl_step(self.log_probs(model(xt, t)), xt, x0, t, s)
         t = self.sample_t(B, gen, x0.device)
-        xt = self.corrupt(x0, t, gen)
+        xt = keep_clean(self.corrupt(x0, t, gen), x0, keep)
         return (1.0 - 2 * self.eps) * self._kl_rates(self.log_probs(model(xt, t)), xt, x0, t)
 
     # objective -----------------------------------------------------------------------------
     def loss(self, model, batch: torch.Tensor, gen: torch.Generator | None = None,
-             loss_mask: torch.Tensor | None = None) -> LossOutput:
+             fixed: torch.Tensor | None = None) -> LossOutput:
         """Monte Carlo NELBO (over t in [eps, 1 - eps], or over the T steps), nats per token, on
-        the last L tokens of (B, L+1) windows."""
+        the last L tokens of (B, L+1) windows; ``fixed`` positions are kept clean and not scored."""
         x0 = batch[:, 1:]
-        per_token = self._draw(model, x0, gen)
+        keep, loss_mask = scored(fixed)
+        per_token = self._draw(model, x0, gen, keep)
         return LossOutput.mean_over(per_token, loss_mask)
 
     def prior_kl(self, length: int) -> float:

@@ -8,6 +8,9 @@ token is redrawn from the posterior mixture over the model's x0 estimate).
 Cache: when no token changed in a step, x_t is the same, so p_theta(x0 | x_t) is the same and the
 network is not called again (exact when the model is not time-conditioned; a time-conditioned
 model is always re-run). NFE counts real network calls only.
+
+Canvas: fixed positions are never redrawn; an edit canvas (t_start < 1) runs the grid
+t_start > ... > 0 from its re-noised span.
 """
 
 from __future__ import annotations
@@ -16,12 +19,21 @@ import time
 
 import torch
 
-from .base import Generation, OnStep, StepOutput, initial_sequence, report_step
+from .base import (
+    Canvas,
+    Generation,
+    OnStep,
+    StepOutput,
+    report_step,
+    resolve_canvas,
+    start_sequence,
+)
 from .filters import ban, filter_logits, validate_sampling_args
 
 
 class AncestralSampler:
     name = "ancestral"
+    stop_when_unmasked = True  # a masked model is done once nothing is masked (ReMDM is not)
 
     def __init__(self, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                  banned_ids: tuple[int, ...] = (), cache: bool = True):
@@ -30,10 +42,10 @@ class AncestralSampler:
         self.temperature, self.top_k, self.top_p, self.cache = temperature, top_k, top_p, cache
         self.timesteps: torch.Tensor | None = None
 
-    def set_timesteps(self, num_steps: int) -> None:
+    def set_timesteps(self, num_steps: int, t_start: float = 1.0) -> None:
         if num_steps <= 0:
             raise ValueError("steps must be positive")
-        self.timesteps = torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64)
+        self.timesteps = torch.linspace(t_start, 0.0, num_steps + 1, dtype=torch.float64)
 
     def step(self, log_p_x0: torch.Tensor, x_t: torch.Tensor, t: float, s: float, process,
              gen: torch.Generator | None = None, fixed: torch.Tensor | None = None) -> StepOutput:
@@ -51,20 +63,18 @@ class AncestralSampler:
         return process.reverse_step
 
     @torch.no_grad()
-    def generate(self, model, process, *, length: int, steps: int, batch_size: int = 1,
+    def generate(self, model, process, *, length: int | None = None, steps: int, batch_size: int = 1,
                  prompt: torch.Tensor | None = None, gen: torch.Generator | None = None,
-                 on_step: OnStep | None = None, trace: bool = False) -> Generation:
-        x = initial_sequence(model, process, prompt, batch_size, length, gen)  # (B, P + L)
-        prompt_length, device = x.shape[1] - length, x.device
-        fixed = torch.zeros_like(x, dtype=torch.bool)
-        fixed[:, :prompt_length] = True
-        self.set_timesteps(steps)
+                 on_step: OnStep | None = None, trace: bool = False, canvas: Canvas | None = None) -> Generation:
+        canvas = resolve_canvas(model, prompt, batch_size, length, canvas)
+        x, fixed, device = start_sequence(process, canvas, gen), canvas.fixed, canvas.tokens.device
+        self.set_timesteps(steps, canvas.t_start)
         nfe, log_p, states = 0, None, []
         reuse_ok = self.cache and process.supports_cache and not model.cfg.time_cond
         start = time.perf_counter()
         for i in range(steps):
             t, s = float(self.timesteps[i]), float(self.timesteps[i + 1])
-            if process.supports_cache and not (x == process.mask_id).any():
+            if self.stop_when_unmasked and process.supports_cache and not (x == process.mask_id).any():
                 break  # nothing left to unmask
             if log_p is None or not reuse_ok:
                 t_vec = torch.full((x.shape[0],), t, device=device)
@@ -76,7 +86,7 @@ class AncestralSampler:
                 log_p = None  # x changed: the cached prediction is stale
             x = out.x_prev
             report_step(i, out, states if trace else None, on_step)
-        return Generation(x, prompt_length, nfe, time.perf_counter() - start, states)
+        return Generation(x, canvas.prompt_length, nfe, time.perf_counter() - start, states, fixed)
 
 
 class EulerSampler(AncestralSampler):

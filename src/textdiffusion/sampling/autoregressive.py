@@ -8,7 +8,7 @@ import time
 import torch
 
 from ..models.transformer import KVCache
-from .base import Generation, OnStep, StepOutput, check_length, prompt_batch
+from .base import Canvas, Generation, OnStep, StepOutput, require_prompt_canvas, resolve_canvas
 from .filters import ban, filter_logits, sample_categorical, validate_sampling_args
 
 
@@ -22,16 +22,16 @@ class AutoregressiveSampler:
         self.banned_ids = list(banned_ids)  # tokens that never occur in text (mask, pad)
 
     @torch.no_grad()
-    def generate(self, model, process=None, *, length: int, steps: int | None = None, batch_size: int = 1,
-                 prompt: torch.Tensor | None = None, gen: torch.Generator | None = None,
-                 on_step: OnStep | None = None, trace: bool = False) -> Generation:
+    def generate(self, model, process=None, *, length: int | None = None, steps: int | None = None,
+                 batch_size: int = 1, prompt: torch.Tensor | None = None, gen: torch.Generator | None = None,
+                 on_step: OnStep | None = None, trace: bool = False, canvas: Canvas | None = None) -> Generation:
         """``steps`` is accepted for a uniform signature; AR always takes ``length`` steps."""
-        device = next(model.parameters()).device
-        prompt = prompt_batch(prompt, batch_size, device)
-        P = prompt.shape[1]
+        canvas = resolve_canvas(model, prompt, batch_size, length, canvas)  # the diffusion samplers' limit
+        require_prompt_canvas(canvas, "the AR twin")
+        device, P = canvas.tokens.device, canvas.prompt_length
+        prompt, length, batch_size = canvas.tokens[:, :P], canvas.tokens.shape[1] - P, canvas.tokens.shape[0]
         # without a prompt, start from end-of-text: "a new document begins"
         context = prompt if P else torch.full((batch_size, 1), self.bos_id, dtype=torch.long, device=device)
-        check_length(P, length, model.cfg.context)  # the same limit as the diffusion samplers
         cache = KVCache()
         start = time.perf_counter()
         logits = model(context, kv_cache=cache)[:, -1]  # prefill: (B, V)

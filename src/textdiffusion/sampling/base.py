@@ -1,4 +1,12 @@
-"""What every sampler returns, and the per-step record that live views hang off."""
+"""What every sampler starts from (a canvas), what it returns, and the per-step record that live
+views hang off.
+
+A ``Canvas`` is a (B, T) sequence with some positions ``fixed`` (kept verbatim) and the others
+free (generated). Continuing a prompt is the canvas [prompt | free * length]; infilling is a
+template with free holes anywhere; editing is a text whose free span is re-noised to time
+``t_start`` < 1 and denoised from there (SDEdit). Every sampler takes ``canvas=``; the ones that
+read only the left context (AR, block diffusion) accept prompt canvases only.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +26,88 @@ class StepOutput:
 OnStep = Callable[[int, StepOutput], None]
 
 
+HOLE = -1  # a template position the sampler fills
+
+
+@dataclass
+class Canvas:
+    tokens: torch.Tensor  # (B, T) ids; free positions hold the text to re-noise (edit) or HOLE
+    fixed: torch.Tensor  # (B, T) bool: positions kept verbatim
+    t_start: float = 1.0  # the time free positions start at: 1 = the prior, < 1 = an edit's strength
+
+    def __post_init__(self):
+        if self.tokens.shape != self.fixed.shape or self.tokens.dim() != 2:
+            raise ValueError("canvas tokens and fixed must both be (batch, length)")
+        if not 0.0 < self.t_start <= 1.0:
+            raise ValueError(f"the start time (edit strength) must be in (0, 1]; got {self.t_start}")
+        if bool((self.tokens[self.fixed] < 0).any()):
+            raise ValueError("a fixed canvas position holds no token")
+        if self.t_start < 1.0 and bool((self.tokens[~self.fixed] < 0).any()):
+            raise ValueError("an edit (start time < 1) needs the text of every free position")
+
+    @property
+    def prompt_length(self) -> int:
+        """Leading positions fixed in every row."""
+        free = (~self.fixed).any(0)
+        return int(free.float().argmax()) if bool(free.any()) else self.tokens.shape[1]
+
+    @property
+    def is_prompt(self) -> bool:
+        """A prompt followed only by free positions that start from the prior (left-to-right decodable)."""
+        return self.t_start >= 1.0 and not bool(self.fixed[:, self.prompt_length :].any())
+
+
+def prompt_canvas(prompt: torch.Tensor | None, batch: int, length: int, device) -> Canvas:
+    """[prompt | ``length`` free positions], the prompt repeated over the batch."""
+    if length <= 0:
+        raise ValueError("length must be positive")
+    prompt = prompt_batch(prompt, batch, device)
+    B, P = prompt.shape
+    tokens = torch.cat([prompt, torch.full((B, length), HOLE, dtype=torch.long, device=device)], dim=1)
+    fixed = torch.zeros_like(tokens, dtype=torch.bool)
+    fixed[:, :P] = True
+    return Canvas(tokens, fixed)
+
+
+def resolve_canvas(model, prompt: torch.Tensor | None, batch_size: int, length: int | None,
+                   canvas: Canvas | None) -> Canvas:
+    """The canvas a generate() call works on: the one given, or [prompt | length free positions];
+    checked against the model's context."""
+    device = next(model.parameters()).device
+    if canvas is None:
+        if length is None:
+            raise ValueError("give a length (or a canvas)")
+        canvas = prompt_canvas(prompt, batch_size, length, device)
+    elif prompt is not None:
+        raise ValueError("give a prompt or a canvas, not both")
+    T = canvas.tokens.shape[1]
+    if T > model.cfg.context:
+        P = canvas.prompt_length
+        raise ValueError(f"prompt ({P} tokens) plus length ({T - P}) exceeds the model context "
+                         f"({model.cfg.context} tokens)")
+    if bool(canvas.fixed.all()):
+        raise ValueError("nothing to generate: every position is fixed")
+    return Canvas(canvas.tokens.to(device), canvas.fixed.to(device), canvas.t_start)
+
+
+def require_prompt_canvas(canvas: Canvas, what: str) -> None:
+    if not canvas.is_prompt:
+        raise ValueError(f"{what} reads only the text to the left, so it can continue a prompt but not "
+                         f"infill between fixed text or edit a span; use a masked diffusion model")
+
+
+def start_sequence(process, canvas: Canvas, gen: torch.Generator | None = None) -> torch.Tensor:
+    """(B, T) x at ``canvas.t_start``: fixed positions verbatim, free ones drawn from the prior
+    (t_start = 1) or from q(x_t | text) (an edit)."""
+    tokens = canvas.tokens
+    if canvas.t_start >= 1.0:
+        noisy = process.prior(tuple(tokens.shape), tokens.device, gen)
+    else:
+        t = torch.full((tokens.shape[0],), canvas.t_start, device=tokens.device)
+        noisy = process.corrupt(tokens.clamp_min(0), t, gen)
+    return torch.where(canvas.fixed, tokens, noisy)
+
+
 @dataclass
 class Generation:
     tokens: torch.Tensor  # (B, T) prompt + generated tokens
@@ -25,23 +115,22 @@ class Generation:
     nfe: int  # network function evaluations (forward passes of the whole batch)
     seconds: float
     trace: list[torch.Tensor] = field(default_factory=list)  # (B, T) after every step, if asked
+    fixed: torch.Tensor | None = None  # (B, T) positions kept from the canvas (None: the prompt)
 
     @property
     def new_tokens(self) -> torch.Tensor:
         return self.tokens[:, self.prompt_length :]
 
     @property
+    def generated(self) -> int:
+        """Tokens the sampler decided (free canvas positions)."""
+        if self.fixed is None:
+            return self.new_tokens.numel()
+        return int((~self.fixed[:, : self.tokens.shape[1]]).sum())
+
+    @property
     def tokens_per_second(self) -> float:
-        return self.new_tokens.numel() / max(self.seconds, 1e-9)
-
-
-def check_length(prompt_length: int, length: int, context: int) -> None:
-    if length <= 0:
-        raise ValueError("length must be positive")
-    if prompt_length + length > context:
-        raise ValueError(
-            f"prompt ({prompt_length} tokens) plus length ({length}) exceeds the model context ({context} tokens)"
-        )
+        return self.generated / max(self.seconds, 1e-9)
 
 
 def prompt_batch(prompt: torch.Tensor | None, batch: int, device) -> torch.Tensor:
@@ -50,15 +139,6 @@ def prompt_batch(prompt: torch.Tensor | None, batch: int, device) -> torch.Tenso
         return torch.zeros(batch, 0, dtype=torch.long, device=device)
     prompt = prompt.to(device)
     return prompt.expand(batch, -1) if prompt.dim() == 1 else prompt
-
-
-def initial_sequence(model, process, prompt: torch.Tensor | None, batch_size: int, length: int,
-                     gen: torch.Generator | None = None) -> torch.Tensor:
-    """(B, P + length): the prompt followed by the process's prior (all [MASK], or random tokens)."""
-    device = next(model.parameters()).device
-    prompt = prompt_batch(prompt, batch_size, device)
-    check_length(prompt.shape[1], length, model.cfg.context)
-    return torch.cat([prompt, process.prior((prompt.shape[0], length), device, gen)], dim=1)
 
 
 def report_step(i: int, out: StepOutput, states: list[torch.Tensor] | None, on_step: OnStep | None) -> None:

@@ -18,6 +18,10 @@ decoding with an approximate KV cache, and block diffusion (BD3-LM) with an exac
   no extra network calls. ``cache=False`` recomputes everything with the block-causal mask and
   gives the same tokens.
 
+Canvases: semi-ar and threshold decode the span from the first free position to the last in
+blocks (fixed text inside a block is never touched); block diffusion reads only the left context,
+so it takes prompt canvases only.
+
 All stop early (variable length) when given ``eot_id``: once every row has produced end-of-text,
 the remaining blocks are dropped. NFE counts network calls and never exceeds ``steps``.
 """
@@ -30,7 +34,16 @@ import torch
 
 from ..models.transformer import KVCache, WindowCache
 from ..processes.block import block_causal_mask
-from .base import Generation, OnStep, StepOutput, initial_sequence, report_step
+from .base import (
+    Canvas,
+    Generation,
+    OnStep,
+    StepOutput,
+    report_step,
+    require_prompt_canvas,
+    resolve_canvas,
+    start_sequence,
+)
 from .filters import ban, filter_logits, sample_categorical, validate_sampling_args
 from .remasking import STRATEGIES, masked_time, reveal_step, top_k_mask
 
@@ -73,6 +86,7 @@ class _BlockwiseBase:
 
 class SemiAutoregressiveSampler(_BlockwiseBase):
     name = "semi-ar"
+    window_cache = False  # the threshold sampler's approximate KV cache
 
     def __init__(self, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                  banned_ids: tuple[int, ...] = (), block_length: int = 32, strategy: str = "confidence",
@@ -82,21 +96,24 @@ class SemiAutoregressiveSampler(_BlockwiseBase):
             raise ValueError(f"unknown strategy {strategy!r} (choose {', '.join(STRATEGIES)})")
         self.strategy = strategy
 
-    def _block_logits(self, model, process, x, lo, hi, prompt_length, first, cache):
+    def _block_logits(self, model, process, x, lo, hi, fixed, first, cache):
         """Logits for positions [lo, hi) of the current block (full recompute here)."""
-        return model(x, masked_time(process, x, prompt_length))[:, lo:hi]
+        return model(x, masked_time(process, x, fixed))[:, lo:hi]
 
     @torch.no_grad()
-    def generate(self, model, process, *, length: int, steps: int, batch_size: int = 1,
+    def generate(self, model, process, *, length: int | None = None, steps: int, batch_size: int = 1,
                  prompt: torch.Tensor | None = None, gen: torch.Generator | None = None,
-                 on_step: OnStep | None = None, trace: bool = False) -> Generation:
+                 on_step: OnStep | None = None, trace: bool = False, canvas: Canvas | None = None) -> Generation:
         if getattr(process, "mask_id", None) is None or process.name != "masked":
             raise ValueError(f"the {self.name} sampler needs a masked model; this one is {process.name!r}")
-        x = initial_sequence(model, process, prompt, batch_size, length, gen)
-        P = x.shape[1] - length
-        bounds = [(lo, min(lo + self.block_length, P + length)) for lo in range(P, P + length, self.block_length)]
+        canvas = resolve_canvas(model, prompt, batch_size, length, canvas)
+        x, fixed, P = start_sequence(process, canvas, gen), canvas.fixed, canvas.prompt_length
+        end = int((~fixed).any(0).nonzero().max()) + 1  # one past the last free position
+        bounds = [(lo, min(lo + self.block_length, end)) for lo in range(P, end, self.block_length)
+                  if bool((~fixed[:, lo : lo + self.block_length]).any())]  # blocks with something to fill
         budget = split_steps(steps, len(bounds))
-        cache = WindowCache()
+        eot_id = self.eot_id if canvas.is_prompt else None  # never cut off fixed text after the holes
+        cache = WindowCache() if self.window_cache else None
         nfe, i, states = 0, 0, []
         start = time.perf_counter()
         for (lo, hi), n_steps in zip(bounds, budget):
@@ -105,16 +122,16 @@ class SemiAutoregressiveSampler(_BlockwiseBase):
                 eligible = block == process.mask_id
                 if not eligible.any():
                     break
-                log_p = self._log_probs(process, self._block_logits(model, process, x, lo, hi, P, j == 0, cache))
+                log_p = self._log_probs(process, self._block_logits(model, process, x, lo, hi, fixed, j == 0, cache))
                 nfe += 1
                 share = torch.ceil(eligible.sum(1).double() / (n_steps - j)).long()  # even share of what is left
                 out = self._reveal(log_p, block, eligible, share, gen)
                 x = _write_block(x, lo, hi, out.x_prev, out.changed, i, states if trace else None, on_step)
                 i += 1
-            if _finished(x, P, hi, self.eot_id):
+            if _finished(x, P, hi, eot_id):
                 x = x[:, :hi]
                 break
-        return Generation(x, P, nfe, time.perf_counter() - start, states)
+        return Generation(x, P, nfe, time.perf_counter() - start, states, fixed)
 
     def _reveal(self, log_p, block, eligible, k, gen) -> StepOutput:
         return reveal_step(log_p, block, eligible, torch.minimum(k.clamp_min(1), eligible.sum(1)), self.strategy, gen)
@@ -122,6 +139,7 @@ class SemiAutoregressiveSampler(_BlockwiseBase):
 
 class ThresholdSampler(SemiAutoregressiveSampler):
     name = "threshold"
+    window_cache = True
 
     def __init__(self, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                  banned_ids: tuple[int, ...] = (), block_length: int = 32, threshold: float = 0.9,
@@ -133,8 +151,8 @@ class ThresholdSampler(SemiAutoregressiveSampler):
             raise ValueError("threshold must be positive (above 1: one token per step)")
         self.threshold, self.cache = threshold, cache
 
-    def _block_logits(self, model, process, x, lo, hi, prompt_length, first, cache):
-        t = masked_time(process, x, prompt_length)
+    def _block_logits(self, model, process, x, lo, hi, fixed, first, cache):
+        t = masked_time(process, x, fixed)
         if self.cache == "none":
             return model(x, t)[:, lo:hi]
         if first:  # refresh: one full pass records every position's keys/values
@@ -166,14 +184,16 @@ class BlockDiffusionSampler(_BlockwiseBase):
         self.strategy, self.cache = strategy, cache
 
     @torch.no_grad()
-    def generate(self, model, process, *, length: int, steps: int, batch_size: int = 1,
+    def generate(self, model, process, *, length: int | None = None, steps: int, batch_size: int = 1,
                  prompt: torch.Tensor | None = None, gen: torch.Generator | None = None,
-                 on_step: OnStep | None = None, trace: bool = False) -> Generation:
+                 on_step: OnStep | None = None, trace: bool = False, canvas: Canvas | None = None) -> Generation:
         if getattr(process, "block_size", None) is None:
             raise ValueError(f"the block sampler needs a block diffusion model (--process block); this one is {process.name!r}")
         b = process.block_size
-        x = initial_sequence(model, process, prompt, batch_size, length, gen)
-        P, total = x.shape[1] - length, x.shape[1]
+        canvas = resolve_canvas(model, prompt, batch_size, length, canvas)
+        require_prompt_canvas(canvas, "block diffusion")
+        x = start_sequence(process, canvas, gen)
+        P, total = canvas.prompt_length, x.shape[1]
         first_block = P // b
         bounds = [(max(k * b, P), min((k + 1) * b, total), k * b) for k in range(first_block, -(-total // b))]
         budget = split_steps(steps, len(bounds))

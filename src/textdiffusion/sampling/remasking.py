@@ -30,7 +30,16 @@ import time
 
 import torch
 
-from .base import Generation, OnStep, StepOutput, initial_sequence, report_step
+from .ancestral import AncestralSampler
+from .base import (
+    Canvas,
+    Generation,
+    OnStep,
+    StepOutput,
+    report_step,
+    resolve_canvas,
+    start_sequence,
+)
 from .filters import ban, filter_logits, sample_categorical, validate_sampling_args
 
 STRATEGIES = ("confidence", "margin", "entropy", "random")
@@ -83,9 +92,10 @@ def reveal_step(log_p: torch.Tensor, x_t: torch.Tensor, eligible: torch.Tensor, 
     return StepOutput(torch.where(changed, candidate, x_t), torch.where(eligible, candidate, x_t), changed)
 
 
-def masked_time(process, x: torch.Tensor, prompt_length: int) -> torch.Tensor:
-    """(B,) the diffusion time whose masked fraction matches the generated part (time-conditioned models)."""
-    frac = (x[:, prompt_length:] == process.mask_id).float().mean(1)
+def masked_time(process, x: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+    """(B,) the diffusion time whose masked fraction matches the free positions (time-conditioned models)."""
+    free = ~fixed
+    frac = ((x == process.mask_id) & free).sum(1).float() / free.sum(1).clamp_min(1).float()
     return process.schedule.time_of(1.0 - frac).clamp(process.eps, 1.0)
 
 
@@ -121,13 +131,13 @@ class RemaskingSampler:
         return filter_logits(process.log_probs(logits), self.temperature, self.top_k, self.top_p)
 
     @torch.no_grad()
-    def generate(self, model, process, *, length: int, steps: int, batch_size: int = 1,
+    def generate(self, model, process, *, length: int | None = None, steps: int, batch_size: int = 1,
                  prompt: torch.Tensor | None = None, gen: torch.Generator | None = None,
-                 on_step: OnStep | None = None, trace: bool = False) -> Generation:
+                 on_step: OnStep | None = None, trace: bool = False, canvas: Canvas | None = None) -> Generation:
         if getattr(process, "mask_id", None) is None:
             raise ValueError(f"the {self.name} sampler needs a masked model; this one is {process.name!r} (use ancestral)")
-        x = initial_sequence(model, process, prompt, batch_size, length, gen)  # (B, P + L)
-        prompt_length = x.shape[1] - length
+        canvas = resolve_canvas(model, prompt, batch_size, length, canvas)
+        x = start_sequence(process, canvas, gen)  # fixed positions are never masked, so never revealed
         self.set_timesteps(steps)
         masked_at_start = (x == process.mask_id).sum(1)
         nfe, states = 0, []
@@ -136,13 +146,13 @@ class RemaskingSampler:
             masked = x == process.mask_id
             if not masked.any():
                 break
-            log_p = self.log_probs(model, process, x, masked_time(process, x, prompt_length))
+            log_p = self.log_probs(model, process, x, masked_time(process, x, canvas.fixed))
             nfe += 1
             k = reveal_count(masked.sum(1), masked_at_start, i, steps, self.schedule)
             out = self.step(log_p, x, k, process.mask_id, gen)
             x = out.x_prev
             report_step(i, out, states if trace else None, on_step)
-        return Generation(x, prompt_length, nfe, time.perf_counter() - start, states)
+        return Generation(x, canvas.prompt_length, nfe, time.perf_counter() - start, states, canvas.fixed)
 
 
 class ConfidenceSampler(RemaskingSampler):
@@ -153,24 +163,19 @@ class ConfidenceSampler(RemaskingSampler):
         super().__init__(temperature, top_k, top_p, banned_ids, "confidence", schedule)
 
 
-class ReMDMSampler:
-    """ReMDM with the max-capped remasking schedule (``eta``: the cap on the re-mask probability)."""
+class ReMDMSampler(AncestralSampler):
+    """ReMDM with the max-capped remasking schedule (``eta``: the cap on the re-mask probability).
+    The ancestral loop, with this step, run to the end (a decoded token may still be re-masked)."""
 
     name = "remdm"
+    stop_when_unmasked = False
 
     def __init__(self, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                  banned_ids: tuple[int, ...] = (), eta: float = 0.04):
-        validate_sampling_args(temperature, top_k, top_p)
+        super().__init__(temperature, top_k, top_p, banned_ids)
         if not 0.0 <= eta <= 1.0:
             raise ValueError("eta (the ReMDM re-mask cap) must be in [0, 1]")
-        self.banned_ids = list(banned_ids)
-        self.temperature, self.top_k, self.top_p, self.eta = temperature, top_k, top_p, eta
-        self.timesteps: torch.Tensor | None = None
-
-    def set_timesteps(self, num_steps: int) -> None:
-        if num_steps <= 0:
-            raise ValueError("steps must be positive")
-        self.timesteps = torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64)
+        self.eta = eta
 
     def probabilities(self, process, t: float, s: float) -> tuple[float, float]:
         """(P(reveal a masked token), P(re-mask a decoded token)) for the step t -> s."""
@@ -184,6 +189,8 @@ class ReMDMSampler:
              gen: torch.Generator | None = None, fixed: torch.Tensor | None = None) -> StepOutput:
         if self.timesteps is None:
             raise RuntimeError("call set_timesteps(num_steps) before step()")
+        if getattr(process, "mask_id", None) is None:
+            raise ValueError(f"ReMDM needs a masked model; this one is {process.name!r}")
         reveal, remask = self.probabilities(process, t, s)
         masked = x_t == process.mask_id
         candidate = sample_categorical(log_p_x0, gen)
@@ -195,31 +202,3 @@ class ReMDMSampler:
         x_s = torch.where(unmask, candidate, x_t)
         x_s = torch.where(back, torch.full_like(x_t, process.mask_id), x_s)
         return StepOutput(x_s, torch.where(masked, candidate, x_t), x_s != x_t)
-
-    @torch.no_grad()
-    def generate(self, model, process, *, length: int, steps: int, batch_size: int = 1,
-                 prompt: torch.Tensor | None = None, gen: torch.Generator | None = None,
-                 on_step: OnStep | None = None, trace: bool = False) -> Generation:
-        if getattr(process, "mask_id", None) is None:
-            raise ValueError(f"ReMDM needs a masked model; this one is {process.name!r}")
-        x = initial_sequence(model, process, prompt, batch_size, length, gen)
-        prompt_length = x.shape[1] - length
-        fixed = torch.zeros_like(x, dtype=torch.bool)
-        fixed[:, :prompt_length] = True
-        self.set_timesteps(steps)
-        nfe, log_p, states = 0, None, []
-        reuse_ok = not model.cfg.time_cond  # x unchanged -> the same prediction (no time input)
-        start = time.perf_counter()
-        for i in range(steps):
-            t, s = float(self.timesteps[i]), float(self.timesteps[i + 1])
-            if log_p is None or not reuse_ok:
-                t_vec = torch.full((x.shape[0],), t, device=x.device)
-                logits = ban(model(x, t_vec), self.banned_ids)
-                log_p = filter_logits(process.log_probs(logits), self.temperature, self.top_k, self.top_p)
-                nfe += 1
-            out = self.step(log_p, x, t, s, process, gen, fixed)
-            if out.changed.any():
-                log_p = None
-            x = out.x_prev
-            report_step(i, out, states if trace else None, on_step)
-        return Generation(x, prompt_length, nfe, time.perf_counter() - start, states)

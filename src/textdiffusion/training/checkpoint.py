@@ -136,6 +136,15 @@ class LoadedRun:
     def __init__(self, run_dir: Path, cfg: Config, tokenizer: Tokenizer, model, objective, weights: str):
         self.run_dir, self.cfg, self.tokenizer = run_dir, cfg, tokenizer
         self.model, self.objective, self.weights = model, objective, weights
+        labels = run_dir / "labels.json"
+        self.labels: list[str] = json.loads(labels.read_text()) if labels.exists() else []  # class names
+
+    def label_id(self, name: str) -> int:
+        if not self.labels:
+            raise ValueError(f"{self.run_dir} was not trained with labels (train on JSONL with --set data.labels=true)")
+        if name not in self.labels:
+            raise ValueError(f"unknown label {name!r} (this run knows {', '.join(self.labels)})")
+        return self.labels.index(name)
 
 
 def build_model(cfg: Config, tokenizer: Tokenizer):

@@ -1,13 +1,30 @@
-"""Recipe: config -> tokenizer + token splits -> trained run directory (what ``textdiffusion train`` does)."""
+"""Recipe: config -> tokenizer + token splits -> trained run directory (what ``textdiffusion train`` does).
+
+Pretraining reads text (random windows of packed documents); ``data.sft`` reads prompt/response
+pairs (one padded row each, the prompt fixed); ``data.labels`` reads ``{"text", "label"}`` JSONL
+(one document per row, conditioned on its label); ``train.init`` starts from another run's weights,
+tokenizer, model and process (fine-tuning, e.g. SFT on top of a pretrained model).
+"""
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 
-import numpy as np
-
 from ..config import Config, ConfigError, apply_overrides
-from ..data import load_token_splits, text_splits
+from ..data import (
+    DataError,
+    Rows,
+    chat_prompt,
+    label_rows,
+    labelled_documents,
+    load_token_splits,
+    pair_splits,
+    read_pairs,
+    sft_rows,
+    text_splits,
+)
 from ..tokenizers import Tokenizer, train_tokenizer
 from .checkpoint import CheckpointError, checkpoint_dir, read_run
 from .trainer import TrainResult, train
@@ -21,17 +38,82 @@ def has_checkpoint(run_dir: Path) -> bool:
         return False
 
 
-def prepare_data(cfg: Config, run_dir: Path) -> tuple[Tokenizer, dict[str, np.ndarray]]:
+def sft_splits(cfg: Config, tokenizer: Tokenizer) -> dict[str, Rows]:
+    """Prompt/response pairs -> padded rows for train and val."""
+    pairs = pair_splits(read_pairs(cfg.data.path), cfg.data.val_fraction)
+    out = {name: sft_rows(pairs[name], tokenizer, cfg.model.context) for name in ("train", "val")}
+    if out["train"].truncated:
+        print(f"textdiffusion: {out['train'].truncated} responses cut to fit the context of {cfg.model.context} tokens",
+              file=sys.stderr)
+    return out
+
+
+LABELS_FILE = "labels.json"
+
+
+def label_splits(cfg: Config, tokenizer: Tokenizer, run_dir: Path, docs=None) -> dict[str, Rows]:
+    """Labelled documents -> rows for train and val; the label names are saved with the run."""
+    docs = docs or labelled_documents(cfg.data.path)
+    path = run_dir / LABELS_FILE
+    if path.exists():
+        names = json.loads(path.read_text())
+    else:
+        names = sorted({d.label for split in docs.values() for d in split})
+        path.write_text(json.dumps(names))
+    unknown = {d.label for split in docs.values() for d in split} - set(names)
+    if unknown:
+        raise DataError(f"labels {sorted(unknown)} are not among the run's labels {names}")
+    cfg.model.num_labels = len(names)
+    return {name: label_rows(docs[name], names, tokenizer, cfg.model.context) for name in ("train", "val")}
+
+
+def load_splits(cfg: Config, tokenizer: Tokenizer, run_dir: Path) -> dict:
+    if cfg.data.sft:
+        return sft_splits(cfg, tokenizer)
+    if cfg.data.labels:
+        return label_splits(cfg, tokenizer, run_dir)
+    return load_token_splits(cfg.data, tokenizer, run_dir / "tokenizer.json")
+
+
+def adopt_init(cfg: Config) -> Tokenizer:
+    """Fine-tuning: take the model, process and tokenizer of the run in ``train.init``."""
+    init_cfg, tokenizer = read_run(Path(cfg.train.init))
+    checkpoint_dir(Path(cfg.train.init))  # a clear error if it holds no weights
+    cfg.model, cfg.process = init_cfg.model, init_cfg.process
+    if not cfg.data.sft:
+        cfg.data.tokenizer, cfg.data.vocab_size = init_cfg.data.tokenizer, init_cfg.data.vocab_size
+    return tokenizer
+
+
+def prepare_data(cfg: Config, run_dir: Path) -> tuple[Tokenizer, dict]:
     """Train the tokenizer on the corpus (saved into ``run_dir``) and tokenize every split once."""
     if not cfg.data.path:
         raise ConfigError("no training data: pass --data PATH (a file, folder, JSONL or 'stdlib')")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.train.init:
+        tokenizer = adopt_init(cfg)
+        tokenizer.save(run_dir / "tokenizer.json")
+        return tokenizer, load_splits(cfg, tokenizer, run_dir)
+    if cfg.data.sft and cfg.data.labels:
+        raise ConfigError("data.sft and data.labels are two kinds of data: choose one")
+    if cfg.data.labels:
+        docs = labelled_documents(cfg.data.path)
+        tokenizer = train_tokenizer(cfg.data.tokenizer, [d.text for d in docs["train"] + docs["val"]],
+                                    cfg.data.vocab_size)
+        tokenizer.save(run_dir / "tokenizer.json")
+        return tokenizer, label_splits(cfg, tokenizer, run_dir, docs)
+    if cfg.data.sft:
+        pairs = read_pairs(cfg.data.path)
+        tokenizer = train_tokenizer(cfg.data.tokenizer, [chat_prompt(p.prompt) + p.response for p in pairs],
+                                    cfg.data.vocab_size)
+        tokenizer.save(run_dir / "tokenizer.json")
+        return tokenizer, sft_splits(cfg, tokenizer)
     texts = text_splits(cfg.data)
     if not "".join(texts["train"]).strip():
         raise ConfigError(f"the training split of {cfg.data.path} is empty")
     # characters from the whole corpus (so validation has no unknowns); BPE merges from train only
     corpus = texts["train"] + texts["val"] + texts["test"] if cfg.data.tokenizer == "char" else texts["train"]
     tokenizer = train_tokenizer(cfg.data.tokenizer, corpus, cfg.data.vocab_size)
-    run_dir.mkdir(parents=True, exist_ok=True)
     tokenizer.save(run_dir / "tokenizer.json")
     return tokenizer, load_token_splits(cfg.data, tokenizer, run_dir / "tokenizer.json")
 
@@ -42,6 +124,8 @@ def train_run(cfg: Config, run_dir: str | Path, *, progress: bool = True) -> Tra
         raise CheckpointError(f"{run_dir} already holds a trained run: continue it with --resume or choose another --out")
     if cfg.data.path and cfg.data.path != "stdlib":
         cfg.data.path = str(Path(cfg.data.path).resolve())  # the run can be resumed from anywhere
+    if cfg.train.init:
+        cfg.train.init = str(Path(cfg.train.init).resolve())
     tokenizer, splits = prepare_data(cfg, run_dir)
     return train(cfg, run_dir, splits, tokenizer, progress=progress)
 
@@ -58,5 +142,4 @@ def resume_run(run_dir: str | Path, overrides: list[str] | None = None, *, progr
     apply_overrides(raw, overrides or [], sections=RESUMABLE_SECTIONS)
     cfg = Config.from_dict(raw)
     cfg.save(run_dir / "config.json")  # the run's config says what it now trains with
-    splits = load_token_splits(cfg.data, tokenizer, run_dir / "tokenizer.json")
-    return train(cfg, run_dir, splits, tokenizer, resume=True, progress=progress)
+    return train(cfg, run_dir, load_splits(cfg, tokenizer, run_dir), tokenizer, resume=True, progress=progress)

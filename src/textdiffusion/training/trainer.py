@@ -22,7 +22,8 @@ import torch
 from safetensors.torch import load_file
 
 from ..config import Config
-from ..data import WindowSampler
+from ..control.guidance import Conditioned, drop_condition
+from ..data import Rows, RowSampler, WindowSampler
 from ..tokenizers import Tokenizer
 from .checkpoint import (
     CheckpointError,
@@ -117,7 +118,7 @@ def _peak_rss_bytes() -> int:
 def train(
     cfg: Config,
     run_dir: str | Path,
-    splits: dict[str, np.ndarray],
+    splits: dict[str, np.ndarray | Rows],
     tokenizer: Tokenizer,
     *,
     resume: bool = False,
@@ -125,7 +126,8 @@ def train(
     progress: bool = True,
 ) -> TrainResult:
     """Train ``cfg`` on token ``splits`` into ``run_dir``. ``until`` stops early at that step
-    (as an interruption would), leaving a checkpoint from which ``resume`` continues exactly."""
+    (as an interruption would), leaving a checkpoint from which ``resume`` continues exactly.
+    Splits are token arrays (random windows) or SFT ``Rows`` (prompt positions fixed)."""
     tc, run_dir = cfg.train, Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if tc.threads:
@@ -134,11 +136,17 @@ def train(
     torch.manual_seed(tc.seed)
     cfg.model.vocab_size = tokenizer.vocab_size
     model, objective = build_model(cfg, tokenizer)
+    if tc.init and not resume:  # fine-tuning: start from another run's weights
+        load_weights(model, checkpoint_dir(Path(tc.init)))
     model.to(device)
     optimizer = _make_optimizer(model, tc)
     ema = EMA(model, tc.ema) if tc.ema > 0 else None
     L = cfg.model.context
-    sampler = WindowSampler(splits["train"], L, tc.batch_size, seed=tc.seed + 1)
+    if isinstance(splits["train"], Rows):
+        sampler = RowSampler(splits["train"], tc.batch_size, seed=tc.seed + 1)
+    else:
+        fim = (cfg.data.fim_rate, tokenizer.eot_id, tokenizer.pad_id, tokenizer.mask_id)
+        sampler = WindowSampler(splits["train"], L, tc.batch_size, seed=tc.seed + 1, fim=fim)
     noise_gen = torch.Generator(device=device).manual_seed(tc.seed + 2)
     val = _validation_batches(splits["val"], L, tc)
 
@@ -197,9 +205,13 @@ def train(
             model.train()
             loss_sum = 0.0
             for _ in range(tc.grad_accum):
-                batch = sampler.next().to(device, non_blocking=True)
+                batch, fixed, labels = _on_device(sampler.next(), device)
+                drop = tc.cond_drop if labels is not None else tc.prompt_drop
+                batch, labels = drop_condition(batch, fixed, labels, drop, noise_gen, tokenizer.pad_id,
+                                               cfg.model.num_labels)
+                net = fwd_model if labels is None else Conditioned(fwd_model, labels)
                 with autocast():
-                    out = objective.loss(fwd_model, batch, noise_gen)
+                    out = objective.loss(net, batch, noise_gen, fixed)
                 (out.loss / tc.grad_accum).backward()
                 loss_sum += out.loss.item() / tc.grad_accum
             if not math.isfinite(loss_sum):
@@ -279,8 +291,18 @@ def _log(fh, **record) -> None:
     fh.write(json.dumps(record) + "\n")
 
 
-def _validation_batches(tokens: np.ndarray, length: int, tc) -> list[torch.Tensor]:
-    sampler = WindowSampler(tokens, length, tc.batch_size, seed=VAL_SEED, split="validation")
+def _on_device(batch, device) -> tuple:
+    """(tokens, fixed, labels) on ``device`` from a window batch (tokens only) or a row batch."""
+    parts = (batch,) if isinstance(batch, torch.Tensor) else batch
+    parts = tuple(x.to(device, non_blocking=True) for x in parts) + (None,) * (3 - len(parts))
+    return parts
+
+
+def _validation_batches(split: np.ndarray | Rows, length: int, tc) -> list:
+    if isinstance(split, Rows):
+        sampler = RowSampler(split, tc.batch_size, seed=VAL_SEED)
+    else:
+        sampler = WindowSampler(split, length, tc.batch_size, seed=VAL_SEED, split="validation")
     return [sampler.next() for _ in range(tc.eval_batches)]
 
 
@@ -293,8 +315,10 @@ def _validate(model, ema, objective, batches, device, autocast) -> float:
     total, count = 0.0, 0
     with ctx:
         for batch in batches:
+            tokens, fixed, labels = _on_device(batch, device)
+            net = model if labels is None else Conditioned(model, labels)
             with autocast():
-                out = objective.loss(model, batch.to(device), gen)
+                out = objective.loss(net, tokens, gen, fixed)
             total += out.loss.item() * out.num_tokens
             count += out.num_tokens
     model.train()

@@ -1,0 +1,190 @@
+"""Control: templates with holes anywhere and span edits. Fixed text is never changed by any
+sampler; edits never touch text outside their span; on data where each token fixes the next, a
+briefly trained model recovers masked spans exactly (far above an untrained one), from the right
+context too, and picks the right length for a variable-length hole."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from markov import ALPHABET, tokenizer
+
+from textdiffusion.config import Config, ModelConfig, ProcessConfig, TrainConfig
+from textdiffusion.control import Hole, Template, edit, infill, split_marked
+from textdiffusion.sampling import build_sampler
+from textdiffusion.sampling.base import HOLE, Canvas
+from textdiffusion.training.checkpoint import build_model, load_run
+from textdiffusion.training.trainer import train
+
+CONTEXT = 24
+
+
+def _run(process="masked", time_cond=False):
+    cfg = Config(model=ModelConfig(n_layer=2, n_head=2, d_model=32, context=CONTEXT, time_cond=time_cond),
+                 process=ProcessConfig(name=process, block_size=4))
+    cfg.model.vocab_size = tokenizer().vocab_size
+    torch.manual_seed(0)
+    model, objective = build_model(cfg, tokenizer())
+    return SimpleNamespace(model=model.eval(), objective=objective, tokenizer=tokenizer(), cfg=cfg)
+
+
+def test_template_parsing():
+    t = Template.parse("ab[MASK]c[MASK:3]d[MASK:2-5]")
+    assert t.parts == ["ab", Hole(1, 1), "c", Hole(3, 3), "d", Hole(2, 5)]
+    canvas, spans = t.sized([1, 3, 4]).canvas(tokenizer(), batch=2)
+    assert canvas.tokens.shape == (2, 2 + 1 + 1 + 3 + 1 + 4)
+    assert spans == [(2, 3), (4, 7), (8, 12)]
+    assert (canvas.tokens[:, 2] == HOLE).all() and not canvas.fixed[:, 4:7].any() and canvas.fixed[:, 7].all()
+    with pytest.raises(ValueError, match="no hole"):
+        Template.parse("no holes here")
+    with pytest.raises(ValueError, match="bad hole"):
+        Template.parse("a[MASK:5-2]")
+    with pytest.raises(ValueError, match="size the variable holes"):
+        t.canvas(tokenizer())
+    assert split_marked("ab[EDIT]cd[/EDIT]ef") == ("abcdef", 2, 4)
+    with pytest.raises(ValueError, match="exactly one span"):
+        split_marked("abcdef")
+
+
+TEMPLATE_CASES = [
+    ("masked", "ancestral", {}), ("masked", "confidence", {}), ("masked", "margin", {"schedule": "cosine"}),
+    ("masked", "remdm", {"eta": 0.3}), ("masked", "semi-ar", {"block_length": 4}),
+    ("masked", "threshold", {"block_length": 4, "kv_cache": "prefix"}),
+    ("masked", "threshold", {"block_length": 4, "kv_cache": "dual", "threshold": 0.3}),
+    ("uniform", "ancestral", {}), ("uniform", "euler", {}), ("sedd-absorb", "ancestral", {}),
+    ("sedd-uniform", "tau-leaping", {}), ("gaussian", "ddpm", {}), ("gaussian", "ddim", {}),
+]
+
+
+@pytest.mark.parametrize("process, name, options", TEMPLATE_CASES)
+def test_every_sampler_keeps_fixed_text_and_fills_every_hole(process, name, options):
+    run = _run(process, time_cond=process == "uniform")
+    sampler = build_sampler(name, run.objective, run.tokenizer, **options)
+    canvas, spans = Template.parse("[MASK:3]abc[MASK]de[MASK:5]fgh").canvas(tokenizer(), batch=3)
+    out = sampler.generate(run.model, run.objective, steps=6, canvas=canvas, gen=torch.Generator().manual_seed(0))
+    assert out.tokens.shape == canvas.tokens.shape
+    assert torch.equal(out.tokens[canvas.fixed], canvas.tokens[canvas.fixed])  # fixed text verbatim
+    holes = out.tokens[~canvas.fixed]
+    assert ((holes >= 0) & (holes <= tokenizer().eot_id)).all()  # real tokens: no mask, pad or hole left
+    assert 1 <= out.nfe <= 6
+    assert out.generated == 3 * 9
+
+
+@pytest.mark.parametrize("process, name", [("block", "block"), ("ar", "ar")])
+def test_left_to_right_models_refuse_to_infill(process, name):
+    run = _run(process)
+    sampler = build_sampler(name, run.objective, run.tokenizer)
+    canvas, _ = Template.parse("ab[MASK:3]cd").canvas(tokenizer())
+    with pytest.raises(ValueError, match="only the text to the left"):
+        sampler.generate(run.model, run.objective, steps=4, canvas=canvas)
+    # a template that only continues a prompt is fine
+    canvas, _ = Template.parse("ab[MASK:8]").canvas(tokenizer())
+    out = sampler.generate(run.model, run.objective, steps=8, canvas=canvas)
+    assert out.tokens.shape == (1, 10) and out.tokens[0, :2].tolist() == tokenizer().encode("ab").tolist()
+
+
+@pytest.mark.parametrize("process, sampler", [("masked", None), ("masked", "confidence"), ("uniform", None),
+                                              ("sedd-absorb", None), ("gaussian", "ddim")])
+@pytest.mark.parametrize("strength", [0.3, 1.0])
+def test_edit_never_touches_text_outside_its_span(process, sampler, strength):
+    run = _run(process)
+    text = "abcdefghabcdefgh"
+    res = edit(run, text, 5, 11, strength=strength, num=4, steps=8, sampler=sampler, seed=3)
+    for new in res.texts:
+        assert len(new) == len(text) and new[:5] == text[:5] and new[11:] == text[11:]
+    fixed = res.generation.fixed
+    assert torch.equal(res.generation.tokens[fixed], torch.from_numpy(tokenizer().encode(text)).expand(4, -1)[fixed])
+    if strength == 1.0 and process == "masked":
+        assert any(new[5:11] != text[5:11] for new in res.texts)  # regenerated from scratch: it changes
+    marked = edit(run, "abcde[EDIT]fghabc[/EDIT]defgh", strength=strength, num=4, steps=8, sampler=sampler, seed=3)
+    assert marked.texts == res.texts  # [EDIT] marks are the same span as 5:11
+
+
+def test_edit_and_canvas_errors():
+    run = _run("masked")
+    with pytest.raises(ValueError, match="span"):
+        edit(run, "abc", 2, 9)
+    with pytest.raises(ValueError, match="strength"):
+        edit(run, "abcdef", 1, 3, strength=0.0)
+    with pytest.raises(ValueError, match="start time"):
+        Canvas(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4, dtype=torch.bool), t_start=1.5)
+    with pytest.raises(ValueError, match="exceeds the model context"):
+        infill(run, "a[MASK:40]")
+
+
+# -- known answer: each token fixes the next (a b c ... h a b ...) -------------------------------
+
+
+@pytest.fixture(scope="module")
+def cycle_run(tmp_path_factory):
+    data = np.arange(40_000) % len(ALPHABET)  # "abcdefghabcdefgh...": each token fixes the next
+    cfg = Config(model=ModelConfig(n_layer=2, n_head=4, d_model=64, context=CONTEXT),
+                 process=ProcessConfig(name="masked"),
+                 train=TrainConfig(batch_size=64, max_steps=250, lr=3e-3, min_lr=3e-4, warmup_steps=20,
+                                   eval_every=250, ckpt_every=250, log_every=50))
+    out = tmp_path_factory.mktemp("cycle")
+    train(cfg, out, {"train": data[:36_000], "val": data[36_000:]}, tokenizer(), progress=False)
+    return load_run(out)
+
+
+def _exact(texts, truth):
+    return np.mean([t == truth for t in texts])
+
+
+@pytest.mark.parametrize("sampler", ["ancestral", "confidence"])
+def test_infill_recovers_deterministic_spans(cycle_run, sampler):
+    truth = "cdefghabcdefghabcdefgh"
+    # a hole in the middle, and one at the very start that only the right context determines
+    template = "[MASK:4]ghabcd[MASK:6]cdefgh"
+    res = infill(cycle_run, template, num=32, steps=10, sampler=sampler, seed=0)
+    trained = _exact(res.texts, truth)
+    untrained = _exact(infill(_run("masked"), template, num=32, steps=10, sampler=sampler, seed=0).texts, truth)
+    assert trained >= 0.9, res.texts[:4]
+    assert untrained <= 0.1
+
+
+def test_variable_length_hole_picks_the_length_the_text_needs(cycle_run):
+    res = infill(cycle_run, "ab[MASK:1-6]ghab", num=4, steps=8, candidates=6, seed=0)
+    assert [f[0] for f in res.fills].count("cdef") >= 3, res.fills
+    assert {len(c["sizes"]) for c in res.extra["candidates"]} == {1} and len(res.extra["candidates"]) == 6
+
+
+# -- the AR twin's infilling baseline: fill-in-the-middle training --------------------------------
+
+
+def test_fim_order_and_sampler():
+    from textdiffusion.data import WindowSampler, fim_order
+
+    w = np.arange(1, 9)
+    assert fim_order(w, 2, 5, 100, 101, 102).tolist() == [100, 1, 2, 101, 6, 7, 8, 102, 3, 4, 5]
+    tokens = np.arange(1000) % 50
+    plain = WindowSampler(tokens, 16, 64, seed=0).next()
+    fim = WindowSampler(tokens, 16, 64, seed=0, fim=(1.0, 60, 61, 62)).next()
+    assert plain.shape == fim.shape == (64, 17)
+    assert (fim[:, 0] == 60).all() and ((fim == 61).sum(1) == 1).all() and ((fim == 62).sum(1) == 1).all()
+    half = WindowSampler(tokens, 16, 400, seed=0, fim=(0.5, 60, 61, 62)).next()
+    assert 0.4 < (half[:, 0] == 60).float().mean().item() < 0.6
+
+
+@pytest.fixture(scope="module")
+def cycle_fim(tmp_path_factory):
+    data = np.arange(40_000) % len(ALPHABET)
+    cfg = Config(model=ModelConfig(n_layer=2, n_head=4, d_model=64, context=CONTEXT),
+                 process=ProcessConfig(name="ar"),
+                 train=TrainConfig(batch_size=64, max_steps=250, lr=3e-3, min_lr=3e-4, warmup_steps=20,
+                                   eval_every=250, ckpt_every=250, log_every=50))
+    cfg.data.fim_rate = 0.5
+    out = tmp_path_factory.mktemp("cycle-fim")
+    train(cfg, out, {"train": data[:36_000], "val": data[36_000:]}, tokenizer(), progress=False)
+    return load_run(out)
+
+
+def test_ar_fim_twin_fills_the_middle(cycle_fim):
+    for template, truth in (("ab[MASK:4]ghabc", "abcdefghabc"), ("[MASK:3]defgh", "abcdefgh")):
+        res = infill(cycle_fim, template, num=16, seed=0)
+        assert _exact(res.texts, truth) >= 0.9, res.texts[:4]
+    with pytest.raises(ValueError, match="one hole"):
+        infill(cycle_fim, "a[MASK]c[MASK]e")
+    continuation = infill(cycle_fim, "abc[MASK:5]", seed=0)  # a plain continuation decodes left to right
+    assert continuation.texts[0].startswith("abc") and len(continuation.texts[0]) == 8
