@@ -212,6 +212,24 @@ def test_labels_and_guidance_from_the_command_line(runs, tmp_path):
         assert needle in line, (args, line)
 
 
+def test_generate_watch_and_models(runs):
+    base, cache = runs
+    r = cli("generate", "the ", "--model", base / "masked", "--length", "12", "--steps", "6", "--json", env_cache=cache)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["texts"][0].startswith("the ") and out["nfe"] >= 1
+    r = cli("generate", "the ", "--model", base / "masked", "--length", "12", "--steps", "6", "--watch", env_cache=cache)
+    steps = [line for line in r.stderr.splitlines() if line.startswith("step ")]
+    assert r.returncode == 0 and len(steps) >= 2 and "░" in steps[0] and "░" not in steps[-1], r.stderr
+    assert r.stdout.startswith("the ")
+    r = cli("models", env_cache=cache)
+    assert r.returncode == 0
+    line = _one_line_error(cli("generate", "hi", "--model", "no-such-model", env_cache=cache))
+    assert "no model named" in line
+    line = _one_line_error(cli("generate", "hi", "--model", base / "nothing-here", env_cache=cache))
+    assert "not found" in line
+
+
 def test_resume_continues_and_refuses_to_overwrite(runs, corpus):
     base, cache = runs
     run = base / "masked"
@@ -267,6 +285,7 @@ def test_help_is_useful():
     r = cli("--help")
     assert r.returncode == 0 and "train" in r.stdout and "sample" in r.stdout and "eval" in r.stdout
     for command, flag in (("train", "--resume"), ("sample", "--json"), ("eval", "--json"), ("infill", "[MASK:n]"),
-                          ("edit", "--strength"), ("chat", "MESSAGE"), ("train", "--sft")):
+                          ("edit", "--strength"), ("chat", "MESSAGE"), ("train", "--sft"),
+                          ("generate", "--watch"), ("train-classifier", "--layers")):
         r = cli(command, "--help")
         assert r.returncode == 0 and flag in r.stdout, (command, r.stdout)

@@ -1,5 +1,9 @@
 """textdiffusion: train, sample, steer and measure text diffusion language models.
 
+    from textdiffusion import Pipeline
+    pipe = Pipeline.from_pretrained("runs/shakespeare")
+    print(pipe.generate("ROMEO:", length=64, steps=32).text)
+
 Start-up stays lean: heavy modules (torch, tokenizers) load when first used.
 """
 
@@ -7,7 +11,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load_run"]
+__all__ = ["Pipeline", "Result", "__version__", "load_run"]
 
 
 def load_run(run_dir, device="cpu"):
@@ -15,3 +19,11 @@ def load_run(run_dir, device="cpu"):
     from .training.checkpoint import load_run as _load_run
 
     return _load_run(run_dir, device)
+
+
+def __getattr__(name: str):
+    if name in ("Pipeline", "Result"):  # imported on first use: `import textdiffusion` stays light
+        from . import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module 'textdiffusion' has no attribute {name!r}")

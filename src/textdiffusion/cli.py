@@ -95,6 +95,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"textdiffusion {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
+    p = sub.add_parser("generate", help="generate text (default: the shipped English model)",
+                       description="Generate text from a shipped model (textdiffusion models lists them) or any run "
+                                   "directory; --watch shows the denoising live.")
+    p.add_argument("prompt", nargs="?", default="", help="text the output starts with (kept verbatim)")
+    p.add_argument("--model", default=None, metavar="NAME|DIR", help="a shipped model name or a run directory "
+                                                                     "(default: the English model)")
+    p.add_argument("--length", type=POSITIVE, default=None, help="new tokens (default: up to 128, within the context)")
+    p.add_argument("--num", type=POSITIVE, default=1, help="samples, generated as one batch (default 1)")
+    p.add_argument("--watch", action="store_true", help="show every denoising step of the first sample in the terminal")
+    _add_sampling_args(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object (texts, nfe, seconds, ...)")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("models", help="list the shipped models")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_models)
+
     p = sub.add_parser("train", help="train a diffusion model (or its AR twin) on your text",
                        description="Train a model into a run directory (config, tokenizer, metrics, checkpoint).")
     p.add_argument("--data", help="a text file, a folder of text files, a JSONL file with a 'text' field, "
@@ -247,7 +264,7 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _generate(run, args, prompt: str, num: int, length: int | None):
+def _generate(run, args, prompt: str, num: int, length: int | None, on_step=None):
     import torch
 
     from .control.guidance import guided_model
@@ -264,7 +281,7 @@ def _generate(run, args, prompt: str, num: int, length: int | None):
     positions[:, :p_len] = True  # prompt guidance: the unconditional pass sees no prompt
     model = guided_model(run, args.label, args.guidance, positions, _classifier(args))
     out = sampler.generate(model, run.objective, length=length, steps=args.steps, batch_size=num,
-                           prompt=prompt_ids, gen=gen)
+                           prompt=prompt_ids, gen=gen, on_step=on_step)
     rows = out.tokens.tolist()
     if args.stop_at_eot:  # variable length: each sample ends at its first end-of-text
         rows = [row[: p_len + row[p_len:].index(tok.eot_id)] if tok.eot_id in row[p_len:] else row for row in rows]
@@ -286,6 +303,37 @@ def _load(run_dir: str, device: str):
     from .training.trainer import resolve_device
 
     return load_run(run_dir, resolve_device(device))
+
+
+def cmd_generate(args) -> int:
+    from .pretrained import resolve
+    from .viz import TerminalWatch
+
+    run = _load(str(resolve(args.model)), args.device)
+    watch = TerminalWatch(run.tokenizer, args.steps) if args.watch else None
+    out, texts, sampler = _generate(run, args, args.prompt, args.num, args.length, on_step=watch)
+    if args.json:
+        print(json.dumps({"texts": texts, "model": str(run.run_dir), "nfe": out.nfe, "seconds": out.seconds,
+                          "tokens_per_second": out.tokens_per_second, "sampler": sampler, "steps": args.steps,
+                          "seed": args.seed, "prompt": args.prompt}))
+    else:
+        print("\n\n".join(texts))
+        print(f"[{sampler}: {out.nfe} network calls, {out.seconds:.2f} s]", file=sys.stderr)
+    return 0
+
+
+def cmd_models(args) -> int:
+    from .pretrained import available
+
+    models = available()
+    if args.json:
+        print(json.dumps(models))
+    elif not models:
+        print("no shipped models are installed; any run directory works with --model DIR", file=sys.stderr)
+    else:
+        for name, info in models.items():
+            print(f"{name:10s} {info.get('description', '')}  ({info['path']})")
+    return 0
 
 
 def cmd_sample(args) -> int:

@@ -148,7 +148,7 @@ def _fill_fim(run, template: Template, *, num: int, sampler, seed: int):
 
 
 def _fill_fixed(run, template: Template, *, num: int, steps: int, sampler, seed: int, label=None, guidance=0.0,
-                classifier=None):
+                classifier=None, trace: bool = False):
     continuation = isinstance(template.parts[-1], Hole) and len(template.holes) == 1
     if run.objective.name == "ar" and not continuation:  # (a continuation decodes left to right below)
         if not run.cfg.data.fim_rate:
@@ -158,7 +158,7 @@ def _fill_fixed(run, template: Template, *, num: int, steps: int, sampler, seed:
         return _fill_fim(run, template, num=num, sampler=sampler, seed=seed)
     canvas, spans = template.canvas(run.tokenizer, num)
     model = guided_model(run, label, guidance, classifier=classifier)
-    out = sampler.generate(model, run.objective, steps=steps, canvas=canvas, gen=_generator(run, seed))
+    out = sampler.generate(model, run.objective, steps=steps, canvas=canvas, gen=_generator(run, seed), trace=trace)
     tok = run.tokenizer
     fills = [[tok.decode(row[a:b]) for a, b in spans] for row in out.tokens.tolist()]
     texts = []
@@ -190,12 +190,12 @@ def sequence_bits(run, texts: list[str], seed: int = 0, mc_samples: int = 16) ->
 
 def infill(run, template: str | Template, *, num: int = 1, steps: int = 64, sampler: str | None = None,
            seed: int = 0, candidates: int = 4, label: str | None = None, guidance: float = 0.0, classifier=None,
-           **options) -> ControlResult:
+           trace: bool = False, **options) -> ControlResult:
     """Fill the holes of ``template`` (see the module doc) ``num`` times; fixed text is kept verbatim.
     ``label`` / ``guidance`` / ``classifier``: conditioning and guidance (control/guidance.py)."""
     tpl = template if isinstance(template, Template) else Template.parse(template)
     smp = _sampler(run, sampler, options)
-    cond = {"label": label, "guidance": guidance, "classifier": classifier}
+    cond = {"label": label, "guidance": guidance, "classifier": classifier, "trace": trace}
     if not any(h.variable for h in tpl.holes):
         texts, fills, out = _fill_fixed(run, tpl, num=num, steps=steps, sampler=smp, seed=seed, **cond)
         return ControlResult(texts, fills, out, smp.name, out.nfe, out.seconds)
@@ -226,7 +226,7 @@ def split_marked(text: str) -> tuple[str, int, int]:
 
 def edit(run, text: str, start: int | None = None, end: int | None = None, *, strength: float = 0.5,
          num: int = 1, steps: int = 64, sampler: str | None = None, seed: int = 0, label: str | None = None,
-         guidance: float = 0.0, classifier=None, **options) -> ControlResult:
+         guidance: float = 0.0, classifier=None, trace: bool = False, **options) -> ControlResult:
     """Re-noise ``text[start:end]`` to time ``strength`` and denoise it with the rest fixed.
     Without offsets, the span is the one marked [EDIT]...[/EDIT] in ``text``."""
     if start is None and end is None:
@@ -246,7 +246,7 @@ def edit(run, text: str, start: int | None = None, end: int | None = None, *, st
     fixed[:, lo:hi] = False
     smp = _sampler(run, sampler, options)
     out = smp.generate(guided_model(run, label, guidance, classifier=classifier), run.objective, steps=steps, canvas=Canvas(tokens, fixed, strength),
-                       gen=_generator(run, seed))
+                       gen=_generator(run, seed), trace=trace)
     spans = [tok.decode(row[lo:hi]) for row in out.tokens.tolist()]
     return ControlResult([before + s + after for s in spans], [[s] for s in spans], out, smp.name, out.nfe,
                          out.seconds, {"span": [start, end], "strength": strength})

@@ -1,0 +1,170 @@
+"""The Python API, in the shape of the ecosystem's pipelines.
+
+    from textdiffusion import Pipeline
+
+    pipe = Pipeline.from_pretrained("runs/shakespeare")          # a run directory (or a saved pipeline)
+    out = pipe.generate("ROMEO:", length=64, steps=32, sampler="confidence", seed=0, trace=True)
+    out.text, out.nfe, out.seconds, out.trace[-1]
+    pipe.infill("To be, or [MASK:6] to be").text
+    pipe.edit("O Romeo, [EDIT]Romeo[/EDIT]! wherefore art thou", strength=0.8).text
+    pipe.score("To be, or not to be")                             # bits (ELBO bound; exact for AR)
+    pipe.save_pretrained("my-model", dtype="bfloat16")           # weights, config and tokenizer only
+
+Every method is a thin call into the library (samplers, ``control``, ``evaluation``): the CLI and
+this API share one code path.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from .sampling.base import StepOutput
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class Result:
+    """What a pipeline call returns. ``trace``: the first sample's text after every step (masked
+    positions shown as ``tokenizers.MASK_GLYPH``), when asked for."""
+
+    texts: list[str]
+    tokens: torch.Tensor  # (num, T) token ids, prompt or fixed text included
+    nfe: int  # network calls
+    seconds: float
+    sampler: str
+    trace: list[str] = field(default_factory=list)
+    fills: list[list[str]] = field(default_factory=list)  # infill / edit: the generated pieces
+
+    @property
+    def text(self) -> str:
+        return self.texts[0]
+
+
+class Pipeline:
+    """A trained model with its tokenizer and process, ready to generate, infill, edit and score."""
+
+    def __init__(self, run):
+        self.run = run
+
+    # loading and saving ----------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, name_or_dir: str | Path | None = None, device: str = "cpu") -> Pipeline:
+        """Load a shipped model by name (``textdiffusion models`` lists them; None: the default),
+        a run directory, or a directory written by ``save_pretrained``."""
+        from .pretrained import resolve
+        from .training.checkpoint import load_run
+        from .training.trainer import resolve_device
+
+        return cls(load_run(resolve(name_or_dir), resolve_device(device)))
+
+    def save_pretrained(self, directory: str | Path, dtype: str = "float32") -> Path:
+        """Write what inference needs: config, tokenizer, labels and the (EMA) weights in ``dtype``
+        (float32, bfloat16 or float16), in a directory ``from_pretrained`` and every command read."""
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
+        out = Path(directory)
+        if out.exists() and any(out.iterdir()):
+            raise FileExistsError(f"{out} exists and is not empty: choose another directory")
+        ckpt = out / "checkpoint"
+        ckpt.mkdir(parents=True)
+        self.run.cfg.save(out / "config.json")
+        self.run.tokenizer.save(out / "tokenizer.json")
+        if self.run.labels:
+            (out / "labels.json").write_text(json.dumps(self.run.labels))
+        state = {k: v.detach().to(DTYPES[dtype]).contiguous().cpu() for k, v in self.run.model.state_dict().items()}
+        save_file(state, str(ckpt / "model.safetensors"))
+        (ckpt / "state.json").write_text(json.dumps({"step": None, "inference_only": True, "dtype": dtype}))
+        return out
+
+    # properties ------------------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        return self.run.tokenizer
+
+    @property
+    def model(self):
+        return self.run.model
+
+    @property
+    def config(self):
+        return self.run.cfg
+
+    # generation ------------------------------------------------------------------------------
+    def generate(self, prompt: str = "", *, length: int | None = None, steps: int = 64, sampler: str | None = None,
+                 num: int = 1, seed: int = 0, trace: bool = False, on_step: Callable[[int, StepOutput], None] | None = None,
+                 label: str | None = None, guidance: float = 0.0, stop_at_eot: bool = False, **options) -> Result:
+        """Continue ``prompt`` (kept verbatim) with ``length`` new tokens (default: up to 128, within
+        the context) in ``steps`` denoising steps. ``options``: temperature, top_k, top_p and the
+        sampler's own (block_length, order, threshold, kv_cache, schedule, eta)."""
+        from .control.guidance import guided_model
+        from .sampling import build_sampler
+
+        tok, run = self.tokenizer, self.run
+        ids = torch.from_numpy(tok.encode(prompt)) if prompt else None
+        p_len = 0 if ids is None else len(ids)
+        if length is None:
+            length = max(1, min(128, run.cfg.model.context - p_len))
+        smp = build_sampler(sampler, run.objective, tok, eot_id=tok.eot_id if stop_at_eot else None, **options)
+        positions = torch.zeros(num, p_len + length, dtype=torch.bool)
+        positions[:, :p_len] = True
+        model = guided_model(run, label, guidance, positions)
+        gen = torch.Generator(device=next(run.model.parameters()).device).manual_seed(seed)
+        out = smp.generate(model, run.objective, length=length, steps=steps, batch_size=num, prompt=ids, gen=gen,
+                           on_step=on_step, trace=trace)
+        rows = out.tokens.tolist()
+        if stop_at_eot:
+            rows = [r[: p_len + r[p_len:].index(tok.eot_id)] if tok.eot_id in r[p_len:] else r for r in rows]
+        return Result([tok.decode(r) for r in rows], out.tokens, out.nfe, out.seconds, smp.name,
+                      self._trace(out.trace))
+
+    def infill(self, template: str, *, steps: int = 64, sampler: str | None = None, num: int = 1, seed: int = 0,
+               trace: bool = False, **options) -> Result:
+        """Fill the [MASK], [MASK:n] and [MASK:a-b] holes of ``template``; its text is kept verbatim."""
+        from .control import infill
+
+        res = infill(self.run, template, num=num, steps=steps, sampler=sampler, seed=seed, trace=trace, **options)
+        return self._from_control(res)
+
+    def edit(self, text: str, span: tuple[int, int] | None = None, *, strength: float = 0.5, steps: int = 64,
+             sampler: str | None = None, num: int = 1, seed: int = 0, trace: bool = False, **options) -> Result:
+        """Rewrite ``text[span[0]:span[1]]`` (or the [EDIT]...[/EDIT] span) at noise level ``strength``."""
+        from .control import edit
+
+        start, end = span if span is not None else (None, None)
+        res = edit(self.run, text, start, end, strength=strength, num=num, steps=steps, sampler=sampler, seed=seed,
+                   trace=trace, **options)
+        return self._from_control(res)
+
+    def score(self, text: str, *, mc_samples: int = 16, seed: int = 0) -> float:
+        """Bits the model needs for ``text`` (after end-of-text): the ELBO bound of a diffusion model
+        (Monte Carlo over t, ``mc_samples`` draws), the exact NLL of the AR twin. Lower is likelier."""
+        from .evaluation.likelihood import sequence_nll
+
+        tok = self.tokenizer
+        ids = torch.from_numpy(tok.encode(text))
+        if len(ids) == 0:
+            raise ValueError("nothing to score: the text is empty")
+        if len(ids) > self.run.cfg.model.context:
+            raise ValueError(f"the text has {len(ids)} tokens, more than the model context ({self.run.cfg.model.context})")
+        return sequence_nll(self.model, self.run.objective, ids, tok.eot_id, mc_samples, seed) / math.log(2)
+
+    # helpers ---------------------------------------------------------------------------------
+    def _trace(self, states: list[torch.Tensor]) -> list[str]:
+        return [self.tokenizer.decode(s[0].tolist(), show_mask=True) for s in states]
+
+    def _from_control(self, res) -> Result:
+        g = res.generation
+        return Result(res.texts, g.tokens, res.nfe, res.seconds, res.sampler, self._trace(g.trace), res.fills)
+
+    def __repr__(self) -> str:
+        c = self.run.cfg
+        return (f"Pipeline({self.run.run_dir}, process={c.process.name}, {c.model.n_layer}x{c.model.d_model}, "
+                f"context={c.model.context}, vocab={self.tokenizer.vocab_size})")
