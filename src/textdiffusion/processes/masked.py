@@ -21,7 +21,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import LossOutput, discrete_times, keep_clean, scored, stratified_uniform
+from .base import (
+    LossOutput,
+    discrete_times,
+    keep_clean,
+    sample_categorical,
+    scored,
+    stratified_uniform,
+)
 from .schedules import get_schedule
 
 
@@ -126,7 +133,6 @@ class MaskedProcess:
         """One draw of p(x_s | x_t): each masked token unmasks with probability
         (alpha_s - alpha_t) / (1 - alpha_t), to a value drawn from p_theta(x0 | x_t); unmasked
         tokens stay (MDLM eq. 7). Returns (x_s, x0_pred)."""
-        from ..sampling.filters import sample_categorical
 
         masked = x_t == self.mask_id
         x0_pred = torch.where(masked, sample_categorical(log_p_x0, gen), x_t)  # (B, T)

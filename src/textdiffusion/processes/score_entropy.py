@@ -29,7 +29,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .base import LossOutput, keep_clean, scored
+from .base import LossOutput, keep_clean, sample_categorical, scored
 from .masked import MaskedProcess
 from .uniform import UniformProcess
 
@@ -159,7 +159,6 @@ class ScoreEntropyProcess:
         (t - s) R_theta(z -> y), where R_theta(z -> y) = R(y -> z) s_y; the jump probabilities are
         scaled down if they exceed one. The last step (s = 0) is the analytic one, so no mask is
         left. Returns (x_s, x0_pred)."""
-        from ..sampling.filters import sample_categorical
 
         if s <= 0.0:
             return self.reverse_step(log_scores, x_t, t, s, gen)

@@ -31,7 +31,14 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .base import LossOutput, discrete_times, keep_clean, scored, stratified_uniform
+from .base import (
+    LossOutput,
+    discrete_times,
+    keep_clean,
+    sample_categorical,
+    scored,
+    stratified_uniform,
+)
 from .schedules import get_schedule
 
 
@@ -181,7 +188,6 @@ class UniformProcess:
                      gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One draw of p(x_s | x_t) = sum_x0 x_theta(x0) q(x_s | x_t, x0), exact when x_theta is the
         true p(x0 | x_t). Returns (x_s, x0_pred)."""
-        from ..sampling.filters import sample_categorical
 
         B = x_t.shape[0]
         t_vec = torch.full((B,), t, dtype=torch.float64, device=x_t.device)
@@ -195,7 +201,6 @@ class UniformProcess:
         z -> y with probability (t - s) R_theta(z -> y) = (t - s) (beta / N) c_y (the c_y of
         ``_kl_rates``), scaled down if the probabilities of leaving exceed one. beta(1) is infinite,
         so the rates are read at min(t, 1 - eps); the last step (s = 0) is the exact one."""
-        from ..sampling.filters import sample_categorical
 
         if s <= 0.0:
             return self.reverse_step(log_x_theta, x_t, t, s, gen)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ..processes.base import sample_categorical  # noqa: F401  (the reverse steps draw with it too)
+
 
 def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
     """Return log-probabilities (float32, ..., V) after temperature, top-k and nucleus filtering.
@@ -33,14 +35,6 @@ def ban(logits: torch.Tensor, ids: list[int]) -> torch.Tensor:
         logits = logits.float().clone()
         logits[..., ids] = float("-inf")
     return logits
-
-
-def sample_categorical(log_probs: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
-    """One draw per row of (..., V) log-probabilities. Sampled in float64: float32 Gumbel noise
-    truncates the tail and quietly lowers sample diversity (Zheng et al. 2024)."""
-    shape = log_probs.shape
-    probs = log_probs.double().exp().reshape(-1, shape[-1])
-    return torch.multinomial(probs, 1, generator=gen).view(shape[:-1])
 
 
 def validate_sampling_args(temperature: float, top_k: int, top_p: float) -> None:
