@@ -1,6 +1,6 @@
 """Benchmark: code infilling on held-out standard-library files, diffusion vs the AR fill-in-the-middle twin.
 
-    python bench/infill.py --budget 900
+    python bench/infill.py --budget 900          # 4 x 256 models (configs/code-bpe.toml otherwise)
 
 Two models on the same backbone, data (the stdlib train split, BPE), and wall-clock budget: a
 masked diffusion model and the AR twin trained with fill-in-the-middle (``--set
@@ -90,11 +90,14 @@ def main() -> None:
     p.add_argument("--tasks", type=int, default=100)
     p.add_argument("--prefix-tokens", type=int, default=128)
     p.add_argument("--suffix-tokens", type=int, default=64)
+    p.add_argument("--layers", type=int, default=4, help="transformer layers of both models (default 4)")
+    p.add_argument("--width", type=int, default=256, help="d_model of both models (default 256)")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(os.cpu_count() or 1)
-    train = train_overrides(args.budget, args.max_steps, 16)
+    train = [*train_overrides(args.budget, args.max_steps, 16), "--set", f"model.n_layer={args.layers}",
+             "--set", f"model.d_model={args.width}", "--set", "model.n_head=4"]
     runs = {"masked": out / "infill-masked", "ar-fim": out / "infill-ar-fim"}
     if not (runs["masked"] / "checkpoint").exists():
         run_measured(["train", "--data", "stdlib", "--out", runs["masked"], "--quiet", *CODE, *train])

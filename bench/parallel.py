@@ -128,7 +128,7 @@ def plot(r: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 5))
+    fig, ax = plt.subplots(figsize=(11, 5))
     series: dict[str, list] = {}
     for row in r["rows"]:
         label = "AR twin (KV cache)" if row["sampler"] == "ar" else f"{row['run']}: {row['sampler']} {row['options']}".strip()
@@ -148,7 +148,7 @@ def plot(r: dict, path: Path) -> None:
     ax.set_ylabel("judge perplexity under the AR twin (log, lower is better)")
     ax.set_title(f"{r['corpus']}: quality vs speed, {r['length']}-token samples, {r['device']} ({r['date']})")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: no point hides behind it
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
