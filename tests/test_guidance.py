@@ -143,3 +143,16 @@ def test_classifier_guidance_errors(labelled, classifiers, tmp_path):
     (tmp_path / "classifier.json").write_text("{")
     with pytest.raises(CheckpointError, match="corrupt"):
         load_classifier(tmp_path)
+
+
+def test_label_windows_pack_each_label_separately():
+    from textdiffusion.data import Document, label_windows
+    from textdiffusion.tokenizers import CharTokenizer
+
+    tok = CharTokenizer(list("abcdxy"))
+    docs = [Document("1", "ab", "p"), Document("2", "xy", "q"), Document("3", "cd", "p")]
+    rows = label_windows(docs, ["p", "q"], tok, 3)
+    e = tok.eot_id
+    text = [[e, *tok.encode("ab").tolist(), e], [e, *tok.encode("cd").tolist(), e], [e, *tok.encode("xy").tolist(), e]]
+    assert rows.tokens.tolist() == text and rows.labels.tolist() == [0, 0, 1]
+    assert rows.fixed[:, 0].all() and not rows.fixed[:, 1:].any()

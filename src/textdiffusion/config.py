@@ -132,7 +132,7 @@ class DataConfig:
     max_docs: int = 0  # 0 = all; a cap for quick runs
     cut_at_newline: bool = True  # single file: move the train/val cut to the next newline
     sft: bool = False  # instruction tuning: path is JSONL of {"prompt", "response"}; loss on responses only
-    labels: bool = False  # class-conditional: path is JSONL of {"text", "label"}; one document per row
+    labels: bool = False  # class-conditional: path is JSONL of {"text", "label"}; windows of one label each
     fim_rate: float = 0.0  # AR twin only: fraction of training windows in fill-in-the-middle order
 
     def __post_init__(self) -> None:

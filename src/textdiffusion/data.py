@@ -331,8 +331,8 @@ def pair_splits(pairs: list[Pair], val_fraction: float) -> dict[str, list[Pair]]
 
 
 def label_rows(docs: list[Document], labels: list[str], tokenizer: Tokenizer, length: int) -> Rows:
-    """Class-conditional data: one document per row (end-of-text, the text cut to fit, then
-    end-of-text padding, all scored), with the index of its label in ``labels``."""
+    """One document per row (end-of-text, the text cut to fit, then end-of-text padding), with the
+    index of its label in ``labels``: how single texts are classified."""
     eot, index = tokenizer.eot_id, {name: i for i, name in enumerate(labels)}
     tokens = np.full((len(docs), length + 1), eot, dtype=np.int64)
     for i, doc in enumerate(docs):
@@ -342,6 +342,31 @@ def label_rows(docs: list[Document], labels: list[str], tokenizer: Tokenizer, le
     fixed[:, 0] = True
     ids = np.array([index[d.label] for d in docs], dtype=np.int64)
     return Rows(tokens, fixed, 0, ids)
+
+
+def label_windows(docs: list[Document], labels: list[str], tokenizer: Tokenizer, length: int) -> Rows:
+    """Class-conditional training data: the documents of each label joined with end-of-text into
+    one stream and tiled into (length + 1)-token windows, each with its label's index (a stream
+    shorter than a window is padded with end-of-text). Every window is text of one label, with no
+    padding to learn, so samples are text through their whole length."""
+    eot, parts, ids = tokenizer.eot_id, [], []
+    for i, name in enumerate(labels):
+        texts = [d.text for d in docs if d.label == name]
+        if not texts:
+            continue
+        stream = np.concatenate([[eot], tokenizer.encode_documents(texts)])
+        n = max(1, (len(stream) - 1) // length)
+        if len(stream) < n * length + 1:
+            stream = np.concatenate([stream, np.full(n * length + 1 - len(stream), eot)])
+        idx = np.arange(n)[:, None] * length + np.arange(length + 1)[None, :]
+        parts.append(stream[idx])
+        ids += [i] * n
+    if not parts:
+        raise DataError("no labelled documents")
+    tokens = np.concatenate(parts).astype(np.int64)
+    fixed = np.zeros_like(tokens, dtype=bool)
+    fixed[:, 0] = True
+    return Rows(tokens, fixed, 0, np.array(ids, dtype=np.int64))
 
 
 def labelled_documents(path: str) -> dict[str, list[Document]]:

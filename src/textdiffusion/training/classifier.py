@@ -2,8 +2,8 @@
 
 The classifier belongs to one diffusion run: it reads that run's tokenizer and that run's noisy
 inputs (x_t drawn from the run's own forward process at t ~ U[0.02, 1]; for the Gaussian process,
-the run's scaled noisy embeddings). Labelled data is JSONL of ``{"text", "label"}``, one
-document per row as in ``--labels`` training. A classifier directory holds::
+the run's scaled noisy embeddings). Labelled data is JSONL of ``{"text", "label"}``, each
+label's documents packed into windows as in ``--labels`` training. A classifier directory holds::
 
     classifier.json          labels, the diffusion run it belongs to, its model config, accuracy
     classifier.safetensors   the weights
@@ -24,7 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..config import ModelConfig
-from ..data import label_rows, labelled_documents
+from ..data import label_rows, label_windows, labelled_documents
 from ..models.classifier import NoisyClassifier
 from .checkpoint import CheckpointError, load_run
 
@@ -80,7 +80,7 @@ def train_classifier(run_dir: str | Path, data: str, out: str | Path, *, steps: 
     if len(labels) < 2:
         raise ValueError(f"a classifier needs at least two labels; {data} has {labels}")
     L = run.cfg.model.context
-    rows = {k: label_rows(docs[k], labels, run.tokenizer, L) for k in ("train", "val")}
+    rows = {k: label_windows(docs[k], labels, run.tokenizer, L) for k in ("train", "val")}
     torch.manual_seed(seed)
     cfg = _config(run, layers)
     model = NoisyClassifier(cfg, len(labels), _input_dim(run))

@@ -2,7 +2,7 @@
 
 Pretraining reads text (random windows of packed documents); ``data.sft`` reads prompt/response
 pairs (one padded row each, the prompt fixed); ``data.labels`` reads ``{"text", "label"}`` JSONL
-(one document per row, conditioned on its label); ``train.init`` starts from another run's weights,
+(each label's documents packed into windows, conditioned on the label); ``train.init`` starts from another run's weights,
 tokenizer, model and process (fine-tuning, e.g. SFT on top of a pretrained model).
 """
 
@@ -17,7 +17,7 @@ from ..data import (
     DataError,
     Rows,
     chat_prompt,
-    label_rows,
+    label_windows,
     labelled_documents,
     load_token_splits,
     pair_splits,
@@ -64,7 +64,7 @@ def label_splits(cfg: Config, tokenizer: Tokenizer, run_dir: Path, docs=None) ->
     if unknown:
         raise DataError(f"labels {sorted(unknown)} are not among the run's labels {names}")
     cfg.model.num_labels = len(names)
-    return {name: label_rows(docs[name], names, tokenizer, cfg.model.context) for name in ("train", "val")}
+    return {name: label_windows(docs[name], names, tokenizer, cfg.model.context) for name in ("train", "val")}
 
 
 def load_splits(cfg: Config, tokenizer: Tokenizer, run_dir: Path) -> dict:
