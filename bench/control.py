@@ -82,7 +82,7 @@ def main() -> None:
         run_measured(["train", "--data", data, "--out", runs["judge"], "--process", "ar", "--quiet", *train])
     classifiers = {"guide": (out / "control-guide", ["--layers", "2", "--seed", "0"]),
                    "eval": (out / "control-eval", ["--layers", "3", "--seed", "1"])}
-    for name, (path, extra) in classifiers.items():
+    for path, extra in classifiers.values():
         if not (path / "classifier.safetensors").exists():
             run_measured(["train-classifier", runs["cond"], "--data", data, "--out", path, "--steps", "400",
                           "--batch-size", "32", "--quiet", *extra])

@@ -74,12 +74,12 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
 
 
-def sampler_options(args, tokenizer) -> dict:
-    """The sampler options given on the command line (unset ones stay None)."""
+def sampler_options(args) -> dict:
+    """The sampler options given on the command line (unset ones stay None). Stopping at
+    end-of-text is not among them: each command decides it (--stop-at-eot; chat always)."""
     return {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
             "block_length": args.block_length, "order": args.order, "threshold": args.threshold,
-            "kv_cache": args.kv_cache, "schedule": args.schedule, "eta": args.eta,
-            "eot_id": tokenizer.eot_id if args.stop_at_eot else None}
+            "kv_cache": args.kv_cache, "schedule": args.schedule, "eta": args.eta}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -265,28 +265,11 @@ def cmd_train(args) -> int:
 
 
 def _generate(run, args, prompt: str, num: int, length: int | None, on_step=None):
-    import torch
+    from .pipeline import continue_prompt
 
-    from .control.guidance import guided_model
-    from .sampling import build_sampler
-
-    tok = run.tokenizer
-    prompt_ids = torch.from_numpy(tok.encode(prompt)) if prompt else None
-    p_len = 0 if prompt_ids is None else len(prompt_ids)
-    if length is None:
-        length = max(1, min(128, run.cfg.model.context - p_len))
-    sampler = build_sampler(args.sampler, run.objective, tok, **sampler_options(args, tok))
-    gen = torch.Generator(device=next(run.model.parameters()).device).manual_seed(args.seed)
-    positions = torch.zeros(num, p_len + length, dtype=torch.bool)
-    positions[:, :p_len] = True  # prompt guidance: the unconditional pass sees no prompt
-    model = guided_model(run, args.label, args.guidance, positions, _classifier(args))
-    out = sampler.generate(model, run.objective, length=length, steps=args.steps, batch_size=num,
-                           prompt=prompt_ids, gen=gen, on_step=on_step)
-    rows = out.tokens.tolist()
-    if args.stop_at_eot:  # variable length: each sample ends at its first end-of-text
-        rows = [row[: p_len + row[p_len:].index(tok.eot_id)] if tok.eot_id in row[p_len:] else row for row in rows]
-    texts = [tok.decode(row) for row in rows]
-    return out, texts, sampler.name
+    return continue_prompt(run, prompt, length=length, steps=args.steps, sampler=args.sampler, num=num,
+                           seed=args.seed, on_step=on_step, label=args.label, guidance=args.guidance,
+                           classifier=_classifier(args), stop_at_eot=args.stop_at_eot, **sampler_options(args))
 
 
 def _classifier(args):
@@ -443,12 +426,6 @@ def _print_control(result, args, extra: dict) -> None:
     print(f"[{result.sampler}: {result.nfe} network calls, {result.seconds:.2f} s]", file=sys.stderr)
 
 
-def _control_options(args, run) -> dict:
-    opts = sampler_options(args, run.tokenizer)
-    opts["eot_id"] = None  # holes and spans have a fixed size
-    return opts
-
-
 def cmd_infill(args) -> int:
     from .control import infill
 
@@ -460,7 +437,7 @@ def cmd_infill(args) -> int:
     run = _load(args.run, args.device)
     result = infill(run, template, num=args.num, steps=args.steps, sampler=args.sampler, seed=args.seed,
                     candidates=args.candidates, label=args.label, guidance=args.guidance, classifier=_classifier(args),
-                    **_control_options(args, run))
+                    **sampler_options(args))  # holes and spans have a fixed size
     _print_control(result, args, {"template": template})
     return 0
 
@@ -481,7 +458,7 @@ def cmd_edit(args) -> int:
     run = _load(args.run, args.device)
     result = edit(run, text, start, end, strength=args.strength, num=args.num, steps=args.steps,
                   sampler=args.sampler, seed=args.seed, label=args.label, guidance=args.guidance,
-                  classifier=_classifier(args), **_control_options(args, run))
+                  classifier=_classifier(args), **sampler_options(args))  # holes and spans have a fixed size
     _print_control(result, args, {})
     return 0
 
@@ -502,8 +479,7 @@ def cmd_chat(args) -> int:
     from .control import chat
 
     run = _load(args.run, args.device)
-    opts = sampler_options(args, run.tokenizer)
-    opts.pop("eot_id")  # chat always ends replies at end-of-text
+    opts = sampler_options(args)  # chat always ends replies at end-of-text
 
     def reply(message: str, history: list, num: int):
         if args.label is not None or args.classifier:

@@ -17,7 +17,6 @@ this API share one code path.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,30 +99,15 @@ class Pipeline:
     # generation ------------------------------------------------------------------------------
     def generate(self, prompt: str = "", *, length: int | None = None, steps: int = 64, sampler: str | None = None,
                  num: int = 1, seed: int = 0, trace: bool = False, on_step: Callable[[int, StepOutput], None] | None = None,
-                 label: str | None = None, guidance: float = 0.0, stop_at_eot: bool = False, **options) -> Result:
+                 label: str | None = None, guidance: float = 0.0, classifier=None, stop_at_eot: bool = False,
+                 **options) -> Result:
         """Continue ``prompt`` (kept verbatim) with ``length`` new tokens (default: up to 128, within
         the context) in ``steps`` denoising steps. ``options``: temperature, top_k, top_p and the
         sampler's own (block_length, order, threshold, kv_cache, schedule, eta)."""
-        from .control.guidance import guided_model
-        from .sampling import build_sampler
-
-        tok, run = self.tokenizer, self.run
-        ids = torch.from_numpy(tok.encode(prompt)) if prompt else None
-        p_len = 0 if ids is None else len(ids)
-        if length is None:
-            length = max(1, min(128, run.cfg.model.context - p_len))
-        smp = build_sampler(sampler, run.objective, tok, eot_id=tok.eot_id if stop_at_eot else None, **options)
-        positions = torch.zeros(num, p_len + length, dtype=torch.bool)
-        positions[:, :p_len] = True
-        model = guided_model(run, label, guidance, positions)
-        gen = torch.Generator(device=next(run.model.parameters()).device).manual_seed(seed)
-        out = smp.generate(model, run.objective, length=length, steps=steps, batch_size=num, prompt=ids, gen=gen,
-                           on_step=on_step, trace=trace)
-        rows = out.tokens.tolist()
-        if stop_at_eot:
-            rows = [r[: p_len + r[p_len:].index(tok.eot_id)] if tok.eot_id in r[p_len:] else r for r in rows]
-        return Result([tok.decode(r) for r in rows], out.tokens, out.nfe, out.seconds, smp.name,
-                      self._trace(out.trace))
+        out, texts, name = continue_prompt(self.run, prompt, length=length, steps=steps, sampler=sampler, num=num,
+                                           seed=seed, trace=trace, on_step=on_step, label=label, guidance=guidance,
+                                           classifier=classifier, stop_at_eot=stop_at_eot, **options)
+        return Result(texts, out.tokens, out.nfe, out.seconds, name, self._trace(out.trace))
 
     def infill(self, template: str, *, steps: int = 64, sampler: str | None = None, num: int = 1, seed: int = 0,
                trace: bool = False, **options) -> Result:
@@ -146,15 +130,9 @@ class Pipeline:
     def score(self, text: str, *, mc_samples: int = 16, seed: int = 0) -> float:
         """Bits the model needs for ``text`` (after end-of-text): the ELBO bound of a diffusion model
         (Monte Carlo over t, ``mc_samples`` draws), the exact NLL of the AR twin. Lower is likelier."""
-        from .evaluation.likelihood import sequence_nll
+        from .control.infill import sequence_bits
 
-        tok = self.tokenizer
-        ids = torch.from_numpy(tok.encode(text))
-        if len(ids) == 0:
-            raise ValueError("nothing to score: the text is empty")
-        if len(ids) > self.run.cfg.model.context:
-            raise ValueError(f"the text has {len(ids)} tokens, more than the model context ({self.run.cfg.model.context})")
-        return sequence_nll(self.model, self.run.objective, ids, tok.eot_id, mc_samples, seed) / math.log(2)
+        return sequence_bits(self.run, [text], seed, mc_samples)[0]
 
     # helpers ---------------------------------------------------------------------------------
     def _trace(self, states: list[torch.Tensor]) -> list[str]:
@@ -168,3 +146,30 @@ class Pipeline:
         c = self.run.cfg
         return (f"Pipeline({self.run.run_dir}, process={c.process.name}, {c.model.n_layer}x{c.model.d_model}, "
                 f"context={c.model.context}, vocab={self.tokenizer.vocab_size})")
+
+
+def continue_prompt(run, prompt: str = "", *, length: int | None = None, steps: int = 64, sampler: str | None = None,
+                    num: int = 1, seed: int = 0, trace: bool = False, on_step=None, label: str | None = None,
+                    guidance: float = 0.0, classifier=None, stop_at_eot: bool = False, **options):
+    """What ``Pipeline.generate`` and ``textdiffusion generate/sample/eval`` run: (the sampler's
+    Generation, the decoded texts, the sampler's name). With ``stop_at_eot`` each text ends at its
+    first end-of-text (variable length); the samplers that can stop early do."""
+    from .control.guidance import guided_model
+    from .sampling import build_sampler
+
+    tok = run.tokenizer
+    ids = torch.from_numpy(tok.encode(prompt)) if prompt else None
+    p_len = 0 if ids is None else len(ids)
+    if length is None:
+        length = max(1, min(128, run.cfg.model.context - p_len))
+    smp = build_sampler(sampler, run.objective, tok, eot_id=tok.eot_id if stop_at_eot else None, **options)
+    positions = torch.zeros(num, p_len + length, dtype=torch.bool)
+    positions[:, :p_len] = True  # prompt guidance: the unconditional pass sees no prompt
+    model = guided_model(run, label, guidance, positions, classifier)
+    gen = torch.Generator(device=next(run.model.parameters()).device).manual_seed(seed)
+    out = smp.generate(model, run.objective, length=length, steps=steps, batch_size=num, prompt=ids, gen=gen,
+                       on_step=on_step, trace=trace)
+    rows = out.tokens.tolist()
+    if stop_at_eot:
+        rows = [r[: p_len + r[p_len:].index(tok.eot_id)] if tok.eot_id in r[p_len:] else r for r in rows]
+    return out, [tok.decode(r) for r in rows], smp.name

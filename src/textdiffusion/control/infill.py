@@ -183,9 +183,16 @@ def sequence_bits(run, texts: list[str], seed: int = 0, mc_samples: int = 16) ->
     (the same Monte Carlo draws of t for every text, so comparisons are paired)."""
     from ..evaluation.likelihood import sequence_nll
 
-    tok = run.tokenizer
-    return [sequence_nll(run.model, run.objective, torch.from_numpy(tok.encode(t)), tok.eot_id, mc_samples, seed)
-            / math.log(2) for t in texts]
+    tok, context = run.tokenizer, run.cfg.model.context
+    bits = []
+    for text in texts:
+        ids = torch.from_numpy(tok.encode(text))
+        if len(ids) == 0:
+            raise ValueError("nothing to score: the text is empty")
+        if len(ids) > context:
+            raise ValueError(f"the text has {len(ids)} tokens, more than the model context ({context})")
+        bits.append(sequence_nll(run.model, run.objective, ids, tok.eot_id, mc_samples, seed) / math.log(2))
+    return bits
 
 
 def infill(run, template: str | Template, *, num: int = 1, steps: int = 64, sampler: str | None = None,
