@@ -374,7 +374,9 @@ def labelled_documents(path: str) -> dict[str, list[Document]]:
     docs = read_documents(path, "**/*.jsonl")
     missing = [d.name for d in docs if d.label is None]
     if missing:
-        raise DataError(f"{missing[0]}: no 'label' field (data.labels reads JSONL of {{\"text\", \"label\"}})")
+        file, _, index = missing[0].rpartition(":")  # a JSONL record is named file:line-index
+        where = f"{file}:{int(index) + 1}" if file and index.isdigit() else missing[0]
+        raise DataError(f"{where}: no 'label' field (data.labels reads JSONL of {{\"text\", \"label\"}})")
     splits: dict[str, list[Document]] = {"train": [], "val": [], "test": []}
     for d in docs:
         splits[split_of(d.name, 0.1, test=False)].append(d)
