@@ -1,6 +1,8 @@
 """Benchmark: code infilling on held-out standard-library files, diffusion vs the AR fill-in-the-middle twin.
 
     python bench/infill.py --budget 900          # 4 x 256 models (configs/code-bpe.toml otherwise)
+    python bench/infill.py --masked bench/out/ship-code --ar bench/out/ship-code-ar --name infill-shipped
+                                                 # already trained runs (the shipped code model, MODEL_CARD.md)
 
 Two models on the same backbone, data (the stdlib train split, BPE), and wall-clock budget: a
 masked diffusion model and the AR twin trained with fill-in-the-middle (``--set
@@ -10,7 +12,7 @@ shows the model up to ``--prefix-tokens`` of code before the body and ``--suffix
 it, and asks for exactly the body's number of tokens (both models get the true length).
 Reported: exact match of the infilled body, ``ast.parse`` success of the whole file with the
 body replaced, seconds per task; the diffusion model with several samplers and step budgets.
-Writes ``bench/out/infill.json`` and prints the table.
+Writes ``bench/out/infill.json`` (or ``--name``.json) and prints the table.
 """
 
 from __future__ import annotations
@@ -92,13 +94,16 @@ def main() -> None:
     p.add_argument("--suffix-tokens", type=int, default=64)
     p.add_argument("--layers", type=int, default=4, help="transformer layers of both models (default 4)")
     p.add_argument("--width", type=int, default=256, help="d_model of both models (default 256)")
+    p.add_argument("--masked", help="a trained masked run to use instead of training one")
+    p.add_argument("--ar", help="a trained AR fill-in-the-middle run to use instead of training one")
+    p.add_argument("--name", default="infill", help="output file name in --out, without .json (default infill)")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(os.cpu_count() or 1)
     train = [*train_overrides(args.budget, args.max_steps, 16), "--set", f"model.n_layer={args.layers}",
              "--set", f"model.d_model={args.width}", "--set", "model.n_head=4"]
-    runs = {"masked": out / "infill-masked", "ar-fim": out / "infill-ar-fim"}
+    runs = {"masked": Path(args.masked or out / "infill-masked"), "ar-fim": Path(args.ar or out / "infill-ar-fim")}
     if not (runs["masked"] / "checkpoint").exists():
         run_measured(["train", "--data", "stdlib", "--out", runs["masked"], "--quiet", *CODE, *train])
     if not (runs["ar-fim"] / "checkpoint").exists():
@@ -138,9 +143,10 @@ def main() -> None:
               file=sys.stderr)
     results = {"date": datetime.date.today().isoformat(), "cpu_model": cpu_model(),
                "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
-               "python": platform.python_version(), "budget_seconds": args.budget, "tasks": len(task_list),
+               "python": platform.python_version(), "runs": {k: str(v) for k, v in runs.items()},
+               "budget_seconds": None if args.masked else args.budget, "tasks": len(task_list),
                "mean_body_tokens": sum(t["tokens"] for t in task_list) / max(len(task_list), 1), "rows": rows}
-    (out / "infill.json").write_text(json.dumps(results, indent=2))
+    (out / f"{args.name}.json").write_text(json.dumps(results, indent=2))
     print(markdown(results))
 
 

@@ -230,6 +230,31 @@ def test_generate_watch_and_models(runs):
     assert "not found" in line
 
 
+def test_generate_fills_holes_and_follows_the_model_card(runs, tmp_path):
+    base, cache = runs
+    r = cli("generate", "th[MASK:2] cat\\n", "--model", base / "masked", "--steps", "2", "--json", env_cache=cache)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["texts"][0] == "th" + out["fills"][0][0] + " cat\n"  # \n typed in the shell: a newline
+    carded = tmp_path / "carded"
+    r = cli("export", base / "masked", "--out", carded, "--description", "a test card", "--default", "sampler=threshold",
+            "--default", "steps=5", "--default", "threshold=0.5", "--default", "temperature=0.5", env_cache=cache)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((carded / "card.json").read_text())["generate"]["threshold"] == 0.5
+    assert json.loads((carded / "checkpoint" / "state.json").read_text())["dtype"] == "bfloat16"
+    out = json.loads(cli("generate", "the", "--model", carded, "--length", "8", "--json", env_cache=cache).stdout)
+    assert out["sampler"] == "threshold" and out["steps"] == 5
+    # the card's threshold option is not forced on another sampler; flags beat the card
+    r = cli("generate", "the", "--model", carded, "--length", "8", "--sampler", "confidence", "--steps", "4", "--json",
+            env_cache=cache)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["sampler"] == "confidence" and out["steps"] == 4
+    assert "exists and is not empty" in _one_line_error(cli("export", base / "masked", "--out", carded, env_cache=cache))
+    line = _one_line_error(cli("export", base / "masked", "--out", tmp_path / "x", "--default", "nope=1", env_cache=cache))
+    assert "unknown --default setting" in line and not (tmp_path / "x").exists()
+
+
 def test_resume_continues_and_refuses_to_overwrite(runs, corpus):
     base, cache = runs
     run = base / "masked"
@@ -286,6 +311,6 @@ def test_help_is_useful():
     assert r.returncode == 0 and "train" in r.stdout and "sample" in r.stdout and "eval" in r.stdout
     for command, flag in (("train", "--resume"), ("sample", "--json"), ("eval", "--json"), ("infill", "[MASK:n]"),
                           ("edit", "--strength"), ("chat", "MESSAGE"), ("train", "--sft"),
-                          ("generate", "--watch"), ("train-classifier", "--layers")):
+                          ("generate", "--watch"), ("train-classifier", "--layers"), ("export", "--dtype")):
         r = cli(command, "--help")
         assert r.returncode == 0 and flag in r.stdout, (command, r.stdout)

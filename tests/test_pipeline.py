@@ -97,3 +97,15 @@ def test_terminal_watch_marks_masks_and_new_tokens():
     piped = io.StringIO()
     TerminalWatch(tok, steps=1, stream=piped, interactive=False)(0, StepOutput(x, None, x != m))
     assert piped.getvalue() == f"step 1/1 | aa{MASK_GLYPH}\n"
+
+
+def test_model_card_settings_fill_what_a_call_leaves_unset():
+    from textdiffusion.pretrained import fill_settings
+
+    card = {"sampler": "threshold", "steps": 32, "threshold": 0.8, "temperature": 0.7}
+    out = fill_settings({"steps": None, "sampler": None, "temperature": None, "threshold": None}, card)
+    assert out == {"steps": 32, "sampler": "threshold", "temperature": 0.7, "threshold": 0.8, "top_k": 0, "top_p": 1.0}
+    out = fill_settings({"steps": 8, "sampler": "confidence", "temperature": 1.0, "threshold": None}, card)
+    assert out == {"steps": 8, "sampler": "confidence", "temperature": 1.0, "threshold": None, "top_k": 0, "top_p": 1.0}
+    assert fill_settings({"sampler": None}, {}) == {"sampler": None, "steps": 64, "temperature": 1.0, "top_k": 0,
+                                                     "top_p": 1.0}

@@ -74,12 +74,13 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
 
 
+SAMPLER_OPTIONS = ("temperature", "top_k", "top_p", "block_length", "order", "threshold", "kv_cache", "schedule", "eta")
+
+
 def sampler_options(args) -> dict:
     """The sampler options given on the command line (unset ones stay None). Stopping at
     end-of-text is not among them: each command decides it (--stop-at-eot; chat always)."""
-    return {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
-            "block_length": args.block_length, "order": args.order, "threshold": args.threshold,
-            "kv_cache": args.kv_cache, "schedule": args.schedule, "eta": args.eta}
+    return {name: getattr(args, name) for name in SAMPLER_OPTIONS}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,16 +98,39 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="generate text (default: the shipped English model)",
                        description="Generate text from a shipped model (textdiffusion models lists them) or any run "
-                                   "directory; --watch shows the denoising live.")
-    p.add_argument("prompt", nargs="?", default="", help="text the output starts with (kept verbatim)")
-    p.add_argument("--model", default=None, metavar="NAME|DIR", help="a shipped model name or a run directory "
-                                                                     "(default: the English model)")
+                                   "directory; --watch shows the denoising live. Sampling options left unset come from the "
+                                   "model's card (textdiffusion models --json shows them), else the usual defaults.")
+    p.add_argument("prompt", nargs="?", default="",
+                   help="text the output starts with (kept verbatim); [MASK], [MASK:n] or [MASK:a-b] holes "
+                        "anywhere are filled instead (see infill); \\n and \\t are newline and tab")
+    p.add_argument("--model", default=None, metavar="NAME|DIR", help="a shipped model name (english, code) or a "
+                                                                     "run directory (default: the English model)")
+    p.add_argument("--raw", action="store_true", help="do not turn \\n and \\t in PROMPT into newline and tab")
     p.add_argument("--length", type=POSITIVE, default=None, help="new tokens (default: up to 128, within the context)")
     p.add_argument("--num", type=POSITIVE, default=1, help="samples, generated as one batch (default 1)")
     p.add_argument("--watch", action="store_true", help="show every denoising step of the first sample in the terminal")
     _add_sampling_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object (texts, nfe, seconds, ...)")
-    p.set_defaults(func=cmd_generate)
+    # unset sampling options come from the model's card (textdiffusion models), else the usual defaults
+    p.set_defaults(func=cmd_generate, steps=None, temperature=None, top_k=None, top_p=None)
+
+    p = sub.add_parser("export", help="save a run for inference only (bf16 weights, config, tokenizer)",
+                       description="Write what inference needs (config, tokenizer, labels, the EMA weights in "
+                                   "--dtype) into a new directory that every command and Pipeline.from_pretrained "
+                                   "read; with --description / --default it also gets a card.json (what the shipped "
+                                   "models carry).",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="example:\n  textdiffusion export runs/mine --out my-model --description 'my notes' "
+                              "--default sampler=confidence --default steps=32")
+    p.add_argument("run", help="run directory (or a saved model)")
+    p.add_argument("--out", required=True, help="directory to create (must not exist or be empty)")
+    p.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16",
+                   help="weight precision (default bfloat16: half the size of float32)")
+    p.add_argument("--description", help="one line about the model, shown by textdiffusion models")
+    p.add_argument("--default", action="append", default=[], metavar="KEY=VALUE",
+                   help="a sampling setting generate uses when not given (sampler, steps, temperature, top_k, top_p, "
+                        "threshold, ...); repeatable")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("models", help="list the shipped models")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -140,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Generate text from a run directory. Diffusion runs start from their "
                                    "prior (all-mask, or random tokens) and denoise; AR runs decode left to "
                                    "right with a KV cache.")
-    p.add_argument("run", help="run directory")
+    p.add_argument("run", help="run directory or shipped model name (textdiffusion models)")
     p.add_argument("--prompt", default="", help="text the samples start with (kept verbatim)")
     p.add_argument("--num", type=POSITIVE, default=1, help="number of samples, generated as one batch (default 1)")
     p.add_argument("--length", type=POSITIVE, default=None, help="new tokens per sample (default: fill the context, at most 128)")
@@ -151,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="held-out likelihood bound, sample quality and speed",
                        description="Evaluate a run: ELBO (diffusion) or exact NLL (AR) in bits/token and "
                                    "bits/byte, then sample quality (judge perplexity, entropy) and speed.")
-    p.add_argument("run", help="run directory")
+    p.add_argument("run", help="run directory or shipped model name (textdiffusion models)")
     p.add_argument("--data", required=True, help="text to score: the training source (its --split is used) or any other file/folder/JSONL")
     p.add_argument("--split", choices=("train", "val", "test", "all"), default=None,
                    help="which split to score (default: val for the run's own data, all otherwise)")
@@ -162,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-windows", type=NON_NEGATIVE, default=256, help="cap on scored windows; 0 = all (default 256)")
     p.add_argument("--batch-size", type=POSITIVE, default=16, help="windows per forward pass (default 16)")
     p.add_argument("--num-samples", type=NON_NEGATIVE, default=8, help="samples for quality and speed (default 8; 0 = skip)")
+    p.add_argument("--length", type=POSITIVE, default=None, help="tokens per sample (default: the context)")
     _add_sampling_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_eval)
@@ -173,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "TEMPLATE argument \\n and \\t are newline and tab (use --raw to keep them).",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog='example:\n  textdiffusion infill runs/code "def add(a, b):\\n    [MASK:12]\\n"')
-    p.add_argument("run", help="run directory")
+    p.add_argument("run", help="run directory or shipped model name (textdiffusion models)")
     p.add_argument("template", nargs="?", help="text with holes ('-' reads standard input)")
     p.add_argument("--file", help="read the template from this file instead")
     p.add_argument("--raw", action="store_true", help="do not turn \\n and \\t in TEMPLATE into newline and tab")
@@ -189,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "with the text around it fixed. Give the span as --span A:B (character "
                                    "offsets) or mark it in the text as [EDIT]...[/EDIT]. The span keeps its "
                                    "length in tokens; text outside it is returned verbatim.")
-    p.add_argument("run", help="run directory")
+    p.add_argument("run", help="run directory or shipped model name (textdiffusion models)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--text", help="the text to edit")
     src.add_argument("--file", help="read the text from this file")
@@ -219,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Reply to MESSAGE, or (without one) talk turn by turn on standard input "
                                    "(an empty line or end of input ends). The conversation is wrapped in the "
                                    "chat template the run was tuned with; replies end at end-of-text.")
-    p.add_argument("run", help="run directory (trained with --sft)")
+    p.add_argument("run", help="run directory (trained with --sft) or shipped model name")
     p.add_argument("message", nargs="?", help="one message to answer (default: interactive)")
     p.add_argument("--length", type=POSITIVE, default=None, help="reply tokens at most (default: the rest of the context)")
     p.add_argument("--num", type=POSITIVE, default=1, help="replies to draw for a one-shot MESSAGE (default 1)")
@@ -281,27 +306,74 @@ def _classifier(args):
     return load_classifier(args.classifier, resolve_device(args.device))
 
 
-def _load(run_dir: str, device: str):
+def _load(run_dir: str | None, device: str):
+    """A run directory, a saved pipeline, or a shipped model name (None: the default model)."""
+    from .pretrained import resolve
     from .training.checkpoint import load_run
     from .training.trainer import resolve_device
 
-    return load_run(run_dir, resolve_device(device))
+    return load_run(resolve(run_dir), resolve_device(device))
 
 
 def cmd_generate(args) -> int:
-    from .pretrained import resolve
+    from .control.infill import HOLE_PATTERN
+    from .pretrained import fill_settings, generation_defaults, resolve
     from .viz import TerminalWatch
 
-    run = _load(str(resolve(args.model)), args.device)
+    folder = resolve(args.model)
+    given = {**sampler_options(args), "steps": args.steps, "sampler": args.sampler}
+    for name, value in fill_settings(given, generation_defaults(folder)).items():  # the model card's, unless given
+        setattr(args, name, value)
+    prompt = args.prompt if args.raw else args.prompt.replace("\\n", "\n").replace("\\t", "\t")
+    run = _load(str(folder), args.device)
+    if HOLE_PATTERN.search(prompt):  # holes anywhere: fill them, keep the rest verbatim
+        from .control import infill
+
+        result = infill(run, prompt, num=args.num, steps=args.steps, sampler=args.sampler, seed=args.seed,
+                        label=args.label, guidance=args.guidance, classifier=_classifier(args), **sampler_options(args))
+        _print_control(result, args, {"template": prompt, "model": str(run.run_dir)})
+        return 0
     watch = TerminalWatch(run.tokenizer, args.steps) if args.watch else None
-    out, texts, sampler = _generate(run, args, args.prompt, args.num, args.length, on_step=watch)
+    out, texts, sampler = _generate(run, args, prompt, args.num, args.length, on_step=watch)
     if args.json:
         print(json.dumps({"texts": texts, "model": str(run.run_dir), "nfe": out.nfe, "seconds": out.seconds,
                           "tokens_per_second": out.tokens_per_second, "sampler": sampler, "steps": args.steps,
-                          "seed": args.seed, "prompt": args.prompt}))
+                          "seed": args.seed, "prompt": prompt}))
     else:
         print("\n\n".join(texts))
         print(f"[{sampler}: {out.nfe} network calls, {out.seconds:.2f} s]", file=sys.stderr)
+    return 0
+
+
+def _setting(item: str) -> tuple[str, object]:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--default takes KEY=VALUE, e.g. steps=32; got {item!r}")
+    for kind in (int, float):
+        try:
+            return key.strip(), kind(value)
+        except ValueError:
+            pass
+    return key.strip(), value.strip()
+
+
+def cmd_export(args) -> int:
+    from .config import SAMPLERS
+    from .pipeline import Pipeline
+
+    settings = dict(_setting(item) for item in args.default)
+    known = {"sampler", "steps", *SAMPLER_OPTIONS}
+    unknown = set(settings) - known
+    if unknown:
+        raise ValueError(f"unknown --default setting {sorted(unknown)[0]!r} (known: {', '.join(sorted(known))})")
+    if "sampler" in settings and settings["sampler"] not in SAMPLERS:
+        raise ValueError(f"unknown sampler {settings['sampler']!r} (choose {', '.join(SAMPLERS)})")
+    pipe = Pipeline.from_pretrained(args.run)
+    card = {**({"description": args.description} if args.description else {}),
+            **({"generate": settings} if settings else {})}
+    out = pipe.save_pretrained(args.out, dtype=args.dtype, card=card or None)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(f"saved {args.run} ({args.dtype}) in {out}: {size / 1e6:.1f} MB", file=sys.stderr)
     return 0
 
 
@@ -375,7 +447,7 @@ def cmd_eval(args) -> int:
     result = {"run": str(args.run), "process": run.cfg.process.name, "data": args.data, "split": split,
               "discrete_steps": getattr(run.objective, "num_steps", None), **report.to_dict()}
     if args.num_samples > 0:
-        out, texts, sampler = _generate(run, args, "", args.num_samples, None)
+        out, texts, sampler = _generate(run, args, "", args.num_samples, args.length)
         token_lists = out.new_tokens.tolist()
         result.update(sampler=sampler, steps=args.steps, nfe=out.nfe, tokens_per_second=out.tokens_per_second,
                       sample_length=out.new_tokens.shape[1], unigram_entropy=unigram_entropy(token_lists),

@@ -50,23 +50,28 @@ class Result:
 class Pipeline:
     """A trained model with its tokenizer and process, ready to generate, infill, edit and score."""
 
-    def __init__(self, run):
+    def __init__(self, run, defaults: dict | None = None):
         self.run = run
+        # sampling settings used when a call does not name its own (a shipped model's card.json)
+        self.defaults = dict(defaults or {})
 
     # loading and saving ----------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, name_or_dir: str | Path | None = None, device: str = "cpu") -> Pipeline:
         """Load a shipped model by name (``textdiffusion models`` lists them; None: the default),
         a run directory, or a directory written by ``save_pretrained``."""
-        from .pretrained import resolve
+        from .pretrained import generation_defaults, resolve
         from .training.checkpoint import load_run
         from .training.trainer import resolve_device
 
-        return cls(load_run(resolve(name_or_dir), resolve_device(device)))
+        folder = resolve(name_or_dir)
+        return cls(load_run(folder, resolve_device(device)), generation_defaults(folder))
 
-    def save_pretrained(self, directory: str | Path, dtype: str = "float32") -> Path:
+    def save_pretrained(self, directory: str | Path, dtype: str = "float32", card: dict | None = None) -> Path:
         """Write what inference needs: config, tokenizer, labels and the (EMA) weights in ``dtype``
-        (float32, bfloat16 or float16), in a directory ``from_pretrained`` and every command read."""
+        (float32, bfloat16 or float16), in a directory ``from_pretrained`` and every command read.
+        ``card`` (default: this pipeline's own defaults, if any) becomes card.json: a
+        ``description`` and the ``generate`` settings used when a call names none."""
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
         out = Path(directory)
@@ -81,6 +86,9 @@ class Pipeline:
         state = {k: v.detach().to(DTYPES[dtype]).contiguous().cpu() for k, v in self.run.model.state_dict().items()}
         save_file(state, str(ckpt / "model.safetensors"))
         (ckpt / "state.json").write_text(json.dumps({"step": None, "inference_only": True, "dtype": dtype}))
+        card = card if card is not None else ({"generate": self.defaults} if self.defaults else None)
+        if card:
+            (out / "card.json").write_text(json.dumps(card, indent=1) + "\n")
         return out
 
     # properties ------------------------------------------------------------------------------
@@ -97,31 +105,35 @@ class Pipeline:
         return self.run.cfg
 
     # generation ------------------------------------------------------------------------------
-    def generate(self, prompt: str = "", *, length: int | None = None, steps: int = 64, sampler: str | None = None,
+    def generate(self, prompt: str = "", *, length: int | None = None, steps: int | None = None, sampler: str | None = None,
                  num: int = 1, seed: int = 0, trace: bool = False, on_step: Callable[[int, StepOutput], None] | None = None,
                  label: str | None = None, guidance: float = 0.0, classifier=None, stop_at_eot: bool = False,
                  **options) -> Result:
         """Continue ``prompt`` (kept verbatim) with ``length`` new tokens (default: up to 128, within
         the context) in ``steps`` denoising steps. ``options``: temperature, top_k, top_p and the
-        sampler's own (block_length, order, threshold, kv_cache, schedule, eta)."""
+        sampler's own (block_length, order, threshold, kv_cache, schedule, eta). Settings not given
+        come from the model's card (``self.defaults``), else 64 steps of the run's own sampler."""
+        steps, sampler, options = self._settings(steps, sampler, options)
         out, texts, name = continue_prompt(self.run, prompt, length=length, steps=steps, sampler=sampler, num=num,
                                            seed=seed, trace=trace, on_step=on_step, label=label, guidance=guidance,
                                            classifier=classifier, stop_at_eot=stop_at_eot, **options)
         return Result(texts, out.tokens, out.nfe, out.seconds, name, self._trace(out.trace))
 
-    def infill(self, template: str, *, steps: int = 64, sampler: str | None = None, num: int = 1, seed: int = 0,
-               trace: bool = False, **options) -> Result:
+    def infill(self, template: str, *, steps: int | None = None, sampler: str | None = None, num: int = 1,
+               seed: int = 0, trace: bool = False, **options) -> Result:
         """Fill the [MASK], [MASK:n] and [MASK:a-b] holes of ``template``; its text is kept verbatim."""
         from .control import infill
 
+        steps, sampler, options = self._settings(steps, sampler, options)
         res = infill(self.run, template, num=num, steps=steps, sampler=sampler, seed=seed, trace=trace, **options)
         return self._from_control(res)
 
-    def edit(self, text: str, span: tuple[int, int] | None = None, *, strength: float = 0.5, steps: int = 64,
+    def edit(self, text: str, span: tuple[int, int] | None = None, *, strength: float = 0.5, steps: int | None = None,
              sampler: str | None = None, num: int = 1, seed: int = 0, trace: bool = False, **options) -> Result:
         """Rewrite ``text[span[0]:span[1]]`` (or the [EDIT]...[/EDIT] span) at noise level ``strength``."""
         from .control import edit
 
+        steps, sampler, options = self._settings(steps, sampler, options)
         start, end = span if span is not None else (None, None)
         res = edit(self.run, text, start, end, strength=strength, num=num, steps=steps, sampler=sampler, seed=seed,
                    trace=trace, **options)
@@ -135,6 +147,12 @@ class Pipeline:
         return sequence_bits(self.run, [text], seed, mc_samples)[0]
 
     # helpers ---------------------------------------------------------------------------------
+    def _settings(self, steps: int | None, sampler: str | None, options: dict) -> tuple[int, str | None, dict]:
+        from .pretrained import fill_settings
+
+        out = fill_settings({**options, "steps": steps, "sampler": sampler}, self.defaults)
+        return out.pop("steps"), out.pop("sampler"), out
+
     def _trace(self, states: list[torch.Tensor]) -> list[str]:
         return [self.tokenizer.decode(s[0].tolist(), show_mask=True) for s in states]
 
