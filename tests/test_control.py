@@ -47,6 +47,23 @@ def test_template_parsing():
         split_marked("abcdef")
 
 
+def test_bpe_holes_take_over_the_space_before_them():
+    from textdiffusion.tokenizers import train_tokenizer
+
+    corpus = ["def add(a, b):\n    return a + b\n", "the cat sat on the mat and the dog sat on the log\n"] * 50
+    bpe = train_tokenizer("bpe", corpus, vocab_size=300)
+    t = Template.parse("    return [MASK:2] + b")
+    assert t.healed(bpe) == [True] and Template.parse("[MASK]x [MASK]y").healed(bpe) == [False, True]
+    assert Template.parse("a [MASK]").healed(tokenizer()) == [False]  # char-level: a space is its own token
+    canvas, spans = t.canvas(bpe)
+    before = bpe.encode("    return").tolist()  # not "    return" + a lone " ": no such token stream in training
+    assert canvas.tokens[0, : len(before)].tolist() == before and spans == [(len(before), len(before) + 2)]
+    # the fill's leading space is the template's own: fixed text verbatim, no double space
+    assert t.assemble([" a"], [True]) == ("    return a + b", ["a"])
+    assert t.assemble(["(a)"], [True]) == ("    return (a) + b", ["(a)"])
+    assert Template.parse("x [MASK] y").assemble([" z"], [False]) == ("x  z y", [" z"])
+
+
 TEMPLATE_CASES = [
     ("masked", "ancestral", {}), ("masked", "confidence", {}), ("masked", "margin", {"schedule": "cosine"}),
     ("masked", "remdm", {"eta": 0.3}), ("masked", "semi-ar", {"block_length": 4}),

@@ -86,20 +86,44 @@ class Template:
                 parts.append(p)
         return Template(parts)
 
+    def healed(self, tokenizer) -> list[bool]:
+        """Per hole: does it take over the one space that ends the text before it? BPE words carry
+        their leading space (" return"), so text ending in a space would put a lone-space token
+        before the hole that training never showed; the space is left to the fill instead (and
+        kept in the output all the same: see ``assemble``)."""
+        out, before = [], ""
+        for p in self.parts:
+            if isinstance(p, Hole):
+                out.append(tokenizer.kind == "bpe" and before.endswith(" "))
+                before = ""
+            else:
+                before = p
+        return out
+
     def canvas(self, tokenizer, batch: int = 1) -> tuple[Canvas, list[tuple[int, int]]]:
         """The (batch, T) canvas (holes free, text fixed) and each hole's [start, end) positions."""
         if any(h.variable for h in self.holes):
             raise ValueError("size the variable holes first (Template.sized)")
         ids: list[int] = []
         spans: list[tuple[int, int]] = []
-        for p in self.parts:
+        hole_at = [i for i, p in enumerate(self.parts) if isinstance(p, Hole)]
+        trim = {i - 1 for i, healed in zip(hole_at, self.healed(tokenizer)) if healed}  # text parts ending in " "
+        for i, p in enumerate(self.parts):
             if isinstance(p, Hole):
                 spans.append((len(ids), len(ids) + p.low))
                 ids += [HOLE] * p.low
             else:
-                ids += tokenizer.encode(p).tolist()
+                text = p[:-1] if i in trim else p
+                ids += tokenizer.encode(text).tolist() if text else []
         tokens = torch.tensor(ids, dtype=torch.long).expand(batch, -1).clone()
         return Canvas(tokens, tokens != HOLE), spans
+
+    def assemble(self, fills: list[str], healed: list[bool]) -> tuple[str, list[str]]:
+        """The filled text (fixed parts verbatim) and the fills as they stand in it: a healed
+        hole's fill loses the leading space the text before it already has."""
+        fills = [f[1:] if h and f.startswith(" ") else f for f, h in zip(fills, healed)]
+        it = iter(fills)
+        return "".join(next(it) if isinstance(p, Hole) else p for p in self.parts), fills
 
 
 @dataclass
@@ -160,12 +184,9 @@ def _fill_fixed(run, template: Template, *, num: int, steps: int, sampler, seed:
     model = guided_model(run, label, guidance, classifier=classifier)
     out = sampler.generate(model, run.objective, steps=steps, canvas=canvas, gen=_generator(run, seed), trace=trace)
     tok = run.tokenizer
-    fills = [[tok.decode(row[a:b]) for a, b in spans] for row in out.tokens.tolist()]
-    texts = []
-    for row_fills in fills:
-        it = iter(row_fills)
-        texts.append("".join(next(it) if isinstance(p, Hole) else p for p in template.parts))
-    return texts, fills, out
+    healed = template.healed(tok)
+    done = [template.assemble([tok.decode(row[a:b]) for a, b in spans], healed) for row in out.tokens.tolist()]
+    return [d[0] for d in done], [d[1] for d in done], out
 
 
 def _candidate_sizes(holes: list[Hole], candidates: int) -> list[list[int]]:
