@@ -193,12 +193,14 @@ class ReMDMSampler(AncestralSampler):
             raise ValueError(f"ReMDM needs a masked model; this one is {process.name!r}")
         reveal, remask = self.probabilities(process, t, s)
         masked = x_t == process.mask_id
-        candidate = sample_categorical(log_p_x0, gen)
         u = torch.rand(x_t.shape, generator=gen, device=x_t.device)
         unmask = masked & (u < reveal)
         back = ~masked & (u < remask)
         if fixed is not None:
             back &= ~fixed
+        candidate = torch.where(masked, log_p_x0.argmax(-1), x_t)  # drawn only where a token unmasks
+        if unmask.any():
+            candidate[unmask] = sample_categorical(log_p_x0[unmask], gen)
         x_s = torch.where(unmask, candidate, x_t)
         x_s = torch.where(back, torch.full_like(x_t, process.mask_id), x_s)
-        return StepOutput(x_s, torch.where(masked, candidate, x_t), x_s != x_t)
+        return StepOutput(x_s, candidate, x_s != x_t)
