@@ -44,8 +44,9 @@ def _sampler_help() -> str:
     return "; ".join(f"{name} ({'/'.join(fits)}): {what}" for name, (fits, what) in SAMPLERS.items())
 
 
-def _add_sampling_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--steps", type=POSITIVE, default=64, help="denoising steps (network calls at most; default 64)")
+def _add_sampling_args(p: argparse.ArgumentParser, card: bool = False) -> None:
+    default = "the model card's, else 64" if card else "64"
+    p.add_argument("--steps", type=POSITIVE, default=64, help=f"denoising steps (network calls at most; default {default})")
     p.add_argument("--sampler", default=None, metavar="NAME",
                    help="default: the run's own (ancestral; ddpm for gaussian; block for block diffusion; ar "
                         "for the AR twin). All: " + _sampler_help())
@@ -109,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--length", type=POSITIVE, default=None, help="new tokens (default: up to 128, within the context)")
     p.add_argument("--num", type=POSITIVE, default=1, help="samples, generated as one batch (default 1)")
     p.add_argument("--watch", action="store_true", help="show every denoising step of the first sample in the terminal")
-    _add_sampling_args(p)
+    _add_sampling_args(p, card=True)
     p.add_argument("--json", action="store_true", help="print one JSON object (texts, nfe, seconds, ...)")
     # unset sampling options come from the model's card (textdiffusion models), else the usual defaults
     p.set_defaults(func=cmd_generate, steps=None, temperature=None, top_k=None, top_p=None)
