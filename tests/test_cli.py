@@ -242,7 +242,9 @@ def test_generate_fills_holes_and_follows_the_model_card(runs, tmp_path):
     assert r.returncode == 0, r.stderr
     assert json.loads((carded / "card.json").read_text())["generate"]["threshold"] == 0.5
     assert json.loads((carded / "checkpoint" / "state.json").read_text())["dtype"] == "bfloat16"
-    out = json.loads(cli("generate", "the", "--model", carded, "--length", "8", "--json", env_cache=cache).stdout)
+    r = cli("generate", "the", "--model", carded, "--length", "8", "--json", env_cache=cache)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
     assert out["sampler"] == "threshold" and out["steps"] == 5
     # the card's threshold option is not forced on another sampler; flags beat the card
     r = cli("generate", "the", "--model", carded, "--length", "8", "--sampler", "confidence", "--steps", "4", "--json",
@@ -251,8 +253,23 @@ def test_generate_fills_holes_and_follows_the_model_card(runs, tmp_path):
     out = json.loads(r.stdout)
     assert out["sampler"] == "confidence" and out["steps"] == 4
     assert "exists and is not empty" in _one_line_error(cli("export", base / "masked", "--out", carded, env_cache=cache))
-    line = _one_line_error(cli("export", base / "masked", "--out", tmp_path / "x", "--default", "nope=1", env_cache=cache))
-    assert "unknown --default setting" in line and not (tmp_path / "x").exists()
+    for bad, needle in ((("--default", "nope=1"), "unknown setting 'nope'"), (("--default", "steps=abc"), "whole number"),
+                        (("--default", "steps=4.0"), "whole number"), (("--default", "steps"), "KEY=VALUE"),
+                        (("--default", "threshold=0.5"), "takes no threshold"),
+                        (("--default", "sampler=ar"), "needs a ar model")):
+        line = _one_line_error(cli("export", base / "masked", "--out", tmp_path / "x", *bad, env_cache=cache))
+        assert needle in line and not (tmp_path / "x").exists(), (bad, line)
+    # a re-export keeps the card it does not change
+    r = cli("export", carded, "--out", tmp_path / "again", "--description", "new words", env_cache=cache)
+    assert r.returncode == 0, r.stderr
+    again = json.loads((tmp_path / "again" / "card.json").read_text())
+    assert again["description"] == "new words" and again["generate"]["sampler"] == "threshold"
+    line = _one_line_error(cli("generate", "a[MASK]b", "--model", carded, "--length", "4", env_cache=cache))
+    assert "--length does not apply" in line
+    (carded / "card.json").write_text("{not json")
+    assert "card.json" in _one_line_error(cli("generate", "the", "--model", carded, env_cache=cache))
+    (carded / "card.json").write_text(json.dumps({"generate": {"steps": "many"}}))
+    assert "steps must be a whole number" in _one_line_error(cli("generate", "the", "--model", carded, env_cache=cache))
 
 
 def test_resume_continues_and_refuses_to_overwrite(runs, corpus):

@@ -76,4 +76,4 @@ def test_generate_command_uses_the_shipped_english_model():
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("The meaning of life") and len(out.stdout.strip()) > 40
     words = out.stdout.split()
-    assert sum(w.strip(".,;:!?'\"").isalpha() for w in words) >= 0.7 * len(words)  # words, not byte soup
+    assert sum(w.strip(".,;:!?'\"-[]").replace("'", "").isalpha() for w in words) >= 0.7 * len(words)  # words

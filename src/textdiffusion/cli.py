@@ -50,9 +50,10 @@ def _add_sampling_args(p: argparse.ArgumentParser, card: bool = False) -> None:
     p.add_argument("--sampler", default=None, metavar="NAME",
                    help="default: the run's own (ancestral; ddpm for gaussian; block for block diffusion; ar "
                         "for the AR twin). All: " + _sampler_help())
-    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 = greedy (default 1)")
-    p.add_argument("--top-k", type=NON_NEGATIVE, default=0, help="keep the k most likely tokens (default 0 = off)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1 = off)")
+    card_or = "the model card's, else " if card else ""
+    p.add_argument("--temperature", type=float, default=1.0, help=f"softmax temperature; 0 = greedy (default {card_or}1)")
+    p.add_argument("--top-k", type=NON_NEGATIVE, default=0, help=f"keep the k most likely tokens (default {card_or}0 = off)")
+    p.add_argument("--top-p", type=float, default=1.0, help=f"nucleus sampling mass (default {card_or}1 = off)")
     g = p.add_argument_group("sampler options (only for the samplers named)")
     g.add_argument("--block-length", type=POSITIVE, default=None, help="semi-ar, threshold: tokens per block (default 32)")
     g.add_argument("--order", default=None,
@@ -206,9 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num", type=POSITIVE, default=1, help="fillings to draw, as one batch (default 1)")
     p.add_argument("--candidates", type=POSITIVE, default=4,
                    help="lengths tried for each variable-length hole [MASK:a-b] (default 4)")
-    _add_sampling_args(p)
+    _add_sampling_args(p, card=True)
     p.add_argument("--json", action="store_true", help="print one JSON object (texts, fills, nfe, ...)")
-    p.set_defaults(func=cmd_infill)
+    p.set_defaults(func=cmd_infill, steps=None, temperature=None, top_k=None, top_p=None)  # unset: the model card's
 
     p = sub.add_parser("edit", help="rewrite a span of a text, keeping the rest",
                        description="Re-noise a span to --strength (0 < s <= 1; 1 regenerates it) and denoise it "
@@ -222,9 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--span", help="A:B, the characters text[A:B] to rewrite (default: the [EDIT] marks)")
     p.add_argument("--strength", type=float, default=0.5, help="noise level of the span, in (0, 1] (default 0.5)")
     p.add_argument("--num", type=POSITIVE, default=1, help="edits to draw, as one batch (default 1)")
-    _add_sampling_args(p)
+    _add_sampling_args(p, card=True)
     p.add_argument("--json", action="store_true", help="print one JSON object (texts, spans, nfe, ...)")
-    p.set_defaults(func=cmd_edit)
+    p.set_defaults(func=cmd_edit, steps=None, temperature=None, top_k=None, top_p=None)  # unset: the model card's
 
     p = sub.add_parser("train-classifier", help="train a classifier of a run's noisy inputs (classifier guidance)",
                        description="Train a classifier p(label | x_t) on the noisy inputs of a diffusion run (masked, "
@@ -316,19 +317,30 @@ def _load(run_dir: str | None, device: str):
     return load_run(resolve(run_dir), resolve_device(device))
 
 
-def cmd_generate(args) -> int:
-    from .control.infill import HOLE_PATTERN
+def _with_card(args, name_or_dir):
+    """The model's folder; the sampling options left unset in ``args`` are filled from its card."""
     from .pretrained import fill_settings, generation_defaults, resolve
-    from .viz import TerminalWatch
 
-    folder = resolve(args.model)
+    folder = resolve(name_or_dir)
     given = {**sampler_options(args), "steps": args.steps, "sampler": args.sampler}
     for name, value in fill_settings(given, generation_defaults(folder)).items():  # the model card's, unless given
         setattr(args, name, value)
+    return folder
+
+
+def cmd_generate(args) -> int:
+    from .control.infill import HOLE_PATTERN
+    from .viz import TerminalWatch
+
+    folder = _with_card(args, args.model)
     prompt = args.prompt if args.raw else args.prompt.replace("\\n", "\n").replace("\\t", "\t")
     run = _load(str(folder), args.device)
     if HOLE_PATTERN.search(prompt):  # holes anywhere: fill them, keep the rest verbatim
         from .control import infill
+
+        for flag, value in (("--length", args.length), ("--watch", args.watch), ("--stop-at-eot", args.stop_at_eot)):
+            if value:
+                raise ValueError(f"{flag} does not apply to a prompt with holes (size them with [MASK:n] or [MASK:a-b])")
 
         result = infill(run, prompt, num=args.num, steps=args.steps, sampler=args.sampler, seed=args.seed,
                         label=args.label, guidance=args.guidance, classifier=_classifier(args), **sampler_options(args))
@@ -359,20 +371,18 @@ def _setting(item: str) -> tuple[str, object]:
 
 
 def cmd_export(args) -> int:
-    from .config import SAMPLERS
     from .pipeline import Pipeline
+    from .pretrained import check_settings
+    from .sampling import build_sampler
 
-    settings = dict(_setting(item) for item in args.default)
-    known = {"sampler", "steps", *SAMPLER_OPTIONS}
-    unknown = set(settings) - known
-    if unknown:
-        raise ValueError(f"unknown --default setting {sorted(unknown)[0]!r} (known: {', '.join(sorted(known))})")
-    if "sampler" in settings and settings["sampler"] not in SAMPLERS:
-        raise ValueError(f"unknown sampler {settings['sampler']!r} (choose {', '.join(SAMPLERS)})")
     pipe = Pipeline.from_pretrained(args.run)
-    card = {**({"description": args.description} if args.description else {}),
-            **({"generate": settings} if settings else {})}
-    out = pipe.save_pretrained(args.out, dtype=args.dtype, card=card or None)
+    settings = check_settings({**pipe.defaults, **dict(_setting(item) for item in args.default)}, "--default")
+    options = {k: v for k, v in settings.items() if k not in ("sampler", "steps")}
+    build_sampler(settings.get("sampler"), pipe.run.objective, pipe.tokenizer, **options)  # they must fit the run
+    card = {**pipe.card, "generate": settings} if settings else {k: v for k, v in pipe.card.items() if k != "generate"}
+    if args.description:
+        card["description"] = args.description
+    out = pipe.save_pretrained(args.out, dtype=args.dtype, card=card)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"saved {args.run} ({args.dtype}) in {out}: {size / 1e6:.1f} MB", file=sys.stderr)
     return 0
@@ -507,7 +517,7 @@ def cmd_infill(args) -> int:
     template = _read_text(args.template, args.file, "TEMPLATE")
     if args.template not in (None, "-") and not args.raw:
         template = template.replace("\\n", "\n").replace("\\t", "\t")
-    run = _load(args.run, args.device)
+    run = _load(str(_with_card(args, args.run)), args.device)
     result = infill(run, template, num=args.num, steps=args.steps, sampler=args.sampler, seed=args.seed,
                     candidates=args.candidates, label=args.label, guidance=args.guidance, classifier=_classifier(args),
                     **sampler_options(args))  # holes and spans have a fixed size
@@ -528,7 +538,7 @@ def cmd_edit(args) -> int:
 
     text = _read_text(args.text, args.file, "text")
     start, end = _parse_span(args.span) if args.span else (None, None)
-    run = _load(args.run, args.device)
+    run = _load(str(_with_card(args, args.run)), args.device)
     result = edit(run, text, start, end, strength=args.strength, num=args.num, steps=args.steps,
                   sampler=args.sampler, seed=args.seed, label=args.label, guidance=args.guidance,
                   classifier=_classifier(args), **sampler_options(args))  # holes and spans have a fixed size

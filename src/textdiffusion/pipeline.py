@@ -50,27 +50,28 @@ class Result:
 class Pipeline:
     """A trained model with its tokenizer and process, ready to generate, infill, edit and score."""
 
-    def __init__(self, run, defaults: dict | None = None):
+    def __init__(self, run, card: dict | None = None):
         self.run = run
+        self.card = dict(card or {})  # card.json: description, generate settings
         # sampling settings used when a call does not name its own (a shipped model's card.json)
-        self.defaults = dict(defaults or {})
+        self.defaults = dict(self.card.get("generate", {}))
 
     # loading and saving ----------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, name_or_dir: str | Path | None = None, device: str = "cpu") -> Pipeline:
         """Load a shipped model by name (``textdiffusion models`` lists them; None: the default),
         a run directory, or a directory written by ``save_pretrained``."""
-        from .pretrained import generation_defaults, resolve
+        from .pretrained import card, resolve
         from .training.checkpoint import load_run
         from .training.trainer import resolve_device
 
         folder = resolve(name_or_dir)
-        return cls(load_run(folder, resolve_device(device)), generation_defaults(folder))
+        return cls(load_run(folder, resolve_device(device)), card(folder))
 
     def save_pretrained(self, directory: str | Path, dtype: str = "float32", card: dict | None = None) -> Path:
         """Write what inference needs: config, tokenizer, labels and the (EMA) weights in ``dtype``
         (float32, bfloat16 or float16), in a directory ``from_pretrained`` and every command read.
-        ``card`` (default: this pipeline's own defaults, if any) becomes card.json: a
+        ``card`` (default: this pipeline's own card, if any) becomes card.json: a
         ``description`` and the ``generate`` settings used when a call names none."""
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
@@ -86,7 +87,7 @@ class Pipeline:
         state = {k: v.detach().to(DTYPES[dtype]).contiguous().cpu() for k, v in self.run.model.state_dict().items()}
         save_file(state, str(ckpt / "model.safetensors"))
         (ckpt / "state.json").write_text(json.dumps({"step": None, "inference_only": True, "dtype": dtype}))
-        card = card if card is not None else ({"generate": self.defaults} if self.defaults else None)
+        card = card if card is not None else self.card
         if card:
             (out / "card.json").write_text(json.dumps(card, indent=1) + "\n")
         return out

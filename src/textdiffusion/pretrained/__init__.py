@@ -21,17 +21,45 @@ def available() -> dict[str, dict]:
     out = {}
     for d in sorted(HERE.iterdir()):
         if (d / "config.json").exists():
-            out[d.name] = {"path": str(d), **card(d)}
+            out[d.name] = {**card(d), "path": str(d)}
     return out
+
+
+BASE_DEFAULTS = {"steps": 64, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
+SAMPLER_SETTINGS = ("block_length", "order", "threshold", "kv_cache", "schedule", "eta")  # one sampler's own
+SETTINGS = ("sampler", *BASE_DEFAULTS, *SAMPLER_SETTINGS)
+
+
+def check_settings(settings: dict, where: str) -> dict:
+    """Known keys with values of the right kind (a card is edited by hand), else a ValueError."""
+    if not isinstance(settings, dict):
+        raise ValueError(f"{where}: the generate settings must be a JSON object")
+    for key, value in settings.items():
+        if key not in SETTINGS:
+            raise ValueError(f"{where}: unknown setting {key!r} (known: {', '.join(SETTINGS)})")
+        if key in ("steps", "top_k", "block_length") and (not isinstance(value, int) or isinstance(value, bool)
+                                                          or value < (1 if key != "top_k" else 0)):
+            raise ValueError(f"{where}: {key} must be a whole number >= {1 if key != 'top_k' else 0}; got {value!r}")
+        if key in ("temperature", "top_p", "threshold", "eta") and not isinstance(value, (int, float)):
+            raise ValueError(f"{where}: {key} must be a number; got {value!r}")
+        if key in ("sampler", "order", "kv_cache", "schedule") and not isinstance(value, str):
+            raise ValueError(f"{where}: {key} must be a name; got {value!r}")
+    return settings
 
 
 def card(folder: str | Path) -> dict:
     """A model folder's card.json (empty for run directories and saved pipelines without one)."""
     path = Path(folder) / "card.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-BASE_DEFAULTS = {"steps": 64, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"cannot read {path}: not a JSON object")
+    check_settings(data.get("generate", {}), str(path))
+    return data
 
 
 def generation_defaults(folder: str | Path) -> dict:
@@ -41,15 +69,16 @@ def generation_defaults(folder: str | Path) -> dict:
 
 def fill_settings(given: dict, defaults: dict) -> dict:
     """``given`` sampling settings (None = unset) completed from a card's ``defaults``, then from
-    BASE_DEFAULTS. The card's sampler-specific options (threshold, block_length, ...) apply only
-    when its sampler is the one used."""
+    BASE_DEFAULTS. The card's steps, temperature, top_k and top_p fill in whatever sampler is
+    used; its sampler-specific options (threshold, block_length, ...) only when the card names
+    a sampler and that sampler is the one used."""
     out = dict(given)
     for name, value in BASE_DEFAULTS.items():
         if out.get(name) is None:
             out[name] = defaults.get(name, value)
     if out.get("sampler") is None:
         out["sampler"] = defaults.get("sampler")
-    if out["sampler"] == defaults.get("sampler"):
+    if defaults.get("sampler") is not None and out["sampler"] == defaults["sampler"]:
         for name, value in defaults.items():
             if name not in BASE_DEFAULTS and name != "sampler" and out.get(name) is None:
                 out[name] = value
