@@ -317,6 +317,11 @@ def _load(run_dir: str | None, device: str):
     return load_run(resolve(run_dir), resolve_device(device))
 
 
+def _unescape(text: str, raw: bool) -> str:
+    """\\n and \\t typed in a shell argument become newline and tab (unless --raw)."""
+    return text if raw else text.replace("\\n", "\n").replace("\\t", "\t")
+
+
 def _with_card(args, name_or_dir):
     """The model's folder; the sampling options left unset in ``args`` are filled from its card."""
     from .pretrained import fill_settings, generation_defaults, resolve
@@ -333,7 +338,7 @@ def cmd_generate(args) -> int:
     from .viz import TerminalWatch
 
     folder = _with_card(args, args.model)
-    prompt = args.prompt if args.raw else args.prompt.replace("\\n", "\n").replace("\\t", "\t")
+    prompt = _unescape(args.prompt, args.raw)
     run = _load(str(folder), args.device)
     if HOLE_PATTERN.search(prompt):  # holes anywhere: fill them, keep the rest verbatim
         from .control import infill
@@ -515,8 +520,8 @@ def cmd_infill(args) -> int:
     if args.template is not None and args.file:
         raise ValueError("give a TEMPLATE or --file, not both")
     template = _read_text(args.template, args.file, "TEMPLATE")
-    if args.template not in (None, "-") and not args.raw:
-        template = template.replace("\\n", "\n").replace("\\t", "\t")
+    if args.template not in (None, "-"):
+        template = _unescape(template, args.raw)
     run = _load(str(_with_card(args, args.run)), args.device)
     result = infill(run, template, num=args.num, steps=args.steps, sampler=args.sampler, seed=args.seed,
                     candidates=args.candidates, label=args.label, guidance=args.guidance, classifier=_classifier(args),

@@ -140,10 +140,17 @@ class MaskedProcess:
         masked = x_t == self.mask_id
         u = torch.rand(x_t.shape, generator=gen, device=x_t.device)
         unmask = masked & (u < self.unmask_probability(t, s))
-        x0_pred = torch.where(masked, log_p_x0.argmax(-1), x_t)  # (B, T)
-        if unmask.any():
-            x0_pred[unmask] = sample_categorical(log_p_x0[unmask], gen)
+        x0_pred = self.draw_x0(log_p_x0, x_t, unmask, gen)
         return torch.where(unmask, x0_pred, x_t), x0_pred
+
+    def draw_x0(self, log_p_x0: torch.Tensor, x_t: torch.Tensor, unmask: torch.Tensor,
+                gen: torch.Generator | None = None) -> torch.Tensor:
+        """(B, T) x0 guess: a draw from p_theta where ``unmask``, the most likely token at the
+        other masked positions, x_t elsewhere (ancestral and ReMDM steps share it)."""
+        x0 = torch.where(x_t == self.mask_id, log_p_x0.argmax(-1), x_t)
+        if unmask.any():
+            x0[unmask] = sample_categorical(log_p_x0[unmask], gen)
+        return x0
 
     def unmask_probability(self, t: float, s: float) -> float:
         """P(a token masked at t is unmasked at s < t) = (alpha_s - alpha_t) / (1 - alpha_t); when

@@ -198,9 +198,7 @@ class ReMDMSampler(AncestralSampler):
         back = ~masked & (u < remask)
         if fixed is not None:
             back &= ~fixed
-        candidate = torch.where(masked, log_p_x0.argmax(-1), x_t)  # drawn only where a token unmasks
-        if unmask.any():
-            candidate[unmask] = sample_categorical(log_p_x0[unmask], gen)
+        candidate = process.draw_x0(log_p_x0, x_t, unmask, gen)  # drawn only where a token unmasks
         x_s = torch.where(unmask, candidate, x_t)
         x_s = torch.where(back, torch.full_like(x_t, process.mask_id), x_s)
         return StepOutput(x_s, candidate, x_s != x_t)
