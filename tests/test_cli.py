@@ -182,6 +182,21 @@ def test_sft_train_and_chat(runs, tmp_path):
     assert "not found" in line or "no such" in line.lower()
 
 
+def test_fine_tune_a_shipped_model_by_name(corpus, tmp_path):
+    """--init takes a shipped model's name: its tokenizer, model and process carry over."""
+    from textdiffusion.pretrained import available
+
+    r = cli("train", "--init", "english", "--data", corpus, "--out", tmp_path / "mine", "--set", "train.max_steps=2",
+            "--set", "train.batch_size=2", "--set", "train.eval_batches=1", "--quiet")
+    assert r.returncode == 0, r.stderr
+    shipped = Path(available()["english"]["path"])
+    assert (tmp_path / "mine" / "tokenizer.json").read_text() == (shipped / "tokenizer.json").read_text()
+    assert json.loads((tmp_path / "mine" / "config.json").read_text())["model"] == \
+        json.loads((shipped / "config.json").read_text())["model"]
+    line = _one_line_error(cli("train", "--init", "klingon", "--data", corpus, "--out", tmp_path / "x"))
+    assert "no model named 'klingon'" in line and "english" in line
+
+
 def test_labels_and_guidance_from_the_command_line(runs, tmp_path):
     base, cache = runs
     docs = tmp_path / "docs.jsonl"

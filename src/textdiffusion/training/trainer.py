@@ -98,6 +98,26 @@ class TrainResult:
     peak_memory_bytes: int
 
 
+def _cpu_has_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # pragma: no cover - older or unusual builds
+        return False
+
+
+def _autocast(tc, device: torch.device):
+    """The mixed-precision context of one forward pass: bf16 on CUDA (train.bf16), and on CPUs
+    with native bf16 when train.cpu_bf16 asks; else full precision."""
+    if device.type == "cuda" and tc.bf16:
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    if device.type == "cpu" and tc.cpu_bf16:
+        if _cpu_has_bf16():
+            return lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+        print("textdiffusion: this CPU has no native bf16 (AVX512-BF16/AMX): training in float32",
+              file=sys.stderr)
+    return contextlib.nullcontext
+
+
 def _make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.AdamW:
     # no weight decay on biases, norms and embeddings' 1-d params
     decay = [p for p in model.parameters() if p.dim() >= 2]
@@ -165,8 +185,7 @@ def train(
           f"({model.num_params() / 1e6:.2f}M non-embedding), {device}", file=sys.stderr)
 
     fwd_model = torch.compile(model) if tc.compile else model
-    use_bf16 = tc.bf16 and device.type == "cuda"
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
+    autocast = _autocast(tc, device)
     last_step = min(until, tc.max_steps) if until is not None else tc.max_steps
     tokens_per_step = tc.batch_size * tc.grad_accum * L
     bar = _progress_bar(progress, step, tc.max_steps)
