@@ -7,11 +7,15 @@
 Two models on the same backbone, data (the stdlib train split, BPE), and wall-clock budget: a
 masked diffusion model and the AR twin trained with fill-in-the-middle (``--set
 data.fim_rate=0.5``: half the windows rearranged prefix-suffix-middle). Tasks: function bodies
-of the stdlib **test split** (files never seen in training) with 4-48 body tokens; each task
+of the stdlib **test split** (files never seen in training; at most 6 per file) with 4-48 body tokens; each task
 shows the model up to ``--prefix-tokens`` of code before the body and ``--suffix-tokens`` after
 it, and asks for exactly the body's number of tokens (both models get the true length).
-Reported: exact match of the infilled body, ``ast.parse`` success of the whole file with the
-body replaced, seconds per task; the diffusion model with several samplers and step budgets.
+A second task set, ``line``, holes one line of a function body (its text after the indentation,
+3-24 tokens; the middle such line of each function), the single-line infilling of the code
+benchmarks, which small models can get right where whole bodies are out of reach.
+Reported per task set: exact match of the fill, edit similarity (difflib ratio of fill and
+truth, 1 = identical), ``ast.parse`` success of the whole file with the hole filled, seconds per
+task; the diffusion model with several samplers and step budgets.
 Writes ``bench/out/infill.json`` (or ``--name``.json) and prints the table.
 """
 
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import ast
 import datetime
+import difflib
 import json
 import os
 import platform
@@ -36,8 +41,37 @@ from common import REPO, cpu_model, run_measured, train_overrides  # noqa: E402
 CODE = ["--config", str(REPO / "configs" / "code-bpe.toml")]
 
 
-def tasks(tokenizer, limit: int, prefix_tokens: int, suffix_tokens: int) -> list[dict]:
-    """Function bodies of stdlib test-split files, with the code around them."""
+def _context(tokenizer, text: str, start: int, end: int, prefix_tokens: int, suffix_tokens: int) -> tuple[str, str]:
+    """The code before ``start`` and after ``end``, cut to the token budgets."""
+    prefix = text[max(0, start - 4000) : start]
+    while len(tokenizer.encode(prefix)) > prefix_tokens:
+        prefix = prefix[len(prefix) // 8 :]
+    suffix = text[end : end + 2000]
+    while len(tokenizer.encode(suffix)) > suffix_tokens:
+        suffix = suffix[: len(suffix) * 7 // 8]
+    return prefix, suffix
+
+
+def _middle_line(text: str, offsets: list[int], node, tokenizer) -> tuple[int, int] | None:
+    """(start, end) of the middle line of ``node``'s body whose text after the indentation is
+    3-24 tokens (not a comment or a docstring line), or None."""
+    spans = []
+    for number in range(node.body[0].lineno, node.end_lineno + 1):
+        line = text[offsets[number - 1] : offsets[number]]
+        content = line.strip()
+        if not content or content.startswith(("#", '"', "'")):
+            continue
+        if 3 <= len(tokenizer.encode(content)) <= 24:
+            start = offsets[number - 1] + len(line) - len(line.lstrip())
+            spans.append((start, start + len(content)))
+    return spans[len(spans) // 2] if spans else None
+
+
+def tasks(tokenizer, limit: int, prefix_tokens: int, suffix_tokens: int, kind: str = "body",
+          per_file: int = 6) -> list[dict]:
+    """Holes in functions of stdlib test-split files, with the code around them: whole bodies
+    of 4-48 tokens (``kind="body"``) or one line of 3-24 tokens (``kind="line"``); at most
+    ``per_file`` from one file, so that the set spans many modules."""
     from textdiffusion.data import read_documents, split_of
 
     out = []
@@ -48,40 +82,47 @@ def tasks(tokenizer, limit: int, prefix_tokens: int, suffix_tokens: int) -> list
             tree = ast.parse(doc.text)
         except SyntaxError:
             continue
+        taken = 0
         lines = doc.text.splitlines(keepends=True)
         offsets = [0]
         for line in lines:
             offsets.append(offsets[-1] + len(line))
         for node in ast.walk(tree):
+            if taken >= per_file:
+                break
             if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) or node.body[0].lineno == node.lineno:
                 continue
-            start = offsets[node.body[0].lineno - 1]  # the body from the start of its first line
-            end = offsets[node.end_lineno]
+            if kind == "line":
+                span = _middle_line(doc.text, offsets, node, tokenizer)
+                if span is None:
+                    continue
+                start, end = span
+            else:
+                start = offsets[node.body[0].lineno - 1]  # the body from the start of its first line
+                end = offsets[node.end_lineno]
             body = doc.text[start:end]
             n = len(tokenizer.encode(body))
-            if not 4 <= n <= 48:
+            if not (3 <= n <= 24 if kind == "line" else 4 <= n <= 48):
                 continue
-            prefix = doc.text[max(0, start - 4000) : start]
-            while len(tokenizer.encode(prefix)) > prefix_tokens:
-                prefix = prefix[len(prefix) // 8 :]
-            suffix = doc.text[end : end + 2000]
-            while len(tokenizer.encode(suffix)) > suffix_tokens:
-                suffix = suffix[: len(suffix) * 7 // 8]
+            prefix, suffix = _context(tokenizer, doc.text, start, end, prefix_tokens, suffix_tokens)
             out.append({"file": doc.name, "function": node.name, "prefix": prefix, "body": body, "suffix": suffix,
                         "tokens": n, "start": start, "end": end, "source": doc.text})
+            taken += 1
             if len(out) >= limit:
                 return out
     return out
 
 
-def score(task: dict, fill: str) -> tuple[bool, bool]:
+def score(task: dict, fill: str) -> tuple[bool, float, bool]:
+    """(exact match, edit similarity, the file parses with the hole filled)."""
     exact = fill.strip() == task["body"].strip()
+    similarity = difflib.SequenceMatcher(None, fill.strip(), task["body"].strip()).ratio()
     try:
         ast.parse(task["source"][: task["start"]] + fill + task["source"][task["end"] :])
         parses = True
     except (SyntaxError, ValueError):
         parses = False
-    return exact, parses
+    return exact, similarity, parses
 
 
 def main() -> None:
@@ -96,6 +137,8 @@ def main() -> None:
     p.add_argument("--width", type=int, default=256, help="d_model of both models (default 256)")
     p.add_argument("--masked", help="a trained masked run to use instead of training one")
     p.add_argument("--ar", help="a trained AR fill-in-the-middle run to use instead of training one")
+    p.add_argument("--kinds", nargs="+", choices=("body", "line"), default=["body", "line"],
+                   help="task sets: whole function bodies, single lines (default both)")
     p.add_argument("--name", default="infill", help="output file name in --out, without .json (default infill)")
     args = p.parse_args()
     out = Path(args.out)
@@ -110,54 +153,66 @@ def main() -> None:
         run_measured(["train", "--data", "stdlib", "--out", runs["ar-fim"], "--process", "ar", "--quiet", *CODE, *train,
                       "--set", "data.fim_rate=0.5"])
 
-    from textdiffusion.control import Hole, Template, infill
     from textdiffusion.training.checkpoint import load_run
 
     loaded = {k: load_run(v) for k, v in runs.items()}
-    task_list = tasks(loaded["masked"].tokenizer, args.tasks, args.prefix_tokens, args.suffix_tokens)
     configs = [("ar-fim", "ar", None), ("masked", "ancestral", 1.0), ("masked", "confidence", 1.0),
                ("masked", "confidence", 0.5), ("masked", "semi-ar", 1.0)]
-    rows = []
-    for run_name, sampler, steps_per_token in configs:
-        run = loaded[run_name]
-        exact = parses = 0
-        seconds = 0.0
-        examples = []
-        for task in task_list:
-            steps = max(1, round(task["tokens"] * (steps_per_token or 1)))
-            opts = {"block_length": 8} if sampler == "semi-ar" else {}
-            t0 = time.perf_counter()
-            res = infill(run, Template([task["prefix"], Hole(task["tokens"], task["tokens"]), task["suffix"]]),
-                         steps=steps, sampler=sampler, seed=0, temperature=0.0, **opts)
-            seconds += time.perf_counter() - t0
-            e, ok = score(task, res.fills[0][0])
-            exact += e
-            parses += ok
-            if len(examples) < 2:
-                examples.append({"function": task["function"], "truth": task["body"], "fill": res.fills[0][0]})
-        row = {"model": run_name, "sampler": sampler, "steps_per_token": steps_per_token,
-               "exact_match": exact / len(task_list), "parses": parses / len(task_list),
-               "seconds_per_task": seconds / len(task_list), "examples": examples}
-        rows.append(row)
-        print(f"{run_name} {sampler} {steps_per_token}: exact {row['exact_match']:.3f}, parses {row['parses']:.3f}",
-              file=sys.stderr)
+    rows, counts = [], {}
+    for kind in args.kinds:
+        task_list = tasks(loaded["masked"].tokenizer, args.tasks, args.prefix_tokens, args.suffix_tokens, kind)
+        counts[kind] = {"tasks": len(task_list),
+                        "mean_hole_tokens": sum(t["tokens"] for t in task_list) / max(len(task_list), 1)}
+        for run_name, sampler, steps_per_token in configs:
+            rows.append(run_config(loaded[run_name], run_name, sampler, steps_per_token, kind, task_list))
     results = {"date": datetime.date.today().isoformat(), "cpu_model": cpu_model(),
                "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
                "python": platform.python_version(), "runs": {k: str(v) for k, v in runs.items()},
-               "budget_seconds": None if args.masked else args.budget, "tasks": len(task_list),
-               "mean_body_tokens": sum(t["tokens"] for t in task_list) / max(len(task_list), 1), "rows": rows}
+               "budget_seconds": None if args.masked else args.budget, "task_sets": counts, "rows": rows}
     (out / f"{args.name}.json").write_text(json.dumps(results, indent=2))
     print(markdown(results))
 
 
+def run_config(run, run_name: str, sampler: str, steps_per_token: float | None, kind: str, task_list: list) -> dict:
+    """One model and sampler over one task set (greedy: temperature 0)."""
+    from textdiffusion.control import Hole, Template, infill
+
+    exact = parses = 0
+    similarity = seconds = 0.0
+    examples = []
+    for task in task_list:
+        steps = max(1, round(task["tokens"] * (steps_per_token or 1)))
+        opts = {"block_length": 8} if sampler == "semi-ar" else {}
+        t0 = time.perf_counter()
+        res = infill(run, Template([task["prefix"], Hole(task["tokens"], task["tokens"]), task["suffix"]]),
+                     steps=steps, sampler=sampler, seed=0, temperature=0.0, **opts)
+        seconds += time.perf_counter() - t0
+        e, sim, ok = score(task, res.fills[0][0])
+        exact += e
+        similarity += sim
+        parses += ok
+        if len(examples) < 2:
+            examples.append({"function": task["function"], "truth": task["body"], "fill": res.fills[0][0]})
+    n = max(len(task_list), 1)
+    row = {"tasks": kind, "model": run_name, "sampler": sampler, "steps_per_token": steps_per_token,
+           "exact_match": exact / n, "edit_similarity": similarity / n, "parses": parses / n,
+           "seconds_per_task": seconds / n, "examples": examples}
+    print(f"{kind} {run_name} {sampler} {steps_per_token}: exact {row['exact_match']:.3f}, similarity "
+          f"{row['edit_similarity']:.3f}, parses {row['parses']:.3f}", file=sys.stderr)
+    return row
+
+
 def markdown(r: dict) -> str:
+    sets = "; ".join(f"{k}: {v['tasks']} holes of {v['mean_hole_tokens']:.1f} tokens on average"
+                     for k, v in r["task_sets"].items())
     lines = [f"Machine: {r['cpu_model']} ({r['machine']}), Python {r['python']}. Date: {r['date']}. "
-             f"{r['tasks']} held-out functions, {r['mean_body_tokens']:.1f} body tokens on average; greedy decoding.", "",
-             "| model | sampler | steps / token | exact match | ast.parse ok | s / task |", "|---|---|---|---|---|---|"]
+             f"Held-out functions ({sets}); greedy decoding.", "",
+             "| holes | model | sampler | steps / token | exact match | edit similarity | ast.parse ok | s / task |",
+             "|---|---|---|---|---|---|---|---|"]
     for x in r["rows"]:
         spt = "-" if x["model"] == "ar-fim" else f"{x['steps_per_token']:g}"
-        lines.append(f"| {x['model']} | {x['sampler']} | {spt} | {x['exact_match']:.3f} | {x['parses']:.3f} | "
-                     f"{x['seconds_per_task']:.3f} |")
+        lines.append(f"| {x['tasks']} | {x['model']} | {x['sampler']} | {spt} | {x['exact_match']:.3f} | "
+                     f"{x['edit_similarity']:.3f} | {x['parses']:.3f} | {x['seconds_per_task']:.3f} |")
     return "\n".join(lines)
 
 

@@ -129,27 +129,30 @@ class MaskedProcess:
 
     # reverse process -------------------------------------------------------------------------
     def reverse_step(self, log_p_x0: torch.Tensor, x_t: torch.Tensor, t: float, s: float,
-                     gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                     gen: torch.Generator | None = None, row_filter=None) -> tuple[torch.Tensor, torch.Tensor]:
         """One draw of p(x_s | x_t): each masked token unmasks with probability
         (alpha_s - alpha_t) / (1 - alpha_t), to a value drawn from p_theta(x0 | x_t); unmasked
         tokens stay (MDLM eq. 7). Returns (x_s, x0_pred): x0_pred holds the drawn values where
         tokens unmask and the model's most likely token at the other masked positions.
 
         Only the tokens that unmask are drawn: a full-vocabulary draw at every position cost more
-        than the network itself (128 positions x 4096 tokens, each step) for the same x_s."""
+        than the network itself (128 positions x 4096 tokens, each step) for the same x_s.
+        ``row_filter`` (top-k/top-p), when given, is applied to just those rows."""
         masked = x_t == self.mask_id
         u = torch.rand(x_t.shape, generator=gen, device=x_t.device)
         unmask = masked & (u < self.unmask_probability(t, s))
-        x0_pred = self.draw_x0(log_p_x0, x_t, unmask, gen)
+        x0_pred = self.draw_x0(log_p_x0, x_t, unmask, gen, row_filter)
         return torch.where(unmask, x0_pred, x_t), x0_pred
 
     def draw_x0(self, log_p_x0: torch.Tensor, x_t: torch.Tensor, unmask: torch.Tensor,
-                gen: torch.Generator | None = None) -> torch.Tensor:
-        """(B, T) x0 guess: a draw from p_theta where ``unmask``, the most likely token at the
-        other masked positions, x_t elsewhere (ancestral and ReMDM steps share it)."""
+                gen: torch.Generator | None = None, row_filter=None) -> torch.Tensor:
+        """(B, T) x0 guess: a draw from p_theta where ``unmask`` (its rows finished by
+        ``row_filter`` first, when given), the most likely token at the other masked positions
+        (top-k/top-p keep the argmax), x_t elsewhere (ancestral and ReMDM steps share it)."""
         x0 = torch.where(x_t == self.mask_id, log_p_x0.argmax(-1), x_t)
         if unmask.any():
-            x0[unmask] = sample_categorical(log_p_x0[unmask], gen)
+            rows = log_p_x0[unmask]
+            x0[unmask] = sample_categorical(row_filter(rows) if row_filter is not None else rows, gen)
         return x0
 
     def unmask_probability(self, t: float, s: float) -> float:

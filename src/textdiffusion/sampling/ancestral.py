@@ -9,13 +9,19 @@ Cache: when no token changed in a step, x_t is the same, so p_theta(x0 | x_t) is
 network is not called again (exact when the model is not time-conditioned; a time-conditioned
 model is always re-run). NFE counts real network calls only.
 
+Top-k / top-p with a masked model are applied only to the rows that unmask in a step (the
+others need just their argmax, which filtering keeps): a nucleus over every position's full
+vocabulary at every step cost more than the network (a sort of T x V each call).
+
 Canvas: fixed positions are never redrawn; an edit canvas (t_start < 1) runs the grid
 t_start > ... > 0 from its re-noised span.
 """
 
 from __future__ import annotations
 
+import functools
 import time
+from typing import Callable
 
 import torch
 
@@ -29,6 +35,8 @@ from .base import (
     start_sequence,
 )
 from .filters import ban, filter_logits, validate_sampling_args
+
+RowFilter = Callable[[torch.Tensor], torch.Tensor]  # (N, V) log-probabilities -> filtered (N, V)
 
 
 class AncestralSampler:
@@ -48,15 +56,25 @@ class AncestralSampler:
         self.timesteps = torch.linspace(t_start, 0.0, num_steps + 1, dtype=torch.float64)
 
     def step(self, log_p_x0: torch.Tensor, x_t: torch.Tensor, t: float, s: float, process,
-             gen: torch.Generator | None = None, fixed: torch.Tensor | None = None) -> StepOutput:
+             gen: torch.Generator | None = None, fixed: torch.Tensor | None = None,
+             row_filter: RowFilter | None = None) -> StepOutput:
         """One draw of p(x_s | x_t) by the process's reverse step; ``fixed`` (B, T) positions
-        (the prompt) are kept. ``log_p_x0``: (B, T, V) filtered log-probabilities of x0."""
+        (the prompt) are kept. ``log_p_x0``: (B, T, V) filtered log-probabilities of x0, or, with
+        ``row_filter`` (masked models only), log-probabilities whose rows the filter finishes
+        where a token is drawn."""
         if self.timesteps is None:
             raise RuntimeError("call set_timesteps(num_steps) before step()")
-        x_s, x0_pred = self._transition(process)(log_p_x0, x_t, t, s, gen)
+        extra = {"row_filter": row_filter} if row_filter is not None else {}
+        x_s, x0_pred = self._transition(process)(log_p_x0, x_t, t, s, gen, **extra)
         if fixed is not None:
             x_s = torch.where(fixed, x_t, x_s)
         return StepOutput(x_s, x0_pred, x_s != x_t)
+
+    def _row_filter(self, process) -> RowFilter | None:
+        """Top-k/top-p deferred to the drawn rows, where the process draws only those (masked)."""
+        if not hasattr(process, "draw_x0") or self.temperature == 0 or (not self.top_k and self.top_p >= 1.0):
+            return None
+        return functools.partial(filter_logits, temperature=1.0, top_k=self.top_k, top_p=self.top_p)
 
     def _transition(self, process):
         """The process's exact reverse draw (analytic for score-entropy models)."""
@@ -71,6 +89,8 @@ class AncestralSampler:
         self.set_timesteps(steps, canvas.t_start)
         nfe, log_p, states = 0, None, []
         reuse_ok = self.cache and process.supports_cache and not model.cfg.time_cond
+        row_filter = self._row_filter(process)
+        top_k, top_p = (0, 1.0) if row_filter else (self.top_k, self.top_p)
         start = time.perf_counter()
         for i in range(steps):
             t, s = float(self.timesteps[i]), float(self.timesteps[i + 1])
@@ -79,9 +99,9 @@ class AncestralSampler:
             if log_p is None or not reuse_ok:
                 t_vec = torch.full((x.shape[0],), t, device=device)
                 logits = ban(model(x, t_vec), self.banned_ids)
-                log_p = filter_logits(process.log_probs(logits), self.temperature, self.top_k, self.top_p)
+                log_p = filter_logits(process.log_probs(logits), self.temperature, top_k, top_p)
                 nfe += 1
-            out = self.step(log_p, x, t, s, process, gen, fixed)
+            out = self.step(log_p, x, t, s, process, gen, fixed, row_filter)
             if out.changed.any():
                 log_p = None  # x changed: the cached prediction is stale
             x = out.x_prev
@@ -94,6 +114,12 @@ class EulerSampler(AncestralSampler):
     rates instead of the analytic posterior; the last step is analytic. Same loop and options."""
 
     name = "euler"
+
+    def _row_filter(self, process) -> RowFilter | None:
+        """Top-k/top-p deferred to the drawn rows, where the process draws only those (masked)."""
+        if not hasattr(process, "draw_x0") or self.temperature == 0 or (not self.top_k and self.top_p >= 1.0):
+            return None
+        return functools.partial(filter_logits, temperature=1.0, top_k=self.top_k, top_p=self.top_p)
 
     def _transition(self, process):
         return process.euler_step

@@ -186,7 +186,8 @@ class ReMDMSampler(AncestralSampler):
         return min(max(reveal, 0.0), 1.0), max(sigma, 0.0)
 
     def step(self, log_p_x0: torch.Tensor, x_t: torch.Tensor, t: float, s: float, process,
-             gen: torch.Generator | None = None, fixed: torch.Tensor | None = None) -> StepOutput:
+             gen: torch.Generator | None = None, fixed: torch.Tensor | None = None,
+             row_filter=None) -> StepOutput:
         if self.timesteps is None:
             raise RuntimeError("call set_timesteps(num_steps) before step()")
         if getattr(process, "mask_id", None) is None:
@@ -198,7 +199,7 @@ class ReMDMSampler(AncestralSampler):
         back = ~masked & (u < remask)
         if fixed is not None:
             back &= ~fixed
-        candidate = process.draw_x0(log_p_x0, x_t, unmask, gen)  # drawn only where a token unmasks
+        candidate = process.draw_x0(log_p_x0, x_t, unmask, gen, row_filter)  # drawn only where a token unmasks
         x_s = torch.where(unmask, candidate, x_t)
         x_s = torch.where(back, torch.full_like(x_t, process.mask_id), x_s)
         return StepOutput(x_s, candidate, x_s != x_t)
