@@ -346,3 +346,25 @@ def test_help_is_useful():
                           ("generate", "--watch"), ("train-classifier", "--layers"), ("export", "--dtype")):
         r = cli(command, "--help")
         assert r.returncode == 0 and flag in r.stdout, (command, r.stdout)
+
+
+def test_export_records_no_machine_paths_and_eval_still_finds_its_split(runs, corpus, tmp_path):
+    """An exported model keeps only the name of its training file; eval of that model on the
+    same file (here a copy in another folder) still scores the held-out split, not all of it."""
+    base, cache = runs
+    r = cli("export", base / "masked", "--out", tmp_path / "exported", env_cache=cache)
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads((tmp_path / "exported" / "config.json").read_text())
+    assert cfg["data"]["path"] == corpus.name and str(tmp_path.parent) not in json.dumps(cfg)
+    elsewhere = tmp_path / "copy"
+    elsewhere.mkdir()
+    (elsewhere / corpus.name).write_text(corpus.read_text())
+    other = elsewhere / "other.txt"
+    other.write_text(corpus.read_text())
+    split = []
+    for data in (corpus, elsewhere / corpus.name, other):
+        r = cli("eval", tmp_path / "exported", "--data", data, "--json", "--num-samples", "0", "--max-windows", "2",
+                env_cache=cache)
+        assert r.returncode == 0, r.stderr
+        split.append(json.loads(r.stdout)["split"])
+    assert split == ["val", "val", "all"]

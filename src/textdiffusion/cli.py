@@ -429,7 +429,21 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def _own_data(given: str, recorded: str) -> bool:
+    """Is ``given`` the data the run was trained on? The same path, or, for an exported model
+    (which records only the file's name: ``Pipeline.save_pretrained``), the same file name."""
+    if given == recorded:
+        return True
+    if "stdlib" in (given, recorded) or not recorded:
+        return False
+    if Path(given).resolve() == Path(recorded):
+        return True
+    return Path(recorded).name == recorded and Path(given).name == recorded
+
+
 def cmd_eval(args) -> int:
+    import dataclasses
+
     import numpy as np
 
     from .config import DataConfig
@@ -448,15 +462,14 @@ def cmd_eval(args) -> int:
         if run.objective.name not in ("masked", "uniform"):
             raise ValueError(f"--discrete-steps is for masked and uniform runs; this one is {run.objective.name}")
         run.objective.num_steps = args.discrete_steps
-    own = args.data == run.cfg.data.path or (
-        args.data != "stdlib" and run.cfg.data.path != "stdlib" and Path(args.data).resolve() == Path(run.cfg.data.path)
-    )
+    own = _own_data(args.data, run.cfg.data.path)
     split = args.split or ("val" if own else "all")
     if split == "all":
         data = DataConfig(path=args.data, glob=run.cfg.data.glob)
         tokens = tok.encode_documents(d.text for d in read_documents(data.path, data.glob))
     else:
-        data = run.cfg.data if own else DataConfig(path=args.data, glob=run.cfg.data.glob)
+        data = dataclasses.replace(run.cfg.data, path=args.data) if own else DataConfig(path=args.data,
+                                                                                        glob=run.cfg.data.glob)
         tokens = load_token_splits(data, tok, run.run_dir / "tokenizer.json")[split]
         if len(tokens) == 0:
             raise ValueError(f"the {split} split of {args.data} is empty (try --split all)")

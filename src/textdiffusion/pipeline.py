@@ -29,6 +29,20 @@ from .sampling.base import StepOutput
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def portable(cfg):
+    """A copy of ``cfg`` without this machine's paths: the training data and the run it was
+    fine-tuned from keep only their names (``eval --data`` matches an exported model's data by
+    file name, so scoring the same corpus elsewhere still scores its held-out split)."""
+    import copy
+
+    cfg = copy.deepcopy(cfg)
+    if cfg.data.path and cfg.data.path != "stdlib":
+        cfg.data.path = Path(cfg.data.path).name
+    if cfg.train.init:
+        cfg.train.init = Path(cfg.train.init).name
+    return cfg
+
+
 @dataclass
 class Result:
     """What a pipeline call returns. ``trace``: the first sample's text after every step (masked
@@ -80,7 +94,7 @@ class Pipeline:
             raise FileExistsError(f"{out} exists and is not empty: choose another directory")
         ckpt = out / "checkpoint"
         ckpt.mkdir(parents=True)
-        self.run.cfg.save(out / "config.json")
+        portable(self.run.cfg).save(out / "config.json")
         self.run.tokenizer.save(out / "tokenizer.json")
         if self.run.labels:
             (out / "labels.json").write_text(json.dumps(self.run.labels))
