@@ -62,6 +62,14 @@ def test_bpe_holes_take_over_the_space_before_them():
     assert t.assemble([" a"], [True]) == ("    return a + b", ["a"])
     assert t.assemble(["(a)"], [True]) == ("    return (a) + b", ["(a)"])
     assert Template.parse("x [MASK] y").assemble([" z"], [False]) == ("x  z y", [" z"])
+    # the AR fill-in-the-middle twin sees the same text: its prefix gives the space to the hole too
+    from textdiffusion.control.infill import fim_prompt
+
+    ids, healed = fim_prompt(t, bpe)
+    assert healed == [True]
+    assert ids == [bpe.eot_id, *before, bpe.pad_id, *bpe.encode(" + b").tolist(), bpe.mask_id]
+    ids, healed = fim_prompt(Template.parse("    return[MASK:2]"), bpe)
+    assert healed == [False] and ids[1 : 1 + len(before)] == before
 
 
 TEMPLATE_CASES = [

@@ -155,20 +155,31 @@ def _generator(run, seed: int) -> torch.Generator:
     return torch.Generator(device=next(run.model.parameters()).device).manual_seed(seed)
 
 
-def _fill_fim(run, template: Template, *, num: int, sampler, seed: int):
-    """The AR twin trained with fill-in-the-middle: [eot] prefix [suf] suffix [mid], then the hole."""
-    tok = run.tokenizer
+def fim_prompt(template: Template, tokenizer) -> tuple[list[int], list[bool]]:
+    """The AR fill-in-the-middle twin's prompt, [eot] prefix [suf] suffix [mid], for a template
+    with one hole, and whether the hole takes over the space before it (``Template.healed``:
+    the twin gets the same text as the diffusion model)."""
     holes = [i for i, p in enumerate(template.parts) if isinstance(p, Hole)]
     if len(holes) != 1:
         raise ValueError("the AR fill-in-the-middle twin fills one hole per template")
     k = holes[0]
+    healed = template.healed(tokenizer)
     prefix, suffix = "".join(template.parts[:k]), "".join(template.parts[k + 1 :])
-    ids = [tok.eot_id, *tok.encode(prefix).tolist(), tok.pad_id, *tok.encode(suffix).tolist(), tok.mask_id]
-    n = template.parts[k].low
+    prefix = prefix[:-1] if healed[0] else prefix
+    ids = [tokenizer.eot_id, *tokenizer.encode(prefix).tolist(), tokenizer.pad_id, *tokenizer.encode(suffix).tolist(),
+           tokenizer.mask_id]
+    return ids, healed
+
+
+def _fill_fim(run, template: Template, *, num: int, sampler, seed: int):
+    """The AR twin trained with fill-in-the-middle: [eot] prefix [suf] suffix [mid], then the hole."""
+    tok = run.tokenizer
+    ids, healed = fim_prompt(template, tok)
+    n = template.holes[0].low
     out = sampler.generate(run.model, run.objective, length=n, batch_size=num, prompt=torch.tensor(ids),
                            gen=_generator(run, seed))
-    fills = [[tok.decode(row[len(ids) :])] for row in out.tokens.tolist()]
-    return [prefix + f[0] + suffix for f in fills], fills, out
+    done = [template.assemble([tok.decode(row[len(ids) :])], healed) for row in out.tokens.tolist()]
+    return [d[0] for d in done], [d[1] for d in done], out
 
 
 def _fill_fixed(run, template: Template, *, num: int, steps: int, sampler, seed: int, label=None, guidance=0.0,
