@@ -26,8 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, cpu_model, run_measured  # noqa: E402
 
 DATA = {"english": str(REPO.parent / "shared" / "data" / "shakespeare_complete_modern.txt"), "code": "stdlib"}
-GRID = [("ancestral", 64, 1.0), ("ancestral", 32, 1.0), ("ancestral", 32, 0.8), ("confidence", 32, 1.0),
-        ("confidence", 32, 0.8), ("semi-ar", 32, 1.0), ("threshold", 32, 1.0)]
+# (sampler, steps, temperature, top-p)
+GRID = [("ancestral", 64, 1.0, 1.0), ("ancestral", 32, 1.0, 1.0), ("ancestral", 32, 0.8, 1.0),
+        ("ancestral", 32, 1.0, 0.9), ("ancestral", 32, 0.9, 0.9), ("ancestral", 32, 0.8, 0.9),
+        ("confidence", 32, 1.0, 1.0), ("confidence", 32, 0.8, 1.0), ("semi-ar", 32, 1.0, 1.0),
+        ("threshold", 32, 1.0, 1.0)]
 
 
 def eval_json(args: list) -> dict:
@@ -71,15 +74,17 @@ def main() -> None:
         common = ["--data", data, "--max-windows", 1, "--mc-samples", 1, "--num-samples", args.num, "--length",
                   args.length, "--judge", twin, "--seed", 0]
         rows = []
-        for sampler, steps, temperature in GRID:
-            r = eval_json([run, *common, "--sampler", sampler, "--steps", steps, "--temperature", temperature])
+        for sampler, steps, temperature, top_p in GRID:
+            r = eval_json([run, *common, "--sampler", sampler, "--steps", steps, "--temperature", temperature,
+                           "--top-p", top_p])
             rows.append({"model": "diffusion", "sampler": sampler, "steps": steps, "temperature": temperature,
+                         "top_p": top_p,
                          **{k: r[k] for k in ("nfe", "judge_perplexity", "unigram_entropy", "self_bleu", "samples",
                                               "tokens_per_second")}})
-            print(f"{name} {sampler} {steps} T={temperature}: judge ppl {r['judge_perplexity']:.1f}, entropy "
+            print(f"{name} {sampler} {steps} T={temperature} top-p={top_p}: judge ppl {r['judge_perplexity']:.1f}, entropy "
                   f"{r['unigram_entropy']:.2f}, self-BLEU {r['self_bleu']:.3f}", flush=True)
         r = eval_json([twin, *common])
-        rows.append({"model": "ar twin", "sampler": "ar", "steps": r["nfe"], "temperature": 1.0,
+        rows.append({"model": "ar twin", "sampler": "ar", "steps": r["nfe"], "temperature": 1.0, "top_p": 1.0,
                      **{k: r[k] for k in ("nfe", "judge_perplexity", "unigram_entropy", "self_bleu", "samples",
                                           "tokens_per_second")}})
         rec["samples"] = rows
@@ -104,10 +109,10 @@ def markdown(r: dict) -> str:
                   f"AR twin {a['bits_per_token']:.3f} bits/token = {a['bits_per_byte']:.3f} bits/char (exact).", "",
                   f"{r['num']} unprompted samples of {r['length']} tokens; judge = the AR twin; real validation text "
                   f"scores {rec['real_text_judge_perplexity']:.1f}.", "",
-                  "| model | sampler | steps | temperature | judge ppl | unigram entropy | self-BLEU |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| model | sampler | steps | temperature | top-p | judge ppl | unigram entropy | self-BLEU |",
+                  "|---|---|---|---|---|---|---|---|"]
         for x in rec["samples"]:
-            lines.append(f"| {x['model']} | {x['sampler']} | {x['steps']} | {x['temperature']} | "
+            lines.append(f"| {x['model']} | {x['sampler']} | {x['steps']} | {x['temperature']} | {x.get('top_p', 1.0)} | "
                          f"{x['judge_perplexity']:.1f} | {x['unigram_entropy']:.2f} | {x['self_bleu']:.3f} |")
         lines.append("")
     return "\n".join(lines)
