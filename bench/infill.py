@@ -10,8 +10,8 @@ data.fim_rate=0.5``: half the windows rearranged prefix-suffix-middle). Tasks: f
 of the stdlib **test split** (files never seen in training; at most 6 per file) with 4-48 body tokens; each task
 shows the model up to ``--prefix-tokens`` of code before the body and ``--suffix-tokens`` after
 it, and asks for exactly the body's number of tokens (both models get the true length).
-A second task set, ``line``, holes one line of a function body (its text after the indentation,
-3-24 tokens; the middle such line of each function), the single-line infilling of the code
+A second task set, ``line``, holes one line of a function body (a one-line statement, its text
+after the indentation, 3-24 tokens; the middle such line of each function), the single-line infilling of the code
 benchmarks, which small models can get right where whole bodies are out of reach.
 Reported per task set: exact match of the fill, edit similarity (difflib ratio of fill and
 truth, 1 = identical), ``ast.parse`` success of the whole file with the hole filled, seconds per
@@ -53,17 +53,24 @@ def _context(tokenizer, text: str, start: int, end: int, prefix_tokens: int, suf
 
 
 def _middle_line(text: str, offsets: list[int], node, tokenizer) -> tuple[int, int] | None:
-    """(start, end) of the middle line of ``node``'s body whose text after the indentation is
-    3-24 tokens (not a comment or a docstring line), or None."""
+    """(start, end) of the middle one-line statement of ``node``'s body (its text after the
+    indentation, 3-24 tokens; not a docstring or a nested function's line), or None."""
     spans = []
-    for number in range(node.body[0].lineno, node.end_lineno + 1):
-        line = text[offsets[number - 1] : offsets[number]]
-        content = line.strip()
-        if not content or content.startswith(("#", '"', "'")):
+    for stmt in ast.walk(node):
+        if stmt is node or not isinstance(stmt, ast.stmt) or stmt.lineno != stmt.end_lineno:
             continue
+        if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str):
+            continue  # a docstring
+        if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            continue
+        line = text[offsets[stmt.lineno - 1] : offsets[stmt.lineno]]
+        content = line.strip()
+        if content.startswith("#") or content.endswith(":") or ";" in content:
+            continue  # a comment, or a compound statement's header
         if 3 <= len(tokenizer.encode(content)) <= 24:
-            start = offsets[number - 1] + len(line) - len(line.lstrip())
+            start = offsets[stmt.lineno - 1] + len(line) - len(line.lstrip())
             spans.append((start, start + len(content)))
+    spans = sorted(set(spans))
     return spans[len(spans) // 2] if spans else None
 
 

@@ -45,7 +45,8 @@ def step_seconds(process: str, bf16: bool, steps: int, warmup: int = 3) -> float
     gen = torch.Generator().manual_seed(0)
     vocab, times = pipe.tokenizer.vocab_size, []
     for i in range(warmup + steps):
-        x = torch.randint(0, vocab - 4, (cfg.train.batch_size, cfg.model.context), generator=gen)
+        # a training batch: windows of context + 1 tokens, as the trainer's window sampler gives
+        x = torch.randint(0, vocab - 4, (cfg.train.batch_size, cfg.model.context + 1), generator=gen)
         start = time.perf_counter()
         with autocast():
             loss = objective.loss(model, x, gen, None).loss
@@ -63,8 +64,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(REPO / "bench" / "out"))
     args = p.parse_args()
+    from textdiffusion import Pipeline
+    from textdiffusion.training.trainer import _cpu_has_bf16
+
     torch.set_num_threads(args.threads)
-    tokens = 16 * 256
+    cfg = Pipeline.from_pretrained("english").config
+    tokens = cfg.train.batch_size * cfg.model.context  # per step, counted as the trainer counts them
     rows = []
     for process in ("masked", "ar"):
         for bf16 in (False, True):
@@ -72,11 +77,13 @@ def main() -> None:
             rows.append({"process": process, "cpu_bf16": bf16, "step_seconds": s, "tokens_per_second": tokens / s})
             print(f"{process} cpu_bf16={bf16}: {s:.3f} s/step, {tokens / s:,.0f} tokens/s", file=sys.stderr)
     record = {"date": datetime.date.today().isoformat(), "machine": cpu_model(), "threads": args.threads,
-              "torch": torch.__version__, "python": platform.python_version(), "rows": rows}
+              "torch": torch.__version__, "python": platform.python_version(), "native_bf16": _cpu_has_bf16(),
+              "rows": rows}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "train_speed.json").write_text(json.dumps(record, indent=1))
-    print(f"Machine: {record['machine']}, {args.threads} thread(s), torch {record['torch']}. Date: {record['date']}.\n")
+    print(f"Machine: {record['machine']} (native bf16: {record['native_bf16']}), {args.threads} thread(s), "
+          f"torch {record['torch']}. Date: {record['date']}.\n")
     print("| process | cpu_bf16 | s / step | tokens / s |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r['process']} | {r['cpu_bf16']} | {r['step_seconds']:.3f} | {r['tokens_per_second']:,.0f} |")

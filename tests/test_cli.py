@@ -187,13 +187,14 @@ def test_fine_tune_a_shipped_model_by_name(corpus, tmp_path):
     from textdiffusion.pretrained import available
 
     r = cli("train", "--init", "english", "--data", corpus, "--out", tmp_path / "mine", "--set", "train.max_steps=2",
-            "--set", "train.batch_size=2", "--set", "train.eval_batches=1", "--quiet")
+            "--set", "train.batch_size=2", "--set", "train.eval_batches=1", "--quiet", env_cache=tmp_path / "cache")
     assert r.returncode == 0, r.stderr
     shipped = Path(available()["english"]["path"])
     assert (tmp_path / "mine" / "tokenizer.json").read_text() == (shipped / "tokenizer.json").read_text()
     assert json.loads((tmp_path / "mine" / "config.json").read_text())["model"] == \
         json.loads((shipped / "config.json").read_text())["model"]
-    line = _one_line_error(cli("train", "--init", "klingon", "--data", corpus, "--out", tmp_path / "x"))
+    line = _one_line_error(cli("train", "--init", "klingon", "--data", corpus, "--out", tmp_path / "x",
+                               env_cache=tmp_path / "cache"))
     assert "no model named 'klingon'" in line and "english" in line
 
 

@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "probability train.cond_drop (default 0.1) for classifier-free guidance")
     p.add_argument("--init", metavar="RUN", help="start from this run's weights, tokenizer, model and process "
                                                  "(fine-tuning: a run directory or a shipped model's name, e.g. "
-                                                 "--init english --data my.txt)")
+                                                 "--init english --data my.txt; ./english for a folder of that name)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
@@ -431,14 +431,16 @@ def cmd_sample(args) -> int:
 
 def _own_data(given: str, recorded: str) -> bool:
     """Is ``given`` the data the run was trained on? The same path, or, for an exported model
-    (which records only the file's name: ``Pipeline.save_pretrained``), the same file name."""
+    (which records only the file's name: ``Pipeline.save_pretrained``) or a run trained on
+    another machine (its path does not exist here), the same file name."""
     if given == recorded:
         return True
     if "stdlib" in (given, recorded) or not recorded:
         return False
     if Path(given).resolve() == Path(recorded):
         return True
-    return Path(recorded).name == recorded and Path(given).name == recorded
+    # a bare name (exported) or a path of another machine: the same file name
+    return (Path(recorded).name == recorded or not Path(recorded).exists()) and Path(given).name == Path(recorded).name
 
 
 def cmd_eval(args) -> int:

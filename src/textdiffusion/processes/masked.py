@@ -18,6 +18,8 @@ alpha(1) = 0 makes x_1 all-mask with certainty.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -129,7 +131,7 @@ class MaskedProcess:
 
     # reverse process -------------------------------------------------------------------------
     def reverse_step(self, log_p_x0: torch.Tensor, x_t: torch.Tensor, t: float, s: float,
-                     gen: torch.Generator | None = None, row_filter=None) -> tuple[torch.Tensor, torch.Tensor]:
+                     gen: torch.Generator | None = None, row_filter: Callable | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One draw of p(x_s | x_t): each masked token unmasks with probability
         (alpha_s - alpha_t) / (1 - alpha_t), to a value drawn from p_theta(x0 | x_t); unmasked
         tokens stay (MDLM eq. 7). Returns (x_s, x0_pred): x0_pred holds the drawn values where
@@ -145,7 +147,7 @@ class MaskedProcess:
         return torch.where(unmask, x0_pred, x_t), x0_pred
 
     def draw_x0(self, log_p_x0: torch.Tensor, x_t: torch.Tensor, unmask: torch.Tensor,
-                gen: torch.Generator | None = None, row_filter=None) -> torch.Tensor:
+                gen: torch.Generator | None = None, row_filter: Callable | None = None) -> torch.Tensor:
         """(B, T) x0 guess: a draw from p_theta where ``unmask`` (its rows finished by
         ``row_filter`` first, when given), the most likely token at the other masked positions
         (top-k/top-p keep the argmax), x_t elsewhere (ancestral and ReMDM steps share it)."""

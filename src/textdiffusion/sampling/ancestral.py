@@ -90,7 +90,7 @@ class AncestralSampler:
         nfe, log_p, states = 0, None, []
         reuse_ok = self.cache and process.supports_cache and not model.cfg.time_cond
         row_filter = self._row_filter(process)
-        top_k, top_p = (0, 1.0) if row_filter else (self.top_k, self.top_p)
+        top_k, top_p = (0, 1.0) if row_filter is not None else (self.top_k, self.top_p)
         start = time.perf_counter()
         for i in range(steps):
             t, s = float(self.timesteps[i]), float(self.timesteps[i + 1])
@@ -115,11 +115,8 @@ class EulerSampler(AncestralSampler):
 
     name = "euler"
 
-    def _row_filter(self, process) -> RowFilter | None:
-        """Top-k/top-p deferred to the drawn rows, where the process draws only those (masked)."""
-        if not hasattr(process, "draw_x0") or self.temperature == 0 or (not self.top_k and self.top_p >= 1.0):
-            return None
-        return functools.partial(filter_logits, temperature=1.0, top_k=self.top_k, top_p=self.top_p)
+    def _row_filter(self, process) -> None:
+        return None  # euler_step redraws whole rows: filter them all
 
     def _transition(self, process):
         return process.euler_step

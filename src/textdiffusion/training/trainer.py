@@ -99,7 +99,13 @@ class TrainResult:
 
 
 def _cpu_has_bf16() -> bool:
+    """Native bf16 matmuls: AVX512-BF16 or AMX on x86 (oneDNN merely emulates bf16 on plain
+    AVX-512, slower than float32), the bf16 extension on ARM."""
+    import platform
+
     try:
+        if platform.machine().lower() in ("x86_64", "amd64"):
+            return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # pragma: no cover - older or unusual builds
         return False
