@@ -198,6 +198,20 @@ def test_fine_tune_a_shipped_model_by_name(corpus, tmp_path):
     assert "no model named 'klingon'" in line and "english" in line
 
 
+def test_fine_tune_the_ar_twin_with_fill_in_the_middle(runs, corpus, tmp_path):
+    """The config is checked against the --init run's process: an AR run may go on with
+    fill-in-the-middle windows; a diffusion run may not."""
+    base, cache = runs
+    r = cli("train", "--init", base / "ar", "--data", corpus, "--out", tmp_path / "fim", "--set", "data.fim_rate=0.5",
+            "--set", "train.max_steps=2", "--quiet", env_cache=cache)
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads((tmp_path / "fim" / "config.json").read_text())
+    assert cfg["process"]["name"] == "ar" and cfg["data"]["fim_rate"] == 0.5
+    line = _one_line_error(cli("train", "--init", base / "masked", "--data", corpus, "--out", tmp_path / "no",
+                               "--set", "data.fim_rate=0.5", env_cache=cache))
+    assert "fim_rate is for the AR twin" in line
+
+
 def test_labels_and_guidance_from_the_command_line(runs, tmp_path):
     base, cache = runs
     docs = tmp_path / "docs.jsonl"

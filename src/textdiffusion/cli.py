@@ -284,8 +284,13 @@ def cmd_train(args) -> int:
             overrides.append("data.labels=true")
         if args.init:  # a run directory or a shipped model's name (fine-tune the shipped model)
             from .pretrained import resolve
+            from .training.checkpoint import read_run
 
-            overrides.append(f"train.init={resolve(args.init)}")
+            init = resolve(args.init)
+            init_cfg, _ = read_run(init)  # its process, so that the config is checked against it
+            overrides[:0] = [f"process.name={init_cfg.process.name}",
+                             f"model.time_cond={str(init_cfg.model.time_cond).lower()}"]
+            overrides.append(f"train.init={init}")
         cfg = load_config(args.config, overrides)
         result = train_run(cfg, args.out, progress=not args.quiet)
     val = f", val {result.val_loss:.4f} nats/token" if result.val_loss is not None else ""
