@@ -28,7 +28,7 @@ from common import REPO, cpu_model, run_measured  # noqa: E402
 DATA = {"english": str(REPO.parent / "shared" / "data" / "shakespeare_complete_modern.txt"), "code": "stdlib"}
 # (sampler, steps, temperature, top-p)
 GRID = [("ancestral", 64, 1.0, 1.0), ("ancestral", 32, 1.0, 1.0), ("ancestral", 32, 0.8, 1.0),
-        ("ancestral", 32, 1.0, 0.9), ("ancestral", 32, 0.9, 0.9), ("ancestral", 32, 0.8, 0.9),
+        ("ancestral", 32, 1.0, 0.9), ("ancestral", 32, 0.9, 0.9), ("ancestral", 32, 0.8, 0.9), ("remdm", 32, 1.0, 0.9),
         ("confidence", 32, 1.0, 1.0), ("confidence", 32, 0.8, 1.0), ("semi-ar", 32, 1.0, 1.0),
         ("threshold", 32, 1.0, 1.0)]
 
