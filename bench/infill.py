@@ -150,7 +150,7 @@ def main() -> None:
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(len(os.sched_getaffinity(0)))  # the cores it may use (taskset)
     train = [*train_overrides(args.budget, args.max_steps, 16), "--set", f"model.n_layer={args.layers}",
              "--set", f"model.d_model={args.width}", "--set", "model.n_head=4"]
     runs = {"masked": Path(args.masked or out / "infill-masked"), "ar-fim": Path(args.ar or out / "infill-ar-fim")}
