@@ -296,6 +296,24 @@ def test_generate_fills_holes_and_follows_the_model_card(runs, tmp_path):
     assert again["description"] == "new words" and again["generate"]["sampler"] == "threshold"
     line = _one_line_error(cli("generate", "a[MASK]b", "--model", carded, "--length", "4", env_cache=cache))
     assert "--length does not apply" in line
+    # holes follow the card's infill settings when it has them; plain generation its generate ones
+    r = cli("generate", "th[MASK:2] cat", "--model", carded, "--json", env_cache=cache)
+    assert r.returncode == 0 and json.loads(r.stdout)["sampler"] == "threshold", r.stderr  # no infill section yet
+    holes = tmp_path / "holes"
+    r = cli("export", carded, "--out", holes, "--infill-default", "sampler=confidence", "--infill-default",
+            "temperature=0", "--infill-default", "steps=3", env_cache=cache)
+    assert r.returncode == 0, r.stderr
+    card = json.loads((holes / "card.json").read_text())
+    assert card["infill"] == {"sampler": "confidence", "temperature": 0, "steps": 3}
+    assert card["generate"]["sampler"] == "threshold"
+    for command in (("generate", "th[MASK:2] cat", "--model", holes), ("infill", holes, "th[MASK:2] cat")):
+        r = cli(*command, "--json", env_cache=cache)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["sampler"] == "confidence" and json.loads(r.stdout)["nfe"] <= 3, command
+    r = cli("generate", "the", "--model", holes, "--length", "8", "--json", env_cache=cache)
+    assert r.returncode == 0 and json.loads(r.stdout)["sampler"] == "threshold", r.stderr
+    line = _one_line_error(cli("export", carded, "--out", tmp_path / "x", "--infill-default", "nope=1", env_cache=cache))
+    assert "unknown setting 'nope'" in line and "--infill-default" in line and not (tmp_path / "x").exists()
     (carded / "card.json").write_text("{not json")
     assert "card.json" in _one_line_error(cli("generate", "the", "--model", carded, env_cache=cache))
     (carded / "card.json").write_text(json.dumps({"generate": {"steps": "many"}}))

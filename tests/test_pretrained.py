@@ -77,3 +77,14 @@ def test_generate_command_uses_the_shipped_english_model():
     assert out.stdout.startswith("The meaning of life") and len(out.stdout.strip()) > 40
     words = out.stdout.split()
     assert sum(w.strip(".,;:!?'\"-[]").replace("'", "").isalpha() for w in words) >= 0.7 * len(words)  # words
+
+
+def test_the_code_model_fills_holes_with_its_card_infill_settings():
+    """The code card names the infill settings measured best on held-out holes (confidence order,
+    greedy); plain generation keeps the generate settings."""
+    pipe = Pipeline.from_pretrained("code")
+    assert pipe.infill_defaults["sampler"] == "confidence" and pipe.defaults["sampler"] == "ancestral"
+    out = pipe.infill("def area(width, height):\n    return [MASK:4]\n", seed=0)
+    assert out.sampler == "confidence" and out.text.startswith("def area(width, height):\n    return ")
+    assert pipe.infill("def f(x):\n    [MASK:6]\n", seed=0).text == pipe.infill("def f(x):\n    [MASK:6]\n", seed=1).text
+    assert pipe.generate("def ", length=8, steps=4).sampler == "ancestral"

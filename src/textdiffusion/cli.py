@@ -132,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--default", action="append", default=[], metavar="KEY=VALUE",
                    help="a sampling setting generate uses when not given (sampler, steps, temperature, top_k, top_p, "
                         "threshold, ...); repeatable")
+    p.add_argument("--infill-default", action="append", default=[], metavar="KEY=VALUE",
+                   help="a sampling setting for filling holes (generate with [MASK] holes, infill) when not given; "
+                        "without any, holes use the --default settings; repeatable")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("models", help="list the shipped models")
@@ -330,13 +333,14 @@ def _unescape(text: str, raw: bool) -> str:
     return text if raw else text.replace("\\n", "\n").replace("\\t", "\t")
 
 
-def _with_card(args, name_or_dir):
-    """The model's folder; the sampling options left unset in ``args`` are filled from its card."""
+def _with_card(args, name_or_dir, task: str = "generate"):
+    """The model's folder; the sampling options left unset in ``args`` are filled from its card
+    (its ``task`` settings: "generate", or "infill" for holes)."""
     from .pretrained import fill_settings, generation_defaults, resolve
 
     folder = resolve(name_or_dir)
     given = {**sampler_options(args), "steps": args.steps, "sampler": args.sampler}
-    for name, value in fill_settings(given, generation_defaults(folder)).items():  # the model card's, unless given
+    for name, value in fill_settings(given, generation_defaults(folder, task)).items():  # the card's, unless given
         setattr(args, name, value)
     return folder
 
@@ -345,10 +349,11 @@ def cmd_generate(args) -> int:
     from .control.infill import HOLE_PATTERN
     from .viz import TerminalWatch
 
-    folder = _with_card(args, args.model)
     prompt = _unescape(args.prompt, args.raw)
+    holes = HOLE_PATTERN.search(prompt) is not None
+    folder = _with_card(args, args.model, "infill" if holes else "generate")
     run = _load(str(folder), args.device)
-    if HOLE_PATTERN.search(prompt):  # holes anywhere: fill them, keep the rest verbatim
+    if holes:  # holes anywhere: fill them, keep the rest verbatim
         from .control import infill
 
         for flag, value in (("--length", args.length), ("--watch", args.watch), ("--stop-at-eot", args.stop_at_eot)):
@@ -371,10 +376,10 @@ def cmd_generate(args) -> int:
     return 0
 
 
-def _setting(item: str) -> tuple[str, object]:
+def _setting(item: str, flag: str = "--default") -> tuple[str, object]:
     key, sep, value = item.partition("=")
     if not sep or not key:
-        raise ValueError(f"--default takes KEY=VALUE, e.g. steps=32; got {item!r}")
+        raise ValueError(f"{flag} takes KEY=VALUE, e.g. steps=32; got {item!r}")
     for kind in (int, float):
         try:
             return key.strip(), kind(value)
@@ -389,10 +394,15 @@ def cmd_export(args) -> int:
     from .sampling import build_sampler
 
     pipe = Pipeline.from_pretrained(args.run)
-    settings = check_settings({**pipe.defaults, **dict(_setting(item) for item in args.default)}, "--default")
-    options = {k: v for k, v in settings.items() if k not in ("sampler", "steps")}
-    build_sampler(settings.get("sampler"), pipe.run.objective, pipe.tokenizer, **options)  # they must fit the run
-    card = {**pipe.card, "generate": settings} if settings else {k: v for k, v in pipe.card.items() if k != "generate"}
+    card = dict(pipe.card)
+    for task, items, flag in (("generate", args.default, "--default"), ("infill", args.infill_default, "--infill-default")):
+        settings = check_settings({**pipe.card.get(task, {}), **dict(_setting(item, flag) for item in items)}, flag)
+        options = {k: v for k, v in settings.items() if k not in ("sampler", "steps")}
+        build_sampler(settings.get("sampler"), pipe.run.objective, pipe.tokenizer, **options)  # they must fit the run
+        if settings:
+            card[task] = settings
+        else:
+            card.pop(task, None)
     if args.description:
         card["description"] = args.description
     out = pipe.save_pretrained(args.out, dtype=args.dtype, card=card)
@@ -545,7 +555,7 @@ def cmd_infill(args) -> int:
     template = _read_text(args.template, args.file, "TEMPLATE")
     if args.template not in (None, "-"):
         template = _unescape(template, args.raw)
-    run = _load(str(_with_card(args, args.run)), args.device)
+    run = _load(str(_with_card(args, args.run, "infill")), args.device)
     result = infill(run, template, num=args.num, steps=args.steps, sampler=args.sampler, seed=args.seed,
                     candidates=args.candidates, label=args.label, guidance=args.guidance, classifier=_classifier(args),
                     **sampler_options(args))  # holes and spans have a fixed size

@@ -67,8 +67,12 @@ class Pipeline:
     def __init__(self, run, card: dict | None = None):
         self.run = run
         self.card = dict(card or {})  # card.json: description, generate settings
-        # sampling settings used when a call does not name its own (a shipped model's card.json)
-        self.defaults = dict(self.card.get("generate", {}))
+        # sampling settings used when a call does not name its own (a shipped model's card.json):
+        # for generate and edit, and for infill (the card's "infill" section, else the same)
+        from .pretrained import task_defaults
+
+        self.defaults = task_defaults(self.card, "generate")
+        self.infill_defaults = task_defaults(self.card, "infill")
 
     # loading and saving ----------------------------------------------------------------------
     @classmethod
@@ -136,10 +140,11 @@ class Pipeline:
 
     def infill(self, template: str, *, steps: int | None = None, sampler: str | None = None, num: int = 1,
                seed: int = 0, trace: bool = False, **options) -> Result:
-        """Fill the [MASK], [MASK:n] and [MASK:a-b] holes of ``template``; its text is kept verbatim."""
+        """Fill the [MASK], [MASK:n] and [MASK:a-b] holes of ``template``; its text is kept verbatim.
+        Settings not given come from the card's infill settings (else its generate settings)."""
         from .control import infill
 
-        steps, sampler, options = self._settings(steps, sampler, options)
+        steps, sampler, options = self._settings(steps, sampler, options, self.infill_defaults)
         res = infill(self.run, template, num=num, steps=steps, sampler=sampler, seed=seed, trace=trace, **options)
         return self._from_control(res)
 
@@ -162,10 +167,12 @@ class Pipeline:
         return sequence_bits(self.run, [text], seed, mc_samples)[0]
 
     # helpers ---------------------------------------------------------------------------------
-    def _settings(self, steps: int | None, sampler: str | None, options: dict) -> tuple[int, str | None, dict]:
+    def _settings(self, steps: int | None, sampler: str | None, options: dict,
+                  defaults: dict | None = None) -> tuple[int, str | None, dict]:
         from .pretrained import fill_settings
 
-        out = fill_settings({**options, "steps": steps, "sampler": sampler}, self.defaults)
+        out = fill_settings({**options, "steps": steps, "sampler": sampler},
+                            self.defaults if defaults is None else defaults)
         return out.pop("steps"), out.pop("sampler"), out
 
     def _trace(self, states: list[torch.Tensor]) -> list[str]:

@@ -1,9 +1,10 @@
 """Models shipped inside the package (trained by this project's own CLI; see MODEL_CARD.md).
 
 Each is a folder here holding what ``Pipeline.save_pretrained`` writes (config.json,
-tokenizer.json, checkpoint/model.safetensors) and a card.json: a one-line ``description`` and the
+tokenizer.json, checkpoint/model.safetensors) and a card.json: a one-line ``description``, the
 ``generate`` settings (sampler, steps, temperature, ...) the model was measured with, used when a
-call does not name its own. ``resolve(name_or_dir)`` maps a shipped name to its folder and passes
+call does not name its own, and optionally ``infill`` settings for filling holes (else the
+``generate`` ones). ``resolve(name_or_dir)`` maps a shipped name to its folder and passes
 any other path through.
 """
 
@@ -58,13 +59,24 @@ def card(folder: str | Path) -> dict:
         raise ValueError(f"cannot read {path}: {exc}") from None
     if not isinstance(data, dict):
         raise ValueError(f"cannot read {path}: not a JSON object")
-    check_settings(data.get("generate", {}), str(path))
+    for task in TASKS:
+        check_settings(data.get(task, {}), f"{path} ({task})")
     return data
 
 
-def generation_defaults(folder: str | Path) -> dict:
-    """The sampling settings a model's card recommends (e.g. {"sampler": "confidence", "steps": 32})."""
-    return dict(card(folder).get("generate", {}))
+TASKS = ("generate", "infill")  # the card sections of sampling settings
+
+
+def task_defaults(data: dict, task: str = "generate") -> dict:
+    """A card's settings for ``task``: its ``infill`` section for holes when it has one, else
+    its ``generate`` settings."""
+    return dict(data.get(task) or data.get("generate", {}))
+
+
+def generation_defaults(folder: str | Path, task: str = "generate") -> dict:
+    """The sampling settings a model's card recommends for ``task`` ("generate" or "infill"),
+    e.g. {"sampler": "confidence", "steps": 32}."""
+    return task_defaults(card(folder), task)
 
 
 def fill_settings(given: dict, defaults: dict) -> dict:
