@@ -12,7 +12,10 @@ shows the model up to ``--prefix-tokens`` of code before the body and ``--suffix
 it, and asks for exactly the body's number of tokens (both models get the true length).
 A second task set, ``line``, holes one line of a function body (a one-line statement, its text
 after the indentation, 3-24 tokens; the middle such line of each function), the single-line infilling of the code
-benchmarks, which small models can get right where whole bodies are out of reach.
+benchmarks, which small models can get right where whole bodies are out of reach. A third,
+``span``, holes a random run of 2-8 tokens inside a function body (the random-span infilling of
+Bavarian et al. 2022, at token level: the hole sits on the body's own token boundaries; the span
+is drawn from a seed made of the file and function names, so the set is the same every run).
 Reported per task set: exact match of the fill, edit similarity (difflib ratio of fill and
 truth, 1 = identical), ``ast.parse`` success of the whole file with the hole filled, seconds per
 task; the diffusion model with several samplers and step budgets.
@@ -74,10 +77,30 @@ def _middle_line(text: str, offsets: list[int], node, tokenizer) -> tuple[int, i
     return spans[len(spans) // 2] if spans else None
 
 
+def _random_span(text: str, start: int, end: int, tokenizer, seed: str) -> tuple[int, int] | None:
+    """(start, end) of a random run of 2-8 of the tokens of ``text[start:end]`` (a function body),
+    on its token boundaries and not only whitespace, or None when the body is too short."""
+    import random
+    import zlib
+
+    ids = tokenizer.encode(text[start:end]).tolist()
+    rng = random.Random(zlib.crc32(seed.encode()))
+    k = rng.randint(2, 8)
+    if len(ids) < k + 2:
+        return None
+    for _ in range(8):
+        a = rng.randint(1, len(ids) - k - 1)  # not the body's first or last token
+        head, hole = tokenizer.decode(ids[:a]), tokenizer.decode(ids[a : a + k])
+        if hole.strip() and text[start:end].startswith(head + hole):
+            return start + len(head), start + len(head) + len(hole)
+    return None
+
+
 def tasks(tokenizer, limit: int, prefix_tokens: int, suffix_tokens: int, kind: str = "body",
           per_file: int = 6) -> list[dict]:
     """Holes in functions of stdlib test-split files, with the code around them: whole bodies
-    of 4-48 tokens (``kind="body"``) or one line of 3-24 tokens (``kind="line"``); at most
+    of 4-48 tokens (``kind="body"``), one line of 3-24 tokens (``kind="line"``) or a random run
+    of 2-8 tokens in a body (``kind="span"``); at most
     ``per_file`` from one file, so that the set spans many modules."""
     from textdiffusion.data import read_documents, split_of
 
@@ -107,9 +130,14 @@ def tasks(tokenizer, limit: int, prefix_tokens: int, suffix_tokens: int, kind: s
             else:
                 start = offsets[node.body[0].lineno - 1]  # the body from the start of its first line
                 end = offsets[node.end_lineno]
+                if kind == "span":
+                    span = _random_span(doc.text, start, end, tokenizer, f"{doc.name}:{node.name}:{node.lineno}")
+                    if span is None:
+                        continue
+                    start, end = span
             body = doc.text[start:end]
             n = len(tokenizer.encode(body))
-            if not (3 <= n <= 24 if kind == "line" else 4 <= n <= 48):
+            if not {"line": 3 <= n <= 24, "span": 1 <= n <= 8, "body": 4 <= n <= 48}[kind]:
                 continue
             prefix, suffix = _context(tokenizer, doc.text, start, end, prefix_tokens, suffix_tokens)
             out.append({"file": doc.name, "function": node.name, "prefix": prefix, "body": body, "suffix": suffix,
@@ -144,8 +172,8 @@ def main() -> None:
     p.add_argument("--width", type=int, default=256, help="d_model of both models (default 256)")
     p.add_argument("--masked", help="a trained masked run to use instead of training one")
     p.add_argument("--ar", help="a trained AR fill-in-the-middle run to use instead of training one")
-    p.add_argument("--kinds", nargs="+", choices=("body", "line"), default=["body", "line"],
-                   help="task sets: whole function bodies, single lines (default both)")
+    p.add_argument("--kinds", nargs="+", choices=("body", "line", "span"), default=["body", "line", "span"],
+                   help="task sets: whole function bodies, single lines, random 2-8 token spans (default all)")
     p.add_argument("--name", default="infill", help="output file name in --out, without .json (default infill)")
     args = p.parse_args()
     out = Path(args.out)

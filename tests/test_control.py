@@ -192,6 +192,76 @@ def test_fim_order_and_sampler():
     assert 0.4 < (half[:, 0] == 60).float().mean().item() < 0.6
 
 
+# -- infilling windows for diffusion models (data.infill_rate): the conditional ELBO of a span -------
+
+
+def test_infill_windows_fix_the_context_around_one_span():
+    from textdiffusion.data import WindowSampler
+
+    tokens = np.arange(1000) % 50
+    plain = WindowSampler(tokens, 16, 64, seed=0).next()
+    batch, fixed = WindowSampler(tokens, 16, 64, seed=0, span_rate=1.0).next()
+    assert torch.equal(batch, plain) and fixed.shape == (64, 17)  # the same windows, and their context
+    assert not fixed[:, 0].any()
+    free = (~fixed[:, 1:]).int()
+    starts = (free[:, 1:] - free[:, :-1] == 1).sum(1) + free[:, 0]
+    assert (starts == 1).all()  # exactly one span per window, at least one token long
+    assert 16 / 3 - 2 < free.sum(1).float().mean() < 16 / 3 + 2  # cut like the FIM twin's middle: L/3 on average
+    _, half = WindowSampler(tokens, 16, 400, seed=0, span_rate=0.5).next()
+    assert 0.4 < half.any(1).float().mean().item() < 0.6  # the other windows are plain (nothing fixed)
+
+
+def test_infill_windows_score_only_the_span_and_never_noise_the_context():
+    from textdiffusion.data import WindowSampler
+    from textdiffusion.processes.masked import MaskedProcess
+
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, xt, t):
+            seen.append(xt)
+            return torch.zeros(*xt.shape, 60)
+
+    batch, fixed = WindowSampler(np.arange(1000) % 50, 16, 32, seed=0, span_rate=1.0).next()
+    out = MaskedProcess(60, mask_id=59).loss(Spy(), batch, torch.Generator().manual_seed(0), fixed)
+    context = fixed[:, 1:]
+    assert torch.equal(seen[0][context], batch[:, 1:][context])  # the context is given clean
+    assert (seen[0][~context] == 59).any() and out.num_tokens == int((~context).sum())
+
+
+def test_config_checks_infill_rate():
+    from textdiffusion.config import ConfigError, load_config
+
+    assert load_config(None, ["data.infill_rate=0.5"]).data.infill_rate == 0.5
+    with pytest.raises(ConfigError, match=r"data.infill_rate must be in \[0, 1\]"):
+        load_config(None, ["data.infill_rate=1.5"])
+    with pytest.raises(ConfigError, match="data.fim_rate"):
+        load_config(None, ["process.name=ar", "model.time_cond=false", "data.infill_rate=0.5"])
+    with pytest.raises(ConfigError, match="not with data.sft"):
+        load_config(None, ["data.sft=true", "data.infill_rate=0.5"])
+
+
+@pytest.fixture(scope="module")
+def cycle_infill(tmp_path_factory):
+    data = np.arange(40_000) % len(ALPHABET)
+    cfg = Config(model=ModelConfig(n_layer=2, n_head=4, d_model=64, context=CONTEXT),
+                 process=ProcessConfig(name="masked"),
+                 train=TrainConfig(batch_size=64, max_steps=250, lr=3e-3, min_lr=3e-4, warmup_steps=20,
+                                   eval_every=250, ckpt_every=250, log_every=50))
+    cfg.data.infill_rate = 0.5
+    out = tmp_path_factory.mktemp("cycle-infill")
+    result = train(cfg, out, {"train": data[:36_000], "val": data[36_000:]}, tokenizer(), progress=False)
+    return load_run(out), result
+
+
+def test_diffusion_trained_on_infilling_windows_fills_holes(cycle_infill):
+    run, result = cycle_infill
+    assert run.cfg.data.infill_rate == 0.5 and result.val_loss < 0.5  # validation: the unconditional ELBO
+    truth = "cdefghabcdefghabcdefgh"
+    res = infill(run, "[MASK:4]ghabcd[MASK:6]cdefgh", num=32, steps=10, sampler="confidence", seed=0)
+    assert _exact(res.texts, truth) >= 0.9, res.texts[:4]
+
+
 @pytest.fixture(scope="module")
 def cycle_fim(tmp_path_factory):
     data = np.arange(40_000) % len(ALPHABET)

@@ -134,6 +134,10 @@ class DataConfig:
     sft: bool = False  # instruction tuning: path is JSONL of {"prompt", "response"}; loss on responses only
     labels: bool = False  # class-conditional: path is JSONL of {"text", "label"}; windows of one label each
     fim_rate: float = 0.0  # AR twin only: fraction of training windows in fill-in-the-middle order
+    # diffusion only: fraction of training windows that are infilling examples (one span, cut like
+    # the FIM twin's middle, is the target; the rest is clean context): the conditional ELBO of a
+    # hole given its surroundings, the situation `infill` meets; validation stays unconditional
+    infill_rate: float = 0.0
 
     def __post_init__(self) -> None:
         _check_choice(self.tokenizer, TOKENIZERS, "data.tokenizer")
@@ -141,6 +145,9 @@ class DataConfig:
         _check(self.vocab_size >= 260, "data.vocab_size must be at least 260 (256 bytes + specials)")
         _check(self.max_docs >= 0, "data.max_docs must be >= 0")
         _check(0.0 <= self.fim_rate <= 1.0, "data.fim_rate must be in [0, 1]")
+        _check(0.0 <= self.infill_rate <= 1.0, "data.infill_rate must be in [0, 1]")
+        _check(self.infill_rate == 0 or not (self.sft or self.labels),
+               "data.infill_rate trains on plain text windows: not with data.sft or data.labels")
 
 
 @dataclass
@@ -208,6 +215,8 @@ class Config:
                "model.time_cond must be false for the AR twin (--process ar has no diffusion time)")
         _check(self.data.fim_rate == 0 or self.process.name == "ar",
                "data.fim_rate is for the AR twin (--process ar): diffusion models infill without it")
+        _check(self.data.infill_rate == 0 or self.process.name != "ar",
+               "data.infill_rate is for diffusion models; the AR twin learns infilling with data.fim_rate")
         _check(not (self.process.name == "block" and self.model.time_cond),
                "model.time_cond must be false for block diffusion (each block has its own time)")
 

@@ -172,7 +172,8 @@ def train(
         sampler = RowSampler(splits["train"], tc.batch_size, seed=tc.seed + 1)
     else:
         fim = (cfg.data.fim_rate, tokenizer.eot_id, tokenizer.pad_id, tokenizer.mask_id)
-        sampler = WindowSampler(splits["train"], L, tc.batch_size, seed=tc.seed + 1, fim=fim)
+        sampler = WindowSampler(splits["train"], L, tc.batch_size, seed=tc.seed + 1, fim=fim,
+                                span_rate=cfg.data.infill_rate)
     noise_gen = torch.Generator(device=device).manual_seed(tc.seed + 2)
     val = _validation_batches(splits["val"], L, tc)
 
@@ -231,7 +232,8 @@ def train(
             loss_sum = 0.0
             for _ in range(tc.grad_accum):
                 batch, fixed, labels = _on_device(sampler.next(), device)
-                drop = tc.cond_drop if labels is not None else tc.prompt_drop
+                # prompts are dropped from SFT rows, never the context of an infilling window
+                drop = tc.cond_drop if labels is not None else tc.prompt_drop if isinstance(sampler, RowSampler) else 0
                 batch, labels = drop_condition(batch, fixed, labels, drop, noise_gen, tokenizer.pad_id,
                                                cfg.model.num_labels)
                 net = fwd_model if labels is None else Conditioned(fwd_model, labels)
