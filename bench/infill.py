@@ -16,6 +16,10 @@ benchmarks, which small models can get right where whole bodies are out of reach
 ``span``, holes a random run of 2-8 tokens inside a function body (the random-span infilling of
 Bavarian et al. 2022, at token level: the hole sits on the body's own token boundaries; the span
 is drawn from a seed made of the file and function names, so the set is the same every run).
+With ``--text FILE`` (e.g. the Shakespeare corpus of the English model), the task set ``text``
+holes random 2-8 token spans in passages of that file's validation split (the project's own
+split: the last 5 %), for a model trained on it; there is no parse check, and the AR row needs a
+twin trained with fill-in-the-middle.
 Reported per task set: exact match of the fill, edit similarity (difflib ratio of fill and
 truth, 1 = identical), ``ast.parse`` success of the whole file with the hole filled, seconds per
 task; the diffusion model with several samplers and step budgets.
@@ -79,7 +83,7 @@ def _middle_line(text: str, offsets: list[int], node, tokenizer) -> tuple[int, i
 
 def _random_span(text: str, start: int, end: int, tokenizer, seed: str) -> tuple[int, int] | None:
     """(start, end) of a random run of 2-8 of the tokens of ``text[start:end]`` (a function body),
-    on its token boundaries and not only whitespace, or None when the body is too short."""
+    on its token boundaries, not splitting a word or name, not only whitespace; or None."""
     import random
     import zlib
 
@@ -88,11 +92,18 @@ def _random_span(text: str, start: int, end: int, tokenizer, seed: str) -> tuple
     k = rng.randint(2, 8)
     if len(ids) < k + 2:
         return None
-    for _ in range(8):
+    def word(c: str) -> bool:
+        return c.isalnum() or c == "_"
+
+    for _ in range(16):
         a = rng.randint(1, len(ids) - k - 1)  # not the body's first or last token
         head, hole = tokenizer.decode(ids[:a]), tokenizer.decode(ids[a : a + k])
-        if hole.strip() and text[start:end].startswith(head + hole):
-            return start + len(head), start + len(head) + len(hole)
+        i, j = start + len(head), start + len(head) + len(hole)
+        if not hole.strip() or not text[start:end].startswith(head + hole):
+            continue
+        if (word(text[i - 1]) and word(text[i])) or (word(text[j - 1]) and word(text[j])):
+            continue  # the hole would cut a word in two
+        return i, j
     return None
 
 
@@ -148,10 +159,37 @@ def tasks(tokenizer, limit: int, prefix_tokens: int, suffix_tokens: int, kind: s
     return out
 
 
-def score(task: dict, fill: str) -> tuple[bool, float, bool]:
-    """(exact match, edit similarity, the file parses with the hole filled)."""
+def text_tasks(tokenizer, path: str, limit: int, prefix_tokens: int, suffix_tokens: int) -> list[dict]:
+    """Random 2-8 token spans in ``limit`` passages (about 6 lines each) spread evenly over the
+    validation split of the text file ``path``."""
+    from textdiffusion.config import DataConfig
+    from textdiffusion.data import text_splits
+
+    text = "".join(text_splits(DataConfig(path=path))["val"])
+    offsets = [0] + [i + 1 for i, c in enumerate(text) if c == "\n"]
+    out = []
+    stride = max(1, (len(offsets) - 8) // max(limit, 1))
+    for n in range(0, len(offsets) - 8, stride):
+        a, b = offsets[n], offsets[n + 6]
+        span = _random_span(text, a, b, tokenizer, f"{path}:{n}")
+        if span is None:
+            continue
+        start, end = span
+        prefix, suffix = _context(tokenizer, text, start, end, prefix_tokens, suffix_tokens)
+        out.append({"file": Path(path).name, "function": f"line {n + 1}", "prefix": prefix, "body": text[start:end],
+                    "suffix": suffix, "tokens": len(tokenizer.encode(text[start:end])), "start": start, "end": end,
+                    "source": None})
+        if len(out) >= limit:
+            break
+    return out
+
+
+def score(task: dict, fill: str) -> tuple[bool, float, bool | None]:
+    """(exact match, edit similarity, the file parses with the hole filled: None for text)."""
     exact = fill.strip() == task["body"].strip()
     similarity = difflib.SequenceMatcher(None, fill.strip(), task["body"].strip()).ratio()
+    if task["source"] is None:
+        return exact, similarity, None
     try:
         ast.parse(task["source"][: task["start"]] + fill + task["source"][task["end"] :])
         parses = True
@@ -174,6 +212,8 @@ def main() -> None:
     p.add_argument("--ar", help="a trained AR fill-in-the-middle run to use instead of training one")
     p.add_argument("--kinds", nargs="+", choices=("body", "line", "span"), default=["body", "line", "span"],
                    help="task sets: whole function bodies, single lines, random 2-8 token spans (default all)")
+    p.add_argument("--text", help="a text file: hole random spans of its validation split instead (task set 'text'; "
+                   "give --masked, and --ar only for a FIM twin)")
     p.add_argument("--name", default="infill", help="output file name in --out, without .json (default infill)")
     args = p.parse_args()
     out = Path(args.out)
@@ -182,9 +222,15 @@ def main() -> None:
     train = [*train_overrides(args.budget, args.max_steps, 16), "--set", f"model.n_layer={args.layers}",
              "--set", f"model.d_model={args.width}", "--set", "model.n_head=4"]
     runs = {"masked": Path(args.masked or out / "infill-masked"), "ar-fim": Path(args.ar or out / "infill-ar-fim")}
+    if args.text:
+        if not args.masked:
+            p.error("--text scores an already trained run: give --masked RUN (and --ar for a FIM twin)")
+        if not args.ar:
+            del runs["ar-fim"]
+        args.kinds = ["text"]
     if not (runs["masked"] / "checkpoint").exists():
         run_measured(["train", "--data", "stdlib", "--out", runs["masked"], "--quiet", *CODE, *train])
-    if not (runs["ar-fim"] / "checkpoint").exists():
+    if "ar-fim" in runs and not (runs["ar-fim"] / "checkpoint").exists():
         run_measured(["train", "--data", "stdlib", "--out", runs["ar-fim"], "--process", "ar", "--quiet", *CODE, *train,
                       "--set", "data.fim_rate=0.5"])
 
@@ -194,8 +240,11 @@ def main() -> None:
     configs = [("ar-fim", "ar", None), ("masked", "ancestral", 1.0), ("masked", "confidence", 1.0),
                ("masked", "confidence", 0.5), ("masked", "semi-ar", 1.0)]
     rows, counts = [], {}
+    configs = [c for c in configs if c[0] in loaded]
     for kind in args.kinds:
-        task_list = tasks(loaded["masked"].tokenizer, args.tasks, args.prefix_tokens, args.suffix_tokens, kind)
+        tok = loaded["masked"].tokenizer
+        task_list = (text_tasks(tok, args.text, args.tasks, args.prefix_tokens, args.suffix_tokens) if kind == "text"
+                     else tasks(tok, args.tasks, args.prefix_tokens, args.suffix_tokens, kind))
         counts[kind] = {"tasks": len(task_list),
                         "mean_hole_tokens": sum(t["tokens"] for t in task_list) / max(len(task_list), 1)}
         for run_name, sampler, steps_per_token in configs:
@@ -225,15 +274,15 @@ def run_config(run, run_name: str, sampler: str, steps_per_token: float | None, 
         e, sim, ok = score(task, res.fills[0][0])
         exact += e
         similarity += sim
-        parses += ok
+        parses += bool(ok)
         if len(examples) < 2:
             examples.append({"function": task["function"], "truth": task["body"], "fill": res.fills[0][0]})
     n = max(len(task_list), 1)
     row = {"tasks": kind, "model": run_name, "sampler": sampler, "steps_per_token": steps_per_token,
-           "exact_match": exact / n, "edit_similarity": similarity / n, "parses": parses / n,
+           "exact_match": exact / n, "edit_similarity": similarity / n, "parses": None if kind == "text" else parses / n,
            "seconds_per_task": seconds / n, "examples": examples}
     print(f"{kind} {run_name} {sampler} {steps_per_token}: exact {row['exact_match']:.3f}, similarity "
-          f"{row['edit_similarity']:.3f}, parses {row['parses']:.3f}", file=sys.stderr)
+          f"{row['edit_similarity']:.3f}, parses {row['parses']}", file=sys.stderr)
     return row
 
 
@@ -246,8 +295,9 @@ def markdown(r: dict) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for x in r["rows"]:
         spt = "-" if x["model"] == "ar-fim" else f"{x['steps_per_token']:g}"
+        parses = "-" if x["parses"] is None else f"{x['parses']:.3f}"
         lines.append(f"| {x['tasks']} | {x['model']} | {x['sampler']} | {spt} | {x['exact_match']:.3f} | "
-                     f"{x['edit_similarity']:.3f} | {x['parses']:.3f} | {x['seconds_per_task']:.3f} |")
+                     f"{x['edit_similarity']:.3f} | {parses} | {x['seconds_per_task']:.3f} |")
     return "\n".join(lines)
 
 
