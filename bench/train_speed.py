@@ -30,7 +30,7 @@ from common import REPO, cpu_model  # noqa: E402
 def step_seconds(process: str, bf16: bool, steps: int, warmup: int = 3) -> float:
     from textdiffusion import Pipeline
     from textdiffusion.training.checkpoint import build_model
-    from textdiffusion.training.trainer import _autocast
+    from textdiffusion.training.trainer import autocast_for
 
     pipe = Pipeline.from_pretrained("english")
     cfg = pipe.config
@@ -41,7 +41,7 @@ def step_seconds(process: str, bf16: bool, steps: int, warmup: int = 3) -> float
     model, objective = build_model(cfg, pipe.tokenizer)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    autocast = _autocast(cfg.train, torch.device("cpu")) if bf16 else contextlib.nullcontext
+    autocast = autocast_for(cfg.train, torch.device("cpu")) if bf16 else contextlib.nullcontext
     gen = torch.Generator().manual_seed(0)
     vocab, times = pipe.tokenizer.vocab_size, []
     for i in range(warmup + steps):
@@ -65,7 +65,7 @@ def main() -> None:
     p.add_argument("--out", default=str(REPO / "bench" / "out"))
     args = p.parse_args()
     from textdiffusion import Pipeline
-    from textdiffusion.training.trainer import _cpu_has_bf16
+    from textdiffusion.training.trainer import cpu_has_bf16
 
     torch.set_num_threads(args.threads)
     cfg = Pipeline.from_pretrained("english").config
@@ -77,7 +77,7 @@ def main() -> None:
             rows.append({"process": process, "cpu_bf16": bf16, "step_seconds": s, "tokens_per_second": tokens / s})
             print(f"{process} cpu_bf16={bf16}: {s:.3f} s/step, {tokens / s:,.0f} tokens/s", file=sys.stderr)
     record = {"date": datetime.date.today().isoformat(), "machine": cpu_model(), "threads": args.threads,
-              "torch": torch.__version__, "python": platform.python_version(), "native_bf16": _cpu_has_bf16(),
+              "torch": torch.__version__, "python": platform.python_version(), "native_bf16": cpu_has_bf16(),
               "rows": rows}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

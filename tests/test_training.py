@@ -123,13 +123,13 @@ def test_lr_schedule():
 def test_cpu_bf16_autocast_trains_and_resumes_exactly(splits, tmp_path):
     """train.cpu_bf16: mixed precision on CPUs with native bf16 (else a note and float32); it
     learns as well as float32 on the Markov chain and resumes exactly."""
-    from textdiffusion.training.trainer import _cpu_has_bf16
+    from textdiffusion.training.trainer import cpu_has_bf16
 
     fp32, bf16, part = tmp_path / "fp32", tmp_path / "bf16", tmp_path / "part"
     train(_cfg(), fp32, splits, tokenizer(), progress=False)
     train(_cfg(cpu_bf16=True), bf16, splits, tokenizer(), progress=False)
     a, b = _losses(fp32), _losses(bf16)
-    if _cpu_has_bf16():
+    if cpu_has_bf16():
         assert a != b  # the autocast is in effect
     else:
         assert a == b

@@ -98,7 +98,7 @@ class TrainResult:
     peak_memory_bytes: int
 
 
-def _cpu_has_bf16() -> bool:
+def cpu_has_bf16() -> bool:
     """Native bf16 matmuls: AVX512-BF16 or AMX on x86 (oneDNN merely emulates bf16 on plain
     AVX-512, slower than float32), the bf16 extension on ARM."""
     import platform
@@ -111,13 +111,13 @@ def _cpu_has_bf16() -> bool:
         return False
 
 
-def _autocast(tc, device: torch.device):
+def autocast_for(tc, device: torch.device):
     """The mixed-precision context of one forward pass: bf16 on CUDA (train.bf16), and on CPUs
     with native bf16 when train.cpu_bf16 asks; else full precision."""
     if device.type == "cuda" and tc.bf16:
         return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
     if device.type == "cpu" and tc.cpu_bf16:
-        if _cpu_has_bf16():
+        if cpu_has_bf16():
             return lambda: torch.autocast("cpu", dtype=torch.bfloat16)
         print("textdiffusion: this CPU has no native bf16 (AVX512-BF16/AMX): training in float32",
               file=sys.stderr)
@@ -192,7 +192,7 @@ def train(
           f"({model.num_params() / 1e6:.2f}M non-embedding), {device}", file=sys.stderr)
 
     fwd_model = torch.compile(model) if tc.compile else model
-    autocast = _autocast(tc, device)
+    autocast = autocast_for(tc, device)
     last_step = min(until, tc.max_steps) if until is not None else tc.max_steps
     tokens_per_step = tc.batch_size * tc.grad_accum * L
     bar = _progress_bar(progress, step, tc.max_steps)
