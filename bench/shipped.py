@@ -59,13 +59,22 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=["english", "code"])
     p.add_argument("--num", type=int, default=16)
     p.add_argument("--length", type=int, default=128)
+    p.add_argument("--run", action="append", default=[], metavar="NAME=DIR",
+                   help="the diffusion run of a model (default bench/out/ship-NAME)")
+    p.add_argument("--twin", action="append", default=[], metavar="NAME=DIR",
+                   help="its AR twin (default bench/out/ship-NAME-ar)")
     args = p.parse_args()
+    try:
+        runs, twins = (dict(x.split("=", 1) for x in xs) for xs in (args.run, args.twin))
+    except ValueError:
+        p.error("--run and --twin take NAME=DIR")
     out = Path(args.out)
     record = {"date": datetime.date.today().isoformat(), "machine": cpu_model(), "cores": os.cpu_count(),
               "python": platform.python_version(), "num": args.num, "length": args.length, "models": {}}
     for name in args.models:
-        run, twin, data = out / f"ship-{name}", out / f"ship-{name}-ar", DATA[name]
-        rec = {"data": data}
+        run, twin = Path(runs.get(name, out / f"ship-{name}")), Path(twins.get(name, out / f"ship-{name}-ar"))
+        data = DATA[name]
+        rec = {"data": data, "run": str(run), "twin": str(twin)}
         for key, d in (("diffusion", run), ("ar", twin)):
             rec[f"{key}_likelihood"] = eval_json([d, "--data", data, "--max-windows", 0, "--mc-samples", 4,
                                                   "--num-samples", 0])
