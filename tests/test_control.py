@@ -141,16 +141,24 @@ def test_edit_and_canvas_errors():
 # -- known answer: each token fixes the next (a b c ... h a b ...) -------------------------------
 
 
-@pytest.fixture(scope="module")
-def cycle_run(tmp_path_factory):
-    data = np.arange(40_000) % len(ALPHABET)  # "abcdefghabcdefgh...": each token fixes the next
+def _train_cycle(tmp_path_factory, name: str, process: str = "masked", **data):
+    """A small model trained 250 steps on "abcdefghabcdefgh...", where each token fixes the next;
+    ``data``: DataConfig fields (fim_rate, infill_rate). Returns (loaded run, TrainResult)."""
+    tokens = np.arange(40_000) % len(ALPHABET)
     cfg = Config(model=ModelConfig(n_layer=2, n_head=4, d_model=64, context=CONTEXT),
-                 process=ProcessConfig(name="masked"),
+                 process=ProcessConfig(name=process),
                  train=TrainConfig(batch_size=64, max_steps=250, lr=3e-3, min_lr=3e-4, warmup_steps=20,
                                    eval_every=250, ckpt_every=250, log_every=50))
-    out = tmp_path_factory.mktemp("cycle")
-    train(cfg, out, {"train": data[:36_000], "val": data[36_000:]}, tokenizer(), progress=False)
-    return load_run(out)
+    for key, value in data.items():
+        setattr(cfg.data, key, value)
+    out = tmp_path_factory.mktemp(name)
+    result = train(cfg, out, {"train": tokens[:36_000], "val": tokens[36_000:]}, tokenizer(), progress=False)
+    return load_run(out), result
+
+
+@pytest.fixture(scope="module")
+def cycle_run(tmp_path_factory):
+    return _train_cycle(tmp_path_factory, "cycle")[0]
 
 
 def _exact(texts, truth):
@@ -158,11 +166,12 @@ def _exact(texts, truth):
 
 
 @pytest.mark.parametrize("sampler", ["ancestral", "confidence"])
-def test_infill_recovers_deterministic_spans(cycle_run, sampler):
+@pytest.mark.parametrize("trained", ["cycle_run", "cycle_infill"])  # plain windows; half infilling windows
+def test_infill_recovers_deterministic_spans(request, trained, sampler):
     truth = "cdefghabcdefghabcdefgh"
     # a hole in the middle, and one at the very start that only the right context determines
     template = "[MASK:4]ghabcd[MASK:6]cdefgh"
-    res = infill(cycle_run, template, num=32, steps=10, sampler=sampler, seed=0)
+    res = infill(request.getfixturevalue(trained), template, num=32, steps=10, sampler=sampler, seed=0)
     trained = _exact(res.texts, truth)
     untrained = _exact(infill(_run("masked"), template, num=32, steps=10, sampler=sampler, seed=0).texts, truth)
     assert trained >= 0.9, res.texts[:4]
@@ -243,36 +252,14 @@ def test_config_checks_infill_rate():
 
 @pytest.fixture(scope="module")
 def cycle_infill(tmp_path_factory):
-    data = np.arange(40_000) % len(ALPHABET)
-    cfg = Config(model=ModelConfig(n_layer=2, n_head=4, d_model=64, context=CONTEXT),
-                 process=ProcessConfig(name="masked"),
-                 train=TrainConfig(batch_size=64, max_steps=250, lr=3e-3, min_lr=3e-4, warmup_steps=20,
-                                   eval_every=250, ckpt_every=250, log_every=50))
-    cfg.data.infill_rate = 0.5
-    out = tmp_path_factory.mktemp("cycle-infill")
-    result = train(cfg, out, {"train": data[:36_000], "val": data[36_000:]}, tokenizer(), progress=False)
-    return load_run(out), result
-
-
-def test_diffusion_trained_on_infilling_windows_fills_holes(cycle_infill):
-    run, result = cycle_infill
-    assert run.cfg.data.infill_rate == 0.5 and result.val_loss < 0.5  # validation: the unconditional ELBO
-    truth = "cdefghabcdefghabcdefgh"
-    res = infill(run, "[MASK:4]ghabcd[MASK:6]cdefgh", num=32, steps=10, sampler="confidence", seed=0)
-    assert _exact(res.texts, truth) >= 0.9, res.texts[:4]
+    run, result = _train_cycle(tmp_path_factory, "cycle-infill", infill_rate=0.5)
+    assert run.cfg.data.infill_rate == 0.5 and result.val_loss < 0.5  # it learned the chain
+    return run
 
 
 @pytest.fixture(scope="module")
 def cycle_fim(tmp_path_factory):
-    data = np.arange(40_000) % len(ALPHABET)
-    cfg = Config(model=ModelConfig(n_layer=2, n_head=4, d_model=64, context=CONTEXT),
-                 process=ProcessConfig(name="ar"),
-                 train=TrainConfig(batch_size=64, max_steps=250, lr=3e-3, min_lr=3e-4, warmup_steps=20,
-                                   eval_every=250, ckpt_every=250, log_every=50))
-    cfg.data.fim_rate = 0.5
-    out = tmp_path_factory.mktemp("cycle-fim")
-    train(cfg, out, {"train": data[:36_000], "val": data[36_000:]}, tokenizer(), progress=False)
-    return load_run(out)
+    return _train_cycle(tmp_path_factory, "cycle-fim", "ar", fim_rate=0.5)[0]
 
 
 def test_ar_fim_twin_fills_the_middle(cycle_fim):
