@@ -204,6 +204,7 @@ def main() -> None:
     p.add_argument("--budget", type=float, default=900, help="training seconds per model (default 900)")
     p.add_argument("--max-steps", type=int, default=2000)
     p.add_argument("--tasks", type=int, default=100)
+    p.add_argument("--per-file", type=int, default=6, help="at most this many holes from one file (default 6)")
     p.add_argument("--prefix-tokens", type=int, default=128)
     p.add_argument("--suffix-tokens", type=int, default=64)
     p.add_argument("--layers", type=int, default=4, help="transformer layers of both models (default 4)")
@@ -214,6 +215,8 @@ def main() -> None:
                    help="task sets: whole function bodies, single lines, random 2-8 token spans (default all)")
     p.add_argument("--text", help="a text file: hole random spans of its validation split instead (task set 'text'; "
                    "give --masked, and --ar only for a FIM twin)")
+    p.add_argument("--samplers", nargs="+", choices=("ar", "ancestral", "confidence", "semi-ar"),
+                   default=["ar", "ancestral", "confidence", "semi-ar"], help="rows to run (default all)")
     p.add_argument("--name", default="infill", help="output file name in --out, without .json (default infill)")
     args = p.parse_args()
     out = Path(args.out)
@@ -240,11 +243,11 @@ def main() -> None:
     configs = [("ar-fim", "ar", None), ("masked", "ancestral", 1.0), ("masked", "confidence", 1.0),
                ("masked", "confidence", 0.5), ("masked", "semi-ar", 1.0)]
     rows, counts = [], {}
-    configs = [c for c in configs if c[0] in loaded]
+    configs = [c for c in configs if c[0] in loaded and c[1] in args.samplers]
     for kind in args.kinds:
         tok = loaded["masked"].tokenizer
         task_list = (text_tasks(tok, args.text, args.tasks, args.prefix_tokens, args.suffix_tokens) if kind == "text"
-                     else tasks(tok, args.tasks, args.prefix_tokens, args.suffix_tokens, kind))
+                     else tasks(tok, args.tasks, args.prefix_tokens, args.suffix_tokens, kind, args.per_file))
         counts[kind] = {"tasks": len(task_list),
                         "mean_hole_tokens": sum(t["tokens"] for t in task_list) / max(len(task_list), 1)}
         for run_name, sampler, steps_per_token in configs:
@@ -263,7 +266,7 @@ def run_config(run, run_name: str, sampler: str, steps_per_token: float | None, 
 
     exact = parses = 0
     similarity = seconds = 0.0
-    examples = []
+    examples, per_task = [], []
     for task in task_list:
         steps = max(1, round(task["tokens"] * (steps_per_token or 1)))
         opts = {"block_length": 8} if sampler == "semi-ar" else {}
@@ -275,12 +278,14 @@ def run_config(run, run_name: str, sampler: str, steps_per_token: float | None, 
         exact += e
         similarity += sim
         parses += bool(ok)
+        per_task.append([int(e), round(sim, 4), None if ok is None else int(ok)])
         if len(examples) < 2:
             examples.append({"function": task["function"], "truth": task["body"], "fill": res.fills[0][0]})
     n = max(len(task_list), 1)
     row = {"tasks": kind, "model": run_name, "sampler": sampler, "steps_per_token": steps_per_token,
            "exact_match": exact / n, "edit_similarity": similarity / n, "parses": None if kind == "text" else parses / n,
-           "seconds_per_task": seconds / n, "examples": examples}
+           "seconds_per_task": seconds / n, "examples": examples,
+           "per_task": per_task}  # [exact, similarity, parses] of each task, in order: paired comparisons
     print(f"{kind} {run_name} {sampler} {steps_per_token}: exact {row['exact_match']:.3f}, similarity "
           f"{row['edit_similarity']:.3f}, parses {row['parses']}", file=sys.stderr)
     return row
