@@ -218,7 +218,12 @@ def main() -> None:
     p.add_argument("--samplers", nargs="+", choices=("ar", "ancestral", "confidence", "semi-ar"),
                    default=["ar", "ancestral", "confidence", "semi-ar"], help="rows to run (default all)")
     p.add_argument("--name", default="infill", help="output file name in --out, without .json (default infill)")
+    p.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"),
+                   help="print the paired differences of two result files (same options) and exit")
     args = p.parse_args()
+    if args.compare:
+        print(compare(*args.compare))
+        return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(len(os.sched_getaffinity(0)))  # the cores it may use (taskset)
@@ -289,6 +294,33 @@ def run_config(run, run_name: str, sampler: str, steps_per_token: float | None, 
     print(f"{kind} {run_name} {sampler} {steps_per_token}: exact {row['exact_match']:.3f}, similarity "
           f"{row['edit_similarity']:.3f}, parses {row['parses']}", file=sys.stderr)
     return row
+
+
+def compare(a_path: str, b_path: str) -> str:
+    """Paired differences (A - B, mean ± standard error over the same holes) of two result files
+    made with the same task options, row by row (rows of the same task set, model and sampler)."""
+    a, b = (json.loads(Path(x).read_text()) for x in (a_path, b_path))
+    key = lambda x: (x["tasks"], x["model"], x["sampler"], x["steps_per_token"])  # noqa: E731
+    rows_b = {key(x): x for x in b["rows"]}
+    lines = [f"A = {a['runs']['masked']}, B = {b['runs']['masked']}", "",
+             "| holes | model | sampler | steps / token | tasks | exact A - B | similarity A - B | parses A - B |",
+             "|---|---|---|---|---|---|---|---|"]
+    for x in a["rows"]:
+        y = rows_b.get(key(x))
+        if y is None or not x.get("per_task") or len(y.get("per_task", [])) != len(x["per_task"]):
+            continue  # not in both, or made before per-task scores were kept
+        cells = []
+        for i in range(3):
+            d = [p[i] - q[i] for p, q in zip(x["per_task"], y["per_task"]) if p[i] is not None]
+            if not d:
+                cells.append("-")
+                continue
+            mean = sum(d) / len(d)
+            se = (sum((v - mean) ** 2 for v in d) / max(len(d) - 1, 1) / len(d)) ** 0.5
+            cells.append(f"{mean:+.3f} ± {se:.3f}")
+        spt = "-" if x["model"] == "ar-fim" else f"{x['steps_per_token']:g}"
+        lines.append(f"| {x['tasks']} | {x['model']} | {x['sampler']} | {spt} | {len(x['per_task'])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def markdown(r: dict) -> str:
