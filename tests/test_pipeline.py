@@ -1,5 +1,6 @@
 """The Python API: generate / infill / edit / score / save_pretrained -> from_pretrained round trip."""
 
+import os
 import random
 
 import numpy as np
@@ -63,6 +64,10 @@ def test_save_pretrained_round_trips(cycle_dir, tmp_path, dtype):
     sizes = sum(f.stat().st_size for f in saved.rglob("*.safetensors"))
     full = sum(p.numel() for p in pipe.model.parameters()) * (4 if dtype == "float32" else 2)
     assert sizes < full * 1.1
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in saved.rglob("*.safetensors"):  # as readable as every other file (safetensors alone: 0600)
+        assert f.stat().st_mode & 0o777 == 0o666 & ~umask, oct(f.stat().st_mode)
     with pytest.raises(FileExistsError):
         pipe.save_pretrained(saved)
 

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from .sampling.base import StepOutput
 
@@ -103,7 +102,9 @@ class Pipeline:
         if self.run.labels:
             (out / "labels.json").write_text(json.dumps(self.run.labels))
         state = {k: v.detach().to(DTYPES[dtype]).contiguous().cpu() for k, v in self.run.model.state_dict().items()}
-        save_file(state, str(ckpt / "model.safetensors"))
+        from .training.checkpoint import write_safetensors
+
+        write_safetensors(ckpt / "model.safetensors", state)
         (ckpt / "state.json").write_text(json.dumps({"step": None, "inference_only": True, "dtype": dtype}))
         card = card if card is not None else self.card
         if card:

@@ -45,8 +45,14 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """safetensors file with the permissions of any other file written here: safetensors itself
+    creates them readable by the owner only (0600), which locks other users out of a shared model."""
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
 
 
 def save_checkpoint(run_dir: Path, *, model, ema, optimizer, state: dict, rng: dict[str, torch.Tensor]) -> None:
@@ -54,12 +60,12 @@ def save_checkpoint(run_dir: Path, *, model, ema, optimizer, state: dict, rng: d
     tmp, final, old = run_dir / "checkpoint.tmp", run_dir / "checkpoint", run_dir / "checkpoint.old"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    _write(tmp / "model.safetensors", model.state_dict())
+    write_safetensors(tmp / "model.safetensors", model.state_dict())
     if ema is not None:
-        _write(tmp / "ema.safetensors", ema.shadow)
+        write_safetensors(tmp / "ema.safetensors", ema.shadow)
     opt_tensors, opt_meta = _flatten_optimizer(optimizer)
-    _write(tmp / "optimizer.safetensors", opt_tensors)
-    _write(tmp / "rng.safetensors", rng)
+    write_safetensors(tmp / "optimizer.safetensors", opt_tensors)
+    write_safetensors(tmp / "rng.safetensors", rng)
     (tmp / "state.json").write_text(json.dumps({**state, "optimizer": opt_meta}, indent=2))
     for f in tmp.iterdir():
         with open(f, "rb+") as fh:

@@ -21,12 +21,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from ..config import ModelConfig
 from ..data import label_rows, label_windows, labelled_documents
 from ..models.classifier import NoisyClassifier
-from .checkpoint import CheckpointError, load_run
+from .checkpoint import CheckpointError, load_run, write_safetensors
 
 T_MIN = 0.02
 GUIDABLE = ("masked", "uniform", "sedd-absorb", "sedd-uniform", "gaussian")
@@ -111,7 +111,7 @@ def train_classifier(run_dir: str | Path, data: str, out: str | Path, *, steps: 
             "process": run.objective.name, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
             "val_accuracy_at_t": accuracy, "val_documents": len(rows["val"])}
     out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "classifier.safetensors"))
+    write_safetensors(out / "classifier.safetensors", model.state_dict())
     (out / "classifier.json").write_text(json.dumps(info, indent=2))
     return info
 
