@@ -327,7 +327,7 @@ def markdown(r: dict) -> str:
     sets = "; ".join(f"{k}: {v['tasks']} holes of {v['mean_hole_tokens']:.1f} tokens on average"
                      for k, v in r["task_sets"].items())
     lines = [f"Machine: {r['cpu_model']} ({r['machine']}), Python {r['python']}. Date: {r['date']}. "
-             f"Held-out functions ({sets}); greedy decoding.", "",
+             f"Held-out holes ({sets}); greedy decoding.", "",
              "| holes | model | sampler | steps / token | exact match | edit similarity | ast.parse ok | s / task |",
              "|---|---|---|---|---|---|---|---|"]
     for x in r["rows"]:
