@@ -92,6 +92,7 @@ def _random_span(text: str, start: int, end: int, tokenizer, seed: str) -> tuple
     k = rng.randint(2, 8)
     if len(ids) < k + 2:
         return None
+
     def word(c: str) -> bool:
         return c.isalnum() or c == "_"
 
@@ -247,10 +248,9 @@ def main() -> None:
     loaded = {k: load_run(v) for k, v in runs.items()}
     configs = [("ar-fim", "ar", None), ("masked", "ancestral", 1.0), ("masked", "confidence", 1.0),
                ("masked", "confidence", 0.5), ("masked", "semi-ar", 1.0)]
-    rows, counts = [], {}
     configs = [c for c in configs if c[0] in loaded and c[1] in args.samplers]
+    rows, counts, tok = [], {}, loaded["masked"].tokenizer
     for kind in args.kinds:
-        tok = loaded["masked"].tokenizer
         task_list = (text_tasks(tok, args.text, args.tasks, args.prefix_tokens, args.suffix_tokens) if kind == "text"
                      else tasks(tok, args.tasks, args.prefix_tokens, args.suffix_tokens, kind, args.per_file))
         counts[kind] = {"tasks": len(task_list),

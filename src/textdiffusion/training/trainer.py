@@ -168,8 +168,10 @@ def train(
     optimizer = _make_optimizer(model, tc)
     ema = EMA(model, tc.ema) if tc.ema > 0 else None
     L = cfg.model.context
+    prompt_drop = 0.0  # prompts are dropped from SFT rows, never the context of an infilling window
     if isinstance(splits["train"], Rows):
         sampler = RowSampler(splits["train"], tc.batch_size, seed=tc.seed + 1)
+        prompt_drop = tc.prompt_drop
     else:
         fim = (cfg.data.fim_rate, tokenizer.eot_id, tokenizer.pad_id, tokenizer.mask_id)
         sampler = WindowSampler(splits["train"], L, tc.batch_size, seed=tc.seed + 1, fim=fim,
@@ -232,8 +234,7 @@ def train(
             loss_sum = 0.0
             for _ in range(tc.grad_accum):
                 batch, fixed, labels = _on_device(sampler.next(), device)
-                # prompts are dropped from SFT rows, never the context of an infilling window
-                drop = tc.cond_drop if labels is not None else tc.prompt_drop if isinstance(sampler, RowSampler) else 0
+                drop = tc.cond_drop if labels is not None else prompt_drop
                 batch, labels = drop_condition(batch, fixed, labels, drop, noise_gen, tokenizer.pad_id,
                                                cfg.model.num_labels)
                 net = fwd_model if labels is None else Conditioned(fwd_model, labels)
