@@ -141,14 +141,16 @@ def test_edit_and_canvas_errors():
 # -- known answer: each token fixes the next (a b c ... h a b ...) -------------------------------
 
 
-def _train_cycle(tmp_path_factory, name: str, process: str = "masked", **data):
-    """A small model trained 250 steps on "abcdefghabcdefgh...", where each token fixes the next;
-    ``data``: DataConfig fields (fim_rate, infill_rate). Returns (loaded run, TrainResult)."""
+def _train_cycle(tmp_path_factory, name: str, process: str = "masked", steps: int = 600, **data):
+    """A small model trained ``steps`` steps on "abcdefghabcdefgh...", where each token fixes the
+    next; ``data``: DataConfig fields (fim_rate, infill_rate). Returns (loaded run, TrainResult).
+    600 steps: at 250 the diffusion models filled 84-100 % of the known-answer holes exactly over
+    three sampling seeds (against a 0.9 threshold: luck); at 600, 97-100 % on both kinds of CPU kernels."""
     tokens = np.arange(40_000) % len(ALPHABET)
     cfg = Config(model=ModelConfig(n_layer=2, n_head=4, d_model=64, context=CONTEXT),
                  process=ProcessConfig(name=process),
-                 train=TrainConfig(batch_size=64, max_steps=250, lr=3e-3, min_lr=3e-4, warmup_steps=20,
-                                   eval_every=250, ckpt_every=250, log_every=50))
+                 train=TrainConfig(batch_size=64, max_steps=steps, lr=3e-3, min_lr=3e-4, warmup_steps=20,
+                                   eval_every=steps, ckpt_every=steps, log_every=50))
     for key, value in data.items():
         setattr(cfg.data, key, value)
     out = tmp_path_factory.mktemp(name)
@@ -168,6 +170,10 @@ def _exact(texts, truth):
 @pytest.mark.parametrize("sampler", ["ancestral", "confidence"])
 @pytest.mark.parametrize("trained", ["cycle_run", "cycle_infill"])  # plain windows; half infilling windows
 def test_infill_recovers_deterministic_spans(request, trained, sampler):
+    """A model that learned the chain fills both holes exactly (97-100 % over sampling seeds and CPU
+    kernels after 600 steps; the first hole is determined by its right context alone). Catches a
+    reverse step that leaves tokens masked (unmasking with half of (alpha_s - alpha_t) /
+    (1 - alpha_t): 19 % exact) or draws them from the wrong distribution."""
     truth = "cdefghabcdefghabcdefgh"
     # a hole in the middle, and one at the very start that only the right context determines
     template = "[MASK:4]ghabcd[MASK:6]cdefgh"
@@ -259,13 +265,20 @@ def cycle_infill(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cycle_fim(tmp_path_factory):
-    return _train_cycle(tmp_path_factory, "cycle-fim", "ar", fim_rate=0.5)[0]
+    return _train_cycle(tmp_path_factory, "cycle-fim", "ar", steps=250, fim_rate=0.5)[0]
 
 
 def test_ar_fim_twin_fills_the_middle(cycle_fim):
+    """The FIM twin is never told the hole's length (Bavarian et al.'s PSM format has no length
+    token), so even a correct twin misses when its guess of where the middle ends is off: 81-100 %
+    exact over sampling seeds and CPU kernels (and worse, not better, with longer training: it is
+    the length guess, not the chain, that varies). Broken FIM formatting fills none: prefix and
+    suffix swapped in the prompt or in the training windows, a wrong sentinel, or the middle not
+    generated after [mid] give 0 %. So: at least half of 64 fills, a margin of about 7 standard
+    errors either way (it was 0.9 of 16, which a correct twin missed on other seeds)."""
     for template, truth in (("ab[MASK:4]ghabc", "abcdefghabc"), ("[MASK:3]defgh", "abcdefgh")):
-        res = infill(cycle_fim, template, num=16, seed=0)
-        assert _exact(res.texts, truth) >= 0.9, res.texts[:4]
+        res = infill(cycle_fim, template, num=64, seed=0)
+        assert _exact(res.texts, truth) >= 0.5, res.texts[:4]
     with pytest.raises(ValueError, match="one hole"):
         infill(cycle_fim, "a[MASK]c[MASK]e")
     continuation = infill(cycle_fim, "abc[MASK:5]", seed=0)  # a plain continuation decodes left to right

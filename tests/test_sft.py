@@ -1,7 +1,7 @@
 """Instruction tuning: the prompt is never noised and never scored, SFT rows are padded with
 end-of-text, and on a task with one right answer (reply with each letter of the prompt moved on
-by one: "abf" -> "bca") a
-briefly tuned model answers unseen prompts correctly, far above an untrained one."""
+by one: "abf" -> "bca") a briefly tuned model answers unseen prompts correctly, far above an
+untrained one."""
 
 import json
 import random
@@ -19,6 +19,7 @@ from textdiffusion.training.trainer import train
 
 LETTERS = "abcdef"
 CONTEXT = 32
+WORD = 6  # letters per prompt: 6**6 = 46,656 words, so 20,000 training pairs cannot be memorised, only the rule learned
 
 
 def _tokenizer():
@@ -90,35 +91,43 @@ def _shift(word: str) -> str:
 
 def _task_pairs(n, seed):
     rng = random.Random(seed)
-    words = ["".join(rng.choice(LETTERS) for _ in range(4)) for _ in range(n)]
+    words = ["".join(rng.choice(LETTERS) for _ in range(WORD)) for _ in range(n)]
     return [Pair(f"{i}", w, _shift(w)) for i, w in enumerate(words)]
 
 
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory):
     tok = _tokenizer()
-    train_pairs = _task_pairs(3000, seed=0)
+    train_pairs = _task_pairs(20_200, seed=0)
     cfg = Config(model=ModelConfig(n_layer=2, n_head=4, d_model=64, context=CONTEXT), process=ProcessConfig(name="masked"),
                  train=TrainConfig(batch_size=64, max_steps=400, lr=3e-3, min_lr=3e-4, warmup_steps=20,
                                    eval_every=400, ckpt_every=400, log_every=100))
     cfg.data.sft = True
     out = tmp_path_factory.mktemp("sft")
-    splits = {"train": sft_rows(train_pairs[:2800], tok, CONTEXT), "val": sft_rows(train_pairs[2800:], tok, CONTEXT)}
+    splits = {"train": sft_rows(train_pairs[:20_000], tok, CONTEXT), "val": sft_rows(train_pairs[20_000:], tok, CONTEXT)}
     train(cfg, out, splits, tok, progress=False)
     return load_run(out)
 
 
 def test_tuned_model_answers_unseen_prompts(tuned):
-    seen = {p.prompt for p in _task_pairs(3000, seed=0)}
-    tests = [p for p in _task_pairs(200, seed=7) if p.prompt not in seen][:24]
-    assert len(tests) >= 10
+    """A model that learned the rule answers every unseen prompt: seven trainings (six seeds, AVX-512
+    and AVX2 kernels) each scored 100 of 100 held-out prompts exactly, so 36 of 40 leaves a wide
+    margin for kernel noise. The earlier form of this task (4-letter words, 1,296 in all, most of
+    them in the training set) was learned half by memorising, and held-out accuracy swung between
+    0.61 and 0.83 with the CPU's floating-point kernels against a 0.8 threshold.
+    Catches: the prompt noised or dropped at generation (chat's canvas not fixing it: 0 of 40),
+    the confidence sampler revealing its least confident positions first, and a response
+    misaligned with its prompt in the SFT rows."""
+    seen = {p.prompt for p in _task_pairs(20_200, seed=0)}
+    tests = [p for p in _task_pairs(200, seed=7) if p.prompt not in seen][:40]
+    assert len(tests) == 40
     right = [chat(tuned, p.prompt, steps=16, sampler="confidence", seed=0).texts[0] == p.response for p in tests]
     untrained = load_run(tuned.run_dir)
     torch.manual_seed(0)
     for param in untrained.model.parameters():
         torch.nn.init.normal_(param, std=0.02)
     wrong = [chat(untrained, p.prompt, steps=16, sampler="confidence", seed=0).texts[0] == p.response for p in tests]
-    assert np.mean(right) >= 0.8, np.mean(right)
+    assert np.mean(right) >= 0.9, np.mean(right)
     assert np.mean(wrong) <= 0.1
 
 
