@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from ..config import ModelConfig
+from ..processes.base import upcast
 from .transformer import Transformer
 
 
@@ -38,7 +39,7 @@ class EmbeddingDenoiser(nn.Module):
 
     def embeddings(self) -> torch.Tensor:
         """(V, d) unit-norm token embeddings (what the forward process noises)."""
-        w = self.embedding.float()
+        w = upcast(self.embedding)
         return w / w.norm(dim=-1, keepdim=True).clamp_min(1e-8)
 
     def forward(self, inputs: torch.Tensor, t: torch.Tensor | None = None,

@@ -21,6 +21,12 @@ class LossOutput:
         return cls((per_token * loss_mask).sum() / max(n, 1), n)
 
 
+def upcast(x: torch.Tensor) -> torch.Tensor:
+    """float16/bfloat16 -> float32; float32 and float64 unchanged. Probability maths never runs
+    below float32, and a float64 model (the golden-output tests) keeps float64 throughout."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def scored(fixed: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """(keep, loss_mask) over the last L positions of a (B, L+1) ``fixed`` mask: conditioning
     positions (an SFT prompt) are never noised and never scored."""

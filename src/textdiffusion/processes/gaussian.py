@@ -35,7 +35,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .base import LossOutput, scored, stratified_uniform
+from .base import LossOutput, scored, stratified_uniform, upcast
 
 
 class GaussianProcess:
@@ -71,7 +71,7 @@ class GaussianProcess:
         sigma^2 - 1 - log sigma^2 = softplus(lambda_min) - alpha^2 at t = 1."""
         a2 = 1.0 / (1.0 + math.exp(-self.logsnr_min))  # alpha_1^2 = sigmoid(lambda_min)
         per_dim = math.log1p(math.exp(self.logsnr_min)) - a2
-        return 0.5 * (a2 * e0.float().pow(2).sum(-1) + self.embed_dim * per_dim)
+        return 0.5 * (a2 * upcast(e0).pow(2).sum(-1) + self.embed_dim * per_dim)
 
     # forward process ---------------------------------------------------------------------------
     def prior(self, shape: tuple[int, ...], device=None, gen: torch.Generator | None = None) -> torch.Tensor:
@@ -80,7 +80,7 @@ class GaussianProcess:
 
     def corrupt(self, e0: torch.Tensor, t: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
         """Sample q(z_t | x0) = N(alpha_t e, sigma_t^2 I) for embeddings e0 (B, L, d) and t (B,)."""
-        alpha, sigma = (v.float().view(-1, 1, 1) for v in self.alpha_sigma(t))
+        alpha, sigma = (v.to(upcast(e0).dtype).view(-1, 1, 1) for v in self.alpha_sigma(t))
         noise = torch.randn(e0.shape, generator=gen, device=e0.device)
         return alpha * e0 + sigma * noise
 
@@ -92,11 +92,11 @@ class GaussianProcess:
         log-likelihood log q(z_t | x0 = v) = (alpha / sigma^2) <z_t, e_v> + const (unit-norm e_v), so
         the network supplies what the context says about each token and the noisy vector itself is
         read exactly; at high SNR the right token wins without any learning."""
-        scale = self.input_scale(t).float().view(-1, 1, 1)
+        scale = self.input_scale(t).to(upcast(z).dtype).view(-1, 1, 1)
         sc = None if x_selfcond is None else x_selfcond * math.sqrt(self.embed_dim)  # unit variance too
         alpha, sigma = self.alpha_sigma(t)
-        evidence = (alpha / sigma**2).float().view(-1, 1, 1) * (z.float() @ model.embeddings().detach().T)  # (B, L, V)
-        return model(z * scale, t, sc).float() + evidence
+        evidence = (alpha / sigma**2).to(upcast(z).dtype).view(-1, 1, 1) * (upcast(z) @ model.embeddings().detach().T)  # (B, L, V)
+        return upcast(model(z * scale, t, sc)) + evidence
 
     @staticmethod
     def x0_estimate(logits: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
@@ -121,7 +121,7 @@ class GaussianProcess:
     def _diffusion_term(self, e0: torch.Tensor, x_hat: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """(B, L) -1/2 SNR'(t) |e - x_hat|^2: one draw of the time integral (t: (B,))."""
         weight = 0.5 * (self.logsnr_max - self.logsnr_min) * self.logsnr(t.double()).exp()
-        return weight.float()[:, None] * (e0.float() - x_hat).pow(2).sum(-1)
+        return weight.to(upcast(x_hat).dtype)[:, None] * (upcast(e0) - x_hat).pow(2).sum(-1)
 
     def loss(self, model, batch: torch.Tensor, gen: torch.Generator | None = None,
              fixed: torch.Tensor | None = None) -> LossOutput:

@@ -30,6 +30,7 @@ from .base import (
     sample_categorical,
     scored,
     stratified_uniform,
+    upcast,
 )
 from .schedules import get_schedule
 
@@ -82,7 +83,7 @@ class MaskedProcess:
     # parameterisation --------------------------------------------------------------------
     def log_probs(self, logits: torch.Tensor) -> torch.Tensor:
         """SUBS: log p_theta(x0 | x_t) with the mask token's probability forced to zero."""
-        logits = logits.float()
+        logits = upcast(logits).clone()  # never written into the caller's logits
         logits[..., self.mask_id] = float("-inf")
         return F.log_softmax(logits, dim=-1)
 

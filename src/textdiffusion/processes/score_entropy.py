@@ -29,7 +29,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .base import LossOutput, keep_clean, sample_categorical, scored
+from .base import LossOutput, keep_clean, sample_categorical, scored, upcast
 from .masked import MaskedProcess
 from .uniform import UniformProcess
 
@@ -58,7 +58,7 @@ class ScoreEntropyProcess:
     def log_probs(self, logits: torch.Tensor) -> torch.Tensor:
         """Normalised log scores: for absorbing, p(x0 | x_t) at a masked position (the mask
         excluded); for uniform, ratios between candidates are all that matter."""
-        logits = logits.float()
+        logits = upcast(logits).clone()  # never written into the caller's logits
         if self.kind == "absorb":
             logits[..., self.mask_id] = float("-inf")
         return F.log_softmax(logits, dim=-1)
@@ -66,7 +66,7 @@ class ScoreEntropyProcess:
     # the score entropy integrand ---------------------------------------------------------------
     def _score_entropy(self, logits: torch.Tensor, xt: torch.Tensor, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """(B, L) sum_{y != z} R(y -> z) [s_y - r_y log s_y + K(r_y)] per token, nats per unit time."""
-        logits = logits.float()
+        logits = upcast(logits)
         if self.kind == "absorb":
             # a fixed shift by -log(V - 1): a network that starts near zero starts with normalised
             # scores, instead of a penalty of about V that swamps the first updates
@@ -94,7 +94,7 @@ class ScoreEntropyProcess:
     def _decoder_nll(self, logits: torch.Tensor, x_eps: torch.Tensor, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """(B, L) -log p(x0 | x_eps) with p(x0 = y | z) proportional to q_eps(z | y) s_y (a valid
         distribution, so the bound stays valid; near the exact posterior for small eps)."""
-        logits = logits.float()
+        logits = upcast(logits)
         alpha = self.schedule.alpha(t).view(-1, 1, 1)
         if self.kind == "absorb":
             nll = -self.log_probs(logits).gather(-1, x0[..., None]).squeeze(-1)

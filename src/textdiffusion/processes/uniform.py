@@ -38,6 +38,7 @@ from .base import (
     sample_categorical,
     scored,
     stratified_uniform,
+    upcast,
 )
 from .schedules import get_schedule
 
@@ -74,7 +75,7 @@ class UniformProcess:
     # parameterisation --------------------------------------------------------------------
     def log_probs(self, logits: torch.Tensor) -> torch.Tensor:
         """log x_theta over the N states; the special ids beyond them get probability zero."""
-        logits = logits.float()
+        logits = upcast(logits).clone()  # never written into the caller's logits
         logits[..., self.N :] = float("-inf")
         return F.log_softmax(logits, dim=-1)
 

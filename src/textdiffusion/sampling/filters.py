@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from ..processes.base import sample_categorical  # noqa: F401  (the reverse steps draw with it too)
+from ..processes.base import sample_categorical, upcast  # noqa: F401  (the reverse steps draw with it too)
 
 
 def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Return log-probabilities (float32, ..., V) after temperature, top-k and nucleus filtering.
+    """Return log-probabilities (float32 or float64, ..., V) after temperature, top-k and nucleus filtering.
 
     temperature == 0 means greedy: all mass on the argmax.
     """
-    logits = logits.float()
+    logits = upcast(logits)
     if temperature == 0:
         out = torch.full_like(logits, float("-inf"))
         return out.scatter(-1, logits.argmax(-1, keepdim=True), 0.0)
@@ -32,7 +32,7 @@ def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0
 def ban(logits: torch.Tensor, ids: list[int]) -> torch.Tensor:
     """Give ``ids`` (tokens that are never text: mask, pad, unknown) zero probability."""
     if ids:
-        logits = logits.float().clone()
+        logits = upcast(logits).clone()
         logits[..., ids] = float("-inf")
     return logits
 

@@ -77,8 +77,11 @@ def reveal_count(masked_now: torch.Tensor, masked_at_start: torch.Tensor, step: 
 
 
 def top_k_mask(scores: torch.Tensor, eligible: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """(B, T) bool: the k[b] highest ``scores`` among the ``eligible`` positions of each row."""
-    scores = scores.masked_fill(~eligible, float("-inf"))
+    """(B, T) bool: the k[b] highest ``scores`` among the ``eligible`` positions of each row, ties
+    to the leftmost. Compared in float32 (float64 scores are rounded): positions the network cannot
+    tell apart (an all-mask canvas without a prompt) tie exactly in exact arithmetic, and must not
+    be ordered by the last bits of a float64 sum, which differ between CPUs' kernels."""
+    scores = scores.float().masked_fill(~eligible, float("-inf"))
     order = scores.argsort(dim=1, descending=True, stable=True)
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(scores.shape[1], device=scores.device).expand_as(order))
     return eligible & (rank < k[:, None])
