@@ -1,9 +1,12 @@
 import math
 
+import pytest
 import torch
 
 from textdiffusion.processes.masked import MaskedProcess
 from textdiffusion.processes.schedules import Cosine, LogLinear
+from textdiffusion.processes.score_entropy import ScoreEntropyProcess
+from textdiffusion.processes.uniform import UniformProcess
 
 
 def test_masked_fraction_matches_one_minus_alpha():
@@ -38,6 +41,23 @@ def test_schedule_endpoints_and_weights():
             assert abs(sched.time_of(sched.alpha(torch.tensor(t))).item() - t) < 1e-5
 
 
+@pytest.mark.parametrize("schedule", ["loglinear", "cosine"])
+def test_forward_rate_of_the_uniform_and_sedd_processes_is_minus_dlog_alpha(schedule):
+    """beta(t) = -alpha'(t) / alpha(t), the forward jump rate the uniform and SEDD bounds and
+    reverse steps use, against a central finite difference of log alpha, for the schedule each
+    process is built with. Catches a wrong cosine rate, e.g. (pi/2) tan(pi t) or (pi/2) sin/cos
+    of the wrong angle (no uniform or SEDD test used the cosine schedule before)."""
+    for proc in (UniformProcess(8, 11, schedule=schedule), ScoreEntropyProcess("uniform", 11, 10, schedule=schedule),
+                 ScoreEntropyProcess("absorb", 11, 10, schedule=schedule)):
+        for t in (0.05, 0.3, 0.5, 0.8, 0.95):
+            h = 1e-6
+            tt = torch.tensor([t - h, t + h], dtype=torch.float64)
+            log_a = proc.schedule.alpha(tt).log()
+            rate = -(log_a[1] - log_a[0]) / (2 * h)
+            got = proc.schedule.rate(torch.tensor(t, dtype=torch.float64))
+            assert abs(got.item() - rate.item()) < 1e-6 * max(1.0, rate.item()), (proc.name, schedule, t, got, rate)
+
+
 def test_antithetic_times_cover_the_interval():
     proc = MaskedProcess(20, 17, antithetic=True)
     t = proc.sample_t(8, torch.Generator().manual_seed(1))
@@ -66,14 +86,18 @@ class _Oracle(torch.nn.Module):
         return logits.scatter(-1, self.x0[..., None], math.log(self.p))
 
 
-def test_nelbo_of_a_fixed_predictor_is_its_cross_entropy():
+@pytest.mark.parametrize("eps", [1e-3, 0.2])
+def test_nelbo_of_a_fixed_predictor_is_its_cross_entropy(eps):
     """With a predictor whose p(x0|x_t) does not depend on x_t, the integral of w(t)(1-alpha(t))
-    over [0, 1] is exactly 1, so the NELBO equals L * (-log p) for either schedule."""
+    over [eps, 1] is alpha(eps) and the reconstruction term at eps adds 1 - alpha(eps) (the masked
+    fraction there), so the NELBO equals L * (-log p) for either schedule and any eps. At eps = 0.2
+    the reconstruction term is 20 % of the bound (loglinear): this catches a bound without it,
+    which at eps = 1e-3 is off by only 0.1 %."""
     vocab, p = 10, 0.7
     x0 = torch.randint(0, 8, (64, 33), generator=torch.Generator().manual_seed(0))
     model = _Oracle(x0[:, 1:], p, vocab)
     for schedule in ("loglinear", "cosine"):
-        proc = MaskedProcess(vocab, 9, schedule=schedule)
+        proc = MaskedProcess(vocab, 9, schedule=schedule, eps=eps)
         est = proc.nelbo(model, x0, torch.Generator().manual_seed(0), num_samples=32)  # (S, B)
         per_token = est.mean().item() / 32
         assert abs(per_token - (-math.log(p))) < 0.03 * -math.log(p), (schedule, per_token)
