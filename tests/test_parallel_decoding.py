@@ -145,16 +145,71 @@ def test_reveal_schedules():
             assert counts[0] < counts[-1]  # MaskGIT's cosine: few early, many late
 
 
-def test_semi_ar_stops_at_end_of_text():
-    """Given eot_id, decoding stops after the block in which every row produced end-of-text."""
-    model, objective = _model("masked")
+@pytest.mark.parametrize("process, name, options", [("masked", "semi-ar", {"block_length": 4}),
+                                                     ("masked", "threshold", {"block_length": 4}),
+                                                     ("block", "block", {})])
+def test_blockwise_decoding_stops_at_end_of_text(process, name, options):
+    """Given eot_id, decoding stops after the block in which every row produced end-of-text: here
+    the first (end-of-text is made overwhelmingly likely), so 4 of 16 positions and at most 4
+    calls. Catches the early stop missing from a sampler (threshold and block had no test; each
+    planted and seen failing)."""
+    model, objective = _model(process, block_size=4)
     eot = tokenizer().eot_id
-    with torch.no_grad():  # make end-of-text overwhelmingly likely: every row ends in block 1
+    with torch.no_grad():
         model.head.bias = torch.nn.Parameter(torch.zeros(tokenizer().vocab_size))
         model.head.bias[eot] = 50.0
-    sampler = build_sampler("semi-ar", objective, tokenizer(), block_length=4, eot_id=eot)
+    sampler = build_sampler(name, objective, tokenizer(), eot_id=eot, **options)
     out = sampler.generate(model, objective, length=16, steps=16, batch_size=2, gen=torch.Generator().manual_seed(0))
-    assert out.tokens.shape[1] == 4 and out.nfe <= 4
+    assert out.tokens.shape[1] == 4 and out.nfe <= 4 and (out.tokens == eot).all()
+
+
+def _sharpened(process):
+    """A model whose predictions are far from uniform and depend on the context (weights x4), so
+    any difference in what the network reads changes the tokens drawn."""
+    model, objective = _model(process)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(4.0)
+        top = model(torch.randint(0, 8, (4, 12), generator=torch.Generator().manual_seed(9))).softmax(-1).amax(-1)
+    assert float(top.mean()) > 3 / tokenizer().vocab_size  # the premise: far from uniform (1 / V)
+    return model, objective
+
+
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+def test_threshold_cache_is_exact_when_each_block_decodes_in_one_step(cache):
+    """With one step per block every call is a block's first, the full pass that (re)records the
+    cache, so prefix- and dual-cached decoding read exactly what no cache reads: the same tokens
+    under the same seed. Catches a cache recorded once per sequence instead of once per block
+    (later blocks then read the first block's stale keys), planted and seen failing."""
+    model, objective = _sharpened("masked")
+    tokens = {}
+    for kv in ("none", cache):
+        sampler = build_sampler("threshold", objective, tokenizer(), block_length=4, kv_cache=kv)
+        out = sampler.generate(model, objective, length=16, steps=4, batch_size=3, prompt=torch.tensor([3, 1, 4]),
+                               gen=torch.Generator().manual_seed(4))
+        assert out.nfe == 4
+        tokens[kv] = out.tokens
+    assert torch.equal(tokens["none"], tokens[cache])
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_ar_tokens_with_kv_cache_equal_full_recompute(temperature):
+    """The AR sampler (prefill, then one cached token per call) draws exactly the tokens of
+    recomputing the whole sequence for every token with the same draws, on a model whose
+    predictions depend on the context. Catches RoPE positions restarting at 0 for cached tokens
+    and a prefill of only the last prompt token (each planted and seen failing)."""
+    from textdiffusion.sampling.filters import ban, filter_logits, sample_categorical
+
+    model, objective = _sharpened("ar")
+    sampler = build_sampler("ar", objective, tokenizer(), temperature=temperature)
+    prompt = torch.tensor([3, 1, 4, 1])
+    out = sampler.generate(model, objective, length=14, batch_size=3, prompt=prompt, gen=torch.Generator().manual_seed(5))
+    gen, x = torch.Generator().manual_seed(5), prompt.expand(3, -1)
+    with torch.no_grad():
+        for _ in range(14):
+            logits = ban(model(x)[:, -1], sampler.banned_ids)
+            x = torch.cat([x, sample_categorical(filter_logits(logits, temperature), gen)[:, None]], 1)
+    assert torch.equal(out.tokens, x)
 
 
 def test_block_size_one_bound_is_the_block_causal_nll():

@@ -136,13 +136,10 @@ class ScoreEntropyProcess:
         return torch.stack(out)
 
     # reverse process (analytic) ------------------------------------------------------------------
-    def reverse_step(self, log_scores: torch.Tensor, x_t: torch.Tensor, t: float, s: float,
-                     gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.kind == "absorb":  # p(x0 | masked) is proportional to the score
-            return self.forward.reverse_step(log_scores, x_t, t, s, gen)
-        # uniform: normalised scores are the model's p_t(token l = y | the rest); the x0 distribution
-        # they imply is p(x0 = y | z) ~ q(z | y) p0(y) with p0 = (p_t - (1 - alpha)/N) / alpha, its
-        # negative parts clipped (exact for exact scores)
+    def _x0_probs(self, log_scores: torch.Tensor, x_t: torch.Tensor, t: float) -> torch.Tensor:
+        """Uniform: normalised scores are the model's p_t(token l = y | the rest); the x0
+        distribution they imply is p(x0 = y | z) ~ q(z | y) p0(y) with p0 = (p_t - (1 - alpha)/N) /
+        alpha, its negative parts clipped (exact for exact scores)."""
         N = self.vocab_size
         # at t = 1 the scores carry no information about x0 (p0 = 0/0): read them just below
         a = float(self.schedule.alpha(torch.tensor(min(t, 1.0 - self.eps), dtype=torch.float64)))
@@ -150,18 +147,27 @@ class ScoreEntropyProcess:
         q_z = a * F.one_hot(x_t, N).double() + (1.0 - a) / N  # q(z | y)
         x0_probs = (q_z * (p_t - (1.0 - a) / N)).clamp_min(0.0)
         x0_probs = x0_probs + 1e-30 * (x0_probs.sum(-1, keepdim=True) == 0)  # never all zero
-        x0_probs = x0_probs / x0_probs.sum(-1, keepdim=True)
-        return self.forward.reverse_step(x0_probs.log(), x_t, t, s, gen)
+        return x0_probs / x0_probs.sum(-1, keepdim=True)
 
-    def euler_step(self, log_scores: torch.Tensor, x_t: torch.Tensor, t: float, s: float,
-                   gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """First-order (Euler / tau-leaping) step: token l jumps z -> y with probability
-        (t - s) R_theta(z -> y), where R_theta(z -> y) = R(y -> z) s_y; the jump probabilities are
-        scaled down if they exceed one. The last step (s = 0) is the analytic one, so no mask is
-        left. Returns (x_s, x0_pred)."""
+    def reverse_step(self, log_scores: torch.Tensor, x_t: torch.Tensor, t: float, s: float,
+                     gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Absorbing: MDLM's reverse step (p(x0 | masked) is proportional to the score); uniform:
+        the exact posterior mixture over the x0 estimate the scores imply. Returns (x_s, x0_pred)."""
+        if self.kind == "absorb":
+            return self.forward.reverse_step(log_scores, x_t, t, s, gen)
+        return self.forward.reverse_step(self._x0_probs(log_scores, x_t, t).log(), x_t, t, s, gen)
 
-        if s <= 0.0:
-            return self.reverse_step(log_scores, x_t, t, s, gen)
+    def reverse_probs(self, log_scores: torch.Tensor, x_t: torch.Tensor, t: float, s: float) -> torch.Tensor:
+        """(B, L, N) float64 p(x_s | x_t) of the uniform analytic step (absorbing steps draw only
+        the tokens that unmask, so they have no such table)."""
+        if self.kind == "absorb":
+            raise ValueError("the absorbing SEDD step draws only unmasking tokens; it has no full table")
+        return self.forward.reverse_probs(self._x0_probs(log_scores, x_t, t).log(), x_t, t, s)
+
+    def euler_probs(self, log_scores: torch.Tensor, x_t: torch.Tensor, t: float, s: float) -> torch.Tensor:
+        """(B, L, V) float64 first-order (Euler / tau-leaping) transition probabilities: token l
+        jumps z -> y with probability (t - s) R_theta(z -> y), where R_theta(z -> y) = R(y -> z) s_y;
+        the jump probabilities are scaled down if they exceed one."""
         dt = t - s
         # uniform: beta(1) is infinite, so read the rate just below t = 1 (absorbing: w(1) is finite)
         t_vec = torch.tensor([t if self.kind == "absorb" else min(t, 1.0 - self.eps)], dtype=torch.float64)
@@ -174,7 +180,13 @@ class ScoreEntropyProcess:
             ratios = p_t / p_t.gather(-1, x_t[..., None]).clamp_min(1e-30)
             rate = float(self.schedule.rate(t_vec)) / self.vocab_size * ratios * (1.0 - z)
         jump = dt * rate
-        total = jump.sum(-1, keepdim=True)
-        jump = jump / total.clamp_min(1.0)  # at most probability one of leaving
-        probs = jump + z * (1.0 - jump.sum(-1, keepdim=True))
-        return sample_categorical(probs.clamp_min(0.0).log(), gen), log_scores.argmax(-1)
+        jump = jump / jump.sum(-1, keepdim=True).clamp_min(1.0)  # at most probability one of leaving
+        return (jump + z * (1.0 - jump.sum(-1, keepdim=True))).clamp_min(0.0)
+
+    def euler_step(self, log_scores: torch.Tensor, x_t: torch.Tensor, t: float, s: float,
+                   gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One draw of ``euler_probs``; the last step (s = 0) is the analytic one, so no mask is
+        left. Returns (x_s, x0_pred)."""
+        if s <= 0.0:
+            return self.reverse_step(log_scores, x_t, t, s, gen)
+        return sample_categorical(self.euler_probs(log_scores, x_t, t, s).log(), gen), log_scores.argmax(-1)

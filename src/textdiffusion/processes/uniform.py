@@ -185,26 +185,24 @@ class UniformProcess:
         return torch.stack(out)
 
     # reverse process -------------------------------------------------------------------------
-    def reverse_step(self, log_x_theta: torch.Tensor, x_t: torch.Tensor, t: float, s: float,
-                     gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """One draw of p(x_s | x_t) = sum_x0 x_theta(x0) q(x_s | x_t, x0), exact when x_theta is the
-        true p(x0 | x_t). Returns (x_s, x0_pred)."""
-
+    def reverse_probs(self, log_x_theta: torch.Tensor, x_t: torch.Tensor, t: float, s: float) -> torch.Tensor:
+        """(B, L, N) float64 p(x_s | x_t) = sum_x0 x_theta(x0) q(x_s | x_t, x0), exact when x_theta is
+        the true p(x0 | x_t)."""
         B = x_t.shape[0]
         t_vec = torch.full((B,), t, dtype=torch.float64, device=x_t.device)
         s_vec = torch.full((B,), s, dtype=torch.float64, device=x_t.device)
-        probs = self._posterior(log_x_theta[..., : self.N].exp().double(), x_t, t_vec, s_vec)
-        return sample_categorical(probs.log(), gen), log_x_theta.argmax(-1)
+        return self._posterior(log_x_theta[..., : self.N].exp().double(), x_t, t_vec, s_vec)
 
-    def euler_step(self, log_x_theta: torch.Tensor, x_t: torch.Tensor, t: float, s: float,
-                   gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """First-order (Euler / tau-leaping) step with the model's reverse rates: token l jumps
-        z -> y with probability (t - s) R_theta(z -> y) = (t - s) (beta / N) c_y (the c_y of
-        ``_kl_rates``), scaled down if the probabilities of leaving exceed one. beta(1) is infinite,
-        so the rates are read at min(t, 1 - eps); the last step (s = 0) is the exact one."""
+    def reverse_step(self, log_x_theta: torch.Tensor, x_t: torch.Tensor, t: float, s: float,
+                     gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One draw of ``reverse_probs``. Returns (x_s, x0_pred)."""
+        return sample_categorical(self.reverse_probs(log_x_theta, x_t, t, s).log(), gen), log_x_theta.argmax(-1)
 
-        if s <= 0.0:
-            return self.reverse_step(log_x_theta, x_t, t, s, gen)
+    def euler_probs(self, log_x_theta: torch.Tensor, x_t: torch.Tensor, t: float, s: float) -> torch.Tensor:
+        """(B, L, N) float64 first-order (Euler / tau-leaping) transition probabilities with the
+        model's reverse rates: token l jumps z -> y with probability (t - s) R_theta(z -> y) =
+        (t - s) (beta / N) c_y (the c_y of ``_kl_rates``), scaled down if the probabilities of
+        leaving exceed one. beta(1) is infinite, so the rates are read at min(t, 1 - eps)."""
         N = self.N
         t_c = torch.tensor(min(t, 1.0 - self.eps), dtype=torch.float64)
         alpha, beta = float(self.schedule.alpha(t_c)), float(self.schedule.rate(t_c))
@@ -215,5 +213,11 @@ class UniformProcess:
         c = 1.0 / rho + (1.0 - 1.0 / rho) * (1.0 - xz) + (rho - 1.0) * x_theta  # (B, L, N)
         jump = (t - s) * (beta / N) * c * (1.0 - z)
         jump = jump / jump.sum(-1, keepdim=True).clamp_min(1.0)  # at most probability one of leaving
-        probs = jump + z * (1.0 - jump.sum(-1, keepdim=True))
-        return sample_categorical(probs.clamp_min(0.0).log(), gen), log_x_theta.argmax(-1)
+        return (jump + z * (1.0 - jump.sum(-1, keepdim=True))).clamp_min(0.0)
+
+    def euler_step(self, log_x_theta: torch.Tensor, x_t: torch.Tensor, t: float, s: float,
+                   gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One draw of ``euler_probs``; the last step (s = 0) is the exact one. Returns (x_s, x0_pred)."""
+        if s <= 0.0:
+            return self.reverse_step(log_x_theta, x_t, t, s, gen)
+        return sample_categorical(self.euler_probs(log_x_theta, x_t, t, s).log(), gen), log_x_theta.argmax(-1)
