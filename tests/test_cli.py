@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from textdiffusion.evaluation import judge_perplexity
+from textdiffusion.training.checkpoint import load_run
+
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "configs" / "tiny.toml"
 EXE = Path(sys.executable).parent / "textdiffusion"
@@ -62,7 +65,12 @@ def test_train_sample_eval(runs, corpus):
         assert ev["split"] == "val" and ev["num_tokens"] > 0
         assert 0.0 <= ev["self_bleu"] <= 1.0 and 0.0 < ev["distinct_1"] <= 1.0 and 0.0 < ev["distinct_3"] <= 1.0
         assert 0 < ev["bits_per_token"] < 8 and ev["bits_per_byte"] > 0
-        assert ev["judge_perplexity"] > 1 and ev["exact"] == (process == "ar")
+        assert ev["exact"] == (process == "ar")
+        # the judge's perplexity of exactly the samples reported (both of them: --num-samples 2)
+        judge = load_run(base / "ar")
+        assert len(ev["samples"]) == 2
+        expected = judge_perplexity(judge.model, judge.tokenizer, ev["samples"])
+        assert ev["judge_perplexity"] == pytest.approx(expected, rel=1e-5)
 
 
 def test_eval_discrete_time_bound(runs, corpus):
@@ -221,12 +229,26 @@ def test_labels_and_guidance_from_the_command_line(runs, tmp_path):
             "--set", "train.max_steps=5", "--quiet", env_cache=cache)
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "lab" / "labels.json").read_text()) == ["cat", "dog"]
+    # five steps leave the label embedding near its small initialisation: make it loud, so the
+    # check below sees whether the label reaches the network at all
+    from safetensors.torch import load_file, save_file
+
+    for name in ("model", "ema"):
+        path = tmp_path / "lab" / "checkpoint" / f"{name}.safetensors"
+        if path.exists():
+            weights = load_file(str(path))
+            weights["label.weight"] = weights["label.weight"] * 300.0
+            save_file(weights, str(path))
     for extra in ([], ["--guidance", "2"]):
         r = cli("sample", tmp_path / "lab", "--label", "dog", "--num", "2", "--length", "10", "--steps", "5",
                 "--json", *extra, env_cache=cache)
         assert r.returncode == 0, r.stderr
         out = json.loads(r.stdout)
-        assert out["label"] == "dog" and len(out["samples"]) == 2
+        assert len(out["samples"]) == 2
+        # the label reaches the model: another label, the same (default) seed, other samples
+        other = cli("sample", tmp_path / "lab", "--label", "cat", "--num", "2", "--length", "10", "--steps", "5",
+                    "--json", *extra, env_cache=cache)
+        assert json.loads(other.stdout)["samples"] != out["samples"]
     r = cli("infill", tmp_path / "lab", "the [MASK:3] sat", "--label", "cat", "--guidance", "1", "--json", env_cache=cache)
     assert r.returncode == 0, r.stderr
     for args, needle in [

@@ -135,8 +135,12 @@ def test_chat_keeps_the_template_and_drops_old_turns(tuned):
     history = [("abca", "bcdb")] * 3
     text = conversation(history[:1], "abcd")
     assert text == chat_prompt("abca") + "bcdb\n" + chat_prompt("abcd")
-    res = chat(tuned, "abcd", history, steps=8, seed=0)  # three old turns cannot all fit in 32 tokens
-    assert res.extra["turns_kept"] < 3 and isinstance(res.texts[0], str)
+    # Known answer: the message alone takes 1 + 19 + 6 = 26 of the 32 positions, so every old turn
+    # (28 tokens each) is dropped and the reply is exactly the one without history, the rule's
+    # answer. Catches the newest turn dropped first and history kept past the context.
+    res = chat(tuned, "fedcba", [("abcdef", "bcdefa")] * 3, steps=16, sampler="confidence", seed=0)
+    alone = chat(tuned, "fedcba", steps=16, sampler="confidence", seed=0)
+    assert res.extra["turns_kept"] == 0 and res.texts == alone.texts == [_shift("fedcba")]
     with pytest.raises(ValueError, match="does not fit"):
         chat(tuned, "a" * 40)
     with pytest.raises(ValueError, match="prompt_drop"):  # prompt guidance needs a run tuned with prompt dropping

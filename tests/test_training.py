@@ -74,17 +74,22 @@ def test_resume_after_a_crash_replays_from_the_last_checkpoint(splits, tmp_path)
 
 
 def test_checkpoint_round_trip_and_ema(splits, tmp_path):
-    cfg = _cfg()
-    train(cfg, tmp_path / "r", splits, tokenizer(), progress=False)
+    """load_run returns exactly the saved EMA weights (tensor for tensor), not the raw ones nor a
+    fresh initialisation. Catches loading the raw weights, or none (compared with itself, as this
+    test once did, a run that loaded nothing matched too)."""
+    from safetensors.torch import load_file
+
+    from textdiffusion.training.checkpoint import load_weights
+
+    train(_cfg(), tmp_path / "r", splits, tokenizer(), progress=False)
     run = load_run(tmp_path / "r")
     assert run.weights == "ema.safetensors"
-    x = torch.randint(0, 8, (2, 16))
-    t = torch.full((2,), 0.5)
-    again = load_run(tmp_path / "r")
-    assert torch.equal(run.model(x, t), again.model(x, t))
+    ema = load_file(str(checkpoint_dir(tmp_path / "r") / "ema.safetensors"))
+    state = run.model.state_dict()
+    assert state.keys() == ema.keys() and all(torch.equal(state[k], ema[k]) for k in ema)
     raw = load_run(tmp_path / "r")
-    from textdiffusion.training.checkpoint import load_weights
     load_weights(raw.model, checkpoint_dir(tmp_path / "r"), prefer_ema=False)
+    x, t = torch.randint(0, 8, (2, 16)), torch.full((2,), 0.5)
     assert not torch.equal(run.model(x, t), raw.model(x, t))  # EMA weights differ from raw ones
 
 
@@ -104,12 +109,70 @@ def test_corrupt_or_missing_checkpoint_is_a_clear_error(splits, tmp_path):
         load_run(tmp_path / "r")
 
 
-def test_ema_warms_up():
+def test_ema_warms_up_and_averages():
+    """Known answer: shadow <- d shadow + (1 - d) w with d = min(decay, (1 + n) / (10 + n)); integer
+    buffers are copied. Catches the weights swapped in lerp (d w + (1 - d) shadow), the warm-up
+    left out, and integer buffers averaged (each planted and seen failing)."""
     from textdiffusion.training.trainer import EMA
 
-    ema = EMA(torch.nn.Linear(2, 2), decay=0.999)
+    model = torch.nn.BatchNorm1d(2)  # float weights and an integer buffer (num_batches_tracked)
+    ema = EMA(model, decay=0.999)
     assert ema.decay_at(0) == pytest.approx(0.1) and ema.decay_at(100) == pytest.approx(101 / 110)
     assert ema.decay_at(100_000) == 0.999
+    with torch.no_grad():
+        model.weight.fill_(3.0)  # the shadow starts at the initial weight, 1
+        model.num_batches_tracked.fill_(7)
+    ema.update(model, step=0)  # d = 0.1
+    assert torch.allclose(ema.shadow["weight"], torch.full((2,), 0.1 * 1 + 0.9 * 3))
+    assert int(ema.shadow["num_batches_tracked"]) == 7
+    with torch.no_grad():
+        model.weight.fill_(-1.0)
+    ema.update(model, step=100)  # d = 101 / 110
+    d = 101 / 110
+    assert torch.allclose(ema.shadow["weight"], torch.full((2,), d * 2.8 + (1 - d) * -1.0))
+
+
+def _ar_cfg(**train) -> Config:
+    """The AR twin: its loss has no noise draws, so two configurations that see the same windows
+    must compute the same gradients. No clipping: a clipped gradient hides its scale."""
+    return Config(model=ModelConfig(n_layer=1, n_head=2, d_model=32, context=16, time_cond=False),
+                  process=ProcessConfig(name="ar"),
+                  train=TrainConfig(**{"max_steps": 1, "warmup_steps": 1, "eval_every": 100, "eval_batches": 1,
+                                       "ckpt_every": 1, "log_every": 1, "ema": 0.0, "grad_clip": 0.0,
+                                       **train}))
+
+
+def test_gradient_accumulation_is_the_larger_batch(splits, tmp_path):
+    """Known answer: batch 4 x 2 accumulated micro-batches takes the step of batch 8 (the window
+    generator draws the same 8 windows either way): the same first Adam moment, 0.1 g, and the
+    same weights. Catches the accumulated loss not divided by grad_accum (moment twice as large),
+    gradients zeroed between micro-batches and an optimizer step per micro-batch (each planted
+    and seen failing)."""
+    from safetensors.torch import load_file
+
+    for name, batch, accum in (("big", 8, 1), ("accum", 4, 2)):
+        train(_ar_cfg(batch_size=batch, grad_accum=accum), tmp_path / name, splits, tokenizer(), progress=False)
+    opt = {n: load_file(str(checkpoint_dir(tmp_path / n) / "optimizer.safetensors")) for n in ("big", "accum")}
+    moments = [k for k in opt["big"] if "exp_avg" in k and "sq" not in k]
+    assert moments and opt["big"].keys() == opt["accum"].keys()
+    for k in moments:
+        assert torch.allclose(opt["big"][k], opt["accum"][k], rtol=1e-4, atol=1e-7), k
+    w = {n: load_file(str(checkpoint_dir(tmp_path / n) / "model.safetensors")) for n in ("big", "accum")}
+    assert all(torch.allclose(w["big"][k], w["accum"][k], rtol=1e-4, atol=1e-6) for k in w["big"])
+
+
+def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(splits, tmp_path):
+    """At lr = 1e8 the first update blows the weights up and step 2's loss is NaN: training stops
+    with a message naming the fix, and the checkpoint of step 1 (finite weights) is what remains.
+    Catches the guard removed (training goes on and checkpoints NaN weights), planted and seen failing."""
+    from safetensors.torch import load_file
+
+    cfg = _ar_cfg(batch_size=8, max_steps=5, lr=1e8, min_lr=1e8)
+    with pytest.raises(FloatingPointError, match="lower train.lr"):
+        train(cfg, tmp_path / "r", splits, tokenizer(), progress=False)
+    ckpt = checkpoint_dir(tmp_path / "r")
+    assert json.loads((ckpt / "state.json").read_text())["step"] == 1
+    assert all(torch.isfinite(v).all() for v in load_file(str(ckpt / "model.safetensors")).values())
 
 
 def test_lr_schedule():
