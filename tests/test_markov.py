@@ -63,9 +63,15 @@ def _untrained(process):
     return model.eval(), objective
 
 
-@pytest.mark.parametrize("process, slack", [("masked", 0.35), ("uniform", 0.6), ("gaussian", 0.6),
-                                            ("sedd-absorb", 0.35), ("sedd-uniform", 0.6), ("block", 0.2)])
+@pytest.mark.parametrize("process, slack", [("masked", 0.2), ("uniform", 0.2), ("gaussian", 0.4),
+                                            ("sedd-absorb", 0.25), ("sedd-uniform", 0.3), ("block", 0.2)])
 def test_diffusion_elbo_bounds_the_true_entropy(chain, trained, process, slack):
+    """The bound of a trained model lies above the chain's true entropy (1.993 bits/token) and
+    within ``slack`` of it: what these models reach (2026-12-01, AVX-512 and AVX2 kernels alike:
+    masked 2.063, uniform 2.054, gaussian 2.201/2.232, sedd-absorb 2.095, sedd-uniform 2.125,
+    block 2.075; standard errors 0.03-0.11) plus a margin of 3-5 standard errors. The untrained
+    models score 3.5 bits (uniform 15): the slacks were 0.35-0.6, a quarter to a third of the
+    1.5 learnable bits."""
     mc, splits = chain
     run = trained[process]
     report = _likelihood(run.model, run.objective, splits["val"])

@@ -145,3 +145,41 @@ def test_trace_and_step_hook(process, name):
                            gen=torch.Generator().manual_seed(0), on_step=lambda i, step: seen.append(i))
     assert seen == list(range(len(out.trace))) and len(seen) >= 1
     assert torch.equal(out.trace[-1], out.tokens)
+
+
+def test_readme_sampler_table_is_the_registry():
+    """The README's sampler table is generated from the registry; a sampler added, renamed or
+    given a new option without regenerating it fails here."""
+    from pathlib import Path
+
+    from textdiffusion.sampling.registry import markdown_table
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    start = readme.index("<!-- samplers: generated from src/textdiffusion/sampling/registry.py -->\n")
+    table = readme[start:].split("\n", 1)[1].split("\n<!-- /samplers -->")[0]
+    assert table == markdown_table()
+
+
+def test_registry_checks_options_naming_the_flag_without_torch():
+    """Options are typed and checked by the registry with the flag in the message, and listing
+    samplers or checking a card imports no torch (a fresh interpreter)."""
+    import subprocess
+    import sys
+
+    from textdiffusion.sampling.registry import make_options
+
+    assert make_options("threshold", {"threshold": 0.5, "kv_cache": None}).kv_cache == "dual"
+    for name, given, message in [("threshold", {"kv_cache": "sideways"}, "--kv-cache must be none, prefix or dual"),
+                                 ("remdm", {"eta": 2.0}, "--eta must be <= 1"),
+                                 ("semi-ar", {"block_length": 0}, "--block-length must be >= 1"),
+                                 ("semi-ar", {"order": "sideways"}, "--order must be confidence, margin, entropy or random"),
+                                 ("ancestral", {"top_p": 0.0}, "--top-p must be > 0"),
+                                 ("ancestral", {"threshold": 0.5}, "takes no threshold option"),
+                                 ("nope", {}, "unknown sampler")]:
+        with pytest.raises(ValueError, match=message):
+            make_options(name, given)
+    code = ("import sys; from textdiffusion.sampling import SAMPLERS; from textdiffusion.pretrained import "
+            "check_settings; check_settings({'sampler': 'threshold', 'threshold': 0.8}, 'card'); "
+            "print(len(SAMPLERS), 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["14", "False"], out.stderr

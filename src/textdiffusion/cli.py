@@ -39,12 +39,14 @@ POSITIVE, NON_NEGATIVE = _int_at_least(1), _int_at_least(0)
 
 
 def _sampler_help() -> str:
-    from .config import SAMPLERS
+    from .sampling.registry import SAMPLERS
 
-    return "; ".join(f"{name} ({'/'.join(fits)}): {what}" for name, (fits, what) in SAMPLERS.items())
+    return "; ".join(f"{s.name} ({'/'.join(s.fits)}): {s.doc}" for s in SAMPLERS.values())
 
 
 def _add_sampling_args(p: argparse.ArgumentParser, card: bool = False) -> None:
+    from .sampling.registry import SAMPLERS, option_help, option_kind, option_names
+
     default = "the model card's, else 64" if card else "64"
     p.add_argument("--steps", type=POSITIVE, default=64, help=f"denoising steps (network calls at most; default {default})")
     p.add_argument("--sampler", default=None, metavar="NAME",
@@ -54,17 +56,14 @@ def _add_sampling_args(p: argparse.ArgumentParser, card: bool = False) -> None:
     p.add_argument("--temperature", type=float, default=1.0, help=f"softmax temperature; 0 = greedy (default {card_or}1)")
     p.add_argument("--top-k", type=NON_NEGATIVE, default=0, help=f"keep the k most likely tokens (default {card_or}0 = off)")
     p.add_argument("--top-p", type=float, default=1.0, help=f"nucleus sampling mass (default {card_or}1 = off)")
-    g = p.add_argument_group("sampler options (only for the samplers named)")
-    g.add_argument("--block-length", type=POSITIVE, default=None, help="semi-ar, threshold: tokens per block (default 32)")
-    g.add_argument("--order", default=None,
-                   help="semi-ar: confidence|margin|entropy|random (default confidence); block: ancestral|confidence")
-    g.add_argument("--threshold", type=float, default=None, help="threshold: confidence to reveal a token (default 0.9)")
-    g.add_argument("--kv-cache", default=None,
-                   help="threshold: none|prefix|dual (default dual); block: exact|none (default exact)")
-    g.add_argument("--schedule", default=None, help="confidence/margin/entropy/random: linear|cosine tokens per step")
-    g.add_argument("--eta", type=float, default=None, help="remdm: cap on the re-mask probability (default 0.04)")
+    g = p.add_argument_group("sampler options (only for the samplers named; from sampling/registry.py)")
+    for name in option_names(cli_only=True):
+        kind = option_kind(name)
+        g.add_argument("--" + name.replace("_", "-"), type=POSITIVE if kind is int else kind, default=None,
+                       metavar=name.upper(), help=option_help(name))
     g.add_argument("--stop-at-eot", action="store_true",
-                   help="semi-ar, threshold, block: stop once every sample has ended (variable length)")
+                   help=", ".join(s.name for s in SAMPLERS.values() if s.stops_at_eot)
+                   + ": stop once every sample has ended (variable length)")
     g = p.add_argument_group("conditioning")
     g.add_argument("--label", default=None, help="class label to condition on (runs trained with --labels)")
     g.add_argument("--guidance", type=float, default=0.0,
@@ -76,13 +75,12 @@ def _add_sampling_args(p: argparse.ArgumentParser, card: bool = False) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
 
 
-SAMPLER_OPTIONS = ("temperature", "top_k", "top_p", "block_length", "order", "threshold", "kv_cache", "schedule", "eta")
-
-
 def sampler_options(args) -> dict:
     """The sampler options given on the command line (unset ones stay None). Stopping at
     end-of-text is not among them: each command decides it (--stop-at-eot; chat always)."""
-    return {name: getattr(args, name) for name in SAMPLER_OPTIONS}
+    from .sampling.registry import BASE, option_names
+
+    return {name: getattr(args, name) for name in (*BASE, *option_names(cli_only=True))}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -67,26 +67,6 @@ PROCESSES = ("masked", "uniform", "gaussian", "sedd-absorb", "sedd-uniform", "bl
 TIME_COND_DEFAULT = {"masked": False, "uniform": True, "gaussian": True, "sedd-absorb": True, "sedd-uniform": True,
                      "block": False, "ar": False}
 SCHEDULES = ("loglinear", "cosine")
-# sampler name -> (processes it works with, what it is); the samplers live in sampling/, this table
-# is here so the command line can list them without importing torch
-SAMPLERS = {
-    "ancestral": (("masked", "uniform", "sedd-absorb", "sedd-uniform"), "the reverse process (analytic for SEDD)"),
-    "confidence": (("masked",), "most confident tokens first, an even share per step"),
-    "margin": (("masked",), "largest top-1/top-2 probability gap first"),
-    "entropy": (("masked",), "lowest-entropy positions first"),
-    "random": (("masked",), "a random order, an even share per step"),
-    "remdm": (("masked",), "ReMDM: ancestral steps that may re-mask decoded tokens (--eta)"),
-    "semi-ar": (("masked",), "blocks left to right (--block-length), remasking inside each (--order)"),
-    "threshold": (("masked",), "Fast-dLLM: blocks, all tokens above --threshold per step, --kv-cache"),
-    "block": (("block",), "block diffusion with an exact KV cache of finished blocks"),
-    "euler": (("uniform", "sedd-absorb", "sedd-uniform"), "first-order (Euler / tau-leaping) steps"),
-    "tau-leaping": (("uniform", "sedd-absorb", "sedd-uniform"), "the same as euler (one jump per token)"),
-    "ddpm": (("gaussian",), "Gaussian ancestral steps, then rounding"),
-    "ddim": (("gaussian",), "Gaussian deterministic steps (fewer steps), then rounding"),
-    "ar": (("ar",), "left to right with a KV cache (the AR twin)"),
-}
-DEFAULT_SAMPLER = {"masked": "ancestral", "uniform": "ancestral", "sedd-absorb": "ancestral",
-                   "sedd-uniform": "ancestral", "gaussian": "ddpm", "block": "block", "ar": "ar"}
 
 
 @dataclass

@@ -131,7 +131,8 @@ class Pipeline:
                  **options) -> Result:
         """Continue ``prompt`` (kept verbatim) with ``length`` new tokens (default: up to 128, within
         the context) in ``steps`` denoising steps. ``options``: temperature, top_k, top_p and the
-        sampler's own (block_length, order, threshold, kv_cache, schedule, eta). Settings not given
+        sampler's own (``sampling.registry.SAMPLERS[name].options``: block_length, threshold, ...;
+        checked there, an option the sampler does not take is an error). Settings not given
         come from the model's card (``self.defaults``), else 64 steps of the run's own sampler."""
         steps, sampler, options = self._settings(steps, sampler, options)
         out, texts, name = continue_prompt(self.run, prompt, length=length, steps=steps, sampler=sampler, num=num,

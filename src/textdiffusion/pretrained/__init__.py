@@ -27,24 +27,41 @@ def available() -> dict[str, dict]:
 
 
 BASE_DEFAULTS = {"steps": 64, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
-SAMPLER_SETTINGS = ("block_length", "order", "threshold", "kv_cache", "schedule", "eta")  # one sampler's own
-SETTINGS = ("sampler", *BASE_DEFAULTS, *SAMPLER_SETTINGS)
+
+
+def _settings() -> tuple[str, ...]:
+    from ..sampling.registry import option_names
+
+    return ("sampler", *BASE_DEFAULTS, *option_names(cli_only=True))
 
 
 def check_settings(settings: dict, where: str) -> dict:
-    """Known keys with values of the right kind (a card is edited by hand), else a ValueError."""
+    """Known keys with values of the right kind (a card is edited by hand), else a ValueError;
+    with a sampler named, its options are checked as the sampler checks them (sampling/registry.py)."""
+    from ..sampling.registry import SAMPLERS, make_options, option_kind
+
     if not isinstance(settings, dict):
         raise ValueError(f"{where}: the generate settings must be a JSON object")
+    known = _settings()
     for key, value in settings.items():
-        if key not in SETTINGS:
-            raise ValueError(f"{where}: unknown setting {key!r} (known: {', '.join(SETTINGS)})")
-        if key in ("steps", "top_k", "block_length") and (not isinstance(value, int) or isinstance(value, bool)
-                                                          or value < (1 if key != "top_k" else 0)):
-            raise ValueError(f"{where}: {key} must be a whole number >= {1 if key != 'top_k' else 0}; got {value!r}")
-        if key in ("temperature", "top_p", "threshold", "eta") and not isinstance(value, (int, float)):
+        if key not in known:
+            raise ValueError(f"{where}: unknown setting {key!r} (known: {', '.join(known)})")
+        kind = str if key == "sampler" else int if key == "steps" else option_kind(key)
+        low = 1 if key in ("steps", "block_length") else 0
+        if kind is int and (not isinstance(value, int) or isinstance(value, bool) or value < low):
+            raise ValueError(f"{where}: {key} must be a whole number >= {low}; got {value!r}")
+        if kind is float and (not isinstance(value, (int, float)) or isinstance(value, bool)):
             raise ValueError(f"{where}: {key} must be a number; got {value!r}")
-        if key in ("sampler", "order", "kv_cache", "schedule") and not isinstance(value, str):
+        if kind is str and not isinstance(value, str):
             raise ValueError(f"{where}: {key} must be a name; got {value!r}")
+    name = settings.get("sampler")
+    if name is not None:
+        if name not in SAMPLERS:
+            raise ValueError(f"{where}: unknown sampler {name!r} (choose {', '.join(SAMPLERS)})")
+        try:
+            make_options(name, {k: v for k, v in settings.items() if k not in ("sampler", "steps")})
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
     return settings
 
 

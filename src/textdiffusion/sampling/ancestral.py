@@ -120,3 +120,9 @@ class EulerSampler(AncestralSampler):
 
     def _transition(self, process):
         return process.euler_step
+
+
+class TauLeapingSampler(EulerSampler):
+    """The same steps as ``euler`` under the name the literature also uses (one jump per token)."""
+
+    name = "tau-leaping"

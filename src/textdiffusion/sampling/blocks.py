@@ -89,12 +89,12 @@ class SemiAutoregressiveSampler(_BlockwiseBase):
     window_cache = False  # the threshold sampler's approximate KV cache
 
     def __init__(self, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                 banned_ids: tuple[int, ...] = (), block_length: int = 32, strategy: str = "confidence",
+                 banned_ids: tuple[int, ...] = (), block_length: int = 32, order: str = "confidence",
                  eot_id: int | None = None):
         super().__init__(temperature, top_k, top_p, banned_ids, block_length, eot_id)
-        if strategy not in STRATEGIES:
-            raise ValueError(f"unknown strategy {strategy!r} (choose {', '.join(STRATEGIES)})")
-        self.strategy = strategy
+        if order not in STRATEGIES:
+            raise ValueError(f"unknown order {order!r} (choose {', '.join(STRATEGIES)})")
+        self.strategy = order
 
     def _block_logits(self, model, process, x, lo, hi, fixed, first, cache):
         """Logits for positions [lo, hi) of the current block (full recompute here)."""
@@ -143,13 +143,13 @@ class ThresholdSampler(SemiAutoregressiveSampler):
 
     def __init__(self, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                  banned_ids: tuple[int, ...] = (), block_length: int = 32, threshold: float = 0.9,
-                 cache: str = "dual", eot_id: int | None = None):
+                 kv_cache: str = "dual", eot_id: int | None = None):
         super().__init__(temperature, top_k, top_p, banned_ids, block_length, "confidence", eot_id)
-        if cache not in ("none", "prefix", "dual"):
-            raise ValueError(f"cache must be none, prefix or dual; got {cache!r}")
+        if kv_cache not in ("none", "prefix", "dual"):
+            raise ValueError(f"--kv-cache must be none, prefix or dual; got {kv_cache!r}")
         if threshold <= 0:
-            raise ValueError("threshold must be positive (above 1: one token per step)")
-        self.threshold, self.cache = threshold, cache
+            raise ValueError("--threshold must be positive (above 1: one token per step)")
+        self.threshold, self.cache = threshold, kv_cache
 
     def _block_logits(self, model, process, x, lo, hi, fixed, first, cache):
         t = masked_time(process, x, fixed)
@@ -176,12 +176,14 @@ class BlockDiffusionSampler(_BlockwiseBase):
     name = "block"
 
     def __init__(self, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                 banned_ids: tuple[int, ...] = (), strategy: str = "ancestral", cache: bool = True,
+                 banned_ids: tuple[int, ...] = (), order: str = "ancestral", kv_cache: str = "exact",
                  eot_id: int | None = None):
         super().__init__(temperature, top_k, top_p, banned_ids, 1, eot_id)
-        if strategy not in ("ancestral", "confidence"):
-            raise ValueError(f"block diffusion steps are ancestral or confidence; got {strategy!r}")
-        self.strategy, self.cache = strategy, cache
+        if order not in ("ancestral", "confidence"):
+            raise ValueError(f"block diffusion steps (--order) are ancestral or confidence; got {order!r}")
+        if kv_cache not in ("exact", "none"):
+            raise ValueError(f"block diffusion's KV cache (--kv-cache) is exact or none; got {kv_cache!r}")
+        self.strategy, self.cache = order, kv_cache == "exact"
 
     @torch.no_grad()
     def generate(self, model, process, *, length: int | None = None, steps: int, batch_size: int = 1,

@@ -158,14 +158,6 @@ class RemaskingSampler:
         return Generation(x, canvas.prompt_length, nfe, time.perf_counter() - start, states, canvas.fixed)
 
 
-class ConfidenceSampler(RemaskingSampler):
-    """Most confident candidates first, an even share per step (the default remasking order)."""
-
-    def __init__(self, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                 banned_ids: tuple[int, ...] = (), schedule: str = "linear"):
-        super().__init__(temperature, top_k, top_p, banned_ids, "confidence", schedule)
-
-
 class ReMDMSampler(AncestralSampler):
     """ReMDM with the max-capped remasking schedule (``eta``: the cap on the re-mask probability).
     The ancestral loop, with this step, run to the end (a decoded token may still be re-masked)."""

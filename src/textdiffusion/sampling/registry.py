@@ -1,0 +1,257 @@
+"""Every sampler in one table, importable without torch: its name, the processes it fits, a
+one-line description, where its class lives, and an ``Options`` dataclass of the settings it
+takes (typed fields with defaults and a one-line doc each, checked with messages that name the
+command-line flag).
+
+Everything that lists samplers or their settings reads this table: ``build_sampler``, the CLI's
+flags and ``--help``, model-card validation, the ``Pipeline`` keyword arguments and the README's
+sampler table (``python -m textdiffusion.sampling.registry`` prints it). Adding a sampler is one
+new file in this package plus one ``SamplerSpec`` entry below (see docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def option(default: Any, doc: str, *, choices: tuple[str, ...] = (), low: float | None = None,
+           high: float | None = None, above: float | None = None, cli: bool = True) -> Any:
+    """A field of an ``Options`` dataclass: its default, a one-line doc and what values it takes
+    (``choices``; ``low`` <= value <= ``high``; value > ``above``). ``cli=False``: Python API only."""
+    meta = {"doc": doc, "choices": choices, "low": low, "high": high, "above": above, "cli": cli}
+    return field(default=default, metadata=meta)
+
+
+def flag(name: str) -> str:
+    """The command-line flag of an option: kv_cache -> --kv-cache."""
+    return "--" + name.replace("_", "-")
+
+
+def _kind(tp) -> type:
+    return {"int": int, "float": float, "str": str, "bool": bool}.get(tp, tp) if isinstance(tp, str) else tp
+
+
+@dataclass
+class Options:
+    """The settings every sampler takes; each sampler's ``Options`` adds its own."""
+
+    temperature: float = option(1.0, "softmax temperature; 0 = greedy", low=0.0)
+    top_k: int = option(0, "keep the k most likely tokens; 0 = off", low=0)
+    top_p: float = option(1.0, "nucleus sampling mass; 1 = off", above=0.0, high=1.0)
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            check_value(f, getattr(self, f.name))
+
+    @classmethod
+    def own_fields(cls) -> list[dataclasses.Field]:
+        """The fields this sampler adds to the shared ones."""
+        shared = {f.name for f in dataclasses.fields(Options)}
+        return [f for f in dataclasses.fields(cls) if f.name not in shared]
+
+
+def check_value(f: dataclasses.Field, value: Any) -> None:
+    """A ValueError naming the flag unless ``value`` is of the field's kind and range."""
+    kind, meta, name = _kind(f.type), f.metadata, flag(f.name)
+    if kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+    if not ok:
+        what = {int: "a whole number", float: "a number", str: "a name", bool: "true or false"}[kind]
+        raise ValueError(f"{name} must be {what}; got {value!r}")
+    if meta.get("choices") and value not in meta["choices"]:
+        *rest, last = meta["choices"]
+        raise ValueError(f"{name} must be {', '.join(rest)} or {last}; got {value!r}")
+    if meta.get("low") is not None and value < meta["low"]:
+        raise ValueError(f"{name} must be >= {meta['low']:g}; got {value!r}")
+    if meta.get("high") is not None and value > meta["high"]:
+        raise ValueError(f"{name} must be <= {meta['high']:g}; got {value!r}")
+    if meta.get("above") is not None and value <= meta["above"]:
+        raise ValueError(f"{name} must be > {meta['above']:g}; got {value!r}")
+
+
+ORDERS = ("confidence", "margin", "entropy", "random")  # remasking orders (most confident first, ...)
+
+
+@dataclass
+class AncestralOptions(Options):
+    cache: bool = option(True, "skip the network when no token changed (masked, not time-conditioned)", cli=False)
+
+
+@dataclass
+class RemaskingOptions(Options):
+    schedule: str = option("linear", "tokens revealed per step: an even share, or MaskGIT's cosine",
+                           choices=("linear", "cosine"))
+
+
+@dataclass
+class ReMDMOptions(Options):
+    eta: float = option(0.04, "cap on the re-mask probability", low=0.0, high=1.0)
+
+
+@dataclass
+class SemiAutoregressiveOptions(Options):
+    block_length: int = option(32, "tokens per block", low=1)
+    order: str = option("confidence", "which masked tokens of a block to reveal first", choices=ORDERS)
+
+
+@dataclass
+class ThresholdOptions(Options):
+    block_length: int = option(32, "tokens per block", low=1)
+    threshold: float = option(0.9, "confidence to reveal a token (above 1: one token per step)", above=0.0)
+    kv_cache: str = option("dual", "approximate KV cache, refreshed once per block", choices=("none", "prefix", "dual"))
+
+
+@dataclass
+class BlockOptions(Options):
+    order: str = option("ancestral", "steps inside a block", choices=("ancestral", "confidence"))
+    kv_cache: str = option("exact", "the exact KV cache of finished blocks", choices=("exact", "none"))
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    name: str
+    fits: tuple[str, ...]  # the processes whose models it samples
+    doc: str  # one line
+    target: str  # "module:Class", relative to this package
+    options: type[Options] = Options
+    fixed: dict = field(default_factory=dict)  # constructor arguments this name implies
+    stops_at_eot: bool = False  # takes eot_id: ends early once every row has produced end-of-text
+    starts_documents: bool = False  # takes bos_id: an unprompted sample starts after end-of-text
+
+    def load(self) -> type:
+        module, cls = self.target.split(":")
+        return getattr(importlib.import_module(module, __package__), cls)
+
+
+DIFFUSE = ("masked", "uniform", "sedd-absorb", "sedd-uniform")
+JUMP = ("uniform", "sedd-absorb", "sedd-uniform")
+SAMPLERS: dict[str, SamplerSpec] = {s.name: s for s in (
+    SamplerSpec("ancestral", DIFFUSE, "the reverse process (analytic for SEDD)", ".ancestral:AncestralSampler",
+                AncestralOptions),
+    *(SamplerSpec(name, ("masked",), doc, ".remasking:RemaskingSampler", RemaskingOptions, {"strategy": name})
+      for name, doc in (("confidence", "most confident tokens first, an even share per step"),
+                        ("margin", "largest top-1/top-2 probability gap first"),
+                        ("entropy", "lowest-entropy positions first"),
+                        ("random", "a random order, an even share per step"))),
+    SamplerSpec("remdm", ("masked",), "ReMDM: ancestral steps that may re-mask decoded tokens (--eta)",
+                ".remasking:ReMDMSampler", ReMDMOptions),
+    SamplerSpec("semi-ar", ("masked",), "blocks left to right (--block-length), remasking inside each (--order)",
+                ".blocks:SemiAutoregressiveSampler", SemiAutoregressiveOptions, stops_at_eot=True),
+    SamplerSpec("threshold", ("masked",), "Fast-dLLM: blocks, all tokens above --threshold per step, --kv-cache",
+                ".blocks:ThresholdSampler", ThresholdOptions, stops_at_eot=True),
+    SamplerSpec("block", ("block",), "block diffusion with an exact KV cache of finished blocks",
+                ".blocks:BlockDiffusionSampler", BlockOptions, stops_at_eot=True),
+    SamplerSpec("euler", JUMP, "first-order (Euler / tau-leaping) steps", ".ancestral:EulerSampler"),
+    SamplerSpec("tau-leaping", JUMP, "the same as euler (one jump per token)", ".ancestral:TauLeapingSampler"),
+    SamplerSpec("ddpm", ("gaussian",), "Gaussian ancestral steps, then rounding", ".continuous:ContinuousSampler"),
+    SamplerSpec("ddim", ("gaussian",), "Gaussian deterministic steps (fewer steps), then rounding",
+                ".continuous:DDIMSampler"),
+    SamplerSpec("ar", ("ar",), "left to right with a KV cache (the AR twin)", ".autoregressive:AutoregressiveSampler",
+                starts_documents=True),
+)}
+
+# each process's own sampler: what a run uses when no sampler is named
+DEFAULTS = {"masked": "ancestral", "uniform": "ancestral", "sedd-absorb": "ancestral", "sedd-uniform": "ancestral",
+            "gaussian": "ddpm", "block": "block", "ar": "ar"}
+
+BASE = tuple(f.name for f in dataclasses.fields(Options))  # temperature, top_k, top_p
+
+
+def spec(name: str) -> SamplerSpec:
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r} (choose {', '.join(SAMPLERS)})")
+    return SAMPLERS[name]
+
+
+def option_fields() -> dict[str, list[tuple[SamplerSpec, dataclasses.Field]]]:
+    """Every sampler-specific option name -> the samplers that take it, with their field."""
+    out: dict[str, list] = {}
+    for s in SAMPLERS.values():
+        for f in s.options.own_fields():
+            out.setdefault(f.name, []).append((s, f))
+    return out
+
+
+def option_names(cli_only: bool = False) -> tuple[str, ...]:
+    """The sampler-specific option names (block_length, order, ...), in table order."""
+    return tuple(name for name, uses in option_fields().items() if not cli_only or uses[0][1].metadata["cli"])
+
+
+def option_kind(name: str) -> type:
+    """The Python type of option ``name`` (the same in every sampler that takes it)."""
+    if name in BASE:
+        return _kind(next(f for f in dataclasses.fields(Options) if f.name == name).type)
+    return _kind(option_fields()[name][0][1].type)
+
+
+def option_help(name: str) -> str:
+    """``--help`` text of a sampler option: per sampler (grouped when they agree), its doc,
+    choices and default."""
+    parts: list[tuple[list[str], str]] = []
+    for s, f in option_fields()[name]:
+        choices = "|".join(f.metadata["choices"])
+        text = f"{f.metadata['doc']}" + (f": {choices}" if choices else "") + f" (default {f.default})"
+        for names, other in parts:
+            if other == text:
+                names.append(s.name)
+                break
+        else:
+            parts.append(([s.name], text))
+    return "; ".join(f"{', '.join(names)}: {text}" for names, text in parts)
+
+
+def make_options(name: str, given: dict) -> Options:
+    """The ``Options`` of sampler ``name`` from ``given`` settings (None = unset: the default).
+    A setting the sampler does not take is an error naming it."""
+    s = spec(name)
+    fields = {f.name for f in dataclasses.fields(s.options)}
+    extra = {k: v for k, v in given.items() if v is not None}
+    unused = sorted(set(extra) - fields)
+    if unused:
+        raise ValueError(f"the {name} sampler takes no {', '.join(unused)} option")
+    return s.options(**extra)
+
+
+def check_fits(name: str, process: str) -> None:
+    fits = spec(name).fits
+    if process not in fits:
+        raise ValueError(f"the {name} sampler needs a {' or '.join(fits)} model; this run is {process!r} "
+                         f"(its default sampler is {DEFAULTS[process]})")
+
+
+def build_sampler(name: str | None, objective, tokenizer, **options):
+    """The sampler ``name`` (default: the process's own) for a run, configured by ``options``
+    (None = unset: the sampler's default). ``eot_id``: stop once every row has produced it, for
+    the samplers that can (the others ignore it)."""
+    process = objective.name
+    name = name or DEFAULTS[process]
+    s = spec(name)
+    check_fits(name, process)
+    eot_id = options.pop("eot_id", None)
+    opts = make_options(name, options)
+    context: dict[str, Any] = {"banned_ids": (tokenizer.mask_id, tokenizer.pad_id, tokenizer.unk_id)}  # never text
+    if s.stops_at_eot and eot_id is not None:
+        context["eot_id"] = eot_id
+    if s.starts_documents:
+        context["bos_id"] = tokenizer.eot_id
+    return s.load()(**dataclasses.asdict(opts), **s.fixed, **context)
+
+
+def markdown_table() -> str:
+    """The README's sampler table."""
+    rows = ["| sampler | fits | what it does | options (default) |", "|---|---|---|---|"]
+    for s in SAMPLERS.values():
+        opts = ", ".join(f"`{flag(f.name)}` ({f.default})" for f in s.options.own_fields() if f.metadata["cli"])
+        rows.append(f"| `{s.name}` | {', '.join(s.fits)} | {s.doc} | {opts or '-'} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())
