@@ -103,9 +103,9 @@ def main() -> None:
                 if method == "classifier":
                     cmd += ["--classifier", classifiers["guide"][0]]
                 res = json.loads(run_measured(cmd)[0])
-                probs = classify(cond, evaluator, res["samples"])
+                probs = classify(cond, evaluator, res["texts"])
                 hits += int((probs.argmax(1) == evaluator.label_id(label)).sum())
-                texts += res["samples"]
+                texts += res["texts"]
             row = {"method": method, "scale": w, "success": hits / len(texts),
                    "judge_perplexity": judge_perplexity(judge.model, judge.tokenizer, texts),
                    "unigram_entropy": unigram_entropy([judge.tokenizer.encode(t).tolist() for t in texts]),

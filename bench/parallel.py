@@ -99,7 +99,7 @@ def main() -> None:
                 row[f"{key}_nfe"] = res["nfe"]
                 row[f"{key}_peak_rss_bytes"] = rss
                 if batch != 1:
-                    texts = res["samples"]
+                    texts = res["texts"]
                     row["judge_perplexity"] = judge_perplexity(judge.model, judge.tokenizer, texts)
                     row["unigram_entropy"] = unigram_entropy([judge.tokenizer.encode(t).tolist() for t in texts])
                     row["example"] = texts[0]

@@ -108,11 +108,11 @@ def main() -> None:
             cmd += ["--sampler", sampler]
         stdout, rss, _ = run_measured(cmd)
         res = json.loads(stdout)
-        tokens = [judge.tokenizer.encode(t).tolist() for t in res["samples"]]
+        tokens = [judge.tokenizer.encode(t).tolist() for t in res["texts"]]
         samples.append({"process": process, "sampler": sampler, "steps": steps, "nfe": res["nfe"],
                         "tokens_per_second": res["tokens_per_second"], "sample_peak_rss_bytes": rss,
-                        "judge_perplexity": judge_perplexity(judge.model, judge.tokenizer, res["samples"]),
-                        "unigram_entropy": unigram_entropy(tokens), "examples": res["samples"][:2]})
+                        "judge_perplexity": judge_perplexity(judge.model, judge.tokenizer, res["texts"]),
+                        "unigram_entropy": unigram_entropy(tokens), "examples": res["texts"][:2]})
         print(f"{sampler} {steps}: judge ppl {samples[-1]['judge_perplexity']:.2f}, "
               f"entropy {samples[-1]['unigram_entropy']:.3f}", file=sys.stderr)
     # reference: real validation text, cut into pieces of the samples' length

@@ -53,11 +53,12 @@ def test_train_sample_eval(runs, corpus):
                 env_cache=cache)
         assert r.returncode == 0, r.stderr
         out = json.loads(r.stdout)
-        assert len(out["samples"]) == 2 and all(s.startswith("the ") for s in out["samples"])
+        assert len(out["texts"]) == 2 and all(s.startswith("the ") for s in out["texts"])
+        assert out["samples"] == out["texts"]  # the old key, kept for one release
         assert out["nfe"] >= 1 and out["tokens_per_second"] > 0
         again = json.loads(cli("sample", run, "--json", "--num", "2", "--length", "20", "--prompt", "the ",
                                "--seed", "1", env_cache=cache).stdout)
-        assert again["samples"] == out["samples"]
+        assert again["texts"] == out["texts"]
         r = cli("eval", run, "--data", corpus, "--json", "--judge", base / "ar", "--num-samples", "2",
                 env_cache=cache)
         assert r.returncode == 0, r.stderr
@@ -68,8 +69,8 @@ def test_train_sample_eval(runs, corpus):
         assert ev["exact"] == (process == "ar")
         # the judge's perplexity of exactly the samples reported (both of them: --num-samples 2)
         judge = load_run(base / "ar")
-        assert len(ev["samples"]) == 2
-        expected = judge_perplexity(judge.model, judge.tokenizer, ev["samples"])
+        assert len(ev["texts"]) == 2
+        expected = judge_perplexity(judge.model, judge.tokenizer, ev["texts"])
         assert ev["judge_perplexity"] == pytest.approx(expected, rel=1e-5)
 
 
@@ -105,7 +106,7 @@ def test_every_sampler_from_the_command_line(runs, run, sampler, options):
             "--json", env_cache=cache)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    assert out["sampler"] == sampler and len(out["samples"]) == 3 and 1 <= out["nfe"] <= 8
+    assert out["sampler"] == sampler and len(out["texts"]) == 3 and 1 <= out["nfe"] <= 8
     assert out["tokens_per_second"] > 0
 
 
@@ -244,11 +245,11 @@ def test_labels_and_guidance_from_the_command_line(runs, tmp_path):
                 "--json", *extra, env_cache=cache)
         assert r.returncode == 0, r.stderr
         out = json.loads(r.stdout)
-        assert len(out["samples"]) == 2
+        assert len(out["texts"]) == 2
         # the label reaches the model: another label, the same (default) seed, other samples
         other = cli("sample", tmp_path / "lab", "--label", "cat", "--num", "2", "--length", "10", "--steps", "5",
                     "--json", *extra, env_cache=cache)
-        assert json.loads(other.stdout)["samples"] != out["samples"]
+        assert json.loads(other.stdout)["texts"] != out["texts"]
     r = cli("infill", tmp_path / "lab", "the [MASK:3] sat", "--label", "cat", "--guidance", "1", "--json", env_cache=cache)
     assert r.returncode == 0, r.stderr
     for args, needle in [
@@ -389,6 +390,7 @@ def test_bad_input_gives_one_line_errors(tmp_path, runs):
     for args, needle in cases:
         line = _one_line_error(cli(*args, env_cache=cache))
         assert needle in line, (args, line)
+    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 8))  # a failed train leaves no --out behind
     r = cli("train", "--out", tmp_path / "o5")
     assert r.returncode == 2 and "Traceback" not in r.stderr and "--data" in r.stderr
 
@@ -423,3 +425,70 @@ def test_export_records_no_machine_paths_and_eval_still_finds_its_split(runs, co
         assert r.returncode == 0, r.stderr
         split.append(json.loads(r.stdout)["split"])
     assert split == ["val", "val", "all"]
+
+
+def test_names_and_holes_are_checked_before_torch_loads():
+    """`models`, an unknown model or sampler name and a malformed hole are answered from the
+    registry, the cards and the template parser: one-line errors, and torch never imported
+    (16-20 s on a busy machine)."""
+    code = ("import sys; from textdiffusion.cli import main\n"
+            "for argv in (['models'], ['generate', 'hi', '--model', 'no-such-model'], "
+            "['generate', 'hi', '--sampler', 'nope'], ['generate', 'a [MASK:x] b'], ['generate', 'a [mask:3] b'], "
+            "['generate', 'a [MASK:']):\n"
+            "    print(main(argv), 'torch' in sys.modules)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.stdout.split("\n")[-7:-1] == ["0 False"] + ["2 False"] * 5, (r.stdout, r.stderr)
+    errors = [x for x in r.stderr.splitlines() if x.startswith("textdiffusion: error:")]
+    assert len(errors) == 5 and "no model named" in errors[0] and "unknown sampler 'nope'" in errors[1]
+    assert all("malformed hole" in e for e in errors[2:]) and "'[MASK:x]'" in errors[2], errors
+
+
+def test_internal_errors_are_reported_as_bugs_and_debug_shows_the_traceback(monkeypatch, capsys):
+    """An exception that is not bad input (not the project's own error type, OSError or out of
+    memory) is a bug: the message says so, exit 70, and --debug raises it with its traceback.
+    Bad input stays a one-line error with exit 2."""
+    from textdiffusion import cli as cli_module
+
+    def broken(args):
+        raise KeyError("oops")
+
+    monkeypatch.setattr(cli_module, "cmd_models", broken)
+    assert cli_module.main(["models"]) == 70
+    err = capsys.readouterr().err
+    assert "internal error (a bug, not your input): KeyError" in err and "--debug" in err
+    with pytest.raises(KeyError):
+        cli_module.main(["--debug", "models"])
+    assert cli_module.main(["generate", "a [MASK:x]"]) == 2
+    assert "malformed hole" in capsys.readouterr().err
+
+
+def test_ctrl_c_checkpoints_and_prints_the_command_that_resumes(corpus, tmp_path):
+    """The first Ctrl-C stops after the current step, checkpoints it, and prints the exact
+    command that continues; that command (run as printed) finishes the run."""
+    import shlex
+    import signal
+    import time
+
+    run = tmp_path / "r"
+    cmd = [str(EXE)] if EXE.exists() else [sys.executable, "-m", "textdiffusion"]
+    proc = subprocess.Popen([*cmd, "train", "--data", str(corpus), "--out", str(run), "--config", str(TINY),
+                             "--set", "train.max_steps=100000", "--set", "train.ckpt_every=5", "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(600):  # at most 60 s for the first checkpoint
+            if (run / "checkpoint" / "state.json").exists():
+                break
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    line = [x for x in err.splitlines() if "continue with:" in x][-1]
+    again = shlex.split(line.split("continue with:", 1)[1])
+    assert again[:2] == ["textdiffusion", "train"] and "--resume" in again
+    step = json.loads((run / "checkpoint" / "state.json").read_text())["step"]
+    r = subprocess.run([*cmd, *again[1:], "--set", f"train.max_steps={step + 3}"], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((run / "checkpoint" / "state.json").read_text())["step"] == step + 3

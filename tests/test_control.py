@@ -47,6 +47,19 @@ def test_template_parsing():
         split_marked("abcdef")
 
 
+@pytest.mark.parametrize("text", ["a[MASK:x]b", "a[mask:3]b", "a[MASK:", "a [MASK:3-]", "a[Mask:2]", "[MASK ]"])
+def test_malformed_holes_are_errors_that_name_them(text):
+    """Anything meant as a hole but not written as one is an error naming it (it was kept as
+    text, silently, while [MASK:0] was an error)."""
+    with pytest.raises(ValueError, match="malformed hole"):
+        Template.parse(text)
+
+
+def test_lower_case_mask_without_a_size_stays_text():
+    t = Template.parse("keep = values[mask] + [MASK:2]")
+    assert t.parts == ["keep = values[mask] + ", Hole(2, 2)]
+
+
 def test_bpe_holes_take_over_the_space_before_them():
     from textdiffusion.tokenizers import train_tokenizer
 
@@ -63,7 +76,7 @@ def test_bpe_holes_take_over_the_space_before_them():
     assert t.assemble(["(a)"], [True]) == ("    return (a) + b", ["(a)"])
     assert Template.parse("x [MASK] y").assemble([" z"], [False]) == ("x  z y", [" z"])
     # the AR fill-in-the-middle twin sees the same text: its prefix gives the space to the hole too
-    from textdiffusion.control.infill import fim_prompt
+    from textdiffusion.control.filling import fim_prompt
 
     ids, healed = fim_prompt(t, bpe)
     assert healed == [True]

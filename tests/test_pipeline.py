@@ -37,6 +37,10 @@ def test_generate_infill_edit(cycle_dir):
     assert out.text == "abcdefghabcdefg"  # the trained model continues the cycle (greedy: no luck involved)
     filled = pipe.infill("ab[MASK:3]fgh", steps=3)
     assert filled.text == "abcdefgh" and filled.fills == [["cde"]]
+    # holes in a generate prompt are filled, as `textdiffusion generate` does (they were kept as text)
+    assert pipe.generate("ab[MASK:3]fgh", steps=3).fills == [["cde"]]
+    with pytest.raises(ValueError, match="length does not apply"):
+        pipe.generate("ab[MASK:3]fgh", length=4)
     edited = pipe.edit("abcdefgh", (2, 5), strength=1.0, steps=3)
     assert edited.text[:2] == "ab" and edited.text[5:] == "fgh" and len(edited.text) == 8
 

@@ -183,3 +183,20 @@ def test_registry_checks_options_naming_the_flag_without_torch():
             "print(len(SAMPLERS), 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.split() == ["14", "False"], out.stderr
+
+
+def test_every_process_answers_the_protocol():
+    """Every process a run can have satisfies processes.base.Process (the AR twin: Objective, it
+    corrupts nothing), so samplers read its capabilities instead of probing for them; and every
+    process has a default sampler that fits it. Catches a process missing a capability
+    attribute (mask_id = None on the uniform process removed: planted and seen failing)."""
+    from textdiffusion.config import PROCESSES
+    from textdiffusion.processes.base import Objective, Process
+    from textdiffusion.sampling.registry import DEFAULTS, SAMPLERS
+
+    for name in PROCESSES:
+        _, process = _model(name, name in ("uniform", "gaussian"))
+        assert isinstance(process, Objective) and isinstance(process, Process) == (name != "ar"), name
+        assert (process.mask_id is not None) == (name in ("masked", "block", "sedd-absorb"))
+        assert (process.block_size is not None) == (name == "block")
+        assert name in SAMPLERS[DEFAULTS[name]].fits

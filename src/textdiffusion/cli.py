@@ -12,6 +12,8 @@ import os
 import sys
 from pathlib import Path
 
+from .errors import UsageError
+
 EXAMPLES = """examples:
   textdiffusion train --data stdlib --out runs/q --config configs/quickstart.toml
   textdiffusion train --data input.txt --out runs/ar --process ar --set train.max_steps=500
@@ -94,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"textdiffusion {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="print the full traceback of any error (also: TEXTDIFFUSION_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("generate", help="generate text (default: the shipped English model)",
@@ -268,7 +272,7 @@ def cmd_train(args) -> int:
 
     if args.resume:
         if args.data or args.process or args.config or args.sft or args.labels or args.init:
-            raise ValueError("--resume continues the saved config: drop --data/--process/--config/--sft/--init "
+            raise UsageError("--resume continues the saved config: drop --data/--process/--config/--sft/--init "
                              "(use --set train.*)")
         result = resume_run(args.out, args.overrides, progress=not args.quiet)
     else:
@@ -277,7 +281,7 @@ def cmd_train(args) -> int:
             overrides.append(f"data.path={args.data}")
         if args.process:
             if args.init:
-                raise ValueError("--init takes the model and process of that run: drop --process")
+                raise UsageError("--init takes the model and process of that run: drop --process")
             overrides.append(f"process.name={args.process}")
         if args.sft:
             overrides.append("data.sft=true")
@@ -320,10 +324,16 @@ def _classifier(args):
 def _load(run_dir: str | None, device: str):
     """A run directory, a saved pipeline, or a shipped model name (None: the default model)."""
     from .pretrained import resolve
+
+    folder = resolve(run_dir)  # an unknown name fails here, before torch loads
+    if not Path(folder).exists():
+        from .errors import CheckpointError
+
+        raise CheckpointError(f"run directory not found: {folder}")
     from .training.checkpoint import load_run
     from .training.trainer import resolve_device
 
-    return load_run(resolve(run_dir), resolve_device(device))
+    return load_run(folder, resolve_device(device))
 
 
 def _unescape(text: str, raw: bool) -> str:
@@ -340,15 +350,18 @@ def _with_card(args, name_or_dir, task: str = "generate"):
     given = {**sampler_options(args), "steps": args.steps, "sampler": args.sampler}
     for name, value in fill_settings(given, generation_defaults(folder, task)).items():  # the card's, unless given
         setattr(args, name, value)
+    if getattr(args, "num", 1) > 1 and args.temperature == 0:
+        source = "the model card's" if given["temperature"] is None else "--temperature 0"
+        print(f"textdiffusion: note: temperature 0 ({source}) is greedy, so all {args.num} results are the same; "
+              f"pass --temperature 1 for varied ones", file=sys.stderr)
     return folder
 
 
 def cmd_generate(args) -> int:
-    from .control.infill import HOLE_PATTERN
-    from .viz import TerminalWatch
+    from .control.templates import has_holes
 
     prompt = _unescape(args.prompt, args.raw)
-    holes = HOLE_PATTERN.search(prompt) is not None
+    holes = has_holes(prompt)  # a malformed hole is an error before any model loads
     folder = _with_card(args, args.model, "infill" if holes else "generate")
     run = _load(str(folder), args.device)
     if holes:  # holes anywhere: fill them, keep the rest verbatim
@@ -356,13 +369,18 @@ def cmd_generate(args) -> int:
 
         for flag, value in (("--length", args.length), ("--watch", args.watch), ("--stop-at-eot", args.stop_at_eot)):
             if value:
-                raise ValueError(f"{flag} does not apply to a prompt with holes (size them with [MASK:n] or [MASK:a-b])")
+                raise UsageError(f"{flag} does not apply to a prompt with holes (size them with [MASK:n] or [MASK:a-b])")
 
         result = infill(run, prompt, num=args.num, steps=args.steps, sampler=args.sampler, seed=args.seed,
                         label=args.label, guidance=args.guidance, classifier=_classifier(args), **sampler_options(args))
         _print_control(result, args, {"template": prompt, "model": str(run.run_dir)})
         return 0
-    watch = TerminalWatch(run.tokenizer, args.steps) if args.watch else None
+    if args.watch:
+        from .viz import TerminalWatch
+
+        watch = TerminalWatch(run.tokenizer, args.steps)
+    else:
+        watch = None
     out, texts, sampler = _generate(run, args, prompt, args.num, args.length, on_step=watch)
     if args.json:
         print(json.dumps({"texts": texts, "model": str(run.run_dir), "nfe": out.nfe, "seconds": out.seconds,
@@ -377,7 +395,7 @@ def cmd_generate(args) -> int:
 def _setting(item: str, flag: str = "--default") -> tuple[str, object]:
     key, sep, value = item.partition("=")
     if not sep or not key:
-        raise ValueError(f"{flag} takes KEY=VALUE, e.g. steps=32; got {item!r}")
+        raise UsageError(f"{flag} takes KEY=VALUE, e.g. steps=32; got {item!r}")
     for kind in (int, float):
         try:
             return key.strip(), kind(value)
@@ -427,7 +445,8 @@ def cmd_sample(args) -> int:
     run = _load(args.run, args.device)
     out, texts, sampler = _generate(run, args, args.prompt, args.num, args.length)
     if args.json:
-        print(json.dumps({"samples": texts, "nfe": out.nfe, "tokens_per_second": out.tokens_per_second,
+        print(json.dumps({"texts": texts, "samples": texts,  # "samples": the old key, kept for one release
+                          "nfe": out.nfe, "tokens_per_second": out.tokens_per_second,
                           "seconds": out.seconds, "sampler": sampler,
                           "steps": out.nfe if sampler == "ar" else args.steps,
                           "length": out.new_tokens.shape[1], "seed": args.seed, "prompt": args.prompt,
@@ -475,7 +494,7 @@ def cmd_eval(args) -> int:
     tok = run.tokenizer
     if args.discrete_steps is not None:
         if run.objective.name not in ("masked", "uniform"):
-            raise ValueError(f"--discrete-steps is for masked and uniform runs; this one is {run.objective.name}")
+            raise UsageError(f"--discrete-steps is for masked and uniform runs; this one is {run.objective.name}")
         run.objective.num_steps = args.discrete_steps
     own = _own_data(args.data, run.cfg.data.path)
     split = args.split or ("val" if own else "all")
@@ -487,7 +506,7 @@ def cmd_eval(args) -> int:
                                                                                         glob=run.cfg.data.glob)
         tokens = load_token_splits(data, tok, run.run_dir / "tokenizer.json")[split]
         if len(tokens) == 0:
-            raise ValueError(f"the {split} split of {args.data} is empty (try --split all)")
+            raise UsageError(f"the {split} split of {args.data} is empty (try --split all)")
     report = evaluate_likelihood(run.model, run.objective, np.asarray(tokens), tok.token_bytes(),
                                  context=run.cfg.model.context, mc_samples=args.mc_samples,
                                  batch_size=args.batch_size, max_windows=args.max_windows, seed=args.seed)
@@ -499,7 +518,7 @@ def cmd_eval(args) -> int:
         result.update(sampler=sampler, steps=args.steps, nfe=out.nfe, tokens_per_second=out.tokens_per_second,
                       sample_length=out.new_tokens.shape[1], unigram_entropy=unigram_entropy(token_lists),
                       distinct_1=distinct_n(token_lists, 1), distinct_2=distinct_n(token_lists, 2),
-                      distinct_3=distinct_n(token_lists, 3), samples=texts[:2])
+                      distinct_3=distinct_n(token_lists, 3), texts=texts[:2], samples=texts[:2])  # samples: old key
         if len(token_lists) >= 2:
             result["self_bleu"] = self_bleu(token_lists)
         if args.judge:
@@ -530,7 +549,7 @@ def _read_text(inline: str | None, file: str | None, what: str) -> str:
     if inline == "-":
         return sys.stdin.read()
     if inline is None:
-        raise ValueError(f"give the {what} (or --file)")
+        raise UsageError(f"give the {what} (or --file)")
     return inline
 
 
@@ -549,7 +568,7 @@ def cmd_infill(args) -> int:
     from .control import infill
 
     if args.template is not None and args.file:
-        raise ValueError("give a TEMPLATE or --file, not both")
+        raise UsageError("give a TEMPLATE or --file, not both")
     template = _read_text(args.template, args.file, "TEMPLATE")
     if args.template not in (None, "-"):
         template = _unescape(template, args.raw)
@@ -566,7 +585,7 @@ def _parse_span(span: str) -> tuple[int, int]:
         a, b = span.split(":")
         return int(a), int(b)
     except ValueError:
-        raise ValueError(f"--span takes A:B character offsets, e.g. 10:25; got {span!r}") from None
+        raise UsageError(f"--span takes A:B character offsets, e.g. 10:25; got {span!r}") from None
 
 
 def cmd_edit(args) -> int:
@@ -586,7 +605,7 @@ def cmd_train_classifier(args) -> int:
     from .training.classifier import train_classifier
 
     if args.lr <= 0:
-        raise ValueError(f"--lr must be positive; got {args.lr}")
+        raise UsageError(f"--lr must be positive; got {args.lr}")
     info = train_classifier(args.run, args.data, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                             layers=args.layers, seed=args.seed, progress=not args.quiet)
     acc = ", ".join(f"t={t}: {a:.3f}" for t, a in info["val_accuracy_at_t"].items())
@@ -602,7 +621,7 @@ def cmd_chat(args) -> int:
 
     def reply(message: str, history: list, num: int):
         if args.label is not None or args.classifier:
-            raise ValueError("chat guides on the prompt; --label and --classifier are for sample, infill and edit")
+            raise UsageError("chat guides on the prompt; --label and --classifier are for sample, infill and edit")
         return chat(run, message, history, length=args.length, steps=args.steps, sampler=args.sampler,
                     seed=args.seed, num=num, guidance=args.guidance, **opts)
 
@@ -632,34 +651,64 @@ def cmd_chat(args) -> int:
 # -- entry point --------------------------------------------------------------------------------
 
 
+def _out_of_memory(exc: BaseException) -> bool:
+    """torch's out-of-memory errors (CUDA's OutOfMemoryError is a RuntimeError; the CPU allocator's
+    is a plain RuntimeError naming the allocation)."""
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
-    from .config import ConfigError
-    from .data import DataError
-    from .tokenizers import TokenizerError
-    from .training.checkpoint import CheckpointError
+    from .errors import TextDiffusionError
 
-    # RuntimeError: torch's own (e.g. out of memory) — still one line, TEXTDIFFUSION_DEBUG=1 for more
-    known = (ConfigError, DataError, TokenizerError, CheckpointError, ValueError, FloatingPointError, OSError,
-             RuntimeError)
+    debug = args.debug or bool(os.environ.get("TEXTDIFFUSION_DEBUG"))
     try:
+        if getattr(args, "sampler", None) is not None:  # a name the registry answers without torch
+            from .sampling.registry import spec
+
+            spec(args.sampler)
         return args.func(args)
     except KeyboardInterrupt:
-        hint = " (continue the run with --resume)" if args.command == "train" else ""
+        saved = args.command == "train" and any((Path(args.out) / d / "state.json").exists()
+                                                for d in ("checkpoint", "checkpoint.old"))
+        hint = f"; continue with: {_resume_command(args)}" if saved else ""
         print(f"textdiffusion: interrupted{hint}", file=sys.stderr)
         return 130
-    except known as exc:
-        if os.environ.get("TEXTDIFFUSION_DEBUG"):
+    except (TextDiffusionError, OSError) as exc:  # bad input or a fixable state: one line
+        if debug:
             raise
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if isinstance(exc, OSError) and exc.filename:
             message = f"{exc.strerror}: {exc.filename}"
         print(f"textdiffusion: error: {message}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        if debug:
+            raise
+        if _out_of_memory(exc):
+            print("textdiffusion: error: out of memory: use a smaller --num / batch size, a shorter --length, "
+                  "or a smaller model", file=sys.stderr)
+            return 2
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"textdiffusion: internal error (a bug, not your input): {type(exc).__name__}: {first}\n"
+              f"  rerun with --debug for the traceback, and please report it", file=sys.stderr)
+        return 70  # EX_SOFTWARE
+
+
+def _resume_command(args) -> str:
+    """The command that continues an interrupted training run (resume takes the saved config, so
+    --data, --process, --config, --sft, --labels and --init are not repeated)."""
+    import shlex
+
+    words = ["textdiffusion", "train", "--out", str(args.out), "--resume"] + (["--quiet"] if args.quiet else [])
+    return " ".join(shlex.quote(w) for w in words)
 
 
 if __name__ == "__main__":

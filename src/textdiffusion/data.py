@@ -26,14 +26,13 @@ import numpy as np
 import torch
 
 from .config import DataConfig
+from .errors import DataError
 from .tokenizers import Tokenizer
 
 SPLITS = ("train", "val", "test")
 STDLIB_EXCLUDE = {"test", "tests", "idle_test", "site-packages", "__pycache__"}
 
 
-class DataError(ValueError):
-    """Missing, unreadable or empty data; the CLI prints it as one line."""
 
 
 @dataclass

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from .errors import UsageError
 from .sampling.base import StepOutput
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -91,7 +92,7 @@ class Pipeline:
         ``card`` (default: this pipeline's own card, if any) becomes card.json: a
         ``description`` and the ``generate`` settings used when a call names none."""
         if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
+            raise UsageError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
         out = Path(directory)
         if out.exists() and any(out.iterdir()):
             raise FileExistsError(f"{out} exists and is not empty: choose another directory")
@@ -134,6 +135,14 @@ class Pipeline:
         sampler's own (``sampling.registry.SAMPLERS[name].options``: block_length, threshold, ...;
         checked there, an option the sampler does not take is an error). Settings not given
         come from the model's card (``self.defaults``), else 64 steps of the run's own sampler."""
+        from .control.templates import has_holes
+
+        if has_holes(prompt):  # holes anywhere: filled, the rest kept verbatim (as `textdiffusion generate`)
+            for what, value in (("length", length), ("on_step", on_step), ("stop_at_eot", stop_at_eot)):
+                if value:
+                    raise UsageError(f"{what} does not apply to a prompt with holes (size them with [MASK:n] or [MASK:a-b])")
+            return self.infill(prompt, steps=steps, sampler=sampler, num=num, seed=seed, trace=trace, label=label,
+                               guidance=guidance, classifier=classifier, **options)
         steps, sampler, options = self._settings(steps, sampler, options)
         out, texts, name = continue_prompt(self.run, prompt, length=length, steps=steps, sampler=sampler, num=num,
                                            seed=seed, trace=trace, on_step=on_step, label=label, guidance=guidance,
@@ -141,13 +150,15 @@ class Pipeline:
         return Result(texts, out.tokens, out.nfe, out.seconds, name, self._trace(out.trace))
 
     def infill(self, template: str, *, steps: int | None = None, sampler: str | None = None, num: int = 1,
-               seed: int = 0, trace: bool = False, **options) -> Result:
+               seed: int = 0, trace: bool = False, label: str | None = None, guidance: float = 0.0,
+               classifier=None, **options) -> Result:
         """Fill the [MASK], [MASK:n] and [MASK:a-b] holes of ``template``; its text is kept verbatim.
         Settings not given come from the card's infill settings (else its generate settings)."""
         from .control import infill
 
         steps, sampler, options = self._settings(steps, sampler, options, self.infill_defaults)
-        res = infill(self.run, template, num=num, steps=steps, sampler=sampler, seed=seed, trace=trace, **options)
+        res = infill(self.run, template, num=num, steps=steps, sampler=sampler, seed=seed, trace=trace, label=label,
+                     guidance=guidance, classifier=classifier, **options)
         return self._from_control(res)
 
     def edit(self, text: str, span: tuple[int, int] | None = None, *, strength: float = 0.5, steps: int | None = None,
@@ -164,7 +175,7 @@ class Pipeline:
     def score(self, text: str, *, mc_samples: int = 16, seed: int = 0) -> float:
         """Bits the model needs for ``text`` (after end-of-text): the ELBO bound of a diffusion model
         (Monte Carlo over t, ``mc_samples`` draws), the exact NLL of the AR twin. Lower is likelier."""
-        from .control.infill import sequence_bits
+        from .control.scoring import sequence_bits
 
         return sequence_bits(self.run, [text], seed, mc_samples)[0]
 

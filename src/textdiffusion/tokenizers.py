@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import TokenizerError
+
 EOT, MASK, PAD, UNK = "<|endoftext|>", "<|mask|>", "<|pad|>", "<|unk|>"
 SPECIALS = (EOT, MASK, PAD, UNK)
 MASK_GLYPH = "░"  # how a mask token is shown when decoding with show_mask=True
 
 
-class TokenizerError(ValueError):
-    pass
 
 
 class Tokenizer:

@@ -1,8 +1,23 @@
-"""Control: infilling templates and span editing (infill.py), chat with instruction-tuned runs (chat.py),
-labels and classifier-free guidance (guidance.py)."""
+"""Control: templates and edit spans (templates.py, no torch), infilling (filling.py), span
+editing (editing.py), the bits of a text (scoring.py), chat with instruction-tuned runs
+(dialogue.py), labels and classifier-free guidance (guidance.py). The torch-bound parts load on
+first use."""
 
-from .chat import chat, conversation
-from .guidance import Conditioned, guided_model
-from .infill import ControlResult, Hole, Template, edit, infill, split_marked
+from __future__ import annotations
 
-__all__ = ["Conditioned", "guided_model", "ControlResult", "Hole", "Template", "chat", "conversation", "edit", "infill", "split_marked"]
+import importlib
+
+from .templates import Hole, Template, has_holes, split_marked
+
+_LAZY = {"chat": ".dialogue", "conversation": ".dialogue", "Conditioned": ".guidance", "guided_model": ".guidance",
+         "ControlResult": ".filling", "infill": ".filling", "edit": ".editing",
+         "sequence_bits": ".scoring"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["Hole", "Template", "has_holes", "split_marked", *_LAZY]

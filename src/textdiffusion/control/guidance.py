@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import UsageError
+
 
 def null_label(model) -> int:
     return model.cfg.num_labels
@@ -39,11 +41,11 @@ class Conditioned:
     def __init__(self, model, labels: torch.Tensor | None = None, scale: float = 0.0,
                  null_positions: torch.Tensor | None = None, null_token: int | None = None):
         if scale < 0:
-            raise ValueError(f"the guidance scale must be >= 0; got {scale}")
+            raise UsageError(f"the guidance scale must be >= 0; got {scale}")
         if scale and labels is None and null_positions is None:
-            raise ValueError("guidance needs a condition: a label, or a prompt")
+            raise UsageError("guidance needs a condition: a label, or a prompt")
         if labels is not None and not model.cfg.num_labels:
-            raise ValueError("this run was not trained with labels (train on JSONL with --set data.labels=true)")
+            raise UsageError("this run was not trained with labels (train on JSONL with --set data.labels=true)")
         self.model, self.labels, self.scale = model, labels, scale
         self.null_positions, self.null_token = null_positions, null_token
 
@@ -60,13 +62,13 @@ class Conditioned:
         if not self.scale:
             return self._call(x, t, args, kwargs, labels)
         if kwargs.get("kv_cache") is not None:
-            raise ValueError("guidance reruns the whole input at every call, so it cannot use a KV cache "
+            raise UsageError("guidance reruns the whole input at every call, so it cannot use a KV cache "
                              "(use --kv-cache none, or another sampler)")
         B = x.shape[0]
         x_u = x
         if self.null_positions is not None:
             if x.dim() != 2:
-                raise ValueError("prompt guidance needs a discrete model (the Gaussian process takes label guidance)")
+                raise UsageError("prompt guidance needs a discrete model (the Gaussian process takes label guidance)")
             x_u = torch.where(self.null_positions.to(x.device), torch.full_like(x, self.null_token), x)
         both_labels = None
         if labels is not None:
@@ -101,9 +103,9 @@ def guided_model(run, label: str | None = None, guidance: float = 0.0, prompt_po
     toward ``label``."""
     if classifier is not None:
         if label is None:
-            raise ValueError(f"classifier guidance needs --label (one of {', '.join(classifier.labels)})")
+            raise UsageError(f"classifier guidance needs --label (one of {', '.join(classifier.labels)})")
         if classifier.info.get("process") != run.objective.name or classifier.model.cfg.vocab_size != run.tokenizer.vocab_size:
-            raise ValueError(f"the classifier was trained on the noisy inputs of a {classifier.info.get('process')} run "
+            raise UsageError(f"the classifier was trained on the noisy inputs of a {classifier.info.get('process')} run "
                              f"with another tokenizer or process ({classifier.run_dir}); train one for this run")
         return ClassifierGuided(run.model, classifier.model, run.objective, classifier.label_id(label), guidance)
     if label is None and not guidance:
@@ -111,12 +113,12 @@ def guided_model(run, label: str | None = None, guidance: float = 0.0, prompt_po
     labels = torch.tensor([run.label_id(label)]) if label is not None else None
     if guidance and labels is None:
         if run.labels:
-            raise ValueError(f"guidance on a labelled run needs --label (one of {', '.join(run.labels)})")
+            raise UsageError(f"guidance on a labelled run needs --label (one of {', '.join(run.labels)})")
         if not (run.cfg.data.sft and run.cfg.train.prompt_drop > 0):
-            raise ValueError("guidance needs a condition the run learned to drop: a label (--labels) "
+            raise UsageError("guidance needs a condition the run learned to drop: a label (--labels) "
                              "or a prompt (train --sft --set train.prompt_drop=0.1)")
         if prompt_positions is None or not bool(prompt_positions.any()):
-            raise ValueError("prompt guidance needs a prompt")
+            raise UsageError("prompt guidance needs a prompt")
     return Conditioned(run.model, labels, guidance, None if labels is not None else prompt_positions,
                        run.tokenizer.pad_id)
 
@@ -136,7 +138,7 @@ class ClassifierGuided:
 
     def __init__(self, model, classifier, process, label: int, scale: float):
         if scale < 0:
-            raise ValueError(f"the guidance scale must be >= 0; got {scale}")
+            raise UsageError(f"the guidance scale must be >= 0; got {scale}")
         self.model, self.classifier, self.process, self.label, self.scale = model, classifier, process, label, scale
 
     def __getattr__(self, name):
@@ -147,7 +149,7 @@ class ClassifierGuided:
         if not self.scale:
             return logits
         if t is None:
-            raise ValueError("classifier guidance needs the diffusion time (not available to this sampler)")
+            raise UsageError("classifier guidance needs the diffusion time (not available to this sampler)")
         t = t.expand(x.shape[0]) if t.dim() == 0 else t
         with torch.enable_grad():
             if x.dim() == 2:  # token ids

@@ -9,13 +9,15 @@ from collections import Counter
 import torch
 import torch.nn.functional as F
 
+from ..errors import UsageError
+
 
 @torch.no_grad()
 def judge_perplexity(judge_model, judge_tokenizer, texts: list[str]) -> float:
     """exp(mean NLL per judge token) of ``texts`` under an AR judge; each text is scored from a
     leading end-of-text token (a fresh document), in windows of the judge's context."""
     if getattr(judge_model, "attn_mode", None) != "causal":
-        raise ValueError("the judge must be an AR run (trained with --process ar)")
+        raise UsageError("the judge must be an AR run (trained with --process ar)")
     device = next(judge_model.parameters()).device
     ctx = judge_model.cfg.context
     total, count = 0.0, 0
@@ -30,7 +32,7 @@ def judge_perplexity(judge_model, judge_tokenizer, texts: list[str]) -> float:
             total += F.cross_entropy(logits.float(), chunk[1:], reduction="sum").item()
             count += len(chunk) - 1
     if count == 0:
-        raise ValueError("no text to judge")
+        raise UsageError("no text to judge")
     return math.exp(total / count)
 
 
@@ -81,6 +83,6 @@ def self_bleu(token_lists: list[list[int]], max_n: int = 4) -> float:
     """Mean BLEU of each sample against all the others (Zhu et al. 2018, Texygen): 1 = every
     sample the same, near 0 = no shared n-grams. Lower is more diverse."""
     if len(token_lists) < 2:
-        raise ValueError("self-BLEU needs at least two samples")
+        raise UsageError("self-BLEU needs at least two samples")
     scores = [bleu(h, token_lists[:i] + token_lists[i + 1 :], max_n) for i, h in enumerate(token_lists)]
     return sum(scores) / len(scores)

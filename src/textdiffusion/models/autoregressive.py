@@ -14,6 +14,10 @@ from ..processes.base import LossOutput
 
 class AutoregressiveObjective:
     name = "ar"
+    mask_id = None
+    block_size = None
+    supports_cache = False
+    draws_revealed_only = False
     uses_time = False
     attn = "causal"
 

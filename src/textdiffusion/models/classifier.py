@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from ..config import ModelConfig
+from ..errors import UsageError
 from .transformer import Transformer
 
 
@@ -20,7 +21,7 @@ class NoisyClassifier(nn.Module):
     def __init__(self, cfg: ModelConfig, num_labels: int, input_dim: int | None = None):
         super().__init__()
         if num_labels < 2:
-            raise ValueError("a classifier needs at least two labels")
+            raise UsageError("a classifier needs at least two labels")
         self.net = Transformer(cfg, attn="full", input_dim=input_dim)
         self.net.head = nn.Identity()  # the token head is not used: the pooled states are classified
         self.out = nn.Linear(cfg.d_model, num_labels)

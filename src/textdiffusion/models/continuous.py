@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from ..config import ModelConfig
+from ..errors import UsageError
 from ..processes.base import upcast
 from .transformer import Transformer
 
@@ -23,7 +24,7 @@ class EmbeddingDenoiser(nn.Module):
     def __init__(self, cfg: ModelConfig, embed_dim: int, self_cond: bool = False):
         super().__init__()
         if cfg.vocab_size <= 0:
-            raise ValueError("model.vocab_size must be set (it comes from the tokenizer)")
+            raise UsageError("model.vocab_size must be set (it comes from the tokenizer)")
         self.embed_dim, self.self_cond = embed_dim, self_cond
         # raw vectors; ``embeddings()`` normalises them, so their scale never drifts against the noise
         self.embedding = nn.Parameter(torch.empty(cfg.vocab_size, embed_dim))

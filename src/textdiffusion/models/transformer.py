@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import ModelConfig
+from ..errors import UsageError
 
 
 def rope_tables(head_dim: int, length: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -192,9 +193,9 @@ class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig, attn: str = "full", input_dim: int | None = None):
         super().__init__()
         if attn not in ("full", "causal"):
-            raise ValueError(f"attn must be 'full' or 'causal'; got {attn!r}")
+            raise UsageError(f"attn must be 'full' or 'causal'; got {attn!r}")
         if cfg.vocab_size <= 0:
-            raise ValueError("model.vocab_size must be set (it comes from the tokenizer)")
+            raise UsageError("model.vocab_size must be set (it comes from the tokenizer)")
         self.cfg = cfg
         self.attn_mode = attn
         causal = attn == "causal"
@@ -262,11 +263,11 @@ class Transformer(nn.Module):
         if positions is None:
             start = kv_cache.length if kv_cache is not None else 0
             if start + T > self.rope_cos.shape[0]:
-                raise ValueError(f"sequence of {start + T} tokens exceeds the model context {self.cfg.context}")
+                raise UsageError(f"sequence of {start + T} tokens exceeds the model context {self.cfg.context}")
             cos, sin = self.rope_cos[start : start + T], self.rope_sin[start : start + T]
         else:
             if int(positions.max()) >= self.rope_cos.shape[0]:
-                raise ValueError(f"position {int(positions.max())} exceeds the model context {self.cfg.context}")
+                raise UsageError(f"position {int(positions.max())} exceeds the model context {self.cfg.context}")
             cos, sin = self.rope_cos[positions], self.rope_sin[positions]
         x = self.embed(tokens) if embeds is None else embeds  # (B, T, C); embeds: inputs already embedded
         if self.label is not None:
@@ -276,7 +277,7 @@ class Transformer(nn.Module):
         c = None
         if self.time is not None:
             if t is None:
-                raise ValueError("this model is time-conditioned: pass t")
+                raise UsageError("this model is time-conditioned: pass t")
             c = F.silu(self.time(t.expand(B) if t.dim() == 0 else t))  # (B, C)
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, i, kv_cache, c, attn_mask)

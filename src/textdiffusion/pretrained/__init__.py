@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..errors import UsageError
+
 HERE = Path(__file__).resolve().parent
 DEFAULT = "english"
 
@@ -41,27 +43,27 @@ def check_settings(settings: dict, where: str) -> dict:
     from ..sampling.registry import SAMPLERS, make_options, option_kind
 
     if not isinstance(settings, dict):
-        raise ValueError(f"{where}: the generate settings must be a JSON object")
+        raise UsageError(f"{where}: the generate settings must be a JSON object")
     known = _settings()
     for key, value in settings.items():
         if key not in known:
-            raise ValueError(f"{where}: unknown setting {key!r} (known: {', '.join(known)})")
+            raise UsageError(f"{where}: unknown setting {key!r} (known: {', '.join(known)})")
         kind = str if key == "sampler" else int if key == "steps" else option_kind(key)
         low = 1 if key in ("steps", "block_length") else 0
         if kind is int and (not isinstance(value, int) or isinstance(value, bool) or value < low):
-            raise ValueError(f"{where}: {key} must be a whole number >= {low}; got {value!r}")
+            raise UsageError(f"{where}: {key} must be a whole number >= {low}; got {value!r}")
         if kind is float and (not isinstance(value, (int, float)) or isinstance(value, bool)):
-            raise ValueError(f"{where}: {key} must be a number; got {value!r}")
+            raise UsageError(f"{where}: {key} must be a number; got {value!r}")
         if kind is str and not isinstance(value, str):
-            raise ValueError(f"{where}: {key} must be a name; got {value!r}")
+            raise UsageError(f"{where}: {key} must be a name; got {value!r}")
     name = settings.get("sampler")
     if name is not None:
         if name not in SAMPLERS:
-            raise ValueError(f"{where}: unknown sampler {name!r} (choose {', '.join(SAMPLERS)})")
+            raise UsageError(f"{where}: unknown sampler {name!r} (choose {', '.join(SAMPLERS)})")
         try:
             make_options(name, {k: v for k, v in settings.items() if k not in ("sampler", "steps")})
         except ValueError as exc:
-            raise ValueError(f"{where}: {exc}") from None
+            raise UsageError(f"{where}: {exc}") from None
     return settings
 
 
@@ -73,9 +75,9 @@ def card(folder: str | Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"cannot read {path}: {exc}") from None
+        raise UsageError(f"cannot read {path}: {exc}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"cannot read {path}: not a JSON object")
+        raise UsageError(f"cannot read {path}: not a JSON object")
     for task in TASKS:
         check_settings(data.get(task, {}), f"{path} ({task})")
     return data

@@ -1,8 +1,10 @@
-"""What every objective returns (diffusion processes and the AR twin alike)."""
+"""The ``Process`` protocol every forward process (and the AR twin's objective) satisfies, what
+their losses return, and the helpers they share."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -19,6 +21,44 @@ class LossOutput:
             return cls(per_token.mean(), per_token.numel())
         n = int(loss_mask.sum())
         return cls((per_token * loss_mask).sum() / max(n, 1), n)
+
+
+@runtime_checkable
+class Objective(Protocol):
+    """What training and evaluation need from a run's process (the AR twin's objective too):
+    ``loss`` (backpropagated) and ``nelbo`` (a true bound). Capabilities are attributes, so the
+    samplers ask instead of probing: ``mask_id`` (the absorbing state, None if tokens never
+    mask), ``block_size`` (block diffusion, else None), ``supports_cache`` (an unchanged x_t
+    needs no new network call) and ``draws_revealed_only`` (the reverse step draws values only
+    where tokens unmask, so top-k/top-p need filter only those rows)."""
+
+    name: str
+    mask_id: int | None
+    block_size: int | None
+    supports_cache: bool
+    draws_revealed_only: bool
+
+    def loss(self, model, batch: torch.Tensor, gen: torch.Generator | None = None,
+             fixed: torch.Tensor | None = None) -> LossOutput:
+        """Monte Carlo training objective, nats per scored token of (B, L+1) windows."""
+
+    def nelbo(self, model, batch: torch.Tensor, gen: torch.Generator | None = None,
+              num_samples: int = 1) -> torch.Tensor:
+        """(num_samples, B) estimates of a true bound on -log p, in nats per window."""
+
+
+@runtime_checkable
+class Process(Objective, Protocol):
+    """A corruption a model learns to undo: an ``Objective`` with a prior (where generation
+    starts) and a forward process q(x_t | x0) (what an edit re-noises with). The discrete
+    processes add ``log_probs(logits)`` and ``reverse_step(prediction, x_t, t, s, gen)``; the
+    Gaussian one ``denoise`` and its own ``reverse_step``."""
+
+    def prior(self, shape: tuple[int, ...], device=None, gen: torch.Generator | None = None) -> torch.Tensor:
+        """x_1: where generation starts."""
+
+    def corrupt(self, x0: torch.Tensor, t: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+        """A draw of q(x_t | x0)."""
 
 
 def upcast(x: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..errors import UsageError
 from .base import LossOutput, keep_clean, scored, stratified_uniform
 from .masked import MaskedProcess
 
@@ -40,7 +41,7 @@ class BlockDiffusionProcess(MaskedProcess):
                  antithetic: bool = True, eps: float = 1e-3):
         super().__init__(vocab_size, mask_id, schedule=schedule, antithetic=antithetic, eps=eps)
         if block_size <= 0:
-            raise ValueError("block_size must be positive")
+            raise UsageError("block_size must be positive")
         self.block_size = block_size
         self._masks: dict = {}
 

@@ -35,11 +35,15 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..errors import UsageError
 from .base import LossOutput, scored, stratified_uniform, upcast
 
 
 class GaussianProcess:
     name = "gaussian"
+    mask_id = None
+    block_size = None
+    draws_revealed_only = False
     uses_time = True
     supports_cache = False  # the state is continuous: every step changes it
 
@@ -47,7 +51,7 @@ class GaussianProcess:
                  logsnr_max: float = 6.0, self_cond: bool = False, antithetic: bool = True,
                  recon_fraction: float = 0.125):
         if not logsnr_min < logsnr_max:
-            raise ValueError(f"logsnr_min ({logsnr_min}) must be below logsnr_max ({logsnr_max})")
+            raise UsageError(f"logsnr_min ({logsnr_min}) must be below logsnr_max ({logsnr_max})")
         self.vocab_size, self.embed_dim = vocab_size, embed_dim
         self.logsnr_min, self.logsnr_max = float(logsnr_min), float(logsnr_max)
         self.self_cond, self.antithetic, self.recon_fraction = self_cond, antithetic, recon_fraction

@@ -37,6 +37,8 @@ from .schedules import get_schedule
 
 class MaskedProcess:
     name = "masked"
+    block_size: int | None = None
+    draws_revealed_only = True  # reverse_step draws values only where tokens unmask
     uses_time = True
 
     def __init__(self, vocab_size: int, mask_id: int, schedule: str = "loglinear",

@@ -10,6 +10,8 @@ import math
 
 import torch
 
+from ..errors import UsageError
+
 
 class LogLinear:
     """alpha(t) = 1 - t: the masked fraction grows linearly (MDLM's log-linear sigma)."""
@@ -59,4 +61,4 @@ def get_schedule(name: str):
     try:
         return SCHEDULES[name]()
     except KeyError:
-        raise ValueError(f"unknown schedule {name!r} (choose {', '.join(SCHEDULES)})") from None
+        raise UsageError(f"unknown schedule {name!r} (choose {', '.join(SCHEDULES)})") from None

@@ -29,6 +29,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..errors import UsageError
 from .base import LossOutput, keep_clean, sample_categorical, scored, upcast
 from .masked import MaskedProcess
 from .uniform import UniformProcess
@@ -38,7 +39,7 @@ class ScoreEntropyProcess:
     def __init__(self, kind: str, vocab_size: int, mask_id: int, schedule: str = "loglinear",
                  antithetic: bool = True, eps: float = 1e-3):
         if kind not in ("absorb", "uniform"):
-            raise ValueError(f"SEDD transition must be absorb or uniform; got {kind!r}")
+            raise UsageError(f"SEDD transition must be absorb or uniform; got {kind!r}")
         self.kind = kind
         self.name = f"sedd-{kind}"
         self.num_steps = 0  # continuous time only
@@ -48,6 +49,8 @@ class ScoreEntropyProcess:
         self.schedule, self.eps, self.vocab_size = self.forward.schedule, eps, vocab_size
         self.mask_id = mask_id if kind == "absorb" else None
         self.supports_cache = kind == "absorb"
+        self.block_size = None
+        self.draws_revealed_only = False  # the analytic step may draw every position (SEDD's own draw)
 
     def prior(self, shape, device=None, gen=None):
         return self.forward.prior(shape, device, gen)
@@ -161,7 +164,7 @@ class ScoreEntropyProcess:
         """(B, L, N) float64 p(x_s | x_t) of the uniform analytic step (absorbing steps draw only
         the tokens that unmask, so they have no such table)."""
         if self.kind == "absorb":
-            raise ValueError("the absorbing SEDD step draws only unmasking tokens; it has no full table")
+            raise UsageError("the absorbing SEDD step draws only unmasking tokens; it has no full table")
         return self.forward.reverse_probs(self._x0_probs(log_scores, x_t, t).log(), x_t, t, s)
 
     def euler_probs(self, log_scores: torch.Tensor, x_t: torch.Tensor, t: float, s: float) -> torch.Tensor:

@@ -45,6 +45,9 @@ from .schedules import get_schedule
 
 class UniformProcess:
     name = "uniform"
+    mask_id = None  # tokens are replaced, never masked
+    block_size = None
+    draws_revealed_only = False
     supports_cache = False  # tokens move at every step: there is nothing to reuse
 
     def __init__(self, num_states: int, vocab_size: int, schedule: str = "loglinear",

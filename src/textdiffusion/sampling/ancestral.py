@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 import torch
 
+from ..errors import UsageError
 from .base import (
     Canvas,
     Generation,
@@ -52,7 +53,7 @@ class AncestralSampler:
 
     def set_timesteps(self, num_steps: int, t_start: float = 1.0) -> None:
         if num_steps <= 0:
-            raise ValueError("steps must be positive")
+            raise UsageError("steps must be positive")
         self.timesteps = torch.linspace(t_start, 0.0, num_steps + 1, dtype=torch.float64)
 
     def step(self, log_p_x0: torch.Tensor, x_t: torch.Tensor, t: float, s: float, process,
@@ -72,7 +73,7 @@ class AncestralSampler:
 
     def _row_filter(self, process) -> RowFilter | None:
         """Top-k/top-p deferred to the drawn rows, where the process draws only those (masked)."""
-        if not hasattr(process, "draw_x0") or self.temperature == 0 or (not self.top_k and self.top_p >= 1.0):
+        if not process.draws_revealed_only or self.temperature == 0 or (not self.top_k and self.top_p >= 1.0):
             return None
         return functools.partial(filter_logits, temperature=1.0, top_k=self.top_k, top_p=self.top_p)
 

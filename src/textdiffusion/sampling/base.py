@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..errors import UsageError
+
 
 @dataclass
 class StepOutput:
@@ -37,13 +39,13 @@ class Canvas:
 
     def __post_init__(self):
         if self.tokens.shape != self.fixed.shape or self.tokens.dim() != 2:
-            raise ValueError("canvas tokens and fixed must both be (batch, length)")
+            raise UsageError("canvas tokens and fixed must both be (batch, length)")
         if not 0.0 < self.t_start <= 1.0:
-            raise ValueError(f"the start time (edit strength) must be in (0, 1]; got {self.t_start}")
+            raise UsageError(f"the start time (edit strength) must be in (0, 1]; got {self.t_start}")
         if bool((self.tokens[self.fixed] < 0).any()):
-            raise ValueError("a fixed canvas position holds no token")
+            raise UsageError("a fixed canvas position holds no token")
         if self.t_start < 1.0 and bool((self.tokens[~self.fixed] < 0).any()):
-            raise ValueError("an edit (start time < 1) needs the text of every free position")
+            raise UsageError("an edit (start time < 1) needs the text of every free position")
 
     @property
     def prompt_length(self) -> int:
@@ -60,7 +62,7 @@ class Canvas:
 def prompt_canvas(prompt: torch.Tensor | None, batch: int, length: int, device) -> Canvas:
     """[prompt | ``length`` free positions], the prompt repeated over the batch."""
     if length <= 0:
-        raise ValueError("length must be positive")
+        raise UsageError("length must be positive")
     prompt = prompt_batch(prompt, batch, device)
     B, P = prompt.shape
     tokens = torch.cat([prompt, torch.full((B, length), HOLE, dtype=torch.long, device=device)], dim=1)
@@ -76,23 +78,23 @@ def resolve_canvas(model, prompt: torch.Tensor | None, batch_size: int, length: 
     device = next(model.parameters()).device
     if canvas is None:
         if length is None:
-            raise ValueError("give a length (or a canvas)")
+            raise UsageError("give a length (or a canvas)")
         canvas = prompt_canvas(prompt, batch_size, length, device)
     elif prompt is not None:
-        raise ValueError("give a prompt or a canvas, not both")
+        raise UsageError("give a prompt or a canvas, not both")
     T = canvas.tokens.shape[1]
     if T > model.cfg.context:
         P = canvas.prompt_length
-        raise ValueError(f"prompt ({P} tokens) plus length ({T - P}) exceeds the model context "
+        raise UsageError(f"prompt ({P} tokens) plus length ({T - P}) exceeds the model context "
                          f"({model.cfg.context} tokens)")
     if bool(canvas.fixed.all()):
-        raise ValueError("nothing to generate: every position is fixed")
+        raise UsageError("nothing to generate: every position is fixed")
     return Canvas(canvas.tokens.to(device), canvas.fixed.to(device), canvas.t_start)
 
 
 def require_prompt_canvas(canvas: Canvas, what: str) -> None:
     if not canvas.is_prompt:
-        raise ValueError(f"{what} reads only the text to the left, so it can continue a prompt but not "
+        raise UsageError(f"{what} reads only the text to the left, so it can continue a prompt but not "
                          f"infill between fixed text or edit a span; use a masked diffusion model")
 
 

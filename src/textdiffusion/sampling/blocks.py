@@ -32,6 +32,7 @@ import time
 
 import torch
 
+from ..errors import UsageError
 from ..models.transformer import KVCache, WindowCache
 from ..processes.block import block_causal_mask
 from .base import (
@@ -51,7 +52,7 @@ from .remasking import STRATEGIES, masked_time, reveal_step, top_k_mask
 def split_steps(steps: int, num_blocks: int) -> list[int]:
     """An even share of ``steps`` per block (earlier blocks get the remainder)."""
     if steps < num_blocks:
-        raise ValueError(f"{num_blocks} blocks need at least {num_blocks} steps (one per block); got {steps}")
+        raise UsageError(f"{num_blocks} blocks need at least {num_blocks} steps (one per block); got {steps}")
     base, extra = divmod(steps, num_blocks)
     return [base + (i < extra) for i in range(num_blocks)]
 
@@ -75,7 +76,7 @@ class _BlockwiseBase:
                  banned_ids: tuple[int, ...] = (), block_length: int = 32, eot_id: int | None = None):
         validate_sampling_args(temperature, top_k, top_p)
         if block_length <= 0:
-            raise ValueError("block_length must be positive")
+            raise UsageError("block_length must be positive")
         self.banned_ids = list(banned_ids)
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
         self.block_length, self.eot_id = block_length, eot_id
@@ -93,7 +94,7 @@ class SemiAutoregressiveSampler(_BlockwiseBase):
                  eot_id: int | None = None):
         super().__init__(temperature, top_k, top_p, banned_ids, block_length, eot_id)
         if order not in STRATEGIES:
-            raise ValueError(f"unknown order {order!r} (choose {', '.join(STRATEGIES)})")
+            raise UsageError(f"unknown order {order!r} (choose {', '.join(STRATEGIES)})")
         self.strategy = order
 
     def _block_logits(self, model, process, x, lo, hi, fixed, first, cache):
@@ -104,8 +105,8 @@ class SemiAutoregressiveSampler(_BlockwiseBase):
     def generate(self, model, process, *, length: int | None = None, steps: int, batch_size: int = 1,
                  prompt: torch.Tensor | None = None, gen: torch.Generator | None = None,
                  on_step: OnStep | None = None, trace: bool = False, canvas: Canvas | None = None) -> Generation:
-        if getattr(process, "mask_id", None) is None or process.name != "masked":
-            raise ValueError(f"the {self.name} sampler needs a masked model; this one is {process.name!r}")
+        if process.mask_id is None or process.name != "masked":
+            raise UsageError(f"the {self.name} sampler needs a masked model; this one is {process.name!r}")
         canvas = resolve_canvas(model, prompt, batch_size, length, canvas)
         x, fixed, P = start_sequence(process, canvas, gen), canvas.fixed, canvas.prompt_length
         end = int((~fixed).any(0).nonzero().max()) + 1  # one past the last free position
@@ -146,9 +147,9 @@ class ThresholdSampler(SemiAutoregressiveSampler):
                  kv_cache: str = "dual", eot_id: int | None = None):
         super().__init__(temperature, top_k, top_p, banned_ids, block_length, "confidence", eot_id)
         if kv_cache not in ("none", "prefix", "dual"):
-            raise ValueError(f"--kv-cache must be none, prefix or dual; got {kv_cache!r}")
+            raise UsageError(f"--kv-cache must be none, prefix or dual; got {kv_cache!r}")
         if threshold <= 0:
-            raise ValueError("--threshold must be positive (above 1: one token per step)")
+            raise UsageError("--threshold must be positive (above 1: one token per step)")
         self.threshold, self.cache = threshold, kv_cache
 
     def _block_logits(self, model, process, x, lo, hi, fixed, first, cache):
@@ -180,17 +181,17 @@ class BlockDiffusionSampler(_BlockwiseBase):
                  eot_id: int | None = None):
         super().__init__(temperature, top_k, top_p, banned_ids, 1, eot_id)
         if order not in ("ancestral", "confidence"):
-            raise ValueError(f"block diffusion steps (--order) are ancestral or confidence; got {order!r}")
+            raise UsageError(f"block diffusion steps (--order) are ancestral or confidence; got {order!r}")
         if kv_cache not in ("exact", "none"):
-            raise ValueError(f"block diffusion's KV cache (--kv-cache) is exact or none; got {kv_cache!r}")
+            raise UsageError(f"block diffusion's KV cache (--kv-cache) is exact or none; got {kv_cache!r}")
         self.strategy, self.cache = order, kv_cache == "exact"
 
     @torch.no_grad()
     def generate(self, model, process, *, length: int | None = None, steps: int, batch_size: int = 1,
                  prompt: torch.Tensor | None = None, gen: torch.Generator | None = None,
                  on_step: OnStep | None = None, trace: bool = False, canvas: Canvas | None = None) -> Generation:
-        if getattr(process, "block_size", None) is None:
-            raise ValueError(f"the block sampler needs a block diffusion model (--process block); this one is {process.name!r}")
+        if process.block_size is None:
+            raise UsageError(f"the block sampler needs a block diffusion model (--process block); this one is {process.name!r}")
         b = process.block_size
         canvas = resolve_canvas(model, prompt, batch_size, length, canvas)
         require_prompt_canvas(canvas, "block diffusion")

@@ -23,6 +23,7 @@ import time
 
 import torch
 
+from ..errors import UsageError
 from .base import Canvas, Generation, OnStep, StepOutput, report_step, resolve_canvas
 from .filters import ban, filter_logits, sample_categorical, validate_sampling_args
 
@@ -40,7 +41,7 @@ class ContinuousSampler:
 
     def set_timesteps(self, num_steps: int, t_start: float = 1.0) -> None:
         if num_steps <= 0:
-            raise ValueError("steps must be positive")
+            raise UsageError("steps must be positive")
         self.timesteps = torch.linspace(t_start, 0.0, num_steps + 1, dtype=torch.float64)
 
     def step(self, logits: torch.Tensor, z_t: torch.Tensor, t: float, s: float, process, embeddings: torch.Tensor,

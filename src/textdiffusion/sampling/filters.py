@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import UsageError
 from ..processes.base import sample_categorical, upcast  # noqa: F401  (the reverse steps draw with it too)
 
 
@@ -39,8 +40,8 @@ def ban(logits: torch.Tensor, ids: list[int]) -> torch.Tensor:
 
 def validate_sampling_args(temperature: float, top_k: int, top_p: float) -> None:
     if temperature < 0:
-        raise ValueError("temperature must be >= 0")
+        raise UsageError("temperature must be >= 0")
     if top_k < 0:
-        raise ValueError("top_k must be >= 0 (0 disables)")
+        raise UsageError("top_k must be >= 0 (0 disables)")
     if not 0.0 < top_p <= 1.0:
-        raise ValueError("top_p must be in (0, 1]")
+        raise UsageError("top_p must be in (0, 1]")

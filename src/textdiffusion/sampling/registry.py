@@ -16,6 +16,8 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import UsageError
+
 
 def option(default: Any, doc: str, *, choices: tuple[str, ...] = (), low: float | None = None,
            high: float | None = None, above: float | None = None, cli: bool = True) -> Any:
@@ -64,16 +66,16 @@ def check_value(f: dataclasses.Field, value: Any) -> None:
         ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
     if not ok:
         what = {int: "a whole number", float: "a number", str: "a name", bool: "true or false"}[kind]
-        raise ValueError(f"{name} must be {what}; got {value!r}")
+        raise UsageError(f"{name} must be {what}; got {value!r}")
     if meta.get("choices") and value not in meta["choices"]:
         *rest, last = meta["choices"]
-        raise ValueError(f"{name} must be {', '.join(rest)} or {last}; got {value!r}")
+        raise UsageError(f"{name} must be {', '.join(rest)} or {last}; got {value!r}")
     if meta.get("low") is not None and value < meta["low"]:
-        raise ValueError(f"{name} must be >= {meta['low']:g}; got {value!r}")
+        raise UsageError(f"{name} must be >= {meta['low']:g}; got {value!r}")
     if meta.get("high") is not None and value > meta["high"]:
-        raise ValueError(f"{name} must be <= {meta['high']:g}; got {value!r}")
+        raise UsageError(f"{name} must be <= {meta['high']:g}; got {value!r}")
     if meta.get("above") is not None and value <= meta["above"]:
-        raise ValueError(f"{name} must be > {meta['above']:g}; got {value!r}")
+        raise UsageError(f"{name} must be > {meta['above']:g}; got {value!r}")
 
 
 ORDERS = ("confidence", "margin", "entropy", "random")  # remasking orders (most confident first, ...)
@@ -166,7 +168,7 @@ BASE = tuple(f.name for f in dataclasses.fields(Options))  # temperature, top_k,
 
 def spec(name: str) -> SamplerSpec:
     if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r} (choose {', '.join(SAMPLERS)})")
+        raise UsageError(f"unknown sampler {name!r} (choose {', '.join(SAMPLERS)})")
     return SAMPLERS[name]
 
 
@@ -215,14 +217,14 @@ def make_options(name: str, given: dict) -> Options:
     extra = {k: v for k, v in given.items() if v is not None}
     unused = sorted(set(extra) - fields)
     if unused:
-        raise ValueError(f"the {name} sampler takes no {', '.join(unused)} option")
+        raise UsageError(f"the {name} sampler takes no {', '.join(unused)} option")
     return s.options(**extra)
 
 
 def check_fits(name: str, process: str) -> None:
     fits = spec(name).fits
     if process not in fits:
-        raise ValueError(f"the {name} sampler needs a {' or '.join(fits)} model; this run is {process!r} "
+        raise UsageError(f"the {name} sampler needs a {' or '.join(fits)} model; this run is {process!r} "
                          f"(its default sampler is {DEFAULTS[process]})")
 
 

@@ -30,6 +30,7 @@ import time
 
 import torch
 
+from ..errors import UsageError
 from .ancestral import AncestralSampler
 from .base import (
     Canvas,
@@ -59,7 +60,7 @@ def order_scores(log_p: torch.Tensor, candidate: torch.Tensor, strategy: str,
         return (p * log_p.clamp_min(-1e30)).nan_to_num().sum(-1)  # -H: certain positions first
     if strategy == "random":
         return torch.rand(candidate.shape, generator=gen, device=candidate.device)
-    raise ValueError(f"unknown strategy {strategy!r} (choose {', '.join(STRATEGIES)})")
+    raise UsageError(f"unknown strategy {strategy!r} (choose {', '.join(STRATEGIES)})")
 
 
 def reveal_count(masked_now: torch.Tensor, masked_at_start: torch.Tensor, step: int, steps: int,
@@ -72,7 +73,7 @@ def reveal_count(masked_now: torch.Tensor, masked_at_start: torch.Tensor, step: 
         still = torch.floor(masked_at_start.double() * math.cos(0.5 * math.pi * (step + 1) / steps)).long()
         k = masked_now - still
     else:
-        raise ValueError(f"unknown reveal schedule {schedule!r} (choose {', '.join(REVEAL_SCHEDULES)})")
+        raise UsageError(f"unknown reveal schedule {schedule!r} (choose {', '.join(REVEAL_SCHEDULES)})")
     return torch.minimum(k.clamp_min(1), masked_now)
 
 
@@ -109,9 +110,9 @@ class RemaskingSampler:
                  banned_ids: tuple[int, ...] = (), strategy: str = "confidence", schedule: str = "linear"):
         validate_sampling_args(temperature, top_k, top_p)
         if strategy not in STRATEGIES:
-            raise ValueError(f"unknown strategy {strategy!r} (choose {', '.join(STRATEGIES)})")
+            raise UsageError(f"unknown strategy {strategy!r} (choose {', '.join(STRATEGIES)})")
         if schedule not in REVEAL_SCHEDULES:
-            raise ValueError(f"unknown reveal schedule {schedule!r} (choose {', '.join(REVEAL_SCHEDULES)})")
+            raise UsageError(f"unknown reveal schedule {schedule!r} (choose {', '.join(REVEAL_SCHEDULES)})")
         self.banned_ids = list(banned_ids)  # ids that are never text (mask, pad, unknown)
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
         self.strategy, self.schedule, self.name = strategy, schedule, strategy
@@ -119,7 +120,7 @@ class RemaskingSampler:
 
     def set_timesteps(self, num_steps: int) -> None:
         if num_steps <= 0:
-            raise ValueError("steps must be positive")
+            raise UsageError("steps must be positive")
         self.num_steps = num_steps
 
     def step(self, log_p_x0: torch.Tensor, x_t: torch.Tensor, k: torch.Tensor, mask_id: int,
@@ -137,8 +138,8 @@ class RemaskingSampler:
     def generate(self, model, process, *, length: int | None = None, steps: int, batch_size: int = 1,
                  prompt: torch.Tensor | None = None, gen: torch.Generator | None = None,
                  on_step: OnStep | None = None, trace: bool = False, canvas: Canvas | None = None) -> Generation:
-        if getattr(process, "mask_id", None) is None:
-            raise ValueError(f"the {self.name} sampler needs a masked model; this one is {process.name!r} (use ancestral)")
+        if process.mask_id is None:
+            raise UsageError(f"the {self.name} sampler needs a masked model; this one is {process.name!r} (use ancestral)")
         canvas = resolve_canvas(model, prompt, batch_size, length, canvas)
         x = start_sequence(process, canvas, gen)  # fixed positions are never masked, so never revealed
         self.set_timesteps(steps)
@@ -169,7 +170,7 @@ class ReMDMSampler(AncestralSampler):
                  banned_ids: tuple[int, ...] = (), eta: float = 0.04):
         super().__init__(temperature, top_k, top_p, banned_ids)
         if not 0.0 <= eta <= 1.0:
-            raise ValueError("eta (the ReMDM re-mask cap) must be in [0, 1]")
+            raise UsageError("eta (the ReMDM re-mask cap) must be in [0, 1]")
         self.eta = eta
 
     def probabilities(self, process, t: float, s: float) -> tuple[float, float]:
@@ -185,8 +186,8 @@ class ReMDMSampler(AncestralSampler):
              row_filter=None) -> StepOutput:
         if self.timesteps is None:
             raise RuntimeError("call set_timesteps(num_steps) before step()")
-        if getattr(process, "mask_id", None) is None:
-            raise ValueError(f"ReMDM needs a masked model; this one is {process.name!r}")
+        if process.mask_id is None:
+            raise UsageError(f"ReMDM needs a masked model; this one is {process.name!r}")
         reveal, remask = self.probabilities(process, t, s)
         masked = x_t == process.mask_id
         u = torch.rand(x_t.shape, generator=gen, device=x_t.device)

@@ -26,12 +26,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..config import Config, ConfigError
-from ..tokenizers import Tokenizer, TokenizerError, load_tokenizer
-
-
-class CheckpointError(ValueError):
-    """A missing or corrupt run directory; the CLI prints it as one line."""
+from ..config import Config
+from ..errors import CheckpointError, ConfigError, TokenizerError, UsageError
+from ..tokenizers import Tokenizer, load_tokenizer
 
 
 def _fsync_dir(path: Path) -> None:
@@ -147,9 +144,9 @@ class LoadedRun:
 
     def label_id(self, name: str) -> int:
         if not self.labels:
-            raise ValueError(f"{self.run_dir} was not trained with labels (train on JSONL with --set data.labels=true)")
+            raise UsageError(f"{self.run_dir} was not trained with labels (train on JSONL with --set data.labels=true)")
         if name not in self.labels:
-            raise ValueError(f"unknown label {name!r} (this run knows {', '.join(self.labels)})")
+            raise UsageError(f"unknown label {name!r} (this run knows {', '.join(self.labels)})")
         return self.labels.index(name)
 
 

@@ -25,6 +25,7 @@ from safetensors.torch import load_file
 
 from ..config import ModelConfig
 from ..data import label_rows, label_windows, labelled_documents
+from ..errors import UsageError
 from ..models.classifier import NoisyClassifier
 from .checkpoint import CheckpointError, load_run, write_safetensors
 
@@ -51,7 +52,7 @@ class LoadedClassifier:
 
     def label_id(self, name: str) -> int:
         if name not in self.labels:
-            raise ValueError(f"unknown label {name!r} (the classifier knows {', '.join(self.labels)})")
+            raise UsageError(f"unknown label {name!r} (the classifier knows {', '.join(self.labels)})")
         return self.labels.index(name)
 
 
@@ -74,11 +75,11 @@ def train_classifier(run_dir: str | Path, data: str, out: str | Path, *, steps: 
         raise CheckpointError(f"{out} already holds a classifier: choose another --out")
     run = load_run(run_dir)
     if run.objective.name not in GUIDABLE:
-        raise ValueError(f"classifier guidance is for {', '.join(GUIDABLE)} runs; this one is {run.objective.name!r}")
+        raise UsageError(f"classifier guidance is for {', '.join(GUIDABLE)} runs; this one is {run.objective.name!r}")
     docs = labelled_documents(data)
     labels = sorted({d.label for split in docs.values() for d in split})
     if len(labels) < 2:
-        raise ValueError(f"a classifier needs at least two labels; {data} has {labels}")
+        raise UsageError(f"a classifier needs at least two labels; {data} has {labels}")
     L = run.cfg.model.context
     rows = {k: label_windows(docs[k], labels, run.tokenizer, L) for k in ("train", "val")}
     torch.manual_seed(seed)

@@ -9,6 +9,7 @@ tokenizer, model and process (fine-tuning, e.g. SFT on top of a pretrained model
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -126,8 +127,14 @@ def train_run(cfg: Config, run_dir: str | Path, *, progress: bool = True) -> Tra
         cfg.data.path = str(Path(cfg.data.path).resolve())  # the run can be resumed from anywhere
     if cfg.train.init:
         cfg.train.init = str(Path(cfg.train.init).resolve())
-    tokenizer, splits = prepare_data(cfg, run_dir)
-    return train(cfg, run_dir, splits, tokenizer, progress=progress)
+    created = not run_dir.exists()
+    try:
+        tokenizer, splits = prepare_data(cfg, run_dir)
+        return train(cfg, run_dir, splits, tokenizer, progress=progress)
+    except BaseException:
+        if created and not has_checkpoint(run_dir):  # failed before the first checkpoint: leave nothing
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
 
 RESUMABLE_SECTIONS = ("train",)

@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 from ..config import Config
 from ..control.guidance import Conditioned, drop_condition
 from ..data import Rows, RowSampler, WindowSampler
+from ..errors import TrainingError, UsageError
 from ..tokenizers import Tokenizer
 from .checkpoint import (
     CheckpointError,
@@ -82,9 +83,9 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from None
+        raise UsageError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name} asked for, but CUDA is not available here")
+        raise UsageError(f"device {name} asked for, but CUDA is not available here")
     return device
 
 
@@ -243,7 +244,7 @@ def train(
                 (out.loss / tc.grad_accum).backward()
                 loss_sum += out.loss.item() / tc.grad_accum
             if not math.isfinite(loss_sum):
-                raise FloatingPointError(
+                raise TrainingError(
                     f"loss became {loss_sum} at step {step}: lower train.lr or raise train.warmup_steps "
                     f"(the last checkpoint in {run_dir} is untouched)"
                 )

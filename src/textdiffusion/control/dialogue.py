@@ -12,9 +12,10 @@ from __future__ import annotations
 import torch
 
 from ..data import chat_prompt
+from ..errors import UsageError
 from ..sampling.base import prompt_canvas
+from .filling import ControlResult, _generator, _sampler
 from .guidance import guided_model
-from .infill import ControlResult, _generator, _sampler
 
 MIN_RESPONSE = 8  # tokens a response gets at least
 
@@ -38,11 +39,11 @@ def chat(run, message: str, history: list[tuple[str, str]] | None = None, *, len
         history = history[1:]  # forget the oldest turn
     room = context - len(ids)
     if room < 1:
-        raise ValueError(f"the message ({len(ids)} tokens with the template) does not fit the model context "
+        raise UsageError(f"the message ({len(ids)} tokens with the template) does not fit the model context "
                          f"({context} tokens)")
     length = room if length is None else length
     if length > room:
-        raise ValueError(f"prompt ({len(ids)} tokens) plus length ({length}) exceeds the model context ({context} tokens)")
+        raise UsageError(f"prompt ({len(ids)} tokens) plus length ({length}) exceeds the model context ({context} tokens)")
     smp = _sampler(run, sampler, {**options, "eot_id": tok.eot_id})
     device = next(run.model.parameters()).device
     canvas = prompt_canvas(torch.tensor(ids), num, length, device)

@@ -1,0 +1,134 @@
+"""Infilling: fill the holes of a template (templates.py) anywhere in a text, keeping the rest.
+
+    [MASK]        one token
+    [MASK:n]      exactly n tokens
+    [MASK:a-b]    a variable-length hole of a to b tokens: the hole is filled at a few lengths
+                  in [a, b] (``candidates`` of them, evenly spaced), every filled text is scored by
+                  the model's own likelihood (the ELBO of diffusion models: a bound, estimated with
+                  the same Monte Carlo draws for every candidate) and the most likely one is kept.
+                  No padding token is involved, so it works with any trained model.
+
+The fixed text is tokenized piece by piece (so holes sit on token boundaries) and returned
+verbatim: the output string is built from the template's own text plus the decoded holes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import UsageError
+from ..sampling import build_sampler
+from ..sampling.base import Generation
+from .guidance import guided_model
+from .scoring import sequence_bits
+from .templates import Hole, Template
+
+
+@dataclass
+class ControlResult:
+    """Filled or edited texts (one per sample) and how they were made."""
+
+    texts: list[str]
+    fills: list[list[str]]  # per sample, the text generated for each hole (edit: the new span)
+    generation: Generation
+    sampler: str
+    nfe: int = 0
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.generation.tokens_per_second
+
+    def to_dict(self) -> dict:
+        return {"texts": self.texts, "fills": self.fills, "sampler": self.sampler, "nfe": self.nfe,
+                "seconds": self.seconds, "tokens_per_second": self.tokens_per_second, **self.extra}
+
+
+def _sampler(run, sampler: str | None, options: dict):
+    return build_sampler(sampler, run.objective, run.tokenizer, **options)
+
+
+def _generator(run, seed: int) -> torch.Generator:
+    return torch.Generator(device=next(run.model.parameters()).device).manual_seed(seed)
+
+
+def fim_prompt(template: Template, tokenizer) -> tuple[list[int], list[bool]]:
+    """The AR fill-in-the-middle twin's prompt, [eot] prefix [suf] suffix [mid], for a template
+    with one hole, and whether the hole takes over the space before it (``Template.healed``:
+    the twin gets the same text as the diffusion model)."""
+    holes = [i for i, p in enumerate(template.parts) if isinstance(p, Hole)]
+    if len(holes) != 1:
+        raise UsageError("the AR fill-in-the-middle twin fills one hole per template")
+    k = holes[0]
+    healed = template.healed(tokenizer)
+    prefix, suffix = "".join(template.parts[:k]), "".join(template.parts[k + 1 :])
+    prefix = prefix[:-1] if healed[0] else prefix
+    ids = [tokenizer.eot_id, *tokenizer.encode(prefix).tolist(), tokenizer.pad_id, *tokenizer.encode(suffix).tolist(),
+           tokenizer.mask_id]
+    return ids, healed
+
+
+def _fill_fim(run, template: Template, *, num: int, sampler, seed: int):
+    """The AR twin trained with fill-in-the-middle: [eot] prefix [suf] suffix [mid], then the hole."""
+    tok = run.tokenizer
+    ids, healed = fim_prompt(template, tok)
+    n = template.holes[0].low
+    out = sampler.generate(run.model, run.objective, length=n, batch_size=num, prompt=torch.tensor(ids),
+                           gen=_generator(run, seed))
+    done = [template.assemble([tok.decode(row[len(ids) :])], healed) for row in out.tokens.tolist()]
+    return [d[0] for d in done], [d[1] for d in done], out
+
+
+def _fill_fixed(run, template: Template, *, num: int, steps: int, sampler, seed: int, label=None, guidance=0.0,
+                classifier=None, trace: bool = False):
+    continuation = isinstance(template.parts[-1], Hole) and len(template.holes) == 1
+    if run.objective.name == "ar" and not continuation:  # (a continuation decodes left to right below)
+        if not run.cfg.data.fim_rate:
+            raise UsageError("the AR twin reads only the text to the left, so it can continue a prompt but not "
+                             "infill; train it with fill-in-the-middle (--set data.fim_rate=0.5) or use a masked "
+                             "diffusion model")
+        return _fill_fim(run, template, num=num, sampler=sampler, seed=seed)
+    canvas, spans = template.canvas(run.tokenizer, num)
+    model = guided_model(run, label, guidance, classifier=classifier)
+    out = sampler.generate(model, run.objective, steps=steps, canvas=canvas, gen=_generator(run, seed), trace=trace)
+    tok = run.tokenizer
+    healed = template.healed(tok)
+    done = [template.assemble([tok.decode(row[a:b]) for a, b in spans], healed) for row in out.tokens.tolist()]
+    return [d[0] for d in done], [d[1] for d in done], out
+
+
+def _candidate_sizes(holes: list[Hole], candidates: int) -> list[list[int]]:
+    """Sizes to try: ``candidates`` evenly spaced lengths of every variable hole, all together."""
+    grids = []
+    for h in holes:
+        n = min(candidates, h.high - h.low + 1)
+        grids.append([round(h.low + (h.high - h.low) * i / max(n - 1, 1)) for i in range(n)])
+    width = max(len(g) for g in grids)
+    return [[g[min(i, len(g) - 1)] for g in grids] for i in range(width)]
+
+
+def infill(run, template: str | Template, *, num: int = 1, steps: int = 64, sampler: str | None = None,
+           seed: int = 0, candidates: int = 4, label: str | None = None, guidance: float = 0.0, classifier=None,
+           trace: bool = False, **options) -> ControlResult:
+    """Fill the holes of ``template`` (see the module doc) ``num`` times; fixed text is kept verbatim.
+    ``label`` / ``guidance`` / ``classifier``: conditioning and guidance (control/guidance.py)."""
+    tpl = template if isinstance(template, Template) else Template.parse(template)
+    smp = _sampler(run, sampler, options)
+    cond = {"label": label, "guidance": guidance, "classifier": classifier, "trace": trace}
+    if not any(h.variable for h in tpl.holes):
+        texts, fills, out = _fill_fixed(run, tpl, num=num, steps=steps, sampler=smp, seed=seed, **cond)
+        return ControlResult(texts, fills, out, smp.name, out.nfe, out.seconds)
+    # variable holes: fill at each candidate size, keep each sample's most likely text
+    best: list[tuple[float, str, list[str]]] = [(float("inf"), "", [])] * num
+    nfe, seconds, out, tried = 0, 0.0, None, []
+    for sizes in _candidate_sizes(tpl.holes, candidates):
+        texts, fills, out = _fill_fixed(run, tpl.sized(sizes), num=num, steps=steps, sampler=smp, seed=seed, **cond)
+        nfe, seconds = nfe + out.nfe, seconds + out.seconds
+        bits = sequence_bits(run, texts, seed)
+        tried.append({"sizes": sizes, "bits": bits})
+        best = [min(b, (x, t, f)) for b, x, t, f in zip(best, bits, texts, fills)]
+    return ControlResult([b[1] for b in best], [b[2] for b in best], out, smp.name, nfe, seconds,
+                         {"candidates": tried})
