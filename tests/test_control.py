@@ -98,9 +98,9 @@ TEMPLATE_CASES = [
 @pytest.mark.parametrize("process, name, options", TEMPLATE_CASES)
 def test_every_sampler_keeps_fixed_text_and_fills_every_hole(process, name, options):
     run = _run(process, time_cond=process == "uniform")
-    sampler = build_sampler(name, run.objective, run.tokenizer, **options)
+    sampler = build_sampler(name, run.process, run.tokenizer, **options)
     canvas, spans = Template.parse("[MASK:3]abc[MASK]de[MASK:5]fgh").canvas(tokenizer(), batch=3)
-    out = sampler.generate(run.model, run.objective, steps=6, canvas=canvas, gen=torch.Generator().manual_seed(0))
+    out = sampler.generate(run.model, run.process, steps=6, canvas=canvas, gen=torch.Generator().manual_seed(0))
     assert out.tokens.shape == canvas.tokens.shape
     assert torch.equal(out.tokens[canvas.fixed], canvas.tokens[canvas.fixed])  # fixed text verbatim
     holes = out.tokens[~canvas.fixed]
@@ -112,13 +112,13 @@ def test_every_sampler_keeps_fixed_text_and_fills_every_hole(process, name, opti
 @pytest.mark.parametrize("process, name", [("block", "block"), ("ar", "ar")])
 def test_left_to_right_models_refuse_to_infill(process, name):
     run = _run(process)
-    sampler = build_sampler(name, run.objective, run.tokenizer)
+    sampler = build_sampler(name, run.process, run.tokenizer)
     canvas, _ = Template.parse("ab[MASK:3]cd").canvas(tokenizer())
     with pytest.raises(ValueError, match="only the text to the left"):
-        sampler.generate(run.model, run.objective, steps=4, canvas=canvas)
+        sampler.generate(run.model, run.process, steps=4, canvas=canvas)
     # a template that only continues a prompt is fine
     canvas, _ = Template.parse("ab[MASK:8]").canvas(tokenizer())
-    out = sampler.generate(run.model, run.objective, steps=8, canvas=canvas)
+    out = sampler.generate(run.model, run.process, steps=8, canvas=canvas)
     assert out.tokens.shape == (1, 10) and out.tokens[0, :2].tolist() == tokenizer().encode("ab").tolist()
 
 

@@ -51,8 +51,8 @@ def labelled(tmp_path_factory):
 
 def _frequency(run, label, w, letter, sampler, classifier=None):
     model = guided_model(run, label, w, classifier=classifier)
-    smp = build_sampler(sampler, run.objective, run.tokenizer)
-    out = smp.generate(model, run.objective, length=LENGTH, steps=LENGTH, batch_size=64,
+    smp = build_sampler(sampler, run.process, run.tokenizer)
+    out = smp.generate(model, run.process, length=LENGTH, steps=LENGTH, batch_size=64,
                        gen=torch.Generator().manual_seed(0))
     text = "".join(run.tokenizer.decode(row) for row in out.tokens.tolist())
     return text.count(letter) / max(len(text), 1)
@@ -71,7 +71,7 @@ def test_guidance_moves_samples_toward_the_label(labelled, process, sampler):
 
 def test_guidance_arithmetic_and_errors(labelled):
     run = labelled["masked"]
-    x = torch.full((2, LENGTH), run.objective.mask_id)
+    x = torch.full((2, LENGTH), run.process.mask_id)
     l_c = run.model(x, labels=torch.tensor([0, 0]))
     l_u = run.model(x)  # no label
     guided = Conditioned(run.model, torch.tensor([0]), scale=2.0)(x)

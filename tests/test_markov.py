@@ -74,7 +74,7 @@ def test_diffusion_elbo_bounds_the_true_entropy(chain, trained, process, slack):
     1.5 learnable bits."""
     mc, splits = chain
     run = trained[process]
-    report = _likelihood(run.model, run.objective, splits["val"])
+    report = _likelihood(run.model, run.process, splits["val"])
     true_bits = mc.window_entropy_bits(CONTEXT)  # no context before a window: (H(pi) + (L-1) h) / L
     untrained = _likelihood(*_untrained(process), splits["val"])
     assert report.bits_per_token >= true_bits - 3 * report.stderr_bits_per_token, (report, true_bits)
@@ -85,7 +85,7 @@ def test_diffusion_elbo_bounds_the_true_entropy(chain, trained, process, slack):
 def test_ar_nll_bounds_the_entropy_rate(chain, trained):
     mc, splits = chain
     run = trained["ar"]
-    report = _likelihood(run.model, run.objective, splits["val"])
+    report = _likelihood(run.model, run.process, splits["val"])
     h = mc.entropy_rate_bits()  # AR predicts every scored token from the one before: h exactly
     assert report.exact
     assert report.bits_per_token >= h - 3 * report.stderr_bits_per_token, (report, h)
@@ -110,8 +110,8 @@ def test_samples_reproduce_the_chain(chain, trained, process, sampler_name, opti
     mc, _ = chain
     run = trained[process]
     tok = tokenizer()
-    sampler = build_sampler(sampler_name, run.objective, tok, **options)
-    out = sampler.generate(run.model, run.objective, length=CONTEXT, steps=CONTEXT, batch_size=64,
+    sampler = build_sampler(sampler_name, run.process, tok, **options)
+    out = sampler.generate(run.model, run.process, length=CONTEXT, steps=CONTEXT, batch_size=64,
                            gen=torch.Generator().manual_seed(0))
     tv = mc.bigram_tv(out.new_tokens.tolist())
     model, objective = _untrained(process)

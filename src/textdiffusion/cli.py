@@ -414,7 +414,7 @@ def cmd_export(args) -> int:
     for task, items, flag in (("generate", args.default, "--default"), ("infill", args.infill_default, "--infill-default")):
         settings = check_settings({**pipe.card.get(task, {}), **dict(_setting(item, flag) for item in items)}, flag)
         options = {k: v for k, v in settings.items() if k not in ("sampler", "steps")}
-        build_sampler(settings.get("sampler"), pipe.run.objective, pipe.tokenizer, **options)  # they must fit the run
+        build_sampler(settings.get("sampler"), pipe.run.process, pipe.tokenizer, **options)  # they must fit the run
         if settings:
             card[task] = settings
         else:
@@ -493,9 +493,9 @@ def cmd_eval(args) -> int:
     run = _load(args.run, args.device)
     tok = run.tokenizer
     if args.discrete_steps is not None:
-        if run.objective.name not in ("masked", "uniform"):
-            raise UsageError(f"--discrete-steps is for masked and uniform runs; this one is {run.objective.name}")
-        run.objective.num_steps = args.discrete_steps
+        if run.process.name not in ("masked", "uniform"):
+            raise UsageError(f"--discrete-steps is for masked and uniform runs; this one is {run.process.name}")
+        run.process.num_steps = args.discrete_steps
     own = _own_data(args.data, run.cfg.data.path)
     split = args.split or ("val" if own else "all")
     if split == "all":
@@ -507,11 +507,11 @@ def cmd_eval(args) -> int:
         tokens = load_token_splits(data, tok, run.run_dir / "tokenizer.json")[split]
         if len(tokens) == 0:
             raise UsageError(f"the {split} split of {args.data} is empty (try --split all)")
-    report = evaluate_likelihood(run.model, run.objective, np.asarray(tokens), tok.token_bytes(),
+    report = evaluate_likelihood(run.model, run.process, np.asarray(tokens), tok.token_bytes(),
                                  context=run.cfg.model.context, mc_samples=args.mc_samples,
                                  batch_size=args.batch_size, max_windows=args.max_windows, seed=args.seed)
     result = {"run": str(args.run), "process": run.cfg.process.name, "data": args.data, "split": split,
-              "discrete_steps": getattr(run.objective, "num_steps", None), **report.to_dict()}
+              "discrete_steps": getattr(run.process, "num_steps", None), **report.to_dict()}
     if args.num_samples > 0:
         out, texts, sampler = _generate(run, args, "", args.num_samples, args.length)
         token_lists = out.new_tokens.tolist()

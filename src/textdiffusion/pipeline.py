@@ -215,12 +215,12 @@ def continue_prompt(run, prompt: str = "", *, length: int | None = None, steps: 
     p_len = 0 if ids is None else len(ids)
     if length is None:
         length = max(1, min(128, run.cfg.model.context - p_len))
-    smp = build_sampler(sampler, run.objective, tok, eot_id=tok.eot_id if stop_at_eot else None, **options)
+    smp = build_sampler(sampler, run.process, tok, eot_id=tok.eot_id if stop_at_eot else None, **options)
     positions = torch.zeros(num, p_len + length, dtype=torch.bool)
     positions[:, :p_len] = True  # prompt guidance: the unconditional pass sees no prompt
     model = guided_model(run, label, guidance, positions, classifier)
     gen = torch.Generator(device=next(run.model.parameters()).device).manual_seed(seed)
-    out = smp.generate(model, run.objective, length=length, steps=steps, batch_size=num, prompt=ids, gen=gen,
+    out = smp.generate(model, run.process, length=length, steps=steps, batch_size=num, prompt=ids, gen=gen,
                        on_step=on_step, trace=trace)
     rows = out.tokens.tolist()
     if stop_at_eot:

@@ -49,9 +49,6 @@ class Tokenizer:
     def unk_id(self) -> int:
         return self.base_size + 3
 
-    def is_special(self, token_id: int) -> bool:
-        return token_id >= self.base_size
-
     def encode(self, text: str) -> np.ndarray:
         """Text -> int64 array of ids (no specials added)."""
         return self._encode(text)

@@ -50,7 +50,7 @@ def chat(run, message: str, history: list[tuple[str, str]] | None = None, *, len
     prompt = canvas.fixed.clone()
     prompt[:, 0] = False  # as in training: the leading end-of-text is never dropped
     model = guided_model(run, None, guidance, prompt)
-    out = smp.generate(model, run.objective, steps=steps, canvas=canvas, gen=_generator(run, seed))
+    out = smp.generate(model, run.process, steps=steps, canvas=canvas, gen=_generator(run, seed))
     replies = []
     for row in out.tokens[:, len(ids) :].tolist():
         if tok.eot_id in row:

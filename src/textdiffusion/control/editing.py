@@ -36,7 +36,7 @@ def edit(run, text: str, start: int | None = None, end: int | None = None, *, st
     lo, hi = len(ids[0]), len(ids[0]) + len(ids[1])
     fixed[:, lo:hi] = False
     smp = _sampler(run, sampler, options)
-    out = smp.generate(guided_model(run, label, guidance, classifier=classifier), run.objective, steps=steps, canvas=Canvas(tokens, fixed, strength),
+    out = smp.generate(guided_model(run, label, guidance, classifier=classifier), run.process, steps=steps, canvas=Canvas(tokens, fixed, strength),
                        gen=_generator(run, seed), trace=trace)
     spans = [tok.decode(row[lo:hi]) for row in out.tokens.tolist()]
     return ControlResult([before + s + after for s in spans], [[s] for s in spans], out, smp.name, out.nfe,

@@ -48,7 +48,7 @@ class ControlResult:
 
 
 def _sampler(run, sampler: str | None, options: dict):
-    return build_sampler(sampler, run.objective, run.tokenizer, **options)
+    return build_sampler(sampler, run.process, run.tokenizer, **options)
 
 
 def _generator(run, seed: int) -> torch.Generator:
@@ -76,7 +76,7 @@ def _fill_fim(run, template: Template, *, num: int, sampler, seed: int):
     tok = run.tokenizer
     ids, healed = fim_prompt(template, tok)
     n = template.holes[0].low
-    out = sampler.generate(run.model, run.objective, length=n, batch_size=num, prompt=torch.tensor(ids),
+    out = sampler.generate(run.model, run.process, length=n, batch_size=num, prompt=torch.tensor(ids),
                            gen=_generator(run, seed))
     done = [template.assemble([tok.decode(row[len(ids) :])], healed) for row in out.tokens.tolist()]
     return [d[0] for d in done], [d[1] for d in done], out
@@ -85,7 +85,7 @@ def _fill_fim(run, template: Template, *, num: int, sampler, seed: int):
 def _fill_fixed(run, template: Template, *, num: int, steps: int, sampler, seed: int, label=None, guidance=0.0,
                 classifier=None, trace: bool = False):
     continuation = isinstance(template.parts[-1], Hole) and len(template.holes) == 1
-    if run.objective.name == "ar" and not continuation:  # (a continuation decodes left to right below)
+    if run.process.name == "ar" and not continuation:  # (a continuation decodes left to right below)
         if not run.cfg.data.fim_rate:
             raise UsageError("the AR twin reads only the text to the left, so it can continue a prompt but not "
                              "infill; train it with fill-in-the-middle (--set data.fim_rate=0.5) or use a masked "
@@ -93,7 +93,7 @@ def _fill_fixed(run, template: Template, *, num: int, steps: int, sampler, seed:
         return _fill_fim(run, template, num=num, sampler=sampler, seed=seed)
     canvas, spans = template.canvas(run.tokenizer, num)
     model = guided_model(run, label, guidance, classifier=classifier)
-    out = sampler.generate(model, run.objective, steps=steps, canvas=canvas, gen=_generator(run, seed), trace=trace)
+    out = sampler.generate(model, run.process, steps=steps, canvas=canvas, gen=_generator(run, seed), trace=trace)
     tok = run.tokenizer
     healed = template.healed(tok)
     done = [template.assemble([tok.decode(row[a:b]) for a, b in spans], healed) for row in out.tokens.tolist()]

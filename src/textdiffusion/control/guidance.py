@@ -104,10 +104,10 @@ def guided_model(run, label: str | None = None, guidance: float = 0.0, prompt_po
     if classifier is not None:
         if label is None:
             raise UsageError(f"classifier guidance needs --label (one of {', '.join(classifier.labels)})")
-        if classifier.info.get("process") != run.objective.name or classifier.model.cfg.vocab_size != run.tokenizer.vocab_size:
+        if classifier.info.get("process") != run.process.name or classifier.model.cfg.vocab_size != run.tokenizer.vocab_size:
             raise UsageError(f"the classifier was trained on the noisy inputs of a {classifier.info.get('process')} run "
                              f"with another tokenizer or process ({classifier.run_dir}); train one for this run")
-        return ClassifierGuided(run.model, classifier.model, run.objective, classifier.label_id(label), guidance)
+        return ClassifierGuided(run.model, classifier.model, run.process, classifier.label_id(label), guidance)
     if label is None and not guidance:
         return run.model
     labels = torch.tensor([run.label_id(label)]) if label is not None else None

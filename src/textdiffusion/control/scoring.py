@@ -23,5 +23,5 @@ def sequence_bits(run, texts: list[str], seed: int = 0, mc_samples: int = 16) ->
             raise UsageError("nothing to score: the text is empty")
         if len(ids) > context:
             raise UsageError(f"the text has {len(ids)} tokens, more than the model context ({context})")
-        bits.append(sequence_nll(run.model, run.objective, ids, tok.eot_id, mc_samples, seed) / math.log(2))
+        bits.append(sequence_nll(run.model, run.process, ids, tok.eot_id, mc_samples, seed) / math.log(2))
     return bits

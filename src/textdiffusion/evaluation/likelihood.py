@@ -30,20 +30,20 @@ class LikelihoodReport:
 
 
 @torch.no_grad()
-def evaluate_likelihood(model, objective, tokens: np.ndarray, token_bytes: np.ndarray, *, context: int,
+def evaluate_likelihood(model, process, tokens: np.ndarray, token_bytes: np.ndarray, *, context: int,
                         mc_samples: int = 4, batch_size: int = 16, max_windows: int = 0,
                         seed: int = 0, progress=None) -> LikelihoodReport:
     """Score the last ``context`` tokens of non-overlapping windows that tile ``tokens``."""
     device = next(model.parameters()).device
     windows = eval_windows(tokens, context, max_windows)  # (N, context + 1)
     gen = torch.Generator(device=device).manual_seed(seed)
-    exact = objective.name == "ar"
+    exact = process.name == "ar"
     samples = 1 if exact else mc_samples
     per_window = []  # nats per window, averaged over Monte Carlo draws
     model.eval()
     for i in range(0, len(windows), batch_size):
         batch = windows[i : i + batch_size].to(device)
-        est = objective.nelbo(model, batch, gen, num_samples=samples)  # (S, b)
+        est = process.nelbo(model, batch, gen, num_samples=samples)  # (S, b)
         per_window.append(est.double().mean(0).cpu())
         if progress is not None:
             progress(len(batch))
@@ -59,11 +59,11 @@ def evaluate_likelihood(model, objective, tokens: np.ndarray, token_bytes: np.nd
 
 
 @torch.no_grad()
-def sequence_nll(model, objective, ids: torch.Tensor, bos_id: int, mc_samples: int = 16, seed: int = 0) -> float:
+def sequence_nll(model, process, ids: torch.Tensor, bos_id: int, mc_samples: int = 16, seed: int = 0) -> float:
     """Nats of one token sequence (L,) after ``bos_id``: the AR twin's exact NLL, or the diffusion
     NELBO averaged over ``mc_samples`` draws (seeded, so texts scored with the same seed share t)."""
     device = next(model.parameters()).device
     window = torch.cat([torch.tensor([bos_id]), ids.long().cpu()])[None].to(device)  # (1, L + 1)
     gen = torch.Generator(device=device).manual_seed(seed)
-    samples = 1 if objective.name == "ar" else mc_samples
-    return float(objective.nelbo(model, window, gen, num_samples=samples).double().mean())
+    samples = 1 if process.name == "ar" else mc_samples
+    return float(process.nelbo(model, window, gen, num_samples=samples).double().mean())

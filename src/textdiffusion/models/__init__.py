@@ -1,4 +1,5 @@
-"""Models: the transformer denoiser and the autoregressive objective on the same backbone."""
+"""Models: the transformer denoiser (diffusion and, in causal mode, the AR twin), the Gaussian
+embedding model and the noisy-input classifier."""
 
 from .transformer import KVCache, Transformer
 

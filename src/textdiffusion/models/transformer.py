@@ -66,9 +66,6 @@ class KVCache:
         self.keys[layer], self.values[layer] = k_all[:, :, :n], v_all[:, :, :n]
         return k_all, v_all
 
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
-
 
 @dataclass
 class WindowCache:
@@ -100,8 +97,6 @@ class WindowCache:
         K, V = self.keys[layer], self.values[layer]
         return (torch.cat((K[:, :, :a], k, K[:, :, b:]), dim=2), torch.cat((V[:, :, :a], v, V[:, :, b:]), dim=2))
 
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
 
 
 class Attention(nn.Module):
@@ -161,9 +156,7 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.ada = None
         if cfg.time_cond:
-            self.ada = nn.Linear(cfg.d_model, 6 * cfg.d_model)
-            nn.init.zeros_(self.ada.weight)  # zero-init: each block starts as the identity
-            nn.init.zeros_(self.ada.bias)
+            self.ada = nn.Linear(cfg.d_model, 6 * cfg.d_model)  # zero-initialised by Transformer
 
     def forward(self, x, cos, sin, layer, kv_cache, c, attn_mask=None):
         if self.ada is None:
@@ -214,7 +207,7 @@ class Transformer(nn.Module):
         for name, p in self.named_parameters():  # GPT-2 scaled init of residual projections
             if name.endswith("proj.weight"):
                 nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.n_layer))
-        for block in self.blocks:
+        for block in self.blocks:  # adaLN zero-init: each block starts as the identity
             if block.ada is not None:
                 nn.init.zeros_(block.ada.weight)
                 nn.init.zeros_(block.ada.bias)

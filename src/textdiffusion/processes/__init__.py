@@ -1,6 +1,7 @@
 """Forward processes: one file per corruption, each a small class with the same interface
-(``loss``, ``nelbo``, ``prior``, ``corrupt``). The AR twin's objective (models/autoregressive.py)
-shares ``loss`` and ``nelbo``, so the trainer and evaluation treat both alike."""
+(``base.Process``: ``loss``, ``nelbo``, ``prior``, ``corrupt`` and capability attributes). The
+AR twin's objective (autoregressive.py) is a ``base.Objective``: ``loss`` and ``nelbo``, so the
+trainer and evaluation treat both alike."""
 
 from __future__ import annotations
 

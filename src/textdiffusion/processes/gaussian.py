@@ -44,7 +44,6 @@ class GaussianProcess:
     mask_id = None
     block_size = None
     draws_revealed_only = False
-    uses_time = True
     supports_cache = False  # the state is continuous: every step changes it
 
     def __init__(self, vocab_size: int, embed_dim: int = 16, logsnr_min: float = -6.0,

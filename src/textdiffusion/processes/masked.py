@@ -39,7 +39,6 @@ class MaskedProcess:
     name = "masked"
     block_size: int | None = None
     draws_revealed_only = True  # reverse_step draws values only where tokens unmask
-    uses_time = True
 
     def __init__(self, vocab_size: int, mask_id: int, schedule: str = "loglinear",
                  antithetic: bool = True, eps: float = 1e-3, num_steps: int = 0):

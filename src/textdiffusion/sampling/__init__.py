@@ -1,7 +1,7 @@
 """Samplers: one file per family, each an object with ``generate()`` built on ``step()``.
 
 ``registry`` lists every sampler (name, the processes it fits, its options) and builds them:
-``build_sampler(name, objective, tokenizer, **options)``. Importing this package loads no torch;
+``build_sampler(name, process, tokenizer, **options)``. Importing this package loads no torch;
 the sampler classes load on first use.
 """
 

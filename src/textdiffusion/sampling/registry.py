@@ -228,14 +228,13 @@ def check_fits(name: str, process: str) -> None:
                          f"(its default sampler is {DEFAULTS[process]})")
 
 
-def build_sampler(name: str | None, objective, tokenizer, **options):
+def build_sampler(name: str | None, process, tokenizer, **options):
     """The sampler ``name`` (default: the process's own) for a run, configured by ``options``
     (None = unset: the sampler's default). ``eot_id``: stop once every row has produced it, for
     the samplers that can (the others ignore it)."""
-    process = objective.name
-    name = name or DEFAULTS[process]
+    name = name or DEFAULTS[process.name]
     s = spec(name)
-    check_fits(name, process)
+    check_fits(name, process.name)
     eot_id = options.pop("eot_id", None)
     opts = make_options(name, options)
     context: dict[str, Any] = {"banned_ids": (tokenizer.mask_id, tokenizer.pad_id, tokenizer.unk_id)}  # never text

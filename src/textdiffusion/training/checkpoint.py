@@ -136,11 +136,16 @@ def load_weights(model, ckpt: Path, prefer_ema: bool = True) -> str:
 class LoadedRun:
     """A trained model ready for sampling or evaluation."""
 
-    def __init__(self, run_dir: Path, cfg: Config, tokenizer: Tokenizer, model, objective, weights: str):
+    def __init__(self, run_dir: Path, cfg: Config, tokenizer: Tokenizer, model, process, weights: str):
         self.run_dir, self.cfg, self.tokenizer = run_dir, cfg, tokenizer
-        self.model, self.objective, self.weights = model, objective, weights
+        self.model, self.process, self.weights = model, process, weights
         labels = run_dir / "labels.json"
         self.labels: list[str] = json.loads(labels.read_text()) if labels.exists() else []  # class names
+
+    @property
+    def objective(self):
+        """The old name of ``process`` (kept for one release)."""
+        return self.process
 
     def label_id(self, name: str) -> int:
         if not self.labels:
@@ -151,10 +156,10 @@ class LoadedRun:
 
 
 def build_model(cfg: Config, tokenizer: Tokenizer):
-    """The backbone and the objective (diffusion process or AR) a config describes."""
-    from ..models.autoregressive import AutoregressiveObjective
+    """The backbone and the process (a diffusion process, or the AR objective) a config describes."""
     from ..models.transformer import Transformer
     from ..processes import MaskedProcess, UniformProcess
+    from ..processes.autoregressive import AutoregressiveObjective
 
     p = cfg.process
     if p.name == "ar":  # the same backbone, causal
@@ -196,7 +201,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedR
         raise CheckpointError(
             f"{run_dir}: tokenizer has {tokenizer.vocab_size} tokens but the model expects {cfg.model.vocab_size}"
         )
-    model, objective = build_model(cfg, tokenizer)
+    model, process = build_model(cfg, tokenizer)
     weights = load_weights(model, checkpoint_dir(run_dir))
     model.to(device).eval()
-    return LoadedRun(run_dir, cfg, tokenizer, model, objective, weights)
+    return LoadedRun(run_dir, cfg, tokenizer, model, process, weights)

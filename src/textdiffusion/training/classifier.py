@@ -35,7 +35,7 @@ GUIDABLE = ("masked", "uniform", "sedd-absorb", "sedd-uniform", "gaussian")
 
 def noisy_inputs(run, x0: torch.Tensor, t: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
     """What the run's denoiser reads at time t: token ids x_t, or scaled noisy embeddings."""
-    process = run.objective
+    process = run.process
     if process.name == "gaussian":
         with torch.no_grad():
             e0 = run.model.embeddings()[x0]
@@ -64,7 +64,7 @@ def _config(run, layers: int | None) -> ModelConfig:
 
 
 def _input_dim(run) -> int | None:
-    return run.objective.embed_dim if run.objective.name == "gaussian" else None
+    return run.process.embed_dim if run.process.name == "gaussian" else None
 
 
 def train_classifier(run_dir: str | Path, data: str, out: str | Path, *, steps: int = 300, batch_size: int = 32,
@@ -74,8 +74,8 @@ def train_classifier(run_dir: str | Path, data: str, out: str | Path, *, steps: 
     if (out / "classifier.safetensors").exists():
         raise CheckpointError(f"{out} already holds a classifier: choose another --out")
     run = load_run(run_dir)
-    if run.objective.name not in GUIDABLE:
-        raise UsageError(f"classifier guidance is for {', '.join(GUIDABLE)} runs; this one is {run.objective.name!r}")
+    if run.process.name not in GUIDABLE:
+        raise UsageError(f"classifier guidance is for {', '.join(GUIDABLE)} runs; this one is {run.process.name!r}")
     docs = labelled_documents(data)
     labels = sorted({d.label for split in docs.values() for d in split})
     if len(labels) < 2:
@@ -109,7 +109,7 @@ def train_classifier(run_dir: str | Path, data: str, out: str | Path, *, steps: 
     bar.close()
     accuracy = {str(t): evaluate_accuracy(run, model, rows["val"], t) for t in (0.0, 0.25, 0.5, 0.75)}
     info = {"labels": labels, "diffusion_run": str(Path(run_dir).resolve()), "model": dataclasses.asdict(cfg),
-            "process": run.objective.name, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
+            "process": run.process.name, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
             "val_accuracy_at_t": accuracy, "val_documents": len(rows["val"])}
     out.mkdir(parents=True, exist_ok=True)
     write_safetensors(out / "classifier.safetensors", model.state_dict())
@@ -133,7 +133,7 @@ def evaluate_accuracy(run, model: NoisyClassifier, rows, t: float, seed: int = 0
 
 
 def _clean(run, x0):
-    return noisy_inputs(run, x0, torch.zeros(len(x0))) if run.objective.name == "gaussian" else x0
+    return noisy_inputs(run, x0, torch.zeros(len(x0))) if run.process.name == "gaussian" else x0
 
 
 def load_classifier(path: str | Path, device="cpu") -> LoadedClassifier:

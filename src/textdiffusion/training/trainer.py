@@ -162,7 +162,7 @@ def train(
     device = resolve_device(tc.device)
     torch.manual_seed(tc.seed)
     cfg.model.vocab_size = tokenizer.vocab_size
-    model, objective = build_model(cfg, tokenizer)
+    model, process = build_model(cfg, tokenizer)
     if tc.init and not resume:  # fine-tuning: start from another run's weights
         load_weights(model, checkpoint_dir(Path(tc.init)))
     model.to(device)
@@ -240,7 +240,7 @@ def train(
                                                cfg.model.num_labels)
                 net = fwd_model if labels is None else Conditioned(fwd_model, labels)
                 with autocast():
-                    out = objective.loss(net, batch, noise_gen, fixed)
+                    out = process.loss(net, batch, noise_gen, fixed)
                 (out.loss / tc.grad_accum).backward()
                 loss_sum += out.loss.item() / tc.grad_accum
             if not math.isfinite(loss_sum):
@@ -267,7 +267,7 @@ def train(
                 _log(metrics, step=step, loss=loss_sum, lr=lr, tokens=tokens_seen, tokens_per_second=tok_s,
                      seconds=elapsed)
             if step % tc.eval_every == 0 or step == tc.max_steps:
-                val_loss = _validate(model, ema, objective, val, device, autocast)
+                val_loss = _validate(model, ema, process, val, device, autocast)
                 # the training objective on fixed validation windows; `textdiffusion eval` adds the
                 # reconstruction term that makes the diffusion loss an exact bound
                 _log(metrics, step=step, val_loss=val_loss, val_loss_bits=val_loss / math.log(2))
@@ -336,7 +336,7 @@ def _validation_batches(split: np.ndarray | Rows, length: int, tc) -> list:
 
 
 @torch.no_grad()
-def _validate(model, ema, objective, batches, device, autocast) -> float:
+def _validate(model, ema, process, batches, device, autocast) -> float:
     """Mean loss (nats/token) on fixed windows with fixed noise, with EMA weights if enabled."""
     gen = torch.Generator(device=device).manual_seed(VAL_SEED)
     ctx = ema.applied(model) if ema is not None else contextlib.nullcontext()
@@ -347,7 +347,7 @@ def _validate(model, ema, objective, batches, device, autocast) -> float:
             tokens, fixed, labels = _on_device(batch, device)
             net = model if labels is None else Conditioned(model, labels)
             with autocast():
-                out = objective.loss(net, tokens, gen, fixed)
+                out = process.loss(net, tokens, gen, fixed)
             total += out.loss.item() * out.num_tokens
             count += out.num_tokens
     model.train()

@@ -1,7 +1,8 @@
 """The autoregressive twin: next-token prediction on the SAME transformer, in causal mode.
 
-It has the same interface as a diffusion process (``loss``, ``nelbo``), so the trainer and
-evaluation treat both alike and every comparison runs the same code path.
+It satisfies ``base.Objective`` (``loss``, ``nelbo`` and the capability attributes) as every
+diffusion process does, so the trainer and evaluation treat both alike and every comparison runs
+the same code path; it corrupts nothing, so it is not a ``base.Process``.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..processes.base import LossOutput
+from .base import LossOutput
 
 
 class AutoregressiveObjective:
@@ -18,7 +19,6 @@ class AutoregressiveObjective:
     block_size = None
     supports_cache = False
     draws_revealed_only = False
-    uses_time = False
     attn = "causal"
 
     def loss(self, model, batch: torch.Tensor, gen: torch.Generator | None = None,
