@@ -448,11 +448,12 @@ def test_internal_errors_are_reported_as_bugs_and_debug_shows_the_traceback(monk
     memory) is a bug: the message says so, exit 70, and --debug raises it with its traceback.
     Bad input stays a one-line error with exit 2."""
     from textdiffusion import cli as cli_module
+    from textdiffusion.cli import models
 
     def broken(args):
         raise KeyError("oops")
 
-    monkeypatch.setattr(cli_module, "cmd_models", broken)
+    monkeypatch.setattr(models, "main", broken)
     assert cli_module.main(["models"]) == 70
     err = capsys.readouterr().err
     assert "internal error (a bug, not your input): KeyError" in err and "--debug" in err

@@ -26,7 +26,7 @@ def _run(process="masked", time_cond=False):
     cfg.model.vocab_size = tokenizer().vocab_size
     torch.manual_seed(0)
     model, objective = build_model(cfg, tokenizer())
-    return SimpleNamespace(model=model.eval(), objective=objective, tokenizer=tokenizer(), cfg=cfg)
+    return SimpleNamespace(model=model.eval(), process=objective, tokenizer=tokenizer(), cfg=cfg)
 
 
 def test_template_parsing():

@@ -45,8 +45,9 @@ def portable(cfg):
 
 @dataclass
 class Result:
-    """What a pipeline call returns. ``trace``: the first sample's text after every step (masked
-    positions shown as ``tokenizers.MASK_GLYPH``), when asked for."""
+    """What a pipeline call returns. ``trace`` (when asked for): the first sample's text after
+    every step (masked positions shown as ``tokenizers.MASK_GLYPH``), a ``sampling.trace.Trace``
+    whose ``data`` is the whole trace-format-v1 object (every row, step, confidence; ``.save(path)``)."""
 
     texts: list[str]
     tokens: torch.Tensor  # (num, T) token ids, prompt or fixed text included
@@ -144,10 +145,12 @@ class Pipeline:
             return self.infill(prompt, steps=steps, sampler=sampler, num=num, seed=seed, trace=trace, label=label,
                                guidance=guidance, classifier=classifier, **options)
         steps, sampler, options = self._settings(steps, sampler, options)
+        recorder = self._recorder(trace, on_step)
         out, texts, name = continue_prompt(self.run, prompt, length=length, steps=steps, sampler=sampler, num=num,
-                                           seed=seed, trace=trace, on_step=on_step, label=label, guidance=guidance,
-                                           classifier=classifier, stop_at_eot=stop_at_eot, **options)
-        return Result(texts, out.tokens, out.nfe, out.seconds, name, self._trace(out.trace))
+                                           seed=seed, trace=trace, on_step=recorder or on_step, label=label,
+                                           guidance=guidance, classifier=classifier, stop_at_eot=stop_at_eot, **options)
+        return Result(texts, out.tokens, out.nfe, out.seconds, name,
+                      self._trace(out, recorder, texts, name, steps, seed))
 
     def infill(self, template: str, *, steps: int | None = None, sampler: str | None = None, num: int = 1,
                seed: int = 0, trace: bool = False, label: str | None = None, guidance: float = 0.0,
@@ -157,9 +160,10 @@ class Pipeline:
         from .control import infill
 
         steps, sampler, options = self._settings(steps, sampler, options, self.infill_defaults)
+        recorder = self._recorder(trace, None)
         res = infill(self.run, template, num=num, steps=steps, sampler=sampler, seed=seed, trace=trace, label=label,
-                     guidance=guidance, classifier=classifier, **options)
-        return self._from_control(res)
+                     guidance=guidance, classifier=classifier, on_step=recorder, **options)
+        return self._from_control(res, recorder, steps, seed)
 
     def edit(self, text: str, span: tuple[int, int] | None = None, *, strength: float = 0.5, steps: int | None = None,
              sampler: str | None = None, num: int = 1, seed: int = 0, trace: bool = False, **options) -> Result:
@@ -168,9 +172,10 @@ class Pipeline:
 
         steps, sampler, options = self._settings(steps, sampler, options)
         start, end = span if span is not None else (None, None)
+        recorder = self._recorder(trace, None)
         res = edit(self.run, text, start, end, strength=strength, num=num, steps=steps, sampler=sampler, seed=seed,
-                   trace=trace, **options)
-        return self._from_control(res)
+                   trace=trace, on_step=recorder, **options)
+        return self._from_control(res, recorder, steps, seed)
 
     def score(self, text: str, *, mc_samples: int = 16, seed: int = 0) -> float:
         """Bits the model needs for ``text`` (after end-of-text): the ELBO bound of a diffusion model
@@ -188,12 +193,25 @@ class Pipeline:
                             self.defaults if defaults is None else defaults)
         return out.pop("steps"), out.pop("sampler"), out
 
-    def _trace(self, states: list[torch.Tensor]) -> list[str]:
-        return [self.tokenizer.decode(s[0].tolist(), show_mask=True) for s in states]
+    def _recorder(self, trace: bool, then):
+        from .sampling.trace import TraceRecorder
 
-    def _from_control(self, res) -> Result:
+        return TraceRecorder(self.run.process.mask_id, then=then) if trace else None
+
+    def _trace(self, out, recorder, texts, sampler: str, steps: int, seed: int):
+        from .sampling.trace import Trace
+
+        if recorder is None:
+            return []
+        frames = [self.tokenizer.decode(s[0].tolist(), show_mask=True) for s in out.trace]
+        data = recorder.to_dict(texts=texts, sampler=sampler, process=self.run.process.name,
+                                prompt_length=out.prompt_length, model=str(self.run.run_dir), steps=steps, seed=seed)
+        return Trace(frames, data)
+
+    def _from_control(self, res, recorder=None, steps: int | None = None, seed: int | None = None) -> Result:
         g = res.generation
-        return Result(res.texts, g.tokens, res.nfe, res.seconds, res.sampler, self._trace(g.trace), res.fills)
+        return Result(res.texts, g.tokens, res.nfe, res.seconds, res.sampler,
+                      self._trace(g, recorder, res.texts, res.sampler, steps, seed), res.fills)
 
     def __repr__(self) -> str:
         c = self.run.cfg

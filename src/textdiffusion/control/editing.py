@@ -17,7 +17,7 @@ from .templates import split_marked
 
 def edit(run, text: str, start: int | None = None, end: int | None = None, *, strength: float = 0.5,
          num: int = 1, steps: int = 64, sampler: str | None = None, seed: int = 0, label: str | None = None,
-         guidance: float = 0.0, classifier=None, trace: bool = False, **options) -> ControlResult:
+         guidance: float = 0.0, classifier=None, trace: bool = False, on_step=None, **options) -> ControlResult:
     """Re-noise ``text[start:end]`` to time ``strength`` and denoise it with the rest fixed.
     Without offsets, the span is the one marked [EDIT]...[/EDIT] in ``text``."""
     if start is None and end is None:
@@ -37,7 +37,7 @@ def edit(run, text: str, start: int | None = None, end: int | None = None, *, st
     fixed[:, lo:hi] = False
     smp = _sampler(run, sampler, options)
     out = smp.generate(guided_model(run, label, guidance, classifier=classifier), run.process, steps=steps, canvas=Canvas(tokens, fixed, strength),
-                       gen=_generator(run, seed), trace=trace)
+                       gen=_generator(run, seed), trace=trace, on_step=on_step)
     spans = [tok.decode(row[lo:hi]) for row in out.tokens.tolist()]
     return ControlResult([before + s + after for s in spans], [[s] for s in spans], out, smp.name, out.nfe,
                          out.seconds, {"span": [start, end], "strength": strength})

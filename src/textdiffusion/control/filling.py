@@ -71,29 +71,30 @@ def fim_prompt(template: Template, tokenizer) -> tuple[list[int], list[bool]]:
     return ids, healed
 
 
-def _fill_fim(run, template: Template, *, num: int, sampler, seed: int):
+def _fill_fim(run, template: Template, *, num: int, sampler, seed: int, on_step=None):
     """The AR twin trained with fill-in-the-middle: [eot] prefix [suf] suffix [mid], then the hole."""
     tok = run.tokenizer
     ids, healed = fim_prompt(template, tok)
     n = template.holes[0].low
     out = sampler.generate(run.model, run.process, length=n, batch_size=num, prompt=torch.tensor(ids),
-                           gen=_generator(run, seed))
+                           gen=_generator(run, seed), on_step=on_step)
     done = [template.assemble([tok.decode(row[len(ids) :])], healed) for row in out.tokens.tolist()]
     return [d[0] for d in done], [d[1] for d in done], out
 
 
 def _fill_fixed(run, template: Template, *, num: int, steps: int, sampler, seed: int, label=None, guidance=0.0,
-                classifier=None, trace: bool = False):
+                classifier=None, trace: bool = False, on_step=None):
     continuation = isinstance(template.parts[-1], Hole) and len(template.holes) == 1
     if run.process.name == "ar" and not continuation:  # (a continuation decodes left to right below)
         if not run.cfg.data.fim_rate:
             raise UsageError("the AR twin reads only the text to the left, so it can continue a prompt but not "
                              "infill; train it with fill-in-the-middle (--set data.fim_rate=0.5) or use a masked "
                              "diffusion model")
-        return _fill_fim(run, template, num=num, sampler=sampler, seed=seed)
+        return _fill_fim(run, template, num=num, sampler=sampler, seed=seed, on_step=on_step)
     canvas, spans = template.canvas(run.tokenizer, num)
     model = guided_model(run, label, guidance, classifier=classifier)
-    out = sampler.generate(model, run.process, steps=steps, canvas=canvas, gen=_generator(run, seed), trace=trace)
+    out = sampler.generate(model, run.process, steps=steps, canvas=canvas, gen=_generator(run, seed), trace=trace,
+                           on_step=on_step)
     tok = run.tokenizer
     healed = template.healed(tok)
     done = [template.assemble([tok.decode(row[a:b]) for a, b in spans], healed) for row in out.tokens.tolist()]
@@ -112,12 +113,13 @@ def _candidate_sizes(holes: list[Hole], candidates: int) -> list[list[int]]:
 
 def infill(run, template: str | Template, *, num: int = 1, steps: int = 64, sampler: str | None = None,
            seed: int = 0, candidates: int = 4, label: str | None = None, guidance: float = 0.0, classifier=None,
-           trace: bool = False, **options) -> ControlResult:
+           trace: bool = False, on_step=None, **options) -> ControlResult:
     """Fill the holes of ``template`` (see the module doc) ``num`` times; fixed text is kept verbatim.
-    ``label`` / ``guidance`` / ``classifier``: conditioning and guidance (control/guidance.py)."""
+    ``label`` / ``guidance`` / ``classifier``: conditioning and guidance (control/guidance.py).
+    ``on_step``: the per-step hook (variable holes: every candidate length's steps, in turn)."""
     tpl = template if isinstance(template, Template) else Template.parse(template)
     smp = _sampler(run, sampler, options)
-    cond = {"label": label, "guidance": guidance, "classifier": classifier, "trace": trace}
+    cond = {"label": label, "guidance": guidance, "classifier": classifier, "trace": trace, "on_step": on_step}
     if not any(h.variable for h in tpl.holes):
         texts, fills, out = _fill_fixed(run, tpl, num=num, steps=steps, sampler=smp, seed=seed, **cond)
         return ControlResult(texts, fills, out, smp.name, out.nfe, out.seconds)

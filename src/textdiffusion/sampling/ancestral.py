@@ -103,6 +103,7 @@ class AncestralSampler:
                 log_p = filter_logits(process.log_probs(logits), self.temperature, top_k, top_p)
                 nfe += 1
             out = self.step(log_p, x, t, s, process, gen, fixed, row_filter)
+            out.log_probs, out.nfe = log_p, nfe
             if out.changed.any():
                 log_p = None  # x changed: the cached prediction is stale
             x = out.x_prev

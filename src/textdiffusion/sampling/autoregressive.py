@@ -37,8 +37,8 @@ class AutoregressiveSampler:
         logits = model(context, kv_cache=cache)[:, -1]  # prefill: (B, V)
         out_tokens, states = [], []
         for i in range(length):
-            nxt = sample_categorical(filter_logits(ban(logits, self.banned_ids), self.temperature, self.top_k,
-                                                   self.top_p), gen)  # (B,)
+            log_p = filter_logits(ban(logits, self.banned_ids), self.temperature, self.top_k, self.top_p)
+            nxt = sample_categorical(log_p, gen)  # (B,)
             out_tokens.append(nxt)
             if on_step is not None or trace:
                 x = torch.cat([prompt, torch.stack(out_tokens, 1)], 1)
@@ -47,7 +47,8 @@ class AutoregressiveSampler:
                 if on_step is not None:
                     changed = torch.zeros_like(x, dtype=torch.bool)
                     changed[:, -1] = True
-                    on_step(i, StepOutput(x, None, changed))
+                    on_step(i, StepOutput(x, None, changed, log_probs=log_p[:, None], offset=x.shape[1] - 1,
+                                          nfe=i + 1))
             if i + 1 < length:
                 logits = model(nxt[:, None], kv_cache=cache)[:, -1]
         tokens = torch.cat([prompt, torch.stack(out_tokens, 1)], 1)

@@ -23,6 +23,11 @@ class StepOutput:
     x_prev: torch.Tensor  # (B, T) the sequence after this step
     x0_pred: torch.Tensor | None  # (B, T) the model's current guess of the clean sequence
     changed: torch.Tensor  # (B, T) bool: positions decided in this step
+    # what the trace reports (sampling/trace.py), filled by the generate loops:
+    log_probs: torch.Tensor | None = None  # (B, W, V) the distribution tokens were drawn from, positions offset..offset+W
+    offset: int = 0
+    nfe: int | None = None  # network calls so far
+    block: int | None = None  # the block being decoded (block-wise samplers)
 
 
 OnStep = Callable[[int, StepOutput], None]

@@ -61,13 +61,14 @@ def _finished(x: torch.Tensor, prompt_length: int, end: int, eot_id: int | None)
     return eot_id is not None and bool((x[:, prompt_length:end] == eot_id).any(1).all())
 
 
-def _write_block(x, lo, hi, block, changed, i, states, on_step) -> torch.Tensor:
-    """x with positions [lo, hi) replaced by ``block``; the step is reported for the whole sequence."""
+def _write_block(x, lo, hi, block, changed, i, states, on_step, log_p=None, nfe=None, index=None) -> torch.Tensor:
+    """x with positions [lo, hi) replaced by ``block``; the step is reported for the whole sequence
+    (with the block's distribution ``log_p``, the network calls so far and the block's index)."""
     x = x.clone()
     x[:, lo:hi] = block
     everywhere = torch.zeros_like(x, dtype=torch.bool)
     everywhere[:, lo:hi] = changed
-    report_step(i, StepOutput(x, None, everywhere), states, on_step)
+    report_step(i, StepOutput(x, None, everywhere, log_probs=log_p, offset=lo, nfe=nfe, block=index), states, on_step)
     return x
 
 
@@ -117,7 +118,7 @@ class SemiAutoregressiveSampler(_BlockwiseBase):
         cache = WindowCache() if self.window_cache else None
         nfe, i, states = 0, 0, []
         start = time.perf_counter()
-        for (lo, hi), n_steps in zip(bounds, budget):
+        for block_index, ((lo, hi), n_steps) in enumerate(zip(bounds, budget)):
             for j in range(n_steps):
                 block = x[:, lo:hi]
                 eligible = block == process.mask_id
@@ -127,7 +128,8 @@ class SemiAutoregressiveSampler(_BlockwiseBase):
                 nfe += 1
                 share = torch.ceil(eligible.sum(1).double() / (n_steps - j)).long()  # even share of what is left
                 out = self._reveal(log_p, block, eligible, share, gen)
-                x = _write_block(x, lo, hi, out.x_prev, out.changed, i, states if trace else None, on_step)
+                x = _write_block(x, lo, hi, out.x_prev, out.changed, i, states if trace else None, on_step, log_p, nfe,
+                                 block_index)
                 i += 1
             if _finished(x, P, hi, eot_id):
                 x = x[:, :hi]
@@ -223,6 +225,7 @@ class BlockDiffusionSampler(_BlockwiseBase):
                     log_p = self._log_probs(process, logits[:, -(hi - lo):])
                     nfe += 1
                 block = x[:, lo:hi]
+                log_p_step = log_p
                 if self.strategy == "ancestral":
                     new, _ = process.reverse_step(log_p, block, float(grid[j]), float(grid[j + 1]), gen)
                     changed = new != block
@@ -232,7 +235,8 @@ class BlockDiffusionSampler(_BlockwiseBase):
                     new, changed = out.x_prev, out.changed
                 if changed.any():
                     log_p = None
-                x = _write_block(x, lo, hi, new, changed, i, states if trace else None, on_step)
+                x = _write_block(x, lo, hi, new, changed, i, states if trace else None, on_step, log_p_step, nfe,
+                                 block_start // b)
                 i += 1
             if _finished(x, P, hi, self.eot_id):
                 x = x[:, :hi]

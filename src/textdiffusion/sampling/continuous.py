@@ -24,6 +24,7 @@ import time
 import torch
 
 from ..errors import UsageError
+from ..processes.base import upcast
 from .base import Canvas, Generation, OnStep, StepOutput, report_step, resolve_canvas
 from .filters import ban, filter_logits, sample_categorical, validate_sampling_args
 
@@ -82,7 +83,8 @@ class ContinuousSampler:
             else:  # rounding: draw the tokens from p_theta(x0 | z) at the last noise level
                 new = sample_categorical(filter_logits(logits, self.temperature, self.top_k, self.top_p), gen)
             new = torch.where(fixed, canvas.tokens, new)
-            out = StepOutput(new, new, new != tokens)
+            dist = torch.log_softmax(upcast(logits), -1) if on_step is not None else None  # for the trace only
+            out = StepOutput(new, new, new != tokens, log_probs=dist, nfe=i + 1)
             tokens = new
             report_step(i, out, states if trace else None, on_step)
         return Generation(tokens, canvas.prompt_length, steps, time.perf_counter() - start, states, fixed)

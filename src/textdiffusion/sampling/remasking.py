@@ -154,6 +154,7 @@ class RemaskingSampler:
             nfe += 1
             k = reveal_count(masked.sum(1), masked_at_start, i, steps, self.schedule)
             out = self.step(log_p, x, k, process.mask_id, gen)
+            out.log_probs, out.nfe = log_p, nfe
             x = out.x_prev
             report_step(i, out, states if trace else None, on_step)
         return Generation(x, canvas.prompt_length, nfe, time.perf_counter() - start, states, canvas.fixed)

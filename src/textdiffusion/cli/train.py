@@ -1,0 +1,75 @@
+"""textdiffusion train: train a diffusion model (or its AR twin) on your text."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..config import PROCESSES
+from ..errors import UsageError
+
+NAME = "train"
+PARSER = dict(help="train a diffusion model (or its AR twin) on your text",
+              description="Train a model into a run directory (config, tokenizer, metrics, checkpoint).")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="a text file, a folder of text files, a JSONL file with a 'text' field, "
+                                  "or 'stdlib' (this Python's standard library sources)")
+    p.add_argument("--out", required=True, help="run directory to create (or to continue with --resume)")
+    p.add_argument("--process", choices=PROCESSES,
+                   help="masked diffusion (default), uniform (random-token replacement) diffusion, gaussian "
+                        "(noise on learned embeddings), score-entropy diffusion (SEDD) with absorbing or "
+                        "uniform transitions, block diffusion (BD3-LM; --set process.block_size=N), or the AR twin")
+    p.add_argument("--config", help="TOML config file (see configs/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config value, e.g. --set train.max_steps=500 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--sft", action="store_true",
+                   help="instruction tuning: --data is JSONL of {\"prompt\", \"response\"}; the prompt (in a "
+                        "chat template) is never noised and the loss is on the response only")
+    p.add_argument("--labels", action="store_true",
+                   help="class-conditional: --data is JSONL of {\"text\", \"label\"}; the label is dropped with "
+                        "probability train.cond_drop (default 0.1) for classifier-free guidance")
+    p.add_argument("--init", metavar="RUN", help="start from this run's weights, tokenizer, model and process "
+                                                 "(fine-tuning: a run directory or a shipped model's name, e.g. "
+                                                 "--init english --data my.txt; ./english for a folder of that name)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def main(args) -> int:
+    from ..config import load_config
+    from ..training.recipe import resume_run, train_run
+
+    if args.resume:
+        if args.data or args.process or args.config or args.sft or args.labels or args.init:
+            raise UsageError("--resume continues the saved config: drop --data/--process/--config/--sft/--init "
+                             "(use --set train.*)")
+        result = resume_run(args.out, args.overrides, progress=not args.quiet)
+    else:
+        overrides = list(args.overrides)
+        if args.data:
+            overrides.append(f"data.path={args.data}")
+        if args.process:
+            if args.init:
+                raise UsageError("--init takes the model and process of that run: drop --process")
+            overrides.append(f"process.name={args.process}")
+        if args.sft:
+            overrides.append("data.sft=true")
+        if args.labels:
+            overrides.append("data.labels=true")
+        if args.init:  # a run directory or a shipped model's name (fine-tune the shipped model)
+            from ..pretrained import resolve
+            from ..training.checkpoint import read_run
+
+            init = resolve(args.init)
+            init_cfg, _ = read_run(init)  # its process, so that the config is checked against it
+            overrides[:0] = [f"process.name={init_cfg.process.name}",
+                             f"model.time_cond={str(init_cfg.model.time_cond).lower()}"]
+            overrides.append(f"train.init={init}")
+        cfg = load_config(args.config, overrides)
+        result = train_run(cfg, args.out, progress=not args.quiet)
+    val = f", val {result.val_loss:.4f} nats/token" if result.val_loss is not None else ""
+    print(f"trained to step {result.step}: loss {result.train_loss:.4f}{val}, "
+          f"{result.tokens_per_second:,.0f} tokens/s; run saved in {args.out}", file=sys.stderr)
+    return 0
