@@ -8,13 +8,13 @@ from textdiffusion.config import DataConfig
 from textdiffusion.data import (
     DataError,
     WindowSampler,
-    _stdlib_files,
     eval_windows,
     load_token_splits,
     read_documents,
     split_documents,
     stdlib_root,
 )
+from textdiffusion.data.sources import _stdlib_files
 from textdiffusion.tokenizers import CharTokenizer
 
 
@@ -80,7 +80,7 @@ def test_tokens_cached_as_memmap(tmp_path, monkeypatch):
     assert isinstance(first["train"], np.memmap)
     assert len(first["train"]) + len(first["val"]) == 1400 + 2  # one end-of-text per split
     # second call must not read the corpus again
-    monkeypatch.setattr("textdiffusion.data.read_documents", lambda *a, **k: pytest.fail("re-tokenized"))
+    monkeypatch.setattr("textdiffusion.data.sources.read_documents", lambda *a, **k: pytest.fail("re-tokenized"))
     again = load_token_splits(cfg, tok, tmp_path / "tok.json")
     assert np.array_equal(first["train"], again["train"])
 

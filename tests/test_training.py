@@ -202,3 +202,24 @@ def test_cpu_bf16_autocast_trains_and_resumes_exactly(splits, tmp_path):
     train(_cfg(cpu_bf16=True), part, splits, tokenizer(), progress=False, until=5)
     train(_cfg(cpu_bf16=True), part, splits, tokenizer(), progress=False, resume=True)
     assert _losses(part) == b
+
+
+def test_fine_tuning_settings_are_checked_against_the_init_run_in_the_python_api(splits, tmp_path):
+    """train_run with train.init takes that run's model and process and validates the whole config
+    again: data.fim_rate (AR twin only) on a masked init run is a ConfigError naming it, before
+    any directory is made (it used to pass validation, as the config was checked against the
+    default process, and end in a non-finite loss). Catches the config rewritten without being
+    validated again (planted and seen failing)."""
+    from textdiffusion.config import ConfigError, DataConfig
+    from textdiffusion.training.recipe import train_run
+
+    init = tmp_path / "init"
+    train(_cfg(max_steps=2), init, splits, tokenizer(), progress=False)
+    text = tmp_path / "text.txt"
+    text.write_text("abcdefgh" * 400)
+    cfg = Config(model=ModelConfig(n_layer=1, n_head=2, d_model=32, context=16, time_cond=False),
+                 process=ProcessConfig(name="ar"), data=DataConfig(path=str(text), fim_rate=0.5),
+                 train=TrainConfig(init=str(init), max_steps=2, eval_every=2, eval_batches=1, ckpt_every=2))
+    with pytest.raises(ConfigError, match="data.fim_rate is for the AR twin"):
+        train_run(cfg, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()

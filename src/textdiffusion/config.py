@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .processes.registry import NAMES
+from .processes.registry import PROCESSES as PROCESS_SPECS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -63,9 +65,7 @@ class ModelConfig:
         _check(self.num_labels >= 0, "model.num_labels must be >= 0")
 
 
-PROCESSES = ("masked", "uniform", "gaussian", "sedd-absorb", "sedd-uniform", "block", "ar")
-TIME_COND_DEFAULT = {"masked": False, "uniform": True, "gaussian": True, "sedd-absorb": True, "sedd-uniform": True,
-                     "block": False, "ar": False}
+PROCESSES = NAMES  # the names, from processes/registry.py
 SCHEDULES = ("loglinear", "cosine")
 
 
@@ -88,7 +88,7 @@ class ProcessConfig:
     def __post_init__(self) -> None:
         _check_choice(self.name, PROCESSES, "process.name (--process)")
         _check(self.num_steps >= 0, "process.num_steps must be >= 0 (0 = continuous time)")
-        _check(not self.num_steps or self.name in ("masked", "uniform"),
+        _check(not self.num_steps or self.name not in PROCESS_SPECS or PROCESS_SPECS[self.name].discrete_time,
                "process.num_steps (discrete time) is for masked and uniform only")
         _check_choice(self.schedule, SCHEDULES, "process.schedule")
         _check(self.embed_dim > 0, "process.embed_dim must be positive")
@@ -190,7 +190,7 @@ class Config:
 
     def __post_init__(self) -> None:
         if self.model.time_cond is None:
-            self.model.time_cond = TIME_COND_DEFAULT[self.process.name]
+            self.model.time_cond = PROCESS_SPECS[self.process.name].time_cond
         _check(not (self.process.name == "ar" and self.model.time_cond),
                "model.time_cond must be false for the AR twin (--process ar has no diffusion time)")
         _check(self.data.fim_rate == 0 or self.process.name == "ar",

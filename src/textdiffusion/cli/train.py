@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..config import PROCESSES
 from ..errors import UsageError
+from ..processes.registry import NAMES, help_text
 
 NAME = "train"
 PARSER = dict(help="train a diffusion model (or its AR twin) on your text",
@@ -17,10 +17,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="a text file, a folder of text files, a JSONL file with a 'text' field, "
                                   "or 'stdlib' (this Python's standard library sources)")
     p.add_argument("--out", required=True, help="run directory to create (or to continue with --resume)")
-    p.add_argument("--process", choices=PROCESSES,
-                   help="masked diffusion (default), uniform (random-token replacement) diffusion, gaussian "
-                        "(noise on learned embeddings), score-entropy diffusion (SEDD) with absorbing or "
-                        "uniform transitions, block diffusion (BD3-LM; --set process.block_size=N), or the AR twin")
+    p.add_argument("--process", choices=NAMES, metavar="NAME",
+                   help="default masked. " + help_text())
     p.add_argument("--config", help="TOML config file (see configs/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one config value, e.g. --set train.max_steps=500 (repeatable)")

@@ -38,8 +38,11 @@ def evaluate_run(run, data: str, *, split: str | None = None, discrete_steps: in
 
     tok = run.tokenizer
     if discrete_steps is not None:
-        if run.process.name not in ("masked", "uniform"):
-            raise UsageError(f"--discrete-steps is for masked and uniform runs; this one is {run.process.name}")
+        from ..processes.registry import PROCESSES
+
+        if not PROCESSES[run.process.name].discrete_time:
+            kinds = " and ".join(s.name for s in PROCESSES.values() if s.discrete_time)
+            raise UsageError(f"--discrete-steps is for {kinds} runs; this one is {run.process.name}")
         run.process.num_steps = discrete_steps
     own = is_training_data(data, run.cfg.data.path)
     if split is None:

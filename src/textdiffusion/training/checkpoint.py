@@ -157,41 +157,9 @@ class LoadedRun:
 
 def build_model(cfg: Config, tokenizer: Tokenizer):
     """The backbone and the process (a diffusion process, or the AR objective) a config describes."""
-    from ..models.transformer import Transformer
-    from ..processes import MaskedProcess, UniformProcess
-    from ..processes.autoregressive import AutoregressiveObjective
+    from ..processes.registry import build
 
-    p = cfg.process
-    if p.name == "ar":  # the same backbone, causal
-        return Transformer(cfg.model, attn="causal"), AutoregressiveObjective()
-    if p.name == "masked":
-        process = MaskedProcess(tokenizer.vocab_size, tokenizer.mask_id, schedule=p.schedule, antithetic=p.antithetic,
-                                num_steps=p.num_steps)
-        return Transformer(cfg.model, attn="full"), process
-    if p.name == "uniform":  # every id is a state (so any text, unknowns included, has a bound)
-        process = UniformProcess(tokenizer.vocab_size, tokenizer.vocab_size, schedule=p.schedule,
-                                 antithetic=p.antithetic, num_steps=p.num_steps)
-        return Transformer(cfg.model, attn="full"), process
-    if p.name == "block":  # BD3-LM: block-causal attention comes from the process's masks
-        from ..processes.block import BlockDiffusionProcess
-
-        process = BlockDiffusionProcess(tokenizer.vocab_size, tokenizer.mask_id, p.block_size, schedule=p.schedule,
-                                        antithetic=p.antithetic)
-        return Transformer(cfg.model, attn="full"), process
-    if p.name == "gaussian":  # continuous inputs: the backbone reads noisy embeddings, not ids
-        from ..models.continuous import EmbeddingDenoiser
-        from ..processes.gaussian import GaussianProcess
-
-        process = GaussianProcess(tokenizer.vocab_size, p.embed_dim, p.logsnr_min, p.logsnr_max, p.self_cond,
-                                  antithetic=p.antithetic)
-        return EmbeddingDenoiser(cfg.model, p.embed_dim, p.self_cond), process
-    if p.name in ("sedd-absorb", "sedd-uniform"):
-        from ..processes.score_entropy import ScoreEntropyProcess
-
-        process = ScoreEntropyProcess(p.name.split("-")[1], tokenizer.vocab_size, tokenizer.mask_id,
-                                      schedule=p.schedule, antithetic=p.antithetic)
-        return Transformer(cfg.model, attn="full"), process
-    raise ConfigError(f"unknown process {p.name!r}")
+    return build(cfg, tokenizer)
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedRun:

@@ -27,10 +27,11 @@ from ..config import ModelConfig
 from ..data import label_rows, label_windows, labelled_documents
 from ..errors import UsageError
 from ..models.classifier import NoisyClassifier
+from ..processes.registry import PROCESSES
 from .checkpoint import CheckpointError, load_run, write_safetensors
 
 T_MIN = 0.02
-GUIDABLE = ("masked", "uniform", "sedd-absorb", "sedd-uniform", "gaussian")
+GUIDABLE = tuple(s.name for s in PROCESSES.values() if s.guidable)  # processes a noisy-input classifier steers
 
 
 def noisy_inputs(run, x0: torch.Tensor, t: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:

@@ -76,13 +76,27 @@ def load_splits(cfg: Config, tokenizer: Tokenizer, run_dir: Path) -> dict:
     return load_token_splits(cfg.data, tokenizer, run_dir / "tokenizer.json")
 
 
-def adopt_init(cfg: Config) -> Tokenizer:
-    """Fine-tuning: take the model, process and tokenizer of the run in ``train.init``."""
-    init_cfg, tokenizer = read_run(Path(cfg.train.init))
-    checkpoint_dir(Path(cfg.train.init))  # a clear error if it holds no weights
-    cfg.model, cfg.process = init_cfg.model, init_cfg.process
+def finetune_config(cfg: Config, init: str | Path) -> Config:
+    """``cfg`` made to fine-tune the run in ``init``: its model, process and (unless SFT) tokenizer
+    settings, then validated as a whole again, so a setting that does not fit the init's process
+    (``data.fim_rate`` on a diffusion run, ``data.infill_rate`` on the AR twin, ...) is a
+    ConfigError naming it, on the Python path as on the command line (it used to pass and end in a
+    non-finite loss)."""
+    init = Path(init)
+    init_cfg, _ = read_run(init)
+    checkpoint_dir(init)  # a clear error if it holds no weights
+    raw, theirs = cfg.to_dict(), init_cfg.to_dict()
+    raw["model"], raw["process"] = theirs["model"], theirs["process"]
     if not cfg.data.sft:
-        cfg.data.tokenizer, cfg.data.vocab_size = init_cfg.data.tokenizer, init_cfg.data.vocab_size
+        raw["data"]["tokenizer"], raw["data"]["vocab_size"] = theirs["data"]["tokenizer"], theirs["data"]["vocab_size"]
+    raw["train"]["init"] = str(init.resolve())
+    return Config.from_dict(raw)
+
+
+def adopt_init(cfg: Config) -> Tokenizer:
+    """Fine-tuning: the tokenizer of the run in ``train.init`` (``finetune_config`` took its model
+    and process)."""
+    _, tokenizer = read_run(Path(cfg.train.init))
     return tokenizer
 
 
@@ -126,7 +140,7 @@ def train_run(cfg: Config, run_dir: str | Path, *, progress: bool = True) -> Tra
     if cfg.data.path and cfg.data.path != "stdlib":
         cfg.data.path = str(Path(cfg.data.path).resolve())  # the run can be resumed from anywhere
     if cfg.train.init:
-        cfg.train.init = str(Path(cfg.train.init).resolve())
+        cfg = finetune_config(cfg, cfg.train.init)
     created = not run_dir.exists()
     try:
         tokenizer, splits = prepare_data(cfg, run_dir)
