@@ -88,7 +88,7 @@ def main() -> None:
                           "--batch-size", "32", "--quiet", *extra])
 
     from textdiffusion.evaluation import judge_perplexity, unigram_entropy
-    from textdiffusion.training.checkpoint import load_run
+    from textdiffusion.runs import load_run
     from textdiffusion.training.classifier import classify, load_classifier
 
     judge, cond = load_run(runs["judge"]), load_run(runs["cond"])

@@ -243,7 +243,7 @@ def main() -> None:
         run_measured(["train", "--data", "stdlib", "--out", runs["ar-fim"], "--process", "ar", "--quiet", *CODE, *train,
                       "--set", "data.fim_rate=0.5"])
 
-    from textdiffusion.training.checkpoint import load_run
+    from textdiffusion.runs import load_run
 
     loaded = {k: load_run(v) for k, v in runs.items()}
     configs = [("ar-fim", "ar", None), ("masked", "ancestral", 1.0), ("masked", "confidence", 1.0),

@@ -79,7 +79,7 @@ def main() -> None:
         run_measured(cmd)
 
     from textdiffusion.evaluation import judge_perplexity, unigram_entropy
-    from textdiffusion.training.checkpoint import load_run
+    from textdiffusion.runs import load_run
 
     judge = load_run(runs["ar"])
     rows = []

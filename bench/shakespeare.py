@@ -77,7 +77,7 @@ def main() -> None:
         metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
         last = [m for m in metrics if "loss" in m][-1]
         cfg = json.loads((run_dir / "config.json").read_text())
-        from textdiffusion.training.checkpoint import load_run
+        from textdiffusion.runs import load_run
 
         loaded = load_run(run_dir)
         flops = loaded.model.flops_per_token(cfg["model"]["context"])
@@ -92,7 +92,7 @@ def main() -> None:
               f"MFU {entry['mfu']:.2%}", file=sys.stderr)
 
     from textdiffusion.evaluation import judge_perplexity, unigram_entropy
-    from textdiffusion.training.checkpoint import load_run
+    from textdiffusion.runs import load_run
 
     judge = load_run(out / "shakespeare-ar")
     samples = [s for s in results["samples"] if s["process"] not in processes and s["process"] != "data"]

@@ -44,7 +44,7 @@ def real_text_perplexity(judge_dir: Path, data: str, num: int, length: int) -> f
 
     from textdiffusion.data import load_token_splits
     from textdiffusion.evaluation import judge_perplexity
-    from textdiffusion.training.checkpoint import load_run
+    from textdiffusion.runs import load_run
 
     judge = load_run(judge_dir)
     val = np.asarray(load_token_splits(judge.cfg.data, judge.tokenizer, judge_dir / "tokenizer.json")["val"])

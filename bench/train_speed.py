@@ -29,7 +29,7 @@ from common import REPO, cpu_model  # noqa: E402
 
 def step_seconds(process: str, bf16: bool, steps: int, warmup: int = 3) -> float:
     from textdiffusion import Pipeline
-    from textdiffusion.training.checkpoint import build_model
+    from textdiffusion.runs import build_model
     from textdiffusion.training.trainer import autocast_for
 
     pipe = Pipeline.from_pretrained("english")

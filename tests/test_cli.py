@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from textdiffusion.evaluation import judge_perplexity
-from textdiffusion.training.checkpoint import load_run
+from textdiffusion.runs import load_run
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "configs" / "tiny.toml"

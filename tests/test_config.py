@@ -32,3 +32,22 @@ def test_bad_files(tmp_path):
     (tmp_path / "bad.toml").write_text("[model\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(tmp_path / "bad.toml")
+
+
+@pytest.mark.parametrize("override, field, expected", [
+    ("model.time_cond=auto", "time_cond", None), ("model.time_cond=none", "time_cond", None),
+    ("model.time_cond=yes", "time_cond", True), ("model.time_cond=0", "time_cond", False)])
+def test_optional_fields_read_their_real_type(override, field, expected):
+    """Coercion follows the fields' real type hints (``bool | None`` here): "auto"/"none" are None,
+    a bool spelling is a bool, and the resolved default applies when None (masked: no time input).
+    Catches the optional branch left out (planted: every `bool | None` field then refused)."""
+    cfg = load_config(None, [override])
+    value = getattr(cfg.model, field)
+    assert value == (False if expected is None else expected) and isinstance(value, bool)
+
+
+@pytest.mark.parametrize("override, message", [("train.lr=true", "train.lr must be a number"),
+                                               ("model.time_cond=maybe", "model.time_cond must be true or false")])
+def test_mistyped_values_name_the_flag(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])

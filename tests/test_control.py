@@ -12,9 +12,9 @@ from markov import ALPHABET, tokenizer
 
 from textdiffusion.config import Config, ModelConfig, ProcessConfig, TrainConfig
 from textdiffusion.control import Hole, Template, edit, infill, split_marked
+from textdiffusion.runs import build_model, load_run
 from textdiffusion.sampling import build_sampler
 from textdiffusion.sampling.base import HOLE, Canvas
-from textdiffusion.training.checkpoint import build_model, load_run
 from textdiffusion.training.trainer import train
 
 CONTEXT = 24

@@ -157,7 +157,7 @@ def test_self_conditioning_trains_evaluates_and_samples():
     from markov import tokenizer
 
     from textdiffusion.config import Config, ProcessConfig
-    from textdiffusion.training.checkpoint import build_model
+    from textdiffusion.runs import build_model
 
     cfg = Config(model=ModelConfig(n_layer=1, n_head=2, d_model=32, context=16),
                  process=ProcessConfig(name="gaussian", self_cond=True, embed_dim=8))

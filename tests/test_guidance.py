@@ -14,8 +14,9 @@ import torch
 from textdiffusion.config import load_config
 from textdiffusion.control import Conditioned, guided_model
 from textdiffusion.control.guidance import drop_condition
+from textdiffusion.runs import load_run
 from textdiffusion.sampling import build_sampler
-from textdiffusion.training.checkpoint import CheckpointError, load_run
+from textdiffusion.training.checkpoint import CheckpointError
 from textdiffusion.training.classifier import classify, load_classifier, train_classifier
 from textdiffusion.training.recipe import train_run
 

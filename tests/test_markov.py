@@ -8,8 +8,8 @@ from markov import MarkovChain, tokenizer
 
 from textdiffusion.config import Config, ModelConfig, ProcessConfig, TrainConfig
 from textdiffusion.evaluation import evaluate_likelihood
+from textdiffusion.runs import build_model, load_run
 from textdiffusion.sampling import build_sampler
-from textdiffusion.training.checkpoint import build_model, load_run
 from textdiffusion.training.trainer import train
 
 CONTEXT = 32

@@ -10,9 +10,9 @@ from markov import tokenizer
 from textdiffusion.config import Config, ModelConfig, ProcessConfig
 from textdiffusion.models.transformer import WindowCache
 from textdiffusion.processes.block import block_causal_mask
+from textdiffusion.runs import build_model
 from textdiffusion.sampling import build_sampler
 from textdiffusion.sampling.remasking import reveal_count
-from textdiffusion.training.checkpoint import build_model
 
 
 def _model(process="masked", time_cond=False, block_size=4, context=24):

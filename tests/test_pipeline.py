@@ -108,6 +108,29 @@ def test_terminal_watch_marks_masks_and_new_tokens():
     assert piped.getvalue() == f"step 1/1 | aa{MASK_GLYPH}\n"
 
 
+def test_terminal_watch_redraws_by_screen_rows_and_leaves_the_text_once():
+    """Known answer: on a 10-column terminal a 25-character row takes 3 screen rows, so with the
+    step line the redraw goes 4 rows up (counting newlines said 2 and left stale frames behind);
+    finish() clears the last view, so the final text the command prints stands once. Catches
+    the newline count and a finish that leaves the view (each planted and seen failing)."""
+    import io
+
+    from textdiffusion.sampling.base import StepOutput
+    from textdiffusion.viz.terminal import TerminalWatch, screen_rows
+
+    assert screen_rows("\x1b[1;32mabc\x1b[0m\n" + "x" * 25, 10) == 1 + 3
+    tok = tokenizer()
+    a = int(tok.encode("a")[0])
+    stream = io.StringIO()
+    watch = TerminalWatch(tok, steps=2, stream=stream, interactive=True, columns=10)
+    row = torch.full((1, 25), a)
+    watch(0, StepOutput(row, None, torch.zeros(1, 25, dtype=torch.bool)))
+    watch(1, StepOutput(row, None, torch.zeros(1, 25, dtype=torch.bool)))
+    assert "\x1b[4F\x1b[J" in stream.getvalue() and "\x1b[2F" not in stream.getvalue()
+    watch.finish()
+    assert stream.getvalue().endswith("\x1b[4F\x1b[Jstep 2/2: done\n")
+
+
 def test_model_card_settings_fill_what_a_call_leaves_unset():
     from textdiffusion.pretrained import fill_settings
 

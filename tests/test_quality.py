@@ -44,7 +44,7 @@ def _unigram_judge(vocab_logits):
     from markov import tokenizer
 
     from textdiffusion.config import Config, ModelConfig, ProcessConfig
-    from textdiffusion.training.checkpoint import build_model
+    from textdiffusion.runs import build_model
 
     cfg = Config(model=ModelConfig(n_layer=1, n_head=2, d_model=16, context=8, time_cond=False),
                  process=ProcessConfig(name="ar"))

@@ -4,9 +4,9 @@ from markov import tokenizer
 
 from textdiffusion.config import Config, ModelConfig, ProcessConfig
 from textdiffusion.models.transformer import KVCache
+from textdiffusion.runs import build_model
 from textdiffusion.sampling import build_sampler
 from textdiffusion.sampling.filters import filter_logits
-from textdiffusion.training.checkpoint import build_model
 
 
 def _model(process="masked", time_cond=False):

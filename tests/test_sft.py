@@ -13,8 +13,8 @@ import torch
 from textdiffusion.config import Config, ModelConfig, ProcessConfig, TrainConfig
 from textdiffusion.control import chat, conversation
 from textdiffusion.data import DataError, Pair, chat_prompt, read_pairs, sft_rows
+from textdiffusion.runs import build_model, load_run
 from textdiffusion.tokenizers import CharTokenizer
-from textdiffusion.training.checkpoint import build_model, load_run
 from textdiffusion.training.trainer import train
 
 LETTERS = "abcdef"

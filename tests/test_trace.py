@@ -12,10 +12,10 @@ import torch
 from markov import tokenizer
 
 from textdiffusion.config import Config, ModelConfig, ProcessConfig
+from textdiffusion.runs import build_model
 from textdiffusion.sampling import build_sampler
 from textdiffusion.sampling.filters import ban
 from textdiffusion.sampling.trace import SCHEMA, TraceRecorder
-from textdiffusion.training.checkpoint import build_model
 
 
 def _model(process, time_cond=False):

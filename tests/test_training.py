@@ -6,7 +6,8 @@ import torch
 from markov import MarkovChain, tokenizer
 
 from textdiffusion.config import Config, ModelConfig, ProcessConfig, TrainConfig
-from textdiffusion.training.checkpoint import CheckpointError, checkpoint_dir, load_run
+from textdiffusion.runs import load_run
+from textdiffusion.training.checkpoint import CheckpointError, checkpoint_dir
 from textdiffusion.training.trainer import lr_at, train
 
 

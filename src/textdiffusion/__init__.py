@@ -16,7 +16,7 @@ __all__ = ["Pipeline", "Result", "__version__", "load_run"]
 
 def load_run(run_dir, device="cpu"):
     """Load a trained run directory: ``.model``, ``.process``, ``.tokenizer``, ``.cfg``."""
-    from .training.checkpoint import load_run as _load_run
+    from .runs import load_run as _load_run
 
     return _load_run(run_dir, device)
 

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import sys
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -212,10 +213,10 @@ class Config:
             _check(section in sections, f"unknown config section {section!r} (known: {', '.join(sections)})")
             _check(isinstance(values, dict), f"config section {section!r} must be a table")
             klass = _SECTION_CLASSES[section]
-            known = {f.name: f for f in dataclasses.fields(klass)}
+            known = typing.get_type_hints(klass)  # the fields' real types (not their annotation strings)
             for key, value in values.items():
                 _check(key in known, f"unknown config key {section}.{key} (known: {', '.join(known)})")
-                values[key] = _coerce(value, known[key].type, f"{section}.{key}")
+                values[key] = _coerce(value, known[key], f"{section}.{key}")
             kwargs[section] = klass(**values)
         return cls(**kwargs)
 
@@ -234,20 +235,21 @@ class Config:
 _SECTION_CLASSES = {"model": ModelConfig, "process": ProcessConfig, "data": DataConfig, "train": TrainConfig}
 
 
-def _coerce(value: Any, type_name: Any, flag: str) -> Any:
-    """Convert a TOML/JSON/--set value to the field's declared type, or raise naming the flag."""
-    type_name = type_name if isinstance(type_name, str) else type_name.__name__
-    if type_name == "bool | None":
+def _coerce(value: Any, tp: Any, flag: str) -> Any:
+    """Convert a TOML/JSON/--set value to the field's type (``typing.get_type_hints``: bool, int,
+    float, str, or ``X | None`` where "auto", "none" or "" mean None), or raise naming the flag."""
+    args = typing.get_args(tp)
+    if type(None) in args:  # X | None
         if value is None or (isinstance(value, str) and value.lower() in ("auto", "none", "")):
             return None
-        type_name = "bool"
-    if type_name == "bool":
+        (tp,) = [a for a in args if a is not type(None)]
+    if tp is bool:
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.lower() in ("true", "1", "yes")
         raise ConfigError(f"{flag} must be true or false; got {value!r}")
-    if type_name == "int":
+    if tp is int:
         if isinstance(value, bool):
             raise ConfigError(f"{flag} must be an integer; got {value!r}")
         try:
@@ -257,14 +259,16 @@ def _coerce(value: Any, type_name: Any, flag: str) -> Any:
         if not as_float.is_integer():
             raise ConfigError(f"{flag} must be an integer; got {value!r}")
         return int(as_float)
-    if type_name == "float":
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{flag} must be a number; got {value!r}")
         try:
             return float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{flag} must be a number; got {value!r}") from None
-    if type_name == "str":
+    if tp is str:
         return str(value)
-    raise ConfigError(f"{flag}: unsupported type {type_name}")  # pragma: no cover
+    raise ConfigError(f"{flag}: unsupported type {tp}")  # pragma: no cover
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

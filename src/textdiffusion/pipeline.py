@@ -81,7 +81,7 @@ class Pipeline:
         """Load a shipped model by name (``textdiffusion models`` lists them; None: the default),
         a run directory, or a directory written by ``save_pretrained``."""
         from .pretrained import card, resolve
-        from .training.checkpoint import load_run
+        from .runs import load_run
         from .training.trainer import resolve_device
 
         folder = resolve(name_or_dir)

@@ -34,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args) -> int:
     from ..control import chat
 
-    run = load(args.run, args.device)
+    run = load(args.run, args.device, args.threads)
     opts = sampler_options(args)  # chat always ends replies at end-of-text
 
     def reply(message: str, history: list, num: int):

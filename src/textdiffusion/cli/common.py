@@ -62,6 +62,8 @@ def add_sampling_args(p: argparse.ArgumentParser, card: bool = False) -> None:
                    help="a classifier of this run's noisy inputs (train-classifier) for classifier guidance")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    p.add_argument("--threads", type=NON_NEGATIVE, default=0,
+                   help="CPU threads for torch (default 0 = auto: the cores not already busy, from the load average)")
 
 
 def sampler_options(args) -> dict:
@@ -89,8 +91,9 @@ def classifier_of(args):
     return load_classifier(args.classifier, resolve_device(args.device))
 
 
-def load(run_dir: str | None, device: str):
-    """A run directory, a saved pipeline, or a shipped model name (None: the default model)."""
+def load(run_dir: str | None, device: str, threads: int = 0):
+    """A run directory, a saved pipeline, or a shipped model name (None: the default model), with
+    ``threads`` CPU threads for torch (0: the cores not already busy; runtime.auto_threads)."""
     from ..pretrained import resolve
 
     folder = resolve(run_dir)  # an unknown name fails here, before torch loads
@@ -98,9 +101,11 @@ def load(run_dir: str | None, device: str):
         from ..errors import CheckpointError
 
         raise CheckpointError(f"run directory not found: {folder}")
-    from ..training.checkpoint import load_run
+    from ..runs import load_run
+    from ..runtime import set_threads
     from ..training.trainer import resolve_device
 
+    set_threads(threads)
     return load_run(folder, resolve_device(device))
 
 

@@ -50,7 +50,7 @@ def main(args) -> int:
 
     text = read_text(args.text, args.file, "text")
     start, end = _parse_span(args.span) if args.span else (None, None)
-    run = load(str(with_card(args, args.run)), args.device)
+    run = load(str(with_card(args, args.run)), args.device, args.threads)
     result = edit(run, text, start, end, strength=args.strength, num=args.num, steps=args.steps,
                   sampler=args.sampler, seed=args.seed, label=args.label, guidance=args.guidance,
                   classifier=classifier_of(args), **sampler_options(args))  # holes and spans have a fixed size

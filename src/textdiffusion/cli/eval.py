@@ -40,7 +40,7 @@ def main(args) -> int:
     from ..evaluation import distinct_n, judge_perplexity, self_bleu, unigram_entropy
     from ..evaluation.run import evaluate_run
 
-    run = load(args.run, args.device)
+    run = load(args.run, args.device, args.threads)
     result = {"run": str(args.run), **evaluate_run(run, args.data, split=args.split, discrete_steps=args.discrete_steps,
                                                    mc_samples=args.mc_samples, batch_size=args.batch_size,
                                                    max_windows=args.max_windows, seed=args.seed)}
@@ -54,7 +54,7 @@ def main(args) -> int:
         if len(token_lists) >= 2:
             result["self_bleu"] = self_bleu(token_lists)
         if args.judge:
-            judge = load(args.judge, args.device)
+            judge = load(args.judge, args.device, args.threads)
             result["judge"] = str(args.judge)
             result["judge_perplexity"] = judge_perplexity(judge.model, judge.tokenizer, texts)
     if args.json:

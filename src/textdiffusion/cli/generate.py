@@ -52,7 +52,7 @@ def main(args) -> int:
     prompt = unescape(args.prompt, args.raw)
     holes = has_holes(prompt)  # a malformed hole is an error before any model loads
     folder = with_card(args, args.model, "infill" if holes else "generate")
-    run = load(str(folder), args.device)
+    run = load(str(folder), args.device, args.threads)
     if holes:  # holes anywhere: fill them, keep the rest verbatim
         from ..control import infill
 
@@ -76,6 +76,8 @@ def main(args) -> int:
     recorder = trace_recorder(args, run, then=watch)
     out, texts, sampler = generate_texts(run, args, prompt, args.num, args.length, on_step=recorder)
     save_trace(args, recorder, run, texts, sampler, out.prompt_length)
+    if watch is not None:
+        watch.finish()
     if args.json:
         print(json.dumps({"texts": texts, "model": str(run.run_dir), "nfe": out.nfe, "seconds": out.seconds,
                           "tokens_per_second": out.tokens_per_second, "sampler": sampler, "steps": args.steps,

@@ -48,7 +48,7 @@ def main(args) -> int:
     template = read_text(args.template, args.file, "TEMPLATE")
     if args.template not in (None, "-"):
         template = unescape(template, args.raw)
-    run = load(str(with_card(args, args.run, "infill")), args.device)
+    run = load(str(with_card(args, args.run, "infill")), args.device, args.threads)
     result = infill(run, template, num=args.num, steps=args.steps, sampler=args.sampler, seed=args.seed,
                     candidates=args.candidates, label=args.label, guidance=args.guidance, classifier=classifier_of(args),
                     **sampler_options(args))  # holes and spans have a fixed size

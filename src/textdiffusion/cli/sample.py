@@ -34,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
-    run = load(args.run, args.device)
+    run = load(args.run, args.device, args.threads)
     recorder = trace_recorder(args, run)
     out, texts, sampler = generate_texts(run, args, args.prompt, args.num, args.length, on_step=recorder)
     save_trace(args, recorder, run, texts, sampler, out.prompt_length)

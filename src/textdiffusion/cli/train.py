@@ -58,7 +58,7 @@ def main(args) -> int:
             overrides.append("data.labels=true")
         if args.init:  # a run directory or a shipped model's name (fine-tune the shipped model)
             from ..pretrained import resolve
-            from ..training.checkpoint import read_run
+            from ..runs import read_run
 
             init = resolve(args.init)
             init_cfg, _ = read_run(init)  # its process, so that the config is checked against it

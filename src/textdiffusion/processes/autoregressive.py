@@ -15,6 +15,11 @@ from .base import LossOutput
 
 class AutoregressiveObjective:
     name = "ar"
+
+    @classmethod
+    def from_config(cls, p, tokenizer) -> AutoregressiveObjective:
+        return cls()
+
     mask_id = None
     block_size = None
     supports_cache = False

@@ -37,6 +37,10 @@ def block_causal_mask(length: int, block_size: int, device=None, offset: int = 0
 class BlockDiffusionProcess(MaskedProcess):
     name = "block"
 
+    @classmethod
+    def from_config(cls, p, tokenizer) -> BlockDiffusionProcess:
+        return cls(tokenizer.vocab_size, tokenizer.mask_id, p.block_size, schedule=p.schedule, antithetic=p.antithetic)
+
     def __init__(self, vocab_size: int, mask_id: int, block_size: int, schedule: str = "loglinear",
                  antithetic: bool = True, eps: float = 1e-3):
         super().__init__(vocab_size, mask_id, schedule=schedule, antithetic=antithetic, eps=eps)

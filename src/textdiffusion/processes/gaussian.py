@@ -46,6 +46,10 @@ class GaussianProcess:
     draws_revealed_only = False
     supports_cache = False  # the state is continuous: every step changes it
 
+    @classmethod
+    def from_config(cls, p, tokenizer) -> GaussianProcess:
+        return cls(tokenizer.vocab_size, p.embed_dim, p.logsnr_min, p.logsnr_max, p.self_cond, antithetic=p.antithetic)
+
     def __init__(self, vocab_size: int, embed_dim: int = 16, logsnr_min: float = -6.0,
                  logsnr_max: float = 6.0, self_cond: bool = False, antithetic: bool = True,
                  recon_fraction: float = 0.125):

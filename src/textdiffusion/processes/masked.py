@@ -40,6 +40,12 @@ class MaskedProcess:
     block_size: int | None = None
     draws_revealed_only = True  # reverse_step draws values only where tokens unmask
 
+    @classmethod
+    def from_config(cls, p, tokenizer) -> MaskedProcess:
+        """The process a run's ``ProcessConfig`` ``p`` describes, over ``tokenizer``'s ids."""
+        return cls(tokenizer.vocab_size, tokenizer.mask_id, schedule=p.schedule, antithetic=p.antithetic,
+                   num_steps=p.num_steps)
+
     def __init__(self, vocab_size: int, mask_id: int, schedule: str = "loglinear",
                  antithetic: bool = True, eps: float = 1e-3, num_steps: int = 0):
         self.vocab_size = vocab_size

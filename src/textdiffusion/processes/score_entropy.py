@@ -36,6 +36,12 @@ from .uniform import UniformProcess
 
 
 class ScoreEntropyProcess:
+    @classmethod
+    def from_config(cls, p, tokenizer) -> ScoreEntropyProcess:
+        """``p.name`` is sedd-absorb or sedd-uniform."""
+        return cls(p.name.split("-")[1], tokenizer.vocab_size, tokenizer.mask_id, schedule=p.schedule,
+                   antithetic=p.antithetic)
+
     def __init__(self, kind: str, vocab_size: int, mask_id: int, schedule: str = "loglinear",
                  antithetic: bool = True, eps: float = 1e-3):
         if kind not in ("absorb", "uniform"):

@@ -50,6 +50,12 @@ class UniformProcess:
     draws_revealed_only = False
     supports_cache = False  # tokens move at every step: there is nothing to reuse
 
+    @classmethod
+    def from_config(cls, p, tokenizer) -> UniformProcess:
+        """Every id is a state, so any text (unknowns included) has a bound."""
+        return cls(tokenizer.vocab_size, tokenizer.vocab_size, schedule=p.schedule, antithetic=p.antithetic,
+                   num_steps=p.num_steps)
+
     def __init__(self, num_states: int, vocab_size: int, schedule: str = "loglinear",
                  antithetic: bool = True, eps: float = 1e-3, num_steps: int = 0):
         self.num_steps = num_steps  # T > 0: the discrete-time (D3PM) bound with T steps instead

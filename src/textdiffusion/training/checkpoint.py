@@ -1,4 +1,5 @@
-"""Run directories and checkpoints: safetensors weights + JSON config + tokenizer + optimizer/RNG state.
+"""Checkpoints: safetensors weights + optimizer/RNG state, written atomically (a run directory's
+``checkpoint/``; ``runs.py`` reads whole run directories).
 
 A run directory holds::
 
@@ -26,9 +27,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..config import Config
-from ..errors import CheckpointError, ConfigError, TokenizerError, UsageError
-from ..tokenizers import Tokenizer, load_tokenizer
+from ..errors import CheckpointError
 
 
 def _fsync_dir(path: Path) -> None:
@@ -103,24 +102,6 @@ def load_optimizer_state(optimizer, ckpt: Path, meta: dict) -> None:
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
-def read_run(run_dir: str | Path) -> tuple[Config, Tokenizer]:
-    """Config and tokenizer of a run directory, with one-line errors for anything wrong."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise CheckpointError(f"run directory not found: {run_dir}")
-    try:
-        cfg = Config.load(run_dir / "config.json")
-    except FileNotFoundError:
-        raise CheckpointError(f"{run_dir} has no config.json (is it a textdiffusion run directory?)") from None
-    except (json.JSONDecodeError, ConfigError, TypeError) as exc:
-        raise CheckpointError(f"{run_dir}/config.json is corrupt: {exc}") from None
-    try:
-        tokenizer = load_tokenizer(run_dir / "tokenizer.json")
-    except TokenizerError as exc:
-        raise CheckpointError(str(exc)) from None
-    return cfg, tokenizer
-
-
 def load_weights(model, ckpt: Path, prefer_ema: bool = True) -> str:
     """Load EMA weights when present (they are what a run is for), else the raw weights."""
     name = "ema.safetensors" if prefer_ema and (ckpt / "ema.safetensors").exists() else "model.safetensors"
@@ -131,45 +112,3 @@ def load_weights(model, ckpt: Path, prefer_ema: bool = True) -> str:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"corrupt checkpoint {ckpt / name}: {first}") from None
     return name
-
-
-class LoadedRun:
-    """A trained model ready for sampling or evaluation."""
-
-    def __init__(self, run_dir: Path, cfg: Config, tokenizer: Tokenizer, model, process, weights: str):
-        self.run_dir, self.cfg, self.tokenizer = run_dir, cfg, tokenizer
-        self.model, self.process, self.weights = model, process, weights
-        labels = run_dir / "labels.json"
-        self.labels: list[str] = json.loads(labels.read_text()) if labels.exists() else []  # class names
-
-    @property
-    def objective(self):
-        """The old name of ``process`` (kept for one release)."""
-        return self.process
-
-    def label_id(self, name: str) -> int:
-        if not self.labels:
-            raise UsageError(f"{self.run_dir} was not trained with labels (train on JSONL with --set data.labels=true)")
-        if name not in self.labels:
-            raise UsageError(f"unknown label {name!r} (this run knows {', '.join(self.labels)})")
-        return self.labels.index(name)
-
-
-def build_model(cfg: Config, tokenizer: Tokenizer):
-    """The backbone and the process (a diffusion process, or the AR objective) a config describes."""
-    from ..processes.registry import build
-
-    return build(cfg, tokenizer)
-
-
-def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
-    run_dir = Path(run_dir)
-    cfg, tokenizer = read_run(run_dir)
-    if cfg.model.vocab_size != tokenizer.vocab_size:
-        raise CheckpointError(
-            f"{run_dir}: tokenizer has {tokenizer.vocab_size} tokens but the model expects {cfg.model.vocab_size}"
-        )
-    model, process = build_model(cfg, tokenizer)
-    weights = load_weights(model, checkpoint_dir(run_dir))
-    model.to(device).eval()
-    return LoadedRun(run_dir, cfg, tokenizer, model, process, weights)

@@ -28,7 +28,8 @@ from ..data import label_rows, label_windows, labelled_documents
 from ..errors import UsageError
 from ..models.classifier import NoisyClassifier
 from ..processes.registry import PROCESSES
-from .checkpoint import CheckpointError, load_run, write_safetensors
+from ..runs import load_run
+from .checkpoint import CheckpointError, write_safetensors
 
 T_MIN = 0.02
 GUIDABLE = tuple(s.name for s in PROCESSES.values() if s.guidable)  # processes a noisy-input classifier steers

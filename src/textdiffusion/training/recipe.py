@@ -26,8 +26,9 @@ from ..data import (
     sft_rows,
     text_splits,
 )
+from ..runs import read_run
 from ..tokenizers import Tokenizer, train_tokenizer
-from .checkpoint import CheckpointError, checkpoint_dir, read_run
+from .checkpoint import CheckpointError, checkpoint_dir
 from .trainer import TrainResult, train
 
 

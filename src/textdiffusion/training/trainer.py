@@ -25,10 +25,10 @@ from ..config import Config
 from ..control.guidance import Conditioned, drop_condition
 from ..data import Rows, RowSampler, WindowSampler
 from ..errors import TrainingError, UsageError
+from ..runs import build_model
 from ..tokenizers import Tokenizer
 from .checkpoint import (
     CheckpointError,
-    build_model,
     checkpoint_dir,
     load_optimizer_state,
     load_weights,

@@ -1,0 +1,38 @@
+"""How many CPU threads torch gets (no torch import here until it is set).
+
+torch's default is one thread per core. On a machine where other work already runs, that
+oversubscribes the cores: on a busy 2-core machine two threads made batch-1 generation several
+times slower than one. ``auto_threads`` takes the cores this process may run on minus the
+machine's load (the 1-minute load average, rounded), at least one.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def auto_threads(cores: int | None = None, load: float | None = None) -> int:
+    """The cores not already busy: ``cores`` minus the rounded load average, between 1 and ``cores``."""
+    cores = usable_cores() if cores is None else cores
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except (AttributeError, OSError):  # pragma: no cover - no load average here
+            load = 0.0
+    return max(1, min(cores, cores - int(load + 0.5)))
+
+
+def set_threads(threads: int = 0) -> int:
+    """Give torch ``threads`` CPU threads (0: ``auto_threads()``); returns the number set."""
+    import torch
+
+    n = threads or auto_threads()
+    torch.set_num_threads(n)
+    return n
