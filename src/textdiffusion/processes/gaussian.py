@@ -139,7 +139,7 @@ class GaussianProcess:
         _, loss_mask = scored(fixed)
         B, device = x0.shape[0], x0.device
         embeddings = model.embeddings()  # (V, d), differentiable: the ELBO trains the embeddings too
-        e0 = embeddings[x0]  # (B, L, d)
+        e0 = F.embedding(x0, embeddings)  # (B, L, d); its CPU backward is deterministic, indexing's is not
         k, w_recon, w_diffusion = self._split(B, gen, device)
         t = torch.zeros(B, device=device)
         t[k:] = stratified_uniform(B - k, self.antithetic, gen, device)
@@ -166,7 +166,7 @@ class GaussianProcess:
         x0 = batch[:, 1:]
         B, device = x0.shape[0], x0.device
         embeddings = model.embeddings()
-        e0 = embeddings[x0]
+        e0 = F.embedding(x0, embeddings)
         prior = self.prior_kl(e0).sum(1)
         t0 = torch.zeros(B, device=device)
         out = []
