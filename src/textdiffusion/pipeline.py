@@ -147,7 +147,7 @@ class Pipeline:
         steps, sampler, options = self._settings(steps, sampler, options)
         recorder = self._recorder(trace, on_step)
         out, texts, name = continue_prompt(self.run, prompt, length=length, steps=steps, sampler=sampler, num=num,
-                                           seed=seed, trace=trace, on_step=recorder or on_step, label=label,
+                                           seed=seed, on_step=recorder or on_step, label=label,
                                            guidance=guidance, classifier=classifier, stop_at_eot=stop_at_eot, **options)
         return Result(texts, out.tokens, out.nfe, out.seconds, name,
                       self._trace(out, recorder, texts, name, steps, seed))
@@ -161,7 +161,7 @@ class Pipeline:
 
         steps, sampler, options = self._settings(steps, sampler, options, self.infill_defaults)
         recorder = self._recorder(trace, None)
-        res = infill(self.run, template, num=num, steps=steps, sampler=sampler, seed=seed, trace=trace, label=label,
+        res = infill(self.run, template, num=num, steps=steps, sampler=sampler, seed=seed, label=label,
                      guidance=guidance, classifier=classifier, on_step=recorder, **options)
         return self._from_control(res, recorder, steps, seed)
 
@@ -174,7 +174,7 @@ class Pipeline:
         start, end = span if span is not None else (None, None)
         recorder = self._recorder(trace, None)
         res = edit(self.run, text, start, end, strength=strength, num=num, steps=steps, sampler=sampler, seed=seed,
-                   trace=trace, on_step=recorder, **options)
+                   on_step=recorder, **options)
         return self._from_control(res, recorder, steps, seed)
 
     def score(self, text: str, *, mc_samples: int = 16, seed: int = 0) -> float:
@@ -203,7 +203,7 @@ class Pipeline:
 
         if recorder is None:
             return []
-        frames = [self.tokenizer.decode(s[0].tolist(), show_mask=True) for s in out.trace]
+        frames = [self.tokenizer.decode(f["rows"][0]["tokens"], show_mask=True) for f in recorder.frames]
         data = recorder.to_dict(texts=texts, sampler=sampler, process=self.run.process.name,
                                 prompt_length=out.prompt_length, model=str(self.run.run_dir), steps=steps, seed=seed)
         return Trace(frames, data)

@@ -94,9 +94,7 @@ class Trace(list):
         self.data = data
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.write_text(json.dumps(self.data) + "\n", encoding="utf-8")
-        return path
+        return _write(path, self.data)
 
 
 class TraceRecorder:
@@ -140,9 +138,13 @@ class TraceRecorder:
         return out
 
     def save(self, path: str | Path, **meta) -> Path:
-        path = Path(path)
-        path.write_text(json.dumps(self.to_dict(**meta)) + "\n", encoding="utf-8")
-        return path
+        return _write(path, self.to_dict(**meta))
+
+
+def _write(path: str | Path, data: dict) -> Path:
+    path = Path(path)
+    path.write_text(json.dumps(data) + "\n", encoding="utf-8")
+    return path
 
 
 def _decided_stats(out: StepOutput, rows: int) -> dict[tuple[int, int], tuple[float, float]]:
