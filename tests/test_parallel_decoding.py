@@ -203,13 +203,17 @@ def test_ar_tokens_with_kv_cache_equal_full_recompute(temperature):
     model, objective = _sharpened("ar")
     sampler = build_sampler("ar", objective, tokenizer(), temperature=temperature)
     prompt = torch.tensor([3, 1, 4, 1])
-    out = sampler.generate(model, objective, length=14, batch_size=3, prompt=prompt, gen=torch.Generator().manual_seed(5))
-    gen, x = torch.Generator().manual_seed(5), prompt.expand(3, -1)
+    gens = lambda: [torch.Generator().manual_seed(s) for s in (5, 6, 7)]  # noqa: E731  (one per row)
+    out = sampler.generate(model, objective, length=14, batch_size=3, prompt=prompt, gen=gens())
+    rows = []
     with torch.no_grad():
-        for _ in range(14):
-            logits = ban(model(x)[:, -1], sampler.banned_ids)
-            x = torch.cat([x, sample_categorical(filter_logits(logits, temperature), gen)[:, None]], 1)
-    assert torch.equal(out.tokens, x)
+        for g in gens():
+            x = prompt[None]
+            for _ in range(14):
+                logits = ban(model(x)[:, -1], sampler.banned_ids)
+                x = torch.cat([x, sample_categorical(filter_logits(logits, temperature), g)[:, None]], 1)
+            rows.append(x[0])
+    assert torch.equal(out.tokens, torch.stack(rows))
 
 
 def test_block_size_one_bound_is_the_block_causal_nll():

@@ -171,7 +171,7 @@ def test_remdm_keeps_the_forward_masked_fraction_at_every_step(schedule):
     remasked_any = False
     for i in range(steps):
         t, s = float(sampler.timesteps[i]), float(sampler.timesteps[i + 1])
-        out = sampler.step(log_p, x, t, s, proc, gen)
+        out = sampler.transition(log_p, x, t, s, proc, gen)
         back = (x != MASK) & (out.x_prev == MASK)
         decoded = int((x != MASK).sum())
         if decoded:

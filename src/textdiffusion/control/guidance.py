@@ -75,6 +75,8 @@ class Conditioned:
             both_labels = torch.cat([labels, torch.full_like(labels, null_label(self.model))])
         t2 = t if t is None or t.dim() == 0 else torch.cat([t, t])
         args2 = tuple(torch.cat([a, a]) if isinstance(a, torch.Tensor) else a for a in args)
+        if kwargs.get("attn_mask") is not None and kwargs["attn_mask"].dim() == 3:  # one per row: both halves
+            kwargs = {**kwargs, "attn_mask": torch.cat([kwargs["attn_mask"]] * 2)}
         out = self._call(torch.cat([x, x_u]), t2, args2, kwargs, both_labels)
         cond, uncond = out[:B], out[B:]
         return cond + self.scale * (cond - uncond)

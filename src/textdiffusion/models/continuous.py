@@ -44,14 +44,15 @@ class EmbeddingDenoiser(nn.Module):
         return w / w.norm(dim=-1, keepdim=True).clamp_min(1e-8)
 
     def forward(self, inputs: torch.Tensor, t: torch.Tensor | None = None,
-                x_selfcond: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
+                x_selfcond: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         """inputs (B, L, d) noisy embeddings (already scaled to unit variance by the process),
         ``x_selfcond`` (B, L, d) the previous x0 estimate (zeros: none) -> logits (B, L, V)."""
         if self.self_cond:
             if x_selfcond is None:
                 x_selfcond = torch.zeros_like(inputs)
             inputs = torch.cat((inputs, x_selfcond), dim=-1)
-        return self.net(inputs, t, labels=labels)
+        return self.net(inputs, t, labels=labels, attn_mask=attn_mask)
 
     def num_params(self, non_embedding: bool = True) -> int:
         n = self.net.num_params(non_embedding)

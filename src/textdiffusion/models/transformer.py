@@ -46,10 +46,16 @@ class KVCache:
     keys: list[torch.Tensor] = field(default_factory=list)
     values: list[torch.Tensor] = field(default_factory=list)
     keep: int | None = None  # None: store the whole chunk
+    rows: torch.Tensor | None = None  # a call over some of the cached rows only (reads; stores nothing)
 
     @property
     def length(self) -> int:
         return self.keys[0].shape[2] if self.keys else 0
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep only these rows (the others have finished)."""
+        self.keys = [k[rows] for k in self.keys]
+        self.values = [v[rows] for v in self.values]
 
     def past(self, layer: int) -> int:
         """Cached positions before the chunk (they all precede it)."""
@@ -60,6 +66,8 @@ class KVCache:
             self.keys.append(k[:, :, : self.keep])
             self.values.append(v[:, :, : self.keep])
             return k, v
+        if self.rows is not None:
+            return (torch.cat((self.keys[layer][self.rows], k), dim=2), torch.cat((self.values[layer][self.rows], v), dim=2))
         k_all = torch.cat((self.keys[layer], k), dim=2)
         v_all = torch.cat((self.values[layer], v), dim=2)
         n = self.keys[layer].shape[2] + (k.shape[2] if self.keep is None else self.keep)
@@ -77,6 +85,7 @@ class WindowCache:
     keys: list[torch.Tensor] = field(default_factory=list)
     values: list[torch.Tensor] = field(default_factory=list)
     start: int = 0  # first position of the window the next call computes
+    rows: torch.Tensor | None = None  # a window call over some of the recorded rows only
 
     @property
     def length(self) -> int:
@@ -86,7 +95,7 @@ class WindowCache:
         return 0  # full attention: no causal offset
 
     def clear(self) -> None:
-        self.keys, self.values, self.start = [], [], 0
+        self.keys, self.values, self.start, self.rows = [], [], 0, None
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if layer == len(self.keys):  # recording pass over the whole sequence
@@ -95,6 +104,8 @@ class WindowCache:
             return k, v
         a, b = self.start, self.start + k.shape[2]
         K, V = self.keys[layer], self.values[layer]
+        if self.rows is not None:
+            K, V = K[self.rows], V[self.rows]
         return (torch.cat((K[:, :, :a], k, K[:, :, b:]), dim=2), torch.cat((V[:, :, :a], v, V[:, :, b:]), dim=2))
 
 
@@ -109,8 +120,9 @@ class Attention(nn.Module):
         self.dropout = cfg.dropout
 
     def forward(self, x, cos, sin, layer: int, kv_cache, attn_mask: torch.Tensor | None = None):
-        """``attn_mask`` (T, T) bool, True = may attend, is the pattern inside the chunk (e.g.
-        block-causal); positions already in a KV cache precede the chunk and are always visible."""
+        """``attn_mask`` (T, T) or per row (B, T, T) bool, True = may attend, is the pattern inside
+        the chunk (e.g. block-causal, or no attention to padding); positions already in a KV cache
+        precede the chunk and are always visible."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (z.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for z in (q, k, v))  # (B, H, T, D)
@@ -127,7 +139,9 @@ class Attention(nn.Module):
             else:
                 is_causal = True
         elif mask is not None and past:
-            mask = torch.cat((torch.ones(T, past, dtype=torch.bool, device=x.device), mask), dim=1)
+            mask = torch.cat((torch.ones(*mask.shape[:-1], past, dtype=torch.bool, device=x.device), mask), dim=-1)
+        if mask is not None and mask.dim() == 3:  # (B, T, S): one pattern per row, the same for every head
+            mask = mask[:, None]
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0
         )
@@ -250,8 +264,8 @@ class Transformer(nn.Module):
 
         ``kv_cache``: reuse the keys/values of other positions (the chunk starts at the cache's
         ``length``). ``positions`` (T,): explicit RoPE positions (block diffusion training reads two
-        copies of a sequence at the same positions). ``attn_mask`` (T, T) bool: who attends to whom
-        inside the chunk (default: everyone, or causal for the AR twin)."""
+        copies of a sequence at the same positions). ``attn_mask`` (T, T) or (B, T, T) bool: who
+        attends to whom inside the chunk (default: everyone, or causal for the AR twin)."""
         B, T = (tokens if embeds is None else embeds).shape[:2]
         if positions is None:
             start = kv_cache.length if kv_cache is not None else 0

@@ -92,7 +92,8 @@ class GaussianProcess:
         return alpha * e0 + sigma * noise
 
     # the denoiser ------------------------------------------------------------------------------
-    def denoise(self, model, z: torch.Tensor, t: torch.Tensor, x_selfcond: torch.Tensor | None = None) -> torch.Tensor:
+    def denoise(self, model, z: torch.Tensor, t: torch.Tensor, x_selfcond: torch.Tensor | None = None,
+                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, L, V) float logits of p_theta(x0 | z_t) from (B, L, d) noisy embeddings.
 
         Categorical reparameterisation (Plaid): the logits are the network's output plus the exact
@@ -103,7 +104,8 @@ class GaussianProcess:
         sc = None if x_selfcond is None else x_selfcond * math.sqrt(self.embed_dim)  # unit variance too
         alpha, sigma = self.alpha_sigma(t)
         evidence = (alpha / sigma**2).to(upcast(z).dtype).view(-1, 1, 1) * (upcast(z) @ model.embeddings().detach().T)  # (B, L, V)
-        return upcast(model(z * scale, t, sc)) + evidence
+        extra = {} if attn_mask is None else {"attn_mask": attn_mask}  # (B, L, L): rows of different lengths
+        return upcast(model(z * scale, t, sc, **extra)) + evidence
 
     @staticmethod
     def x0_estimate(logits: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:

@@ -5,9 +5,13 @@ process's ``reverse_step`` (masked: every masked token unmasks with probability
 (alpha_s - alpha_t) / (1 - alpha_t), and the last step unmasks everything left; uniform: every
 token is redrawn from the posterior mixture over the model's x0 estimate).
 
-Cache: when no token changed in a step, x_t is the same, so p_theta(x0 | x_t) is the same and the
-network is not called again (exact when the model is not time-conditioned; a time-conditioned
-model is always re-run). NFE counts real network calls only.
+Cache: when no token of a row changed in a step, its x_t is the same, so p_theta(x0 | x_t) is the
+same and the row skips the next network call (exact when the model is not time-conditioned; a
+time-conditioned model is always re-run). NFE counts real network calls only.
+
+State machine (sampling/base.py): each row keeps its own time grid (its step count and start
+time), its cached prediction and its generator; ``step`` runs one network call over the rows
+that need a new prediction and draws every unfinished row's x_s from its own x_t.
 
 Top-k / top-p with a masked model are applied only to the rows that unmask in a step (the
 others need just their argmax, which filtering keeps): a nucleus over every position's full
@@ -20,28 +24,20 @@ t_start > ... > 0 from its re-noised span.
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import Callable
 
 import torch
 
 from ..errors import UsageError
-from .base import (
-    Canvas,
-    Generation,
-    OnStep,
-    StepOutput,
-    report_step,
-    resolve_canvas,
-    start_sequence,
-)
+from .base import Canvas, Generators, Row, Sampler, State, StepOutput, padded_call
 from .filters import ban, filter_logits, validate_sampling_args
 
 RowFilter = Callable[[torch.Tensor], torch.Tensor]  # (N, V) log-probabilities -> filtered (N, V)
 
 
-class AncestralSampler:
+class AncestralSampler(Sampler):
     name = "ancestral"
+    family = "ancestral"  # ancestral, euler, tau-leaping and remdm rows batch together
     stop_when_unmasked = True  # a masked model is done once nothing is masked (ReMDM is not)
 
     def __init__(self, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
@@ -56,15 +52,15 @@ class AncestralSampler:
             raise UsageError("steps must be positive")
         self.timesteps = torch.linspace(t_start, 0.0, num_steps + 1, dtype=torch.float64)
 
-    def step(self, log_p_x0: torch.Tensor, x_t: torch.Tensor, t: float, s: float, process,
-             gen: torch.Generator | None = None, fixed: torch.Tensor | None = None,
-             row_filter: RowFilter | None = None) -> StepOutput:
+    def transition(self, log_p_x0: torch.Tensor, x_t: torch.Tensor, t: float, s: float, process,
+                   gen: torch.Generator | None = None, fixed: torch.Tensor | None = None,
+                   row_filter: RowFilter | None = None) -> StepOutput:
         """One draw of p(x_s | x_t) by the process's reverse step; ``fixed`` (B, T) positions
         (the prompt) are kept. ``log_p_x0``: (B, T, V) filtered log-probabilities of x0, or, with
         ``row_filter`` (masked models only), log-probabilities whose rows the filter finishes
         where a token is drawn."""
         if self.timesteps is None:
-            raise RuntimeError("call set_timesteps(num_steps) before step()")
+            raise RuntimeError("call set_timesteps(num_steps) before transition()")
         extra = {"row_filter": row_filter} if row_filter is not None else {}
         x_s, x0_pred = self._transition(process)(log_p_x0, x_t, t, s, gen, **extra)
         if fixed is not None:
@@ -81,34 +77,57 @@ class AncestralSampler:
         """The process's exact reverse draw (analytic for score-entropy models)."""
         return process.reverse_step
 
-    @torch.no_grad()
-    def generate(self, model, process, *, length: int | None = None, steps: int, batch_size: int = 1,
-                 prompt: torch.Tensor | None = None, gen: torch.Generator | None = None,
-                 on_step: OnStep | None = None, trace: bool = False, canvas: Canvas | None = None) -> Generation:
-        canvas = resolve_canvas(model, prompt, batch_size, length, canvas)
-        x, fixed, device = start_sequence(process, canvas, gen), canvas.fixed, canvas.tokens.device
+    def _unmasked(self, row: Row, process) -> bool:
+        return self.stop_when_unmasked and process.supports_cache and not bool((row.tokens == process.mask_id).any())
+
+    # state machine -------------------------------------------------------------------------
+    def start(self, model, process, canvas: Canvas, steps: int, gen: Generators = None) -> State:
+        state = self._rows(process, canvas, steps, gen)
         self.set_timesteps(steps, canvas.t_start)
-        nfe, log_p, states = 0, None, []
-        reuse_ok = self.cache and process.supports_cache and not model.cfg.time_cond
-        row_filter = self._row_filter(process)
-        top_k, top_p = (0, 1.0) if row_filter is not None else (self.top_k, self.top_p)
-        start = time.perf_counter()
-        for i in range(steps):
-            t, s = float(self.timesteps[i]), float(self.timesteps[i + 1])
-            if self.stop_when_unmasked and process.supports_cache and not (x == process.mask_id).any():
-                break  # nothing left to unmask
-            if log_p is None or not reuse_ok:
-                t_vec = torch.full((x.shape[0],), t, device=device)
-                logits = ban(model(x, t_vec), self.banned_ids)
-                log_p = filter_logits(process.log_probs(logits), self.temperature, top_k, top_p)
-                nfe += 1
-            out = self.step(log_p, x, t, s, process, gen, fixed, row_filter)
-            out.log_probs, out.nfe = log_p, nfe
+        for row in state.rows:
+            row.data["grid"] = self.timesteps
+            row.done = self._unmasked(row, process)  # an edit whose span drew no mask: nothing to do
+        return state
+
+    def _predict(self, state: State, model, rows: list[Row]) -> None:
+        """One network call over ``rows``: each row's filtered p_theta(x0 | x_t) at its own time."""
+        process = state.process
+        t = torch.tensor([float(r.data["grid"][r.step]) for r in rows], device=rows[0].tokens.device)
+        logits = padded_call(lambda x, mask: model(x, t, **({} if mask is None else {"attn_mask": mask})),
+                             [r.tokens for r in rows])
+        state.calls += 1
+        for r, lg in zip(rows, logits):
+            smp = r.sampler
+            top_k, top_p = (0, 1.0) if smp._row_filter(process) is not None else (smp.top_k, smp.top_p)
+            r.data["log_p"] = filter_logits(process.log_probs(ban(lg[None], smp.banned_ids)), smp.temperature,
+                                            top_k, top_p)
+            r.nfe += 1
+
+    def step(self, state: State, model) -> StepOutput:
+        process = state.process
+        rows = state.active()
+        time_cond = model.cfg.time_cond
+        stale = [r for r in rows if r.data.get("log_p") is None
+                 or not (r.sampler.cache and process.supports_cache and not time_cond)]
+        if stale:
+            self._predict(state, model, stale)
+        changed, dists, x0 = {}, {}, None
+        for r in rows:
+            b = state.rows.index(r)
+            smp, grid = r.sampler, r.data["grid"]
+            t, s = float(grid[r.step]), float(grid[r.step + 1])
+            log_p = r.data["log_p"]
+            out = smp.transition(log_p, r.tokens[None], t, s, process, r.gen, r.fixed[None],
+                                 smp._row_filter(process))
+            changed[b], dists[b] = out.changed[0], (0, log_p[0])
             if out.changed.any():
-                log_p = None  # x changed: the cached prediction is stale
-            x = out.x_prev
-            report_step(i, out, states if trace else None, on_step)
-        return Generation(x, canvas.prompt_length, nfe, time.perf_counter() - start, states, fixed)
+                r.data["log_p"] = None  # x changed: the cached prediction is stale
+            r.tokens = out.x_prev[0]
+            r.step += 1
+            r.done = r.step >= r.steps or smp._unmasked(r, process)
+            if len(rows) == 1:
+                x0 = out.x0_pred
+        return state.output(changed, dists, x0=x0 if len(state.rows) == 1 else None)
 
 
 class EulerSampler(AncestralSampler):

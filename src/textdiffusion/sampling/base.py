@@ -1,5 +1,22 @@
-"""What every sampler starts from (a canvas), what it returns, and the per-step record that live
-views hang off.
+"""What every sampler starts from (a canvas), the state machine it runs (rows, ``start``,
+``step``), what it returns, and the per-step record that live views hang off.
+
+The sampler protocol (diffusers' one-``step`` scheduler, grown to a batch of independent rows):
+
+    state = sampler.start(model, process, canvas, steps, gen)   # one Row per canvas row
+    while not state.finished:
+        out = sampler.step(state, model)    # every unfinished row one step, ONE network call
+    generation = state.generation(seconds)
+
+A ``Row`` is one sequence: its tokens, fixed positions, step index and step count, network calls,
+done flag, its own random generator and its own sampler options (a sampler of the same family);
+the family keeps its per-row extras (a cached prediction, the Gaussian z, the block being
+decoded) in ``row.data``. Rows may be at different steps and have different lengths (the network
+call right-pads them and no position attends to padding); a finished row leaves the batch.
+``State.join`` adds the rows of another start (a server admitting a request between steps).
+Given one generator, ``start`` derives each row's own generator from it (``row_generators``), so a
+row draws the same numbers alone or batched: under the same per-row generator a row gives the
+same tokens alone, batched with rows at other steps, or padded.
 
 A ``Canvas`` is a (B, T) sequence with some positions ``fixed`` (kept verbatim) and the others
 free (generated). Continuing a prompt is the canvas [prompt | free * length]; infilling is a
@@ -10,10 +27,13 @@ read only the left context (AR, block diffusion) accept prompt canvases only.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from ..errors import UsageError
 
@@ -113,6 +133,162 @@ def start_sequence(process, canvas: Canvas, gen: torch.Generator | None = None) 
         t = torch.full((tokens.shape[0],), canvas.t_start, device=tokens.device)
         noisy = process.corrupt(tokens.clamp_min(0), t, gen)
     return torch.where(canvas.fixed, tokens, noisy)
+
+
+Generators = torch.Generator | Sequence[torch.Generator | None] | None
+
+
+def row_generators(gen: Generators, batch: int) -> list[torch.Generator | None]:
+    """One generator per row: the list given, or each row's own seeded from ``gen`` in row order
+    (row b's seed does not depend on how many rows follow: the first of ``num=3`` is ``num=1``'s
+    text); None: every row draws from torch's global generator."""
+    if gen is None:
+        return [None] * batch
+    if isinstance(gen, torch.Generator):
+        seeds = torch.randint(0, 2**62, (batch,), generator=gen, device=gen.device).tolist()
+        return [torch.Generator(device=gen.device).manual_seed(s) for s in seeds]
+    gens = list(gen)
+    if len(gens) != batch:
+        raise UsageError(f"{len(gens)} generators for {batch} rows: give one per row")
+    return gens
+
+
+@dataclass(eq=False)  # rows are compared by identity (their tensors have no single truth value)
+class Row:
+    """One sequence being generated (a request of a server is one or more rows)."""
+
+    tokens: torch.Tensor  # (T,) ids now (the Gaussian process: the most likely tokens so far)
+    fixed: torch.Tensor  # (T,) bool: positions kept verbatim
+    steps: int  # the step budget
+    sampler: Any  # this row's options: a sampler of the state's family
+    gen: torch.Generator | None = None
+    t_start: float = 1.0
+    step: int = 0  # steps taken
+    nfe: int = 0  # network calls this row took part in
+    done: bool = False
+    end: int | None = None  # set when the row stopped early at end-of-text: its tokens end here
+    data: dict = field(default_factory=dict)  # the family's per-row extras
+
+    @property
+    def length(self) -> int:
+        return self.tokens.shape[0]
+
+
+@dataclass
+class State:
+    """The rows of a batch in generation, and what they share (``shared``: a family's batch-wide
+    cache)."""
+
+    rows: list[Row]
+    process: Any
+    prompt_length: int
+    family: str
+    calls: int = 0  # batched network calls so far
+    report: bool = True  # build the per-step record (the trace / a hook listens)
+    shared: dict = field(default_factory=dict)
+
+    @property
+    def finished(self) -> bool:
+        return all(r.done for r in self.rows)
+
+    def active(self) -> list[Row]:
+        return [r for r in self.rows if not r.done]
+
+    def join(self, other: State) -> None:
+        """Add ``other``'s rows (started separately, perhaps steps ago) to this batch."""
+        if other.family != self.family or self.shared or other.shared:
+            raise UsageError(f"rows of a {other.family} sampler cannot join a batch of {self.family} rows"
+                             + (" (its cache is shared by the batch)" if self.shared or other.shared else ""))
+        self.rows.extend(other.rows)
+
+    def tokens(self) -> torch.Tensor:
+        """(B, T) every row's tokens (rows stopped early at end-of-text are cut to the longest)."""
+        T = max(r.length if r.end is None else r.end for r in self.rows)
+        return torch.stack([r.tokens[:T] for r in self.rows])
+
+    def generation(self, seconds: float, trace: list[torch.Tensor] | None = None) -> Generation:
+        fixed = torch.stack([r.fixed for r in self.rows])
+        return Generation(self.tokens(), self.prompt_length, self.calls, seconds, trace or [], fixed)
+
+    def output(self, changed: dict[int, torch.Tensor], dists: dict[int, tuple[int, torch.Tensor]] | None = None,
+               block: int | None = None, x0: torch.Tensor | None = None) -> StepOutput:
+        """The step's record over the whole batch: ``changed`` row index -> (T,) bool, ``dists``
+        row index -> (offset, (W, V) the distribution its tokens were drawn from)."""
+        T = max(r.length for r in self.rows)  # rows of other lengths are shown right-padded with HOLE
+        x = torch.stack([F.pad(r.tokens, (0, T - r.length), value=HOLE) for r in self.rows])
+        moved = torch.zeros_like(x, dtype=torch.bool)
+        for b, c in changed.items():
+            moved[b, : c.shape[0]] = c
+        log_probs, offset = None, 0
+        if self.report and dists:
+            spans = {(o, d.shape[0]) for o, d in dists.values()}
+            first = next(iter(dists.values()))[1]
+            if len(spans) == 1 and len(dists) == len(self.rows):
+                offset = next(iter(spans))[0]
+                log_probs = torch.stack([dists[b][1] for b in range(len(self.rows))])
+            else:  # rows at different blocks, or some without a draw: the full width, zeros elsewhere
+                log_probs = first.new_zeros(len(self.rows), x.shape[1], first.shape[-1])
+                for b, (o, d) in dists.items():
+                    log_probs[b, o : o + d.shape[0]] = d
+        return StepOutput(x, x0, moved, log_probs=log_probs, offset=offset, nfe=self.calls, block=block)
+
+
+def padded_call(fn: Callable[..., torch.Tensor], inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """One network call over rows of different lengths: ``inputs`` (T_b, ...) are right-padded with
+    zeros and ``fn(batch, attn_mask)`` gets a (B, T, T) mask under which no position attends to
+    padding (None when every row has the same length). Returns each row's (T_b, ...) output."""
+    lengths = [x.shape[0] for x in inputs]
+    T = max(lengths)
+    if all(n == T for n in lengths):
+        return list(fn(torch.stack(inputs), None))
+    pad = [(0, 0) * (x.dim() - 1) + (0, T - x.shape[0]) for x in inputs]
+    batch = torch.stack([F.pad(x, tuple(p)) for x, p in zip(inputs, pad)])
+    real = torch.arange(T, device=batch.device)[None, :] < torch.tensor(lengths, device=batch.device)[:, None]
+    out = fn(batch, real[:, None, :].expand(len(inputs), T, T))
+    return [o[:n] for o, n in zip(out, lengths)]
+
+
+class Sampler:
+    """The protocol every sampler follows: ``start`` makes the rows, ``step`` advances every
+    unfinished row by one step with one network call, ``generate`` is the shared loop."""
+
+    name = "sampler"
+    family = "sampler"  # samplers of one family can batch their rows together
+
+    def start(self, model, process, canvas: Canvas, steps: int, gen: Generators = None) -> State:
+        raise NotImplementedError
+
+    def step(self, state: State, model) -> StepOutput:
+        raise NotImplementedError
+
+    def _rows(self, process, canvas: Canvas, steps: int, gen: Generators, draw: bool = True) -> State:
+        """A state of one row per canvas row, free positions drawn from the prior (or an edit's
+        q(x_t | text)) with the row's own generator, ``steps`` each."""
+        if steps is None or steps <= 0:
+            raise UsageError("steps must be positive")
+        gens = row_generators(gen, canvas.tokens.shape[0])
+        rows = []
+        for b, g in enumerate(gens):
+            one = Canvas(canvas.tokens[b : b + 1], canvas.fixed[b : b + 1], canvas.t_start)
+            x = start_sequence(process, one, g)[0] if draw else canvas.tokens[b]
+            rows.append(Row(x, canvas.fixed[b], steps, self, g, canvas.t_start))
+        return State(rows, process, canvas.prompt_length, self.family)
+
+    @torch.no_grad()
+    def generate(self, model, process, *, length: int | None = None, steps: int | None = None, batch_size: int = 1,
+                 prompt: torch.Tensor | None = None, gen: Generators = None,
+                 on_step: OnStep | None = None, trace: bool = False, canvas: Canvas | None = None) -> Generation:
+        """Generate from a canvas (or [prompt | length free positions] x batch_size) in ``steps``
+        steps: ``start``, then ``step`` until every row is done."""
+        canvas = resolve_canvas(model, prompt, batch_size, length, canvas)
+        state = self.start(model, process, canvas, steps, gen)
+        state.report = on_step is not None or trace
+        states: list[torch.Tensor] = []
+        start, i = time.perf_counter(), 0
+        while not state.finished:
+            report_step(i, self.step(state, model), states if trace else None, on_step)
+            i += 1
+        return state.generation(time.perf_counter() - start, states)
 
 
 @dataclass

@@ -22,13 +22,18 @@ Canvases: semi-ar and threshold decode the span from the first free position to 
 blocks (fixed text inside a block is never touched); block diffusion reads only the left context,
 so it takes prompt canvases only.
 
-All stop early (variable length) when given ``eot_id``: once every row has produced end-of-text,
-the remaining blocks are dropped. NFE counts network calls and never exceeds ``steps``.
+All stop early (variable length) when given ``eot_id``: a row that has produced end-of-text by the
+end of a block is done (it leaves the batch; the others go on). NFE counts network calls and
+never exceeds ``steps``.
+
+State machine (sampling/base.py): each row keeps its block, its step within the block and its
+generator. Without a shared cache (semi-ar, threshold with ``kv_cache="none"``, block with
+``kv_cache="none"``) rows progress on their own; with one (threshold prefix/dual, block exact)
+the rows of a batch decode the same block together (a row whose block is done waits for the
+others, without a network call), because the cache holds every row's keys/values of one pass.
 """
 
 from __future__ import annotations
-
-import time
 
 import torch
 
@@ -37,13 +42,13 @@ from ..models.transformer import KVCache, WindowCache
 from ..processes.block import block_causal_mask
 from .base import (
     Canvas,
-    Generation,
-    OnStep,
+    Generators,
+    Row,
+    Sampler,
+    State,
     StepOutput,
-    report_step,
+    padded_call,
     require_prompt_canvas,
-    resolve_canvas,
-    start_sequence,
 )
 from .filters import ban, filter_logits, sample_categorical, validate_sampling_args
 from .remasking import STRATEGIES, masked_time, reveal_step, top_k_mask
@@ -57,22 +62,9 @@ def split_steps(steps: int, num_blocks: int) -> list[int]:
     return [base + (i < extra) for i in range(num_blocks)]
 
 
-def _finished(x: torch.Tensor, prompt_length: int, end: int, eot_id: int | None) -> bool:
-    return eot_id is not None and bool((x[:, prompt_length:end] == eot_id).any(1).all())
+class _BlockwiseBase(Sampler):
+    shared_cache = False  # True: the batch's rows share one cache and decode a block together
 
-
-def _write_block(x, lo, hi, block, changed, i, states, on_step, log_p=None, nfe=None, index=None) -> torch.Tensor:
-    """x with positions [lo, hi) replaced by ``block``; the step is reported for the whole sequence
-    (with the block's distribution ``log_p``, the network calls so far and the block's index)."""
-    x = x.clone()
-    x[:, lo:hi] = block
-    everywhere = torch.zeros_like(x, dtype=torch.bool)
-    everywhere[:, lo:hi] = changed
-    report_step(i, StepOutput(x, None, everywhere, log_probs=log_p, offset=lo, nfe=nfe, block=index), states, on_step)
-    return x
-
-
-class _BlockwiseBase:
     def __init__(self, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                  banned_ids: tuple[int, ...] = (), block_length: int = 32, eot_id: int | None = None):
         validate_sampling_args(temperature, top_k, top_p)
@@ -85,10 +77,61 @@ class _BlockwiseBase:
     def _log_probs(self, process, logits: torch.Tensor) -> torch.Tensor:
         return filter_logits(process.log_probs(ban(logits, self.banned_ids)), self.temperature, self.top_k, self.top_p)
 
+    def _plan(self, state: State, bounds: list[tuple[int, int]], steps: int, eot_id: int | None) -> None:
+        """Every row decodes ``bounds`` (lo, hi) in order with an even share of ``steps`` each."""
+        budget = split_steps(steps, len(bounds))
+        for r in state.rows:
+            r.data.update(bounds=bounds, budget=budget, bi=0, j=0, eot=eot_id, held=False, log_p=None)
+            self._enter_block(r)
+        self._advance_all(state)
+
+    def _enter_block(self, r: Row) -> None:
+        pass
+
+    def _advance(self, r: Row, mask_id: int) -> None:
+        """Move the row past its finished blocks (no mask left, or its steps spent): done at
+        end-of-text or when no block is left; with a shared cache it waits at the end of its block."""
+        d = r.data
+        while d["bi"] < len(d["bounds"]):
+            lo, hi = d["bounds"][d["bi"]]
+            if d["j"] < d["budget"][d["bi"]] and bool((r.tokens[lo:hi] == mask_id).any()):
+                return
+            if d["eot"] is not None and bool((r.tokens[self._prompt(r):hi] == d["eot"]).any()):
+                r.end, r.done = hi, True
+                return
+            if self.shared_cache:
+                d["held"] = True
+                return
+            d["bi"], d["j"], d["log_p"] = d["bi"] + 1, 0, None
+            if d["bi"] < len(d["bounds"]):
+                self._enter_block(r)
+        r.done = True
+
+    def _advance_all(self, state: State) -> None:
+        mask_id = state.process.mask_id
+        for r in state.active():
+            self._advance(r, mask_id)
+        rows = state.active()
+        while rows and all(r.data["held"] for r in rows):  # the whole batch is past its block: the next one
+            for r in rows:
+                r.data.update(bi=r.data["bi"] + 1, j=0, held=False, log_p=None)
+                if r.data["bi"] < len(r.data["bounds"]):
+                    self._enter_block(r)
+                self._advance(r, mask_id)
+            rows = state.active()
+        self._left(state)
+
+    def _left(self, state: State) -> None:
+        """Rows that finished leave the shared cache."""
+
+    @staticmethod
+    def _prompt(r: Row) -> int:
+        return r.data.get("P", 0)
+
 
 class SemiAutoregressiveSampler(_BlockwiseBase):
     name = "semi-ar"
-    window_cache = False  # the threshold sampler's approximate KV cache
+    family = "semi-ar"
 
     def __init__(self, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                  banned_ids: tuple[int, ...] = (), block_length: int = 32, order: str = "confidence",
@@ -98,43 +141,53 @@ class SemiAutoregressiveSampler(_BlockwiseBase):
             raise UsageError(f"unknown order {order!r} (choose {', '.join(STRATEGIES)})")
         self.strategy = order
 
-    def _block_logits(self, model, process, x, lo, hi, fixed, first, cache):
-        """Logits for positions [lo, hi) of the current block (full recompute here)."""
-        return model(x, masked_time(process, x, fixed))[:, lo:hi]
-
-    @torch.no_grad()
-    def generate(self, model, process, *, length: int | None = None, steps: int, batch_size: int = 1,
-                 prompt: torch.Tensor | None = None, gen: torch.Generator | None = None,
-                 on_step: OnStep | None = None, trace: bool = False, canvas: Canvas | None = None) -> Generation:
+    def start(self, model, process, canvas: Canvas, steps: int, gen: Generators = None) -> State:
         if process.mask_id is None or process.name != "masked":
             raise UsageError(f"the {self.name} sampler needs a masked model; this one is {process.name!r}")
-        canvas = resolve_canvas(model, prompt, batch_size, length, canvas)
-        x, fixed, P = start_sequence(process, canvas, gen), canvas.fixed, canvas.prompt_length
+        state = self._rows(process, canvas, steps, gen)
+        fixed, P = canvas.fixed, canvas.prompt_length
         end = int((~fixed).any(0).nonzero().max()) + 1  # one past the last free position
         bounds = [(lo, min(lo + self.block_length, end)) for lo in range(P, end, self.block_length)
                   if bool((~fixed[:, lo : lo + self.block_length]).any())]  # blocks with something to fill
-        budget = split_steps(steps, len(bounds))
-        eot_id = self.eot_id if canvas.is_prompt else None  # never cut off fixed text after the holes
-        cache = WindowCache() if self.window_cache else None
-        nfe, i, states = 0, 0, []
-        start = time.perf_counter()
-        for block_index, ((lo, hi), n_steps) in enumerate(zip(bounds, budget)):
-            for j in range(n_steps):
-                block = x[:, lo:hi]
-                eligible = block == process.mask_id
-                if not eligible.any():
-                    break
-                log_p = self._log_probs(process, self._block_logits(model, process, x, lo, hi, fixed, j == 0, cache))
-                nfe += 1
-                share = torch.ceil(eligible.sum(1).double() / (n_steps - j)).long()  # even share of what is left
-                out = self._reveal(log_p, block, eligible, share, gen)
-                x = _write_block(x, lo, hi, out.x_prev, out.changed, i, states if trace else None, on_step, log_p, nfe,
-                                 block_index)
-                i += 1
-            if _finished(x, P, hi, eot_id):
-                x = x[:, :hi]
-                break
-        return Generation(x, P, nfe, time.perf_counter() - start, states, fixed)
+        for r in state.rows:
+            r.data["P"] = P
+        if self.shared_cache:
+            state.shared.update(cache=WindowCache(), cached=[])
+        self._plan(state, bounds, steps, self.eot_id if canvas.is_prompt else None)  # never cut off text after holes
+        return state
+
+    def _block_logits(self, state: State, model, rows: list[Row]) -> list[torch.Tensor]:
+        """Each row's logits for positions [lo, hi) of its current block (full recompute here)."""
+        process = state.process
+        t = torch.cat([masked_time(process, r.tokens[None], r.fixed[None]) for r in rows])
+        full = padded_call(lambda x, mask: model(x, t, **({} if mask is None else {"attn_mask": mask})),
+                           [r.tokens for r in rows])
+        return [f[slice(*r.data["bounds"][r.data["bi"]])] for r, f in zip(rows, full)]
+
+    def step(self, state: State, model) -> StepOutput:
+        process = state.process
+        rows = [r for r in state.active() if not r.data["held"]]
+        logits = self._block_logits(state, model, rows)
+        state.calls += 1
+        changed, dists = {}, {}
+        for r, lg in zip(rows, logits):
+            b, smp, d = state.rows.index(r), r.sampler, r.data
+            lo, hi = d["bounds"][d["bi"]]
+            log_p = smp._log_probs(process, lg[None])
+            block = r.tokens[lo:hi][None]
+            eligible = block == process.mask_id
+            share = torch.ceil(eligible.sum(1).double() / (d["budget"][d["bi"]] - d["j"])).long()  # even share left
+            out = smp._reveal(log_p, block, eligible, share, r.gen)
+            r.tokens = r.tokens.clone()
+            r.tokens[lo:hi] = out.x_prev[0]
+            c = torch.zeros_like(r.fixed)
+            c[lo:hi] = out.changed[0]
+            changed[b], dists[b] = c, (lo, log_p[0])
+            d["j"] += 1
+            r.nfe, r.step = r.nfe + 1, r.step + 1
+        first = rows[0].data["bi"]
+        self._advance_all(state)
+        return state.output(changed, dists, block=first)
 
     def _reveal(self, log_p, block, eligible, k, gen) -> StepOutput:
         return reveal_step(log_p, block, eligible, torch.minimum(k.clamp_min(1), eligible.sum(1)), self.strategy, gen)
@@ -142,7 +195,7 @@ class SemiAutoregressiveSampler(_BlockwiseBase):
 
 class ThresholdSampler(SemiAutoregressiveSampler):
     name = "threshold"
-    window_cache = True
+    family = "threshold"
 
     def __init__(self, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                  banned_ids: tuple[int, ...] = (), block_length: int = 32, threshold: float = 0.9,
@@ -153,17 +206,25 @@ class ThresholdSampler(SemiAutoregressiveSampler):
         if threshold <= 0:
             raise UsageError("--threshold must be positive (above 1: one token per step)")
         self.threshold, self.cache = threshold, kv_cache
+        self.shared_cache = kv_cache != "none"
 
-    def _block_logits(self, model, process, x, lo, hi, fixed, first, cache):
-        t = masked_time(process, x, fixed)
+    def _block_logits(self, state: State, model, rows: list[Row]) -> list[torch.Tensor]:
         if self.cache == "none":
-            return model(x, t)[:, lo:hi]
-        if first:  # refresh: one full pass records every position's keys/values
+            return super()._block_logits(state, model, rows)
+        process, cache = state.process, state.shared["cache"]
+        lo, hi = rows[0].data["bounds"][rows[0].data["bi"]]  # the batch decodes one block together
+        x = torch.stack([r.tokens for r in rows])
+        t = torch.cat([masked_time(process, r.tokens[None], r.fixed[None]) for r in rows])
+        if all(r.data["j"] == 0 for r in rows):  # refresh: one full pass records every position's keys/values
             cache.clear()
-            return model(x, t, kv_cache=cache)[:, lo:hi]
+            state.shared["cached"] = [id(r) for r in rows]
+            return list(model(x, t, kv_cache=cache)[:, lo:hi])
+        cached = state.shared["cached"]
+        order = [cached.index(id(r)) for r in rows]
         cache.start = lo
+        cache.rows = None if order == list(range(len(cached))) else torch.tensor(order, device=x.device)
         window = x[:, lo:] if self.cache == "prefix" else x[:, lo:hi]
-        return model(window, t, kv_cache=cache)[:, : hi - lo]
+        return list(model(window, t, kv_cache=cache)[:, : hi - lo])
 
     def _reveal(self, log_p, block, eligible, k, gen) -> StepOutput:
         """Every eligible token above the threshold, but at least one and at least the share."""
@@ -177,6 +238,7 @@ class ThresholdSampler(SemiAutoregressiveSampler):
 
 class BlockDiffusionSampler(_BlockwiseBase):
     name = "block"
+    family = "block"
 
     def __init__(self, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                  banned_ids: tuple[int, ...] = (), order: str = "ancestral", kv_cache: str = "exact",
@@ -187,58 +249,100 @@ class BlockDiffusionSampler(_BlockwiseBase):
         if kv_cache not in ("exact", "none"):
             raise UsageError(f"block diffusion's KV cache (--kv-cache) is exact or none; got {kv_cache!r}")
         self.strategy, self.cache = order, kv_cache == "exact"
+        self.shared_cache = self.cache
 
-    @torch.no_grad()
-    def generate(self, model, process, *, length: int | None = None, steps: int, batch_size: int = 1,
-                 prompt: torch.Tensor | None = None, gen: torch.Generator | None = None,
-                 on_step: OnStep | None = None, trace: bool = False, canvas: Canvas | None = None) -> Generation:
+    def start(self, model, process, canvas: Canvas, steps: int, gen: Generators = None) -> State:
         if process.block_size is None:
             raise UsageError(f"the block sampler needs a block diffusion model (--process block); this one is {process.name!r}")
-        b = process.block_size
-        canvas = resolve_canvas(model, prompt, batch_size, length, canvas)
         require_prompt_canvas(canvas, "block diffusion")
-        x = start_sequence(process, canvas, gen)
-        P, total = canvas.prompt_length, x.shape[1]
-        first_block = P // b
-        bounds = [(max(k * b, P), min((k + 1) * b, total), k * b) for k in range(first_block, -(-total // b))]
-        budget = split_steps(steps, len(bounds))
-        kv = KVCache()
-        stored = 0  # positions whose keys/values are in the cache (all clean)
-        nfe, i, states = 0, 0, []
-        start = time.perf_counter()
-        for (lo, hi, block_start), n_steps in zip(bounds, budget):
-            grid = torch.linspace(1.0, 0.0, n_steps + 1, dtype=torch.float64)
-            log_p = None
-            for j in range(n_steps):
-                masked = x[:, lo:hi] == process.mask_id
-                if not masked.any():
-                    break
-                if log_p is None:  # a step that changed nothing leaves the prediction valid (no time input)
-                    if self.cache:
-                        kv.keep = block_start - stored  # store the finished clean positions, not the noisy block
-                        chunk = x[:, stored:hi]
-                        logits = model(chunk, None, kv_cache=kv, attn_mask=block_causal_mask(hi - stored, b, x.device, stored))
-                        stored = block_start
-                        kv.keep = 0
-                    else:
-                        logits = model(x[:, :hi], None, attn_mask=block_causal_mask(hi, b, x.device))
-                    log_p = self._log_probs(process, logits[:, -(hi - lo):])
-                    nfe += 1
-                block = x[:, lo:hi]
-                log_p_step = log_p
-                if self.strategy == "ancestral":
-                    new, _ = process.reverse_step(log_p, block, float(grid[j]), float(grid[j + 1]), gen)
-                    changed = new != block
-                else:
-                    k = torch.ceil(masked.sum(1).double() / (n_steps - j)).long().clamp_min(1)
-                    out = reveal_step(log_p, block, masked, torch.minimum(k, masked.sum(1)), "confidence", gen)
-                    new, changed = out.x_prev, out.changed
-                if changed.any():
-                    log_p = None
-                x = _write_block(x, lo, hi, new, changed, i, states if trace else None, on_step, log_p_step, nfe,
-                                 block_start // b)
-                i += 1
-            if _finished(x, P, hi, self.eot_id):
-                x = x[:, :hi]
-                break
-        return Generation(x, P, nfe, time.perf_counter() - start, states)
+        b = process.block_size
+        state = self._rows(process, canvas, steps, gen)
+        P, total = canvas.prompt_length, canvas.tokens.shape[1]
+        bounds = [(max(k * b, P), min((k + 1) * b, total)) for k in range(P // b, -(-total // b))]
+        for r in state.rows:
+            r.data["P"] = P
+        if self.cache:
+            state.shared.update(kv=KVCache(), stored=0, cached=[id(r) for r in state.rows])
+        self._plan(state, bounds, steps, self.eot_id)
+        return state
+
+    def _enter_block(self, r: Row) -> None:
+        n = r.data["budget"][r.data["bi"]]
+        r.data["grid"] = torch.linspace(1.0, 0.0, n + 1, dtype=torch.float64)
+
+    def _left(self, state: State) -> None:
+        if not self.cache:
+            return
+        cached, active = state.shared["cached"], [id(r) for r in state.active()]
+        if active != cached and active:
+            keep = torch.tensor([cached.index(i) for i in active], device=state.rows[0].tokens.device)
+            state.shared["kv"].select(keep)
+            state.shared["cached"] = active
+
+    def _logits(self, state: State, model, rows: list[Row]) -> list[torch.Tensor]:
+        """Each row's logits for its current block: [lo, hi) of the block-causal pass."""
+        b = state.process.block_size
+        lo, hi = rows[0].data["bounds"][rows[0].data["bi"]]
+        device = rows[0].tokens.device
+        if not self.cache:
+            spans = [r.data["bounds"][r.data["bi"]] for r in rows]
+            width = max(h for _, h in spans)
+            causal = block_causal_mask(width, b, device)
+
+            def call(x, mask):
+                m = causal[: x.shape[1], : x.shape[1]]
+                return model(x, None, attn_mask=m if mask is None else mask & m)
+
+            full = padded_call(call, [r.tokens[:h] for r, (_, h) in zip(rows, spans)])
+            return [f[lo_b:h] for f, (lo_b, h) in zip(full, spans)]
+        kv, stored = state.shared["kv"], state.shared["stored"]
+        block_start = (lo // b) * b
+        x = torch.stack([r.tokens for r in rows])
+        if stored < block_start:  # the call that starts a block stores the finished clean positions
+            kv.keep, kv.rows = block_start - stored, None
+            logits = model(x[:, stored:hi], None, kv_cache=kv, attn_mask=block_causal_mask(hi - stored, b, device, stored))
+            state.shared["stored"] = block_start
+        else:
+            order = [state.shared["cached"].index(id(r)) for r in rows]
+            kv.keep = 0
+            kv.rows = None if order == list(range(len(state.shared["cached"]))) else torch.tensor(order, device=device)
+            logits = model(x[:, stored:hi], None, kv_cache=kv, attn_mask=block_causal_mask(hi - stored, b, device, stored))
+            kv.rows = None
+        kv.keep = 0
+        return list(logits[:, -(hi - lo):])
+
+    def step(self, state: State, model) -> StepOutput:
+        process = state.process
+        rows = [r for r in state.active() if not r.data["held"]]
+        stale = [r for r in rows if r.data["log_p"] is None]  # an unchanged block keeps its prediction (no time input)
+        if stale:
+            for r, lg in zip(stale, self._logits(state, model, stale)):
+                r.data["log_p"] = r.sampler._log_probs(process, lg[None])
+                r.nfe += 1
+            state.calls += 1
+        changed, dists = {}, {}
+        for r in rows:
+            b, smp, d = state.rows.index(r), r.sampler, r.data
+            lo, hi = d["bounds"][d["bi"]]
+            log_p, block = d["log_p"], r.tokens[lo:hi][None]
+            masked = block == process.mask_id
+            if smp.strategy == "ancestral":
+                new, _ = process.reverse_step(log_p, block, float(d["grid"][d["j"]]), float(d["grid"][d["j"] + 1]), r.gen)
+                moved = new != block
+            else:
+                n_left = d["budget"][d["bi"]] - d["j"]
+                k = torch.ceil(masked.sum(1).double() / n_left).long().clamp_min(1)
+                out = reveal_step(log_p, block, masked, torch.minimum(k, masked.sum(1)), "confidence", r.gen)
+                new, moved = out.x_prev, out.changed
+            if moved.any():
+                d["log_p"] = None
+            r.tokens = r.tokens.clone()
+            r.tokens[lo:hi] = new[0]
+            c = torch.zeros_like(r.fixed)
+            c[lo:hi] = moved[0]
+            changed[b], dists[b] = c, (lo, log_p[0])
+            d["j"] += 1
+            r.step += 1
+        first = rows[0].data["bounds"][rows[0].data["bi"]][0] // process.block_size
+        self._advance_all(state)
+        return state.output(changed, dists, block=first)

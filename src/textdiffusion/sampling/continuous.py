@@ -14,23 +14,23 @@ returned verbatim. An edit canvas (t_start < 1) starts its span at q(z_t | text)
 grid t_start > ... > 0. With self-conditioning, each call also reads
 the previous call's x0 estimate (no extra network call).
 
-Between steps the trace / per-step hook shows the most likely token at every position.
+Between steps the trace / per-step hook shows the most likely token at every position. Each row
+keeps its own z, time grid, self-conditioning input and generator (sampling/base.py).
 """
 
 from __future__ import annotations
-
-import time
 
 import torch
 
 from ..errors import UsageError
 from ..processes.base import upcast
-from .base import Canvas, Generation, OnStep, StepOutput, report_step, resolve_canvas
+from .base import Canvas, Generators, Sampler, State, padded_call
 from .filters import ban, filter_logits, sample_categorical, validate_sampling_args
 
 
-class ContinuousSampler:
+class ContinuousSampler(Sampler):
     name = "ddpm"
+    family = "gaussian"  # ddpm and ddim rows batch together
     deterministic = False
 
     def __init__(self, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
@@ -45,49 +45,65 @@ class ContinuousSampler:
             raise UsageError("steps must be positive")
         self.timesteps = torch.linspace(t_start, 0.0, num_steps + 1, dtype=torch.float64)
 
-    def step(self, logits: torch.Tensor, z_t: torch.Tensor, t: float, s: float, process, embeddings: torch.Tensor,
-             gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def transition(self, logits: torch.Tensor, z_t: torch.Tensor, t: float, s: float, process,
+                   embeddings: torch.Tensor, gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One move z_t -> z_s from the network's (banned) logits at t. Returns (z_s, x_hat)."""
         if self.timesteps is None:
-            raise RuntimeError("call set_timesteps(num_steps) before step()")
+            raise RuntimeError("call set_timesteps(num_steps) before transition()")
         x_hat = process.x0_estimate(logits, embeddings)
         return process.reverse_step(x_hat, z_t, t, s, gen, deterministic=self.deterministic), x_hat
 
-    @torch.no_grad()
-    def generate(self, model, process, *, length: int | None = None, steps: int, batch_size: int = 1,
-                 prompt: torch.Tensor | None = None, gen: torch.Generator | None = None,
-                 on_step: OnStep | None = None, trace: bool = False, canvas: Canvas | None = None) -> Generation:
-        canvas = resolve_canvas(model, prompt, batch_size, length, canvas)
-        fixed, device = canvas.fixed, canvas.tokens.device
-        B, T = fixed.shape
-        embeddings = model.embeddings()  # (V, d)
-        e_clean = embeddings[canvas.tokens.clamp_min(0)]  # (B, T, d): fixed text (and an edit's span)
-        z = process.prior((B, T), device, gen)
-        if canvas.t_start < 1.0:  # an edit: the span starts from its text, noised to t_start
-            z = process.corrupt(e_clean, torch.full((B,), canvas.t_start, device=device), gen)
+    def start(self, model, process, canvas: Canvas, steps: int, gen: Generators = None) -> State:
+        state = self._rows(process, canvas, steps, gen, draw=False)
         self.set_timesteps(steps, canvas.t_start)
-        keep = fixed[..., None]
-        tokens = torch.where(fixed, canvas.tokens, torch.full_like(canvas.tokens, -1))
-        x_sc, states = None, []
-        start = time.perf_counter()
-        for i in range(steps):
-            t, s = float(self.timesteps[i]), float(self.timesteps[i + 1])
-            t_vec = torch.full((B,), t, device=device)
-            if fixed.any():
-                z = torch.where(keep, process.corrupt(e_clean, t_vec, gen), z)
-            logits = ban(process.denoise(model, z, t_vec, x_sc), self.banned_ids)
-            if i < steps - 1:
-                z, x_hat = self.step(logits, z, t, s, process, embeddings, gen)
-                x_sc = x_hat if process.self_cond else None
+        embeddings = model.embeddings()  # (V, d)
+        for r in state.rows:
+            e_clean = embeddings[r.tokens.clamp_min(0)][None]  # (1, T, d): fixed text (and an edit's span)
+            z = process.prior((1, r.length), r.tokens.device, r.gen)
+            if r.t_start < 1.0:  # an edit: the span starts from its text, noised to t_start
+                z = process.corrupt(e_clean, torch.full((1,), r.t_start, device=z.device), r.gen)
+            r.data.update(grid=self.timesteps, z=z[0], e_clean=e_clean, x_sc=None, canvas=r.tokens)
+            r.tokens = torch.where(r.fixed, r.tokens, torch.full_like(r.tokens, -1))
+        return state
+
+    def step(self, state: State, model):
+        process, rows = state.process, state.active()
+        device = rows[0].tokens.device
+        t_vec = torch.tensor([float(r.data["grid"][r.step]) for r in rows], device=device)
+        for i, r in enumerate(rows):  # fixed positions re-noised to the row's current level
+            if r.fixed.any():
+                noised = process.corrupt(r.data["e_clean"], t_vec[i : i + 1], r.gen)[0]
+                r.data["z"] = torch.where(r.fixed[:, None], noised, r.data["z"])
+        self_cond = process.self_cond and any(r.data["x_sc"] is not None for r in rows)
+        inputs = [torch.cat([r.data["z"], r.data["x_sc"] if r.data["x_sc"] is not None else torch.zeros_like(r.data["z"])], -1)
+                  if self_cond else r.data["z"] for r in rows]
+        d = rows[0].data["z"].shape[-1]
+
+        def call(x, mask):
+            z, sc = (x[..., :d], x[..., d:]) if self_cond else (x, None)
+            return process.denoise(model, z, t_vec, sc, attn_mask=mask)
+
+        logits_rows = padded_call(call, inputs)
+        state.calls += 1
+        embeddings = model.embeddings()
+        changed, dists = {}, {}
+        for r, lg in zip(rows, logits_rows):
+            b, smp, grid = state.rows.index(r), r.sampler, r.data["grid"]
+            logits = ban(lg[None], smp.banned_ids)
+            if r.step < r.steps - 1:
+                z, x_hat = smp.transition(logits, r.data["z"][None], float(grid[r.step]), float(grid[r.step + 1]),
+                                          process, embeddings, r.gen)
+                r.data["z"], r.data["x_sc"] = z[0], x_hat[0] if process.self_cond else None
                 new = logits.argmax(-1)
             else:  # rounding: draw the tokens from p_theta(x0 | z) at the last noise level
-                new = sample_categorical(filter_logits(logits, self.temperature, self.top_k, self.top_p), gen)
-            new = torch.where(fixed, canvas.tokens, new)
-            dist = torch.log_softmax(upcast(logits), -1) if on_step is not None else None  # for the trace only
-            out = StepOutput(new, new, new != tokens, log_probs=dist, nfe=i + 1)
-            tokens = new
-            report_step(i, out, states if trace else None, on_step)
-        return Generation(tokens, canvas.prompt_length, steps, time.perf_counter() - start, states, fixed)
+                new = sample_categorical(filter_logits(logits, smp.temperature, smp.top_k, smp.top_p), r.gen)
+            new = torch.where(r.fixed, r.data["canvas"], new[0])
+            changed[b] = new != r.tokens
+            if state.report:
+                dists[b] = (0, torch.log_softmax(upcast(logits[0]), -1))  # for the trace only
+            r.tokens, r.nfe, r.step = new, r.nfe + 1, r.step + 1
+            r.done = r.step >= r.steps
+        return state.output(changed, dists)
 
 
 class DDIMSampler(ContinuousSampler):

@@ -26,21 +26,12 @@ and at s = 0 everything is revealed. Prompt tokens are never re-masked.
 from __future__ import annotations
 
 import math
-import time
 
 import torch
 
 from ..errors import UsageError
 from .ancestral import AncestralSampler
-from .base import (
-    Canvas,
-    Generation,
-    OnStep,
-    StepOutput,
-    report_step,
-    resolve_canvas,
-    start_sequence,
-)
+from .base import Canvas, Generators, Sampler, State, StepOutput, padded_call
 from .filters import ban, filter_logits, sample_categorical, validate_sampling_args
 
 STRATEGIES = ("confidence", "margin", "entropy", "random")
@@ -103,8 +94,9 @@ def masked_time(process, x: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
     return process.schedule.time_of(1.0 - frac).clamp(process.eps, 1.0)
 
 
-class RemaskingSampler:
+class RemaskingSampler(Sampler):
     name = "confidence"
+    family = "remasking"  # confidence, margin, entropy and random rows batch together
 
     def __init__(self, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                  banned_ids: tuple[int, ...] = (), strategy: str = "confidence", schedule: str = "linear"):
@@ -116,48 +108,42 @@ class RemaskingSampler:
         self.banned_ids = list(banned_ids)  # ids that are never text (mask, pad, unknown)
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
         self.strategy, self.schedule, self.name = strategy, schedule, strategy
-        self.num_steps: int | None = None
 
-    def set_timesteps(self, num_steps: int) -> None:
-        if num_steps <= 0:
-            raise UsageError("steps must be positive")
-        self.num_steps = num_steps
-
-    def step(self, log_p_x0: torch.Tensor, x_t: torch.Tensor, k: torch.Tensor, mask_id: int,
-             gen: torch.Generator | None = None) -> StepOutput:
+    def transition(self, log_p_x0: torch.Tensor, x_t: torch.Tensor, k: torch.Tensor, mask_id: int,
+                   gen: torch.Generator | None = None) -> StepOutput:
         """Reveal the k[b] best masked positions of row b (``log_p_x0``: filtered log-probabilities)."""
-        if self.num_steps is None:
-            raise RuntimeError("call set_timesteps(num_steps) before step()")
         return reveal_step(log_p_x0, x_t, x_t == mask_id, k, self.strategy, gen)
 
-    def log_probs(self, model, process, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        logits = ban(model(x, t), self.banned_ids)
-        return filter_logits(process.log_probs(logits), self.temperature, self.top_k, self.top_p)
+    def log_probs(self, process, logits: torch.Tensor) -> torch.Tensor:
+        return filter_logits(process.log_probs(ban(logits, self.banned_ids)), self.temperature, self.top_k, self.top_p)
 
-    @torch.no_grad()
-    def generate(self, model, process, *, length: int | None = None, steps: int, batch_size: int = 1,
-                 prompt: torch.Tensor | None = None, gen: torch.Generator | None = None,
-                 on_step: OnStep | None = None, trace: bool = False, canvas: Canvas | None = None) -> Generation:
+    def start(self, model, process, canvas: Canvas, steps: int, gen: Generators = None) -> State:
         if process.mask_id is None:
             raise UsageError(f"the {self.name} sampler needs a masked model; this one is {process.name!r} (use ancestral)")
-        canvas = resolve_canvas(model, prompt, batch_size, length, canvas)
-        x = start_sequence(process, canvas, gen)  # fixed positions are never masked, so never revealed
-        self.set_timesteps(steps)
-        masked_at_start = (x == process.mask_id).sum(1)
-        nfe, states = 0, []
-        start = time.perf_counter()
-        for i in range(steps):
-            masked = x == process.mask_id
-            if not masked.any():
-                break
-            log_p = self.log_probs(model, process, x, masked_time(process, x, canvas.fixed))
-            nfe += 1
-            k = reveal_count(masked.sum(1), masked_at_start, i, steps, self.schedule)
-            out = self.step(log_p, x, k, process.mask_id, gen)
-            out.log_probs, out.nfe = log_p, nfe
-            x = out.x_prev
-            report_step(i, out, states if trace else None, on_step)
-        return Generation(x, canvas.prompt_length, nfe, time.perf_counter() - start, states, canvas.fixed)
+        state = self._rows(process, canvas, steps, gen)  # fixed positions are never masked, so never revealed
+        for r in state.rows:
+            masked = r.tokens == process.mask_id
+            r.data["masked_at_start"] = masked.sum()[None]
+            r.done = not bool(masked.any())
+        return state
+
+    def step(self, state: State, model) -> StepOutput:
+        process, rows = state.process, state.active()
+        t = torch.cat([masked_time(process, r.tokens[None], r.fixed[None]) for r in rows])
+        logits = padded_call(lambda x, mask: model(x, t, **({} if mask is None else {"attn_mask": mask})),
+                             [r.tokens for r in rows])
+        state.calls += 1
+        changed, dists = {}, {}
+        for r, lg in zip(rows, logits):
+            b, smp = state.rows.index(r), r.sampler
+            log_p = smp.log_probs(process, lg[None])
+            masked = r.tokens[None] == process.mask_id
+            k = reveal_count(masked.sum(1), r.data["masked_at_start"], r.step, r.steps, smp.schedule)
+            out = smp.transition(log_p, r.tokens[None], k, process.mask_id, r.gen)
+            changed[b], dists[b] = out.changed[0], (0, log_p[0])
+            r.tokens, r.nfe, r.step = out.x_prev[0], r.nfe + 1, r.step + 1
+            r.done = r.step >= r.steps or not bool((r.tokens == process.mask_id).any())
+        return state.output(changed, dists)
 
 
 class ReMDMSampler(AncestralSampler):
@@ -182,11 +168,11 @@ class ReMDMSampler(AncestralSampler):
         reveal = 1.0 if a_t >= 1.0 else (a_s - (1.0 - sigma) * a_t) / (1.0 - a_t)
         return min(max(reveal, 0.0), 1.0), max(sigma, 0.0)
 
-    def step(self, log_p_x0: torch.Tensor, x_t: torch.Tensor, t: float, s: float, process,
-             gen: torch.Generator | None = None, fixed: torch.Tensor | None = None,
-             row_filter=None) -> StepOutput:
+    def transition(self, log_p_x0: torch.Tensor, x_t: torch.Tensor, t: float, s: float, process,
+                   gen: torch.Generator | None = None, fixed: torch.Tensor | None = None,
+                   row_filter=None) -> StepOutput:
         if self.timesteps is None:
-            raise RuntimeError("call set_timesteps(num_steps) before step()")
+            raise RuntimeError("call set_timesteps(num_steps) before transition()")
         if process.mask_id is None:
             raise UsageError(f"ReMDM needs a masked model; this one is {process.name!r}")
         reveal, remask = self.probabilities(process, t, s)
