@@ -87,7 +87,16 @@ def test_missing_or_corrupt_models_fail_clearly(tmp_path, cycle_dir):
         Pipeline.from_pretrained(cycle_dir).save_pretrained(tmp_path / "x", dtype="int8")
 
 
+def _watched(tok, watch):
+    """A trace recorder that feeds ``watch`` its frames, as ``generate --watch`` wires them."""
+    from textdiffusion.sampling.trace import TraceRecorder
+
+    return TraceRecorder(tok.mask_id, rows=1, on_frame=watch)
+
+
 def test_terminal_watch_marks_masks_and_new_tokens():
+    """--watch draws the trace's frames: masks dim, the step's new tokens bold; a saved trace
+    replays the same picture. Catches a watch that ignores the frame's changed positions."""
     import io
 
     from textdiffusion.sampling.base import StepOutput
@@ -96,15 +105,20 @@ def test_terminal_watch_marks_masks_and_new_tokens():
     tok = tokenizer()
     stream = io.StringIO()
     watch = TerminalWatch(tok, steps=2, stream=stream, interactive=True)
+    rec = _watched(tok, watch)
     a, m = int(tok.encode("a")[0]), tok.mask_id
     x = torch.tensor([[a, a, m]])
-    watch(0, StepOutput(x, None, torch.tensor([[False, True, False]])))
-    watch(1, StepOutput(torch.tensor([[a, a, a]]), None, torch.tensor([[False, False, True]])))
+    rec(0, StepOutput(x, None, torch.tensor([[False, True, False]])))
+    rec(1, StepOutput(torch.tensor([[a, a, a]]), None, torch.tensor([[False, False, True]])))
     text = stream.getvalue()
     assert f"a{NEW}a" in text and f"{DIM}{MASK_GLYPH}" in text  # step 1: second a new, third masked
     assert "\x1b[2F\x1b[J" in text  # step 2 redraws over step 1
+    replay = io.StringIO()
+    TerminalWatch(tok, steps=2, stream=replay, interactive=True).play(
+        rec.to_dict(texts=["aaa"], sampler="x", process="masked", prompt_length=0))
+    assert replay.getvalue().startswith(text)
     piped = io.StringIO()
-    TerminalWatch(tok, steps=1, stream=piped, interactive=False)(0, StepOutput(x, None, x != m))
+    _watched(tok, TerminalWatch(tok, steps=1, stream=piped, interactive=False))(0, StepOutput(x, None, x != m))
     assert piped.getvalue() == f"step 1/1 | aa{MASK_GLYPH}\n"
 
 
@@ -123,9 +137,10 @@ def test_terminal_watch_redraws_by_screen_rows_and_leaves_the_text_once():
     a = int(tok.encode("a")[0])
     stream = io.StringIO()
     watch = TerminalWatch(tok, steps=2, stream=stream, interactive=True, columns=10)
+    rec = _watched(tok, watch)
     row = torch.full((1, 25), a)
-    watch(0, StepOutput(row, None, torch.zeros(1, 25, dtype=torch.bool)))
-    watch(1, StepOutput(row, None, torch.zeros(1, 25, dtype=torch.bool)))
+    rec(0, StepOutput(row, None, torch.zeros(1, 25, dtype=torch.bool)))
+    rec(1, StepOutput(row, None, torch.zeros(1, 25, dtype=torch.bool)))
     assert "\x1b[4F\x1b[J" in stream.getvalue() and "\x1b[2F" not in stream.getvalue()
     watch.finish()
     assert stream.getvalue().endswith("\x1b[4F\x1b[Jstep 2/2: done\n")

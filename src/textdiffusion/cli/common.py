@@ -147,13 +147,15 @@ def add_trace_arg(p: argparse.ArgumentParser) -> None:
                    help="write every step of every sample as JSON (format textdiffusion.trace/1; docs/trace-format.md)")
 
 
-def trace_recorder(args, run, then=None):
-    """The per-step recorder --trace-out asks for (None without it), calling ``then`` too."""
-    if not getattr(args, "trace_out", None):
-        return then
+def trace_recorder(args, run, watch=None):
+    """The per-step recorder --trace-out asks for, or --watch draws from (``watch``: a frame
+    consumer; only the first row is recorded when nothing is saved); None without either."""
+    saving = bool(getattr(args, "trace_out", None))
+    if not saving and watch is None:
+        return None
     from ..sampling.trace import TraceRecorder
 
-    return TraceRecorder(run.process.mask_id, then=then)
+    return TraceRecorder(run.process.mask_id, rows=None if saving else 1, on_frame=watch)
 
 
 def save_trace(args, recorder, run, texts: list[str], sampler: str, prompt_length: int) -> None:

@@ -73,7 +73,7 @@ def main(args) -> int:
         watch = TerminalWatch(run.tokenizer, args.steps)
     else:
         watch = None
-    recorder = trace_recorder(args, run, then=watch)
+    recorder = trace_recorder(args, run, watch=watch)  # --watch draws the trace's frames
     out, texts, sampler = generate_texts(run, args, prompt, args.num, args.length, on_step=recorder)
     save_trace(args, recorder, run, texts, sampler, out.prompt_length)
     if watch is not None:

@@ -99,10 +99,11 @@ class Trace(list):
 
 class TraceRecorder:
     """An ``on_step`` hook recording trace format v1 (``rows``: how many rows to keep, from the
-    first; None = all). Chain another hook with ``then``."""
+    first; None = all). Chain another step hook with ``then``; ``on_frame(frame)`` sees every
+    frame as it is recorded (the terminal ``--watch`` draws from them)."""
 
-    def __init__(self, mask_id: int | None = None, rows: int | None = None, then=None):
-        self.mask_id, self.max_rows, self.then = mask_id, rows, then
+    def __init__(self, mask_id: int | None = None, rows: int | None = None, then=None, on_frame=None):
+        self.mask_id, self.max_rows, self.then, self.on_frame = mask_id, rows, then, on_frame
         self.frames: list[dict] = []
 
     def __call__(self, i: int, out: StepOutput) -> None:
@@ -123,6 +124,8 @@ class TraceRecorder:
                                 "entropy": _round(ent)})
             rows.append({"tokens": tokens, "changed": changed, "masked": masked, "decided": decided})
         self.frames.append({"step": i, "nfe": out.nfe, "block": out.block, "rows": rows})
+        if self.on_frame is not None:
+            self.on_frame(self.frames[-1])
         if self.then is not None:
             self.then(i, out)
 
