@@ -47,6 +47,7 @@ class KVCache:
     values: list[torch.Tensor] = field(default_factory=list)
     keep: int | None = None  # None: store the whole chunk
     rows: torch.Tensor | None = None  # a call over some of the cached rows only (reads; stores nothing)
+    pad: torch.Tensor | None = None  # (B,) leading columns of each row that are padding (rows of other lengths)
 
     @property
     def length(self) -> int:
@@ -56,6 +57,24 @@ class KVCache:
         """Keep only these rows (the others have finished)."""
         self.keys = [k[rows] for k in self.keys]
         self.values = [v[rows] for v in self.values]
+        if self.pad is not None:
+            self.pad = self.pad[rows]
+
+    def join(self, other: KVCache) -> None:
+        """Append ``other``'s rows; the shorter side is left-padded (``pad``) to the longer."""
+        n, m = self.length, other.length
+        B1, B2 = self.keys[0].shape[0], other.keys[0].shape[0]
+        device = self.keys[0].device
+        pad_a = self.pad if self.pad is not None else torch.zeros(B1, dtype=torch.long, device=device)
+        pad_b = other.pad if other.pad is not None else torch.zeros(B2, dtype=torch.long, device=device)
+        width = max(n, m)
+
+        def left(t, cols):
+            return torch.nn.functional.pad(t, (0, 0, width - cols, 0))
+
+        self.keys = [torch.cat((left(a, n), left(b, m))) for a, b in zip(self.keys, other.keys)]
+        self.values = [torch.cat((left(a, n), left(b, m))) for a, b in zip(self.values, other.values)]
+        self.pad = torch.cat((pad_a + width - n, pad_b + width - m))
 
     def past(self, layer: int) -> int:
         """Cached positions before the chunk (they all precede it)."""
@@ -132,7 +151,15 @@ class Attention(nn.Module):
             past = kv_cache.past(layer)
             k, v = kv_cache.update(layer, k, v)
         mask, is_causal = attn_mask, False
-        if mask is None and self.causal and T > 1:
+        pad = getattr(kv_cache, "pad", None)
+        if pad is not None:  # rows' caches left-padded to one length: no query sees a padding column
+            inside = mask if mask is not None else torch.ones(T, T, dtype=torch.bool, device=x.device)
+            if mask is None and self.causal:
+                inside = inside.tril()
+            pattern = torch.cat((torch.ones(*inside.shape[:-1], past, dtype=torch.bool, device=x.device), inside), dim=-1)
+            seen = torch.arange(k.shape[2], device=x.device)[None, :] >= pad[:, None]  # (B, S)
+            mask = (pattern & seen[:, None, :])[:, None]  # (B, 1, T, S)
+        elif mask is None and self.causal and T > 1:
             # causal with a cache: new queries see all past keys and the causal part of their own chunk
             if past:
                 mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
@@ -263,8 +290,8 @@ class Transformer(nn.Module):
         model (None or ``num_labels``: no label).
 
         ``kv_cache``: reuse the keys/values of other positions (the chunk starts at the cache's
-        ``length``). ``positions`` (T,): explicit RoPE positions (block diffusion training reads two
-        copies of a sequence at the same positions). ``attn_mask`` (T, T) or (B, T, T) bool: who
+        ``length``). ``positions`` (T,) or (B, T): explicit RoPE positions (block diffusion training reads
+        two copies of a sequence at the same positions; rows of a batched AR decode sit at their own). ``attn_mask`` (T, T) or (B, T, T) bool: who
         attends to whom inside the chunk (default: everyone, or causal for the AR twin)."""
         B, T = (tokens if embeds is None else embeds).shape[:2]
         if positions is None:
@@ -276,6 +303,8 @@ class Transformer(nn.Module):
             if int(positions.max()) >= self.rope_cos.shape[0]:
                 raise UsageError(f"position {int(positions.max())} exceeds the model context {self.cfg.context}")
             cos, sin = self.rope_cos[positions], self.rope_sin[positions]
+            if positions.dim() == 2:  # (B, T): each row at its own positions
+                cos, sin = cos[:, None], sin[:, None]
         x = self.embed(tokens) if embeds is None else embeds  # (B, T, C); embeds: inputs already embedded
         if self.label is not None:
             if labels is None:

@@ -196,10 +196,15 @@ class State:
 
     def join(self, other: State) -> None:
         """Add ``other``'s rows (started separately, perhaps steps ago) to this batch."""
-        if other.family != self.family or self.shared or other.shared:
+        merge = getattr(self.rows[0].sampler, "merge_shared", None) if self.rows else None
+        shared = bool(self.shared or other.shared)
+        if other.family != self.family or (shared and merge is None):
             raise UsageError(f"rows of a {other.family} sampler cannot join a batch of {self.family} rows"
-                             + (" (its cache is shared by the batch)" if self.shared or other.shared else ""))
+                             + (" (its cache is shared by the batch)" if shared and other.family == self.family else ""))
+        if shared:
+            merge(self, other)
         self.rows.extend(other.rows)
+        self.calls += other.calls
 
     def tokens(self) -> torch.Tensor:
         """(B, T) every row's tokens (rows stopped early at end-of-text are cut to the longest)."""
