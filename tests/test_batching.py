@@ -12,26 +12,15 @@ away from the draws, as in the golden test.
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
+from golden.cases import float64 as _float64
 from markov import tokenizer
 
 from textdiffusion.config import Config, ModelConfig, ProcessConfig
 from textdiffusion.runs import build_model
 from textdiffusion.sampling import build_sampler
 from textdiffusion.sampling.base import Canvas, prompt_canvas
-
-
-@contextlib.contextmanager
-def _float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
 
 
 def _model(process: str, time_cond: bool = False):
@@ -65,14 +54,14 @@ FAMILIES = [
     ("masked", "confidence", {"schedule": "cosine"}, True, True),
     ("masked", "semi-ar", {"block_length": 4}, False, True),
     ("masked", "threshold", {"block_length": 4, "kv_cache": "none", "threshold": 0.6}, False, True),
-    ("masked", "threshold", {"block_length": 4, "kv_cache": "dual", "threshold": 0.2}, False, False),
-    ("masked", "threshold", {"block_length": 4, "kv_cache": "prefix", "threshold": 0.2}, False, False),
+    ("masked", "threshold", {"block_length": 4, "kv_cache": "dual", "threshold": 0.2}, False, True),
+    ("masked", "threshold", {"block_length": 4, "kv_cache": "prefix", "threshold": 0.2}, False, True),
     ("uniform", "euler", {}, True, True),
     ("sedd-absorb", "ancestral", {}, True, True),
     ("gaussian", "ddpm", {}, True, True),
     ("gaussian", "ddim", {}, True, True),
     ("block", "block", {"kv_cache": "none"}, False, True),
-    ("block", "block", {"kv_cache": "exact", "order": "confidence"}, False, False),
+    ("block", "block", {"kv_cache": "exact", "order": "confidence"}, False, True),
     ("ar", "ar", {}, False, True),
 ]
 IDS = [f"{p}-{s}-{'-'.join(f'{k}={v}' for k, v in o.items())}" for p, s, o, _, _ in FAMILIES]
@@ -222,13 +211,11 @@ def test_rows_that_stop_at_eot_leave_the_batch(process, name, options):
             assert state.rows[b].end == alone.rows[0].end
 
 
-def test_join_refuses_another_family_or_a_shared_cache():
+def test_join_refuses_another_family():
+    """Rows batch with rows of their own family only (one step function serves them all)."""
     model, proc = _model("masked")
     with torch.no_grad():
         a = build_sampler("ancestral", proc, tokenizer()).start(model, proc, _canvas(PROMPT, 4), 4)
         c = build_sampler("confidence", proc, tokenizer()).start(model, proc, _canvas(PROMPT, 4), 4)
-        d = build_sampler("threshold", proc, tokenizer(), block_length=4).start(model, proc, _canvas(PROMPT, 4), 4)
     with pytest.raises(ValueError, match="cannot join"):
         a.join(c)
-    with pytest.raises(ValueError, match="shared by the batch"):
-        d.join(build_sampler("threshold", proc, tokenizer(), block_length=4).start(model, proc, _canvas(PROMPT, 4), 4))

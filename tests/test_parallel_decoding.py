@@ -8,7 +8,7 @@ import torch
 from markov import tokenizer
 
 from textdiffusion.config import Config, ModelConfig, ProcessConfig
-from textdiffusion.models.transformer import WindowCache
+from textdiffusion.models.transformer import Chunk, RowCache, RowStore
 from textdiffusion.processes.block import block_causal_mask
 from textdiffusion.runs import build_model
 from textdiffusion.sampling import build_sampler
@@ -70,35 +70,54 @@ def test_block_diffusion_kv_cache_is_exact():
         assert torch.equal(tokens[0], tokens[1]), order
 
 
-def test_cached_chunk_logits_match_the_full_recompute():
-    """The model with a KV cache of clean blocks, fed [finished block; noisy block], returns the
-    logits of the full block-causal pass (to float precision)."""
-    model, _ = _model("block", block_size=4)
-    x = torch.randint(0, 8, (2, 12))
-    full = model(x, None, attn_mask=block_causal_mask(12, 4))
-    from textdiffusion.models.transformer import KVCache
-
-    kv = KVCache()
-    kv.keep = 4
-    first = model(x[:, :8], None, kv_cache=kv, attn_mask=block_causal_mask(8, 4))  # stores block 0 only
-    kv.keep = 4
-    second = model(x[:, 4:12], None, kv_cache=kv, attn_mask=block_causal_mask(8, 4, offset=4))
-    assert kv.length == 8
-    assert torch.allclose(first, full[:, :8], atol=1e-5)
-    assert torch.allclose(second, full[:, 4:12], atol=1e-5)
+def _row_call(model, rows: list[tuple[RowStore, Chunk, torch.Tensor]]) -> list[torch.Tensor]:
+    """One call: row b runs its tokens as its chunk of its own store (right-padded)."""
+    width = max(x.shape[0] for _, _, x in rows)
+    batch = torch.stack([torch.nn.functional.pad(x, (0, width - x.shape[0])) for _, _, x in rows])
+    out = model(batch, kv_cache=RowCache([r[0] for r in rows], [r[1] for r in rows], width, batch.device))
+    return [o[: c.n] for o, (_, c, _) in zip(out, rows)]
 
 
-def test_window_cache_is_exact_while_nothing_changed():
-    """Right after the recording pass, a prefix- or dual-cached window call returns the same logits
-    as the full pass (the approximation only comes from tokens changing later)."""
+def test_row_cache_window_calls_are_exact_while_nothing_changed():
+    """Right after a row's refresh pass, its prefix- or dual-window call returns the logits of the
+    full pass (the approximation only comes from tokens changing later); rows of other lengths,
+    refreshing and windowed in one call, each get their own. Catches a window spliced at the
+    wrong columns and padding the other rows can see (each planted and seen failing)."""
     model, _ = _model("masked")
-    x = torch.randint(0, 8, (2, 20))
-    full = model(x)
-    cache = WindowCache()
-    assert torch.allclose(model(x, kv_cache=cache), full, atol=1e-6)
-    cache.start = 8
-    assert torch.allclose(model(x[:, 8:12], kv_cache=cache), full[:, 8:12], atol=1e-5)  # dual
-    assert torch.allclose(model(x[:, 8:], kv_cache=cache), full[:, 8:], atol=1e-5)  # prefix
+    x = torch.randint(0, 8, (20,), generator=torch.Generator().manual_seed(0))
+    y = torch.randint(0, 8, (14,), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        full_x, full_y = model(x[None])[0], model(y[None])[0]
+        sx, sy = RowStore(), RowStore()
+        got = _row_call(model, [(sx, Chunk(0, 20, store=-1), x), (sy, Chunk(0, 14, store=-1), y)])  # both refresh
+        assert torch.allclose(got[0], full_x, atol=1e-5) and torch.allclose(got[1], full_y, atol=1e-5)
+        assert sx.length == 20 and sy.length == 14
+        dual, prefix = _row_call(model, [(sx, Chunk(8, 4, replace=4), x[8:12]), (sy, Chunk(6, 8, replace=8), y[6:])])
+        assert torch.allclose(dual, full_x[8:12], atol=1e-5) and torch.allclose(prefix, full_y[6:], atol=1e-5)
+        fresh = RowStore()  # a row refreshing beside a windowed one, in the same call
+        again, window = _row_call(model, [(fresh, Chunk(0, 14, store=-1), y), (sx, Chunk(12, 4, replace=4), x[12:16])])
+        assert torch.allclose(again, full_y, atol=1e-5) and torch.allclose(window, full_x[12:16], atol=1e-5)
+        assert sx.length == 20  # windows store nothing
+
+
+def test_row_cache_block_calls_match_the_full_block_causal_pass():
+    """Block diffusion rows at different blocks in one call: each reads its own stored clean
+    blocks and gets the logits of its full block-causal pass; the call that starts a block stores
+    the finished one. Catches stored keys appended at the wrong length and a chunk pattern
+    placed at the wrong columns (each planted and seen failing)."""
+    model, _ = _model("block", block_size=4)
+    x = torch.randint(0, 8, (2, 12), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        full = model(x, None, attn_mask=block_causal_mask(12, 4))
+        a, b = RowStore(), RowStore()
+        first = _row_call(model, [(a, Chunk(0, 8, store=4, inside=block_causal_mask(8, 4)), x[0, :8]),
+                                  (b, Chunk(0, 4, store=0, inside=block_causal_mask(4, 4)), x[1, :4])])
+        assert a.length == 4 and b.length == 0
+        assert torch.allclose(first[0], full[0, :8], atol=1e-5) and torch.allclose(first[1], full[1, :4], atol=1e-5)
+        second = _row_call(model, [(a, Chunk(4, 8, store=4, inside=block_causal_mask(8, 4, offset=4)), x[0, 4:12]),
+                                   (b, Chunk(0, 8, store=4, inside=block_causal_mask(8, 4)), x[1, :8])])
+        assert a.length == 8 and b.length == 4
+        assert torch.allclose(second[0], full[0, 4:12], atol=1e-5) and torch.allclose(second[1], full[1, :8], atol=1e-5)
 
 
 def test_threshold_above_one_is_one_token_per_step_confidence_decoding():

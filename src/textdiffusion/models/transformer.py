@@ -36,17 +36,11 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 @dataclass
 class KVCache:
-    """Keys/values of the tokens seen so far, per layer, for incremental decoding.
-
-    Each call appends its chunk's keys/values. ``keep`` (set by the caller before a call) stores
-    only the chunk's first ``keep`` tokens: block diffusion runs [finished clean block; next noisy
-    block] in one call, keeps the clean block and lets the noisy one see it without storing it.
-    """
+    """Keys/values of the tokens seen so far, per layer, for incremental (AR) decoding: each call
+    appends its chunk's keys/values. Rows of different lengths share it left-padded (``pad``)."""
 
     keys: list[torch.Tensor] = field(default_factory=list)
     values: list[torch.Tensor] = field(default_factory=list)
-    keep: int | None = None  # None: store the whole chunk
-    rows: torch.Tensor | None = None  # a call over some of the cached rows only (reads; stores nothing)
     pad: torch.Tensor | None = None  # (B,) leading columns of each row that are padding (rows of other lengths)
 
     @property
@@ -82,51 +76,85 @@ class KVCache:
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if layer == len(self.keys):
-            self.keys.append(k[:, :, : self.keep])
-            self.values.append(v[:, :, : self.keep])
-            return k, v
-        if self.rows is not None:
-            return (torch.cat((self.keys[layer][self.rows], k), dim=2), torch.cat((self.values[layer][self.rows], v), dim=2))
-        k_all = torch.cat((self.keys[layer], k), dim=2)
-        v_all = torch.cat((self.values[layer], v), dim=2)
-        n = self.keys[layer].shape[2] + (k.shape[2] if self.keep is None else self.keep)
-        self.keys[layer], self.values[layer] = k_all[:, :, :n], v_all[:, :, :n]
-        return k_all, v_all
-
-
-@dataclass
-class WindowCache:
-    """Keys/values of a whole sequence from one full pass (the first call records them); later
-    calls recompute only a window of positions [start, start + T) and read every other position
-    from here. Approximate (Fast-dLLM): the stored entries go stale as tokens change; the caller
-    refreshes them with a new full pass (``clear()``) once per block."""
-
-    keys: list[torch.Tensor] = field(default_factory=list)
-    values: list[torch.Tensor] = field(default_factory=list)
-    start: int = 0  # first position of the window the next call computes
-    rows: torch.Tensor | None = None  # a window call over some of the recorded rows only
-
-    @property
-    def length(self) -> int:
-        return self.start  # RoPE offset of the window
-
-    def past(self, layer: int) -> int:
-        return 0  # full attention: no causal offset
-
-    def clear(self) -> None:
-        self.keys, self.values, self.start, self.rows = [], [], 0, None
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if layer == len(self.keys):  # recording pass over the whole sequence
             self.keys.append(k)
             self.values.append(v)
             return k, v
-        a, b = self.start, self.start + k.shape[2]
-        K, V = self.keys[layer], self.values[layer]
-        if self.rows is not None:
-            K, V = K[self.rows], V[self.rows]
-        return (torch.cat((K[:, :, :a], k, K[:, :, b:]), dim=2), torch.cat((V[:, :, :a], v, V[:, :, b:]), dim=2))
+        self.keys[layer] = torch.cat((self.keys[layer], k), dim=2)
+        self.values[layer] = torch.cat((self.values[layer], v), dim=2)
+        return self.keys[layer], self.values[layer]
 
+
+@dataclass
+class RowStore:
+    """One row's cached keys/values, per layer (H, S, D): what a row carries between calls when
+    the rows of a batch sit at different places (each its own block, window or length)."""
+
+    keys: list[torch.Tensor] = field(default_factory=list)
+    values: list[torch.Tensor] = field(default_factory=list)
+
+    @property
+    def length(self) -> int:
+        return self.keys[0].shape[1] if self.keys else 0
+
+
+@dataclass
+class Chunk:
+    """Where a row's chunk of this call goes in its stored columns: at column ``start`` (also its
+    first RoPE position), replacing ``replace`` stored columns (a window; 0: inserted, e.g.
+    appended at the end); afterwards the row keeps ``store`` of the chunk's first keys appended
+    to what it had (-1: the whole spliced sequence replaces the store). ``inside`` (n, n) bool is
+    who attends to whom inside the chunk (None: everyone); the other columns are always seen."""
+
+    start: int
+    n: int
+    replace: int = 0
+    store: int = 0
+    inside: torch.Tensor | None = None
+
+
+class RowCache:
+    """A call over rows at different places: row b's queries read its own ``RowStore`` with its
+    chunk spliced in (``Chunk``), the rows right-padded to one width and the padding masked.
+    Pass ``positions`` (B, T) with it (each chunk at its own RoPE positions)."""
+
+    def __init__(self, stores: list[RowStore], chunks: list[Chunk], width: int, device):
+        self.stores, self.chunks = stores, chunks
+        self.old = [s.length for s in stores]
+        sizes = [old - c.replace + c.n for old, c in zip(self.old, chunks)]
+        S = max(sizes)
+        mask = torch.zeros(len(stores), width, S, dtype=torch.bool, device=device)
+        for b, (c, size) in enumerate(zip(chunks, sizes)):
+            mask[b, :, :size] = True  # every real column (padding queries too: a row of no columns is NaN)
+            if c.inside is not None:
+                mask[b, : c.n, c.start : c.start + c.n] = c.inside
+        self.mask = mask[:, None]  # (B, 1, T, S)
+        steps = torch.arange(width, device=device)
+        self.positions = torch.stack([c.start + torch.where(steps < c.n, steps, 0) for c in chunks])  # padding: anywhere
+
+    def assemble(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """(keys, values, mask) for this layer's attention; stores what each chunk asks to keep."""
+        ks, vs = [], []
+        for b, (store, c) in enumerate(zip(self.stores, self.chunks)):
+            if layer < len(store.keys):
+                K, V = store.keys[layer], store.values[layer]
+            else:
+                K, V = k.new_zeros(k.shape[1], 0, k.shape[3]), v.new_zeros(v.shape[1], 0, v.shape[3])
+            kb, vb = k[b, :, : c.n], v[b, :, : c.n]
+            Kb = torch.cat((K[:, : c.start], kb, K[:, c.start + c.replace :]), dim=1)
+            Vb = torch.cat((V[:, : c.start], vb, V[:, c.start + c.replace :]), dim=1)
+            if c.store:
+                kept = (Kb, Vb) if c.store < 0 else (torch.cat((K, kb[:, : c.store]), 1), torch.cat((V, vb[:, : c.store]), 1))
+                if layer < len(store.keys):
+                    store.keys[layer], store.values[layer] = kept
+                else:
+                    store.keys.append(kept[0])
+                    store.values.append(kept[1])
+            ks.append(Kb)
+            vs.append(Vb)
+        S = self.mask.shape[-1]
+        K = torch.stack([F.pad(x, (0, 0, 0, S - x.shape[1])) for x in ks])
+        V = torch.stack([F.pad(x, (0, 0, 0, S - x.shape[1])) for x in vs])
+        return K, V, self.mask
 
 
 class Attention(nn.Module):
@@ -146,6 +174,10 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (z.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for z in (q, k, v))  # (B, H, T, D)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if isinstance(kv_cache, RowCache):  # rows at different places, each with its own store
+            k, v, mask = kv_cache.assemble(layer, k, v)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            return self.proj(y.transpose(1, 2).reshape(B, T, C))
         past = 0
         if kv_cache is not None:
             past = kv_cache.past(layer)
@@ -274,13 +306,13 @@ class Transformer(nn.Module):
         return 6.0 * (self.num_params() - per_sequence) + 12.0 * c.n_layer * c.d_model * seq_len
 
     def forward(self, tokens: torch.Tensor, t: torch.Tensor | None = None, *,
-                kv_cache: KVCache | WindowCache | None = None, positions: torch.Tensor | None = None,
+                kv_cache: KVCache | RowCache | None = None, positions: torch.Tensor | None = None,
                 attn_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
         return self.head(self.hidden(tokens, t, kv_cache=kv_cache, positions=positions, attn_mask=attn_mask,
                                      labels=labels))
 
     def hidden(self, tokens: torch.Tensor | None, t: torch.Tensor | None = None, *,
-               kv_cache: KVCache | WindowCache | None = None, positions: torch.Tensor | None = None,
+               kv_cache: KVCache | RowCache | None = None, positions: torch.Tensor | None = None,
                attn_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                embeds: torch.Tensor | None = None) -> torch.Tensor:
         """Final (normalised) hidden states (B, T, C); ``forward`` maps them to logits (B, T, V).
@@ -294,6 +326,8 @@ class Transformer(nn.Module):
         two copies of a sequence at the same positions; rows of a batched AR decode sit at their own). ``attn_mask`` (T, T) or (B, T, T) bool: who
         attends to whom inside the chunk (default: everyone, or causal for the AR twin)."""
         B, T = (tokens if embeds is None else embeds).shape[:2]
+        if positions is None and isinstance(kv_cache, RowCache):
+            positions = kv_cache.positions
         if positions is None:
             start = kv_cache.length if kv_cache is not None else 0
             if start + T > self.rope_cos.shape[0]:

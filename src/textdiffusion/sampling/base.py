@@ -177,7 +177,7 @@ class Row:
 @dataclass
 class State:
     """The rows of a batch in generation, and what they share (``shared``: a family's batch-wide
-    cache)."""
+    cache, which its sampler's ``merge_shared`` merges when rows join)."""
 
     rows: list[Row]
     process: Any
@@ -196,13 +196,10 @@ class State:
 
     def join(self, other: State) -> None:
         """Add ``other``'s rows (started separately, perhaps steps ago) to this batch."""
-        merge = getattr(self.rows[0].sampler, "merge_shared", None) if self.rows else None
-        shared = bool(self.shared or other.shared)
-        if other.family != self.family or (shared and merge is None):
-            raise UsageError(f"rows of a {other.family} sampler cannot join a batch of {self.family} rows"
-                             + (" (its cache is shared by the batch)" if shared and other.family == self.family else ""))
-        if shared:
-            merge(self, other)
+        if other.family != self.family:
+            raise UsageError(f"rows of a {other.family} sampler cannot join a batch of {self.family} rows")
+        if self.shared or other.shared:  # a batch-wide cache (the AR twin's): its family merges it
+            self.rows[0].sampler.merge_shared(self, other)
         self.rows.extend(other.rows)
         self.calls += other.calls
 
@@ -259,6 +256,12 @@ class Sampler:
 
     name = "sampler"
     family = "sampler"  # samplers of one family can batch their rows together
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for method in ("start", "step"):  # inference only, whoever drives the loop (a server too)
+            if method in cls.__dict__:
+                setattr(cls, method, torch.no_grad()(cls.__dict__[method]))
 
     def start(self, model, process, canvas: Canvas, steps: int, gen: Generators = None) -> State:
         raise NotImplementedError

@@ -26,11 +26,11 @@ All stop early (variable length) when given ``eot_id``: a row that has produced 
 end of a block is done (it leaves the batch; the others go on). NFE counts network calls and
 never exceeds ``steps``.
 
-State machine (sampling/base.py): each row keeps its block, its step within the block and its
-generator. Without a shared cache (semi-ar, threshold with ``kv_cache="none"``, block with
-``kv_cache="none"``) rows progress on their own; with one (threshold prefix/dual, block exact)
-the rows of a batch decode the same block together (a row whose block is done waits for the
-others, without a network call), because the cache holds every row's keys/values of one pass.
+State machine (sampling/base.py): each row keeps its block, its step within the block, its
+generator and its own keys/values (``RowStore``), so rows progress on their own and may join a
+batch in flight: one network call serves rows in different blocks, some refreshing their cache
+with a full pass while others run a window (``RowCache`` splices each row's chunk into its own
+store and masks the padding).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import UsageError
-from ..models.transformer import KVCache, WindowCache
+from ..models.transformer import Chunk, RowCache, RowStore
 from ..processes.block import block_causal_mask
 from .base import (
     Canvas,
@@ -62,9 +62,16 @@ def split_steps(steps: int, num_blocks: int) -> list[int]:
     return [base + (i < extra) for i in range(num_blocks)]
 
 
-class _BlockwiseBase(Sampler):
-    shared_cache = False  # True: the batch's rows share one cache and decode a block together
+def cached_call(model, rows: list[Row], chunks: list[Chunk], inputs: list[torch.Tensor], t) -> list[torch.Tensor]:
+    """One network call in which row b runs ``inputs[b]`` as ``chunks[b]`` of its own store."""
+    width = max(x.shape[0] for x in inputs)
+    batch = torch.stack([torch.nn.functional.pad(x, (0, width - x.shape[0])) for x in inputs])
+    cache = RowCache([r.data["store"] for r in rows], chunks, width, batch.device)
+    out = model(batch, t, kv_cache=cache)
+    return [o[: c.n] for o, c in zip(out, chunks)]
 
+
+class _BlockwiseBase(Sampler):
     def __init__(self, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                  banned_ids: tuple[int, ...] = (), block_length: int = 32, eot_id: int | None = None):
         validate_sampling_args(temperature, top_k, top_p)
@@ -77,56 +84,41 @@ class _BlockwiseBase(Sampler):
     def _log_probs(self, process, logits: torch.Tensor) -> torch.Tensor:
         return filter_logits(process.log_probs(ban(logits, self.banned_ids)), self.temperature, self.top_k, self.top_p)
 
-    def _plan(self, state: State, bounds: list[tuple[int, int]], steps: int, eot_id: int | None) -> None:
+    def _plan(self, state: State, bounds: list[tuple[int, int]], steps: int, prompt: int, eot_id: int | None) -> None:
         """Every row decodes ``bounds`` (lo, hi) in order with an even share of ``steps`` each."""
         budget = split_steps(steps, len(bounds))
         for r in state.rows:
-            r.data.update(bounds=bounds, budget=budget, bi=0, j=0, eot=eot_id, held=False, log_p=None)
+            r.data.update(bounds=bounds, budget=budget, bi=0, j=0, P=prompt, eot=eot_id, log_p=None, store=RowStore())
             self._enter_block(r)
-        self._advance_all(state)
+            self._advance(r, state.process.mask_id)
 
     def _enter_block(self, r: Row) -> None:
         pass
 
     def _advance(self, r: Row, mask_id: int) -> None:
         """Move the row past its finished blocks (no mask left, or its steps spent): done at
-        end-of-text or when no block is left; with a shared cache it waits at the end of its block."""
+        end-of-text (checked at the end of a block) or when no block is left."""
         d = r.data
         while d["bi"] < len(d["bounds"]):
             lo, hi = d["bounds"][d["bi"]]
             if d["j"] < d["budget"][d["bi"]] and bool((r.tokens[lo:hi] == mask_id).any()):
                 return
-            if d["eot"] is not None and bool((r.tokens[self._prompt(r):hi] == d["eot"]).any()):
+            if d["eot"] is not None and bool((r.tokens[d["P"] : hi] == d["eot"]).any()):
                 r.end, r.done = hi, True
-                return
-            if self.shared_cache:
-                d["held"] = True
                 return
             d["bi"], d["j"], d["log_p"] = d["bi"] + 1, 0, None
             if d["bi"] < len(d["bounds"]):
                 self._enter_block(r)
         r.done = True
 
-    def _advance_all(self, state: State) -> None:
-        mask_id = state.process.mask_id
-        for r in state.active():
-            self._advance(r, mask_id)
-        rows = state.active()
-        while rows and all(r.data["held"] for r in rows):  # the whole batch is past its block: the next one
-            for r in rows:
-                r.data.update(bi=r.data["bi"] + 1, j=0, held=False, log_p=None)
-                if r.data["bi"] < len(r.data["bounds"]):
-                    self._enter_block(r)
-                self._advance(r, mask_id)
-            rows = state.active()
-        self._left(state)
-
-    def _left(self, state: State) -> None:
-        """Rows that finished leave the shared cache."""
-
     @staticmethod
-    def _prompt(r: Row) -> int:
-        return r.data.get("P", 0)
+    def _write(r: Row, lo: int, hi: int, block: torch.Tensor, moved: torch.Tensor) -> torch.Tensor:
+        """The row's tokens with [lo, hi) replaced; returns the (T,) changed mask."""
+        r.tokens = r.tokens.clone()
+        r.tokens[lo:hi] = block
+        changed = torch.zeros_like(r.fixed)
+        changed[lo:hi] = moved
+        return changed
 
 
 class SemiAutoregressiveSampler(_BlockwiseBase):
@@ -149,11 +141,7 @@ class SemiAutoregressiveSampler(_BlockwiseBase):
         end = int((~fixed).any(0).nonzero().max()) + 1  # one past the last free position
         bounds = [(lo, min(lo + self.block_length, end)) for lo in range(P, end, self.block_length)
                   if bool((~fixed[:, lo : lo + self.block_length]).any())]  # blocks with something to fill
-        for r in state.rows:
-            r.data["P"] = P
-        if self.shared_cache:
-            state.shared.update(cache=WindowCache(), cached=[])
-        self._plan(state, bounds, steps, self.eot_id if canvas.is_prompt else None)  # never cut off text after holes
+        self._plan(state, bounds, steps, P, self.eot_id if canvas.is_prompt else None)  # never cut off text after holes
         return state
 
     def _block_logits(self, state: State, model, rows: list[Row]) -> list[torch.Tensor]:
@@ -166,7 +154,7 @@ class SemiAutoregressiveSampler(_BlockwiseBase):
 
     def step(self, state: State, model) -> StepOutput:
         process = state.process
-        rows = [r for r in state.active() if not r.data["held"]]
+        rows = state.active()
         logits = self._block_logits(state, model, rows)
         state.calls += 1
         changed, dists = {}, {}
@@ -178,15 +166,12 @@ class SemiAutoregressiveSampler(_BlockwiseBase):
             eligible = block == process.mask_id
             share = torch.ceil(eligible.sum(1).double() / (d["budget"][d["bi"]] - d["j"])).long()  # even share left
             out = smp._reveal(log_p, block, eligible, share, r.gen)
-            r.tokens = r.tokens.clone()
-            r.tokens[lo:hi] = out.x_prev[0]
-            c = torch.zeros_like(r.fixed)
-            c[lo:hi] = out.changed[0]
-            changed[b], dists[b] = c, (lo, log_p[0])
+            changed[b], dists[b] = self._write(r, lo, hi, out.x_prev[0], out.changed[0]), (lo, log_p[0])
             d["j"] += 1
             r.nfe, r.step = r.nfe + 1, r.step + 1
         first = rows[0].data["bi"]
-        self._advance_all(state)
+        for r in rows:
+            self._advance(r, process.mask_id)
         return state.output(changed, dists, block=first)
 
     def _reveal(self, log_p, block, eligible, k, gen) -> StepOutput:
@@ -206,25 +191,30 @@ class ThresholdSampler(SemiAutoregressiveSampler):
         if threshold <= 0:
             raise UsageError("--threshold must be positive (above 1: one token per step)")
         self.threshold, self.cache = threshold, kv_cache
-        self.shared_cache = kv_cache != "none"
 
     def _block_logits(self, state: State, model, rows: list[Row]) -> list[torch.Tensor]:
+        """The first call of a row's block is a full pass that refreshes its store; later calls
+        run only its window (prefix: the block and what follows; dual: the block) against it.
+        Rows with ``kv_cache="none"`` recompute everything (all rows of a state share a family)."""
         if self.cache == "none":
             return super()._block_logits(state, model, rows)
-        process, cache = state.process, state.shared["cache"]
-        lo, hi = rows[0].data["bounds"][rows[0].data["bi"]]  # the batch decodes one block together
-        x = torch.stack([r.tokens for r in rows])
+        process = state.process
         t = torch.cat([masked_time(process, r.tokens[None], r.fixed[None]) for r in rows])
-        if all(r.data["j"] == 0 for r in rows):  # refresh: one full pass records every position's keys/values
-            cache.clear()
-            state.shared["cached"] = [id(r) for r in rows]
-            return list(model(x, t, kv_cache=cache)[:, lo:hi])
-        cached = state.shared["cached"]
-        order = [cached.index(id(r)) for r in rows]
-        cache.start = lo
-        cache.rows = None if order == list(range(len(cached))) else torch.tensor(order, device=x.device)
-        window = x[:, lo:] if self.cache == "prefix" else x[:, lo:hi]
-        return list(model(window, t, kv_cache=cache)[:, : hi - lo])
+        chunks, inputs, cuts = [], [], []
+        for r in rows:
+            lo, hi = r.data["bounds"][r.data["bi"]]
+            store = r.data["store"]
+            if r.data["j"] == 0:  # refresh: one full pass records every position's keys/values
+                chunks.append(Chunk(0, r.length, replace=store.length, store=-1))
+                inputs.append(r.tokens)
+                cuts.append((lo, hi))
+            else:
+                end = r.length if r.sampler.cache == "prefix" else hi
+                chunks.append(Chunk(lo, end - lo, replace=end - lo))
+                inputs.append(r.tokens[lo:end])
+                cuts.append((0, hi - lo))
+        out = cached_call(model, rows, chunks, inputs, t)
+        return [o[a:b] for o, (a, b) in zip(out, cuts)]
 
     def _reveal(self, log_p, block, eligible, k, gen) -> StepOutput:
         """Every eligible token above the threshold, but at least one and at least the share."""
@@ -249,7 +239,6 @@ class BlockDiffusionSampler(_BlockwiseBase):
         if kv_cache not in ("exact", "none"):
             raise UsageError(f"block diffusion's KV cache (--kv-cache) is exact or none; got {kv_cache!r}")
         self.strategy, self.cache = order, kv_cache == "exact"
-        self.shared_cache = self.cache
 
     def start(self, model, process, canvas: Canvas, steps: int, gen: Generators = None) -> State:
         if process.block_size is None:
@@ -259,61 +248,41 @@ class BlockDiffusionSampler(_BlockwiseBase):
         state = self._rows(process, canvas, steps, gen)
         P, total = canvas.prompt_length, canvas.tokens.shape[1]
         bounds = [(max(k * b, P), min((k + 1) * b, total)) for k in range(P // b, -(-total // b))]
-        for r in state.rows:
-            r.data["P"] = P
-        if self.cache:
-            state.shared.update(kv=KVCache(), stored=0, cached=[id(r) for r in state.rows])
-        self._plan(state, bounds, steps, self.eot_id)
+        self._plan(state, bounds, steps, P, self.eot_id)
         return state
 
     def _enter_block(self, r: Row) -> None:
         n = r.data["budget"][r.data["bi"]]
         r.data["grid"] = torch.linspace(1.0, 0.0, n + 1, dtype=torch.float64)
 
-    def _left(self, state: State) -> None:
-        if not self.cache:
-            return
-        cached, active = state.shared["cached"], [id(r) for r in state.active()]
-        if active != cached and active:
-            keep = torch.tensor([cached.index(i) for i in active], device=state.rows[0].tokens.device)
-            state.shared["kv"].select(keep)
-            state.shared["cached"] = active
-
     def _logits(self, state: State, model, rows: list[Row]) -> list[torch.Tensor]:
-        """Each row's logits for its current block: [lo, hi) of the block-causal pass."""
+        """Each row's logits for its current block, under the block-causal mask: recomputed from
+        the start, or (exact cache) from the row's stored clean blocks, the call that starts a
+        block storing the block just finished (its keys/values are final; a noisy block's are not)."""
         b = state.process.block_size
-        lo, hi = rows[0].data["bounds"][rows[0].data["bi"]]
         device = rows[0].tokens.device
+        spans = [r.data["bounds"][r.data["bi"]] for r in rows]
         if not self.cache:
-            spans = [r.data["bounds"][r.data["bi"]] for r in rows]
-            width = max(h for _, h in spans)
-            causal = block_causal_mask(width, b, device)
+            causal = block_causal_mask(max(h for _, h in spans), b, device)
 
             def call(x, mask):
                 m = causal[: x.shape[1], : x.shape[1]]
                 return model(x, None, attn_mask=m if mask is None else mask & m)
 
             full = padded_call(call, [r.tokens[:h] for r, (_, h) in zip(rows, spans)])
-            return [f[lo_b:h] for f, (lo_b, h) in zip(full, spans)]
-        kv, stored = state.shared["kv"], state.shared["stored"]
-        block_start = (lo // b) * b
-        x = torch.stack([r.tokens for r in rows])
-        if stored < block_start:  # the call that starts a block stores the finished clean positions
-            kv.keep, kv.rows = block_start - stored, None
-            logits = model(x[:, stored:hi], None, kv_cache=kv, attn_mask=block_causal_mask(hi - stored, b, device, stored))
-            state.shared["stored"] = block_start
-        else:
-            order = [state.shared["cached"].index(id(r)) for r in rows]
-            kv.keep = 0
-            kv.rows = None if order == list(range(len(state.shared["cached"]))) else torch.tensor(order, device=device)
-            logits = model(x[:, stored:hi], None, kv_cache=kv, attn_mask=block_causal_mask(hi - stored, b, device, stored))
-            kv.rows = None
-        kv.keep = 0
-        return list(logits[:, -(hi - lo):])
+            return [f[lo:h] for f, (lo, h) in zip(full, spans)]
+        chunks, inputs = [], []
+        for r, (lo, hi) in zip(rows, spans):
+            stored = r.data["store"].length
+            chunks.append(Chunk(stored, hi - stored, store=(lo // b) * b - stored,
+                                inside=block_causal_mask(hi - stored, b, device, stored)))
+            inputs.append(r.tokens[stored:hi])
+        out = cached_call(model, rows, chunks, inputs, None)
+        return [o[-(hi - lo):] for o, (lo, hi) in zip(out, spans)]
 
     def step(self, state: State, model) -> StepOutput:
         process = state.process
-        rows = [r for r in state.active() if not r.data["held"]]
+        rows = state.active()
         stale = [r for r in rows if r.data["log_p"] is None]  # an unchanged block keeps its prediction (no time input)
         if stale:
             for r, lg in zip(stale, self._logits(state, model, stale)):
@@ -330,19 +299,15 @@ class BlockDiffusionSampler(_BlockwiseBase):
                 new, _ = process.reverse_step(log_p, block, float(d["grid"][d["j"]]), float(d["grid"][d["j"] + 1]), r.gen)
                 moved = new != block
             else:
-                n_left = d["budget"][d["bi"]] - d["j"]
-                k = torch.ceil(masked.sum(1).double() / n_left).long().clamp_min(1)
+                k = torch.ceil(masked.sum(1).double() / (d["budget"][d["bi"]] - d["j"])).long().clamp_min(1)
                 out = reveal_step(log_p, block, masked, torch.minimum(k, masked.sum(1)), "confidence", r.gen)
                 new, moved = out.x_prev, out.changed
             if moved.any():
                 d["log_p"] = None
-            r.tokens = r.tokens.clone()
-            r.tokens[lo:hi] = new[0]
-            c = torch.zeros_like(r.fixed)
-            c[lo:hi] = moved[0]
-            changed[b], dists[b] = c, (lo, log_p[0])
+            changed[b], dists[b] = self._write(r, lo, hi, new[0], moved[0]), (lo, log_p[0])
             d["j"] += 1
             r.step += 1
         first = rows[0].data["bounds"][rows[0].data["bi"]][0] // process.block_size
-        self._advance_all(state)
+        for r in rows:
+            self._advance(r, process.mask_id)
         return state.output(changed, dists, block=first)
