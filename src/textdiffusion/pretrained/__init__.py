@@ -40,7 +40,7 @@ def _settings() -> tuple[str, ...]:
 def check_settings(settings: dict, where: str) -> dict:
     """Known keys with values of the right kind (a card is edited by hand), else a ValueError;
     with a sampler named, its options are checked as the sampler checks them (sampling/registry.py)."""
-    from ..sampling.registry import SAMPLERS, make_options, option_kind
+    from ..sampling.registry import SAMPLERS, check_kind, make_options, option_field
 
     if not isinstance(settings, dict):
         raise UsageError(f"{where}: the generate settings must be a JSON object")
@@ -48,14 +48,15 @@ def check_settings(settings: dict, where: str) -> dict:
     for key, value in settings.items():
         if key not in known:
             raise UsageError(f"{where}: unknown setting {key!r} (known: {', '.join(known)})")
-        kind = str if key == "sampler" else int if key == "steps" else option_kind(key)
-        low = 1 if key in ("steps", "block_length") else 0
-        if kind is int and (not isinstance(value, int) or isinstance(value, bool) or value < low):
-            raise UsageError(f"{where}: {key} must be a whole number >= {low}; got {value!r}")
-        if kind is float and (not isinstance(value, (int, float)) or isinstance(value, bool)):
-            raise UsageError(f"{where}: {key} must be a number; got {value!r}")
-        if kind is str and not isinstance(value, str):
-            raise UsageError(f"{where}: {key} must be a name; got {value!r}")
+        if key == "sampler" and not isinstance(value, str):
+            raise UsageError(f"{where}: sampler must be a name; got {value!r}")
+        if key == "steps" and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise UsageError(f"{where}: steps must be a whole number >= 1; got {value!r}")
+        if key not in ("sampler", "steps"):
+            try:
+                check_kind(option_field(key), value, key)  # ranges and choices: per sampler, below
+            except ValueError as exc:
+                raise UsageError(f"{where}: {exc}") from None
     name = settings.get("sampler")
     if name is not None:
         if name not in SAMPLERS:

@@ -57,16 +57,8 @@ class Options:
 
 def check_value(f: dataclasses.Field, value: Any) -> None:
     """A ValueError naming the flag unless ``value`` is of the field's kind and range."""
-    kind, meta, name = _kind(f.type), f.metadata, flag(f.name)
-    if kind is bool:
-        ok = isinstance(value, bool)
-    elif kind is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    else:
-        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
-    if not ok:
-        what = {int: "a whole number", float: "a number", str: "a name", bool: "true or false"}[kind]
-        raise UsageError(f"{name} must be {what}; got {value!r}")
+    meta, name = f.metadata, flag(f.name)
+    check_kind(f, value, name)
     if meta.get("choices") and value not in meta["choices"]:
         *rest, last = meta["choices"]
         raise UsageError(f"{name} must be {', '.join(rest)} or {last}; got {value!r}")
@@ -76,6 +68,20 @@ def check_value(f: dataclasses.Field, value: Any) -> None:
         raise UsageError(f"{name} must be <= {meta['high']:g}; got {value!r}")
     if meta.get("above") is not None and value <= meta["above"]:
         raise UsageError(f"{name} must be > {meta['above']:g}; got {value!r}")
+
+
+def check_kind(f: dataclasses.Field, value: Any, name: str) -> None:
+    """A ValueError naming ``name`` unless ``value`` is of the field's kind (bool, int, float, str)."""
+    kind = _kind(f.type)
+    if kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+    if not ok:
+        what = {int: "a whole number", float: "a number", str: "a name", bool: "true or false"}[kind]
+        raise UsageError(f"{name} must be {what}; got {value!r}")
 
 
 ORDERS = ("confidence", "margin", "entropy", "random")  # remasking orders (most confident first, ...)
@@ -186,11 +192,17 @@ def option_names(cli_only: bool = False) -> tuple[str, ...]:
     return tuple(name for name, uses in option_fields().items() if not cli_only or uses[0][1].metadata["cli"])
 
 
+def option_field(name: str) -> dataclasses.Field:
+    """The field of option ``name``: the shared one, or the first sampler's that takes it (its
+    type is the same in every sampler; ranges may differ, which ``make_options`` checks)."""
+    if name in BASE:
+        return next(f for f in dataclasses.fields(Options) if f.name == name)
+    return option_fields()[name][0][1]
+
+
 def option_kind(name: str) -> type:
     """The Python type of option ``name`` (the same in every sampler that takes it)."""
-    if name in BASE:
-        return _kind(next(f for f in dataclasses.fields(Options) if f.name == name).type)
-    return _kind(option_fields()[name][0][1].type)
+    return _kind(option_field(name).type)
 
 
 def option_help(name: str) -> str:
