@@ -1,4 +1,5 @@
-"""Samplers: one file per family, each an object with ``generate()`` built on ``step()``.
+"""Samplers: one file per family, each a state machine over rows (``base.Sampler``: ``start``
+makes the rows, ``step`` advances them with one network call, ``generate`` is the shared loop).
 
 ``registry`` lists every sampler (name, the processes it fits, its options) and builds them:
 ``build_sampler(name, process, tokenizer, **options)``. Importing this package loads no torch;
