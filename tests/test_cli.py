@@ -463,32 +463,41 @@ def test_internal_errors_are_reported_as_bugs_and_debug_shows_the_traceback(monk
     assert "malformed hole" in capsys.readouterr().err
 
 
-def test_ctrl_c_checkpoints_and_prints_the_command_that_resumes(corpus, tmp_path):
-    """The first Ctrl-C stops after the current step, checkpoints it, and prints the exact
-    command that continues; that command (run as printed) finishes the run."""
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM", "SIGHUP"])
+def test_a_stop_signal_checkpoints_and_prints_the_command_that_resumes(corpus, tmp_path, signame):
+    """The first Ctrl-C, SIGTERM (schedulers, ``kill``) or SIGHUP stops after the current step,
+    checkpoints it, exits 128 + the signal's number and prints the exact command that continues;
+    that command (run as printed) finishes the run. Catches SIGTERM/SIGHUP killing the run with no
+    save and no message (exit -15/-1, up to ckpt_every - 1 steps lost), as before the fix."""
     import shlex
     import signal
     import time
 
+    signum = getattr(signal, signame)
+
     run = tmp_path / "r"
     cmd = [str(EXE)] if EXE.exists() else [sys.executable, "-m", "textdiffusion"]
     proc = subprocess.Popen([*cmd, "train", "--data", str(corpus), "--out", str(run), "--config", str(TINY),
-                             "--set", "train.max_steps=100000", "--set", "train.ckpt_every=5", "--quiet"],
+                             "--set", "train.max_steps=100000", "--set", "train.ckpt_every=100000",
+                             "--set", "train.log_every=1", "--quiet"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = run / "metrics.jsonl"
     try:
-        for _ in range(600):  # at most 60 s for the first checkpoint
-            if (run / "checkpoint" / "state.json").exists():
+        for _ in range(600):  # at most 60 s for three logged steps (no periodic checkpoint comes)
+            if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
                 break
             time.sleep(0.1)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         _, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
-    assert proc.returncode == 130, err
+    assert proc.returncode == 128 + signum, err
+    assert ("interrupted" if signame == "SIGINT" else f"stopped by {signame}") in err
     line = [x for x in err.splitlines() if "continue with:" in x][-1]
     again = shlex.split(line.split("continue with:", 1)[1])
     assert again[:2] == ["textdiffusion", "train"] and "--resume" in again
-    step = json.loads((run / "checkpoint" / "state.json").read_text())["step"]
+    step = json.loads((run / "checkpoint" / "state.json").read_text())["step"]  # only the stop can have saved it
+    assert step >= 3
     r = subprocess.run([*cmd, *again[1:], "--set", f"train.max_steps={step + 3}"], capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr

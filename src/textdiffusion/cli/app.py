@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -71,12 +72,14 @@ def main(argv: list[str] | None = None) -> int:
 
             spec(args.sampler)
         return args.func(args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C; in training also SIGTERM and SIGHUP (trainer.Interrupted)
+        signum = getattr(exc, "signum", signal.SIGINT)
         saved = args.command == "train" and any((Path(args.out) / d / "state.json").exists()
                                                 for d in ("checkpoint", "checkpoint.old"))
         hint = f"; continue with: {_resume_command(args)}" if saved else ""
-        print(f"textdiffusion: interrupted{hint}", file=sys.stderr)
-        return 130
+        what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+        print(f"textdiffusion: {what}{hint}", file=sys.stderr)
+        return 128 + signum  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP
     except (TextDiffusionError, OSError) as exc:  # bad input or a fixable state: one line
         if debug:
             raise

@@ -216,12 +216,12 @@ def train(
     saved_step, rng_done = step, rng_state()
     with open(metrics_path, "a") as metrics, _StopOnSignal() as stop:
         while step < last_step:
-            if stop.requested:  # Ctrl-C: checkpoint the last completed step, then stop
+            if stop.requested:  # Ctrl-C, SIGTERM, SIGHUP: checkpoint the last completed step, then stop
                 bar.close()
                 if step > saved_step:
                     metrics.flush()
                     save(rng_done)
-                raise KeyboardInterrupt
+                raise Interrupted(stop.signum)
             if tc.max_seconds and time.perf_counter() - t_start >= tc.max_seconds:
                 bar.write(f"time budget of {tc.max_seconds:g}s reached at step {step}")
                 if step > saved_step:
@@ -283,28 +283,43 @@ def train(
                        seconds, peak)
 
 
+class Interrupted(KeyboardInterrupt):
+    """Training stopped by a signal (``signum``: SIGINT, SIGTERM or SIGHUP), after checkpointing
+    the last completed step."""
+
+    def __init__(self, signum: int = signal.SIGINT):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
 class _StopOnSignal:
-    """The first Ctrl-C asks the loop to stop after the current step (which is then
-    checkpointed, so --resume loses nothing and stays exact); a second one stops at once."""
+    """The first Ctrl-C, SIGTERM (what schedulers and ``kill`` send) or SIGHUP (a closed
+    terminal) asks the loop to stop after the current step (which is then checkpointed, so
+    --resume loses nothing and stays exact); a second one stops at once."""
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self.signum = signal.SIGINT
+        self._previous: dict = {}
 
     def _handle(self, signum, frame):
         if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        print("\nstopping after this step (Ctrl-C again to stop now)", file=sys.stderr)
+            raise Interrupted(signum)
+        self.requested, self.signum = True, signum
+        again = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        print(f"\nstopping after this step ({again} again to stop now)", file=sys.stderr)
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
         return self
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for s, previous in self._previous.items():
+            signal.signal(s, previous)
         return False
 
 
