@@ -356,6 +356,27 @@ def test_resume_continues_and_refuses_to_overwrite(runs, corpus):
     assert r.returncode == 2 and "only train" in r.stderr
 
 
+def test_train_never_writes_into_a_folder_someone_owns(corpus, tmp_path):
+    """--out a non-empty folder that is not a run (here holding a config.json of the user's and
+    notes) is refused by name with nothing touched, and so is a file; an empty folder is fine.
+    Catches the run's config.json / tokenizer.json / metrics.jsonl written over the user's files
+    without a word, as before the fix (issue 21, item 2)."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.json").write_text('{"my": "settings"}')
+    (mine / "notes.txt").write_text("keep me")
+    r = cli("train", "--data", corpus, "--out", mine, "--config", TINY, "--quiet")
+    assert "not empty and holds no run (config.json, notes.txt)" in _one_line_error(r)
+    assert (mine / "config.json").read_text() == '{"my": "settings"}' and sorted(p.name for p in mine.iterdir()) == [
+        "config.json", "notes.txt"]
+    (tmp_path / "afile").write_text("x")
+    assert "is a file" in _one_line_error(cli("train", "--data", corpus, "--out", tmp_path / "afile", "--config", TINY))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = cli("train", "--data", corpus, "--out", empty, "--config", TINY, "--set", "train.max_steps=2", "--quiet")
+    assert r.returncode == 0, r.stderr
+
+
 def _one_line_error(r):
     assert r.returncode != 0
     assert "Traceback" not in r.stderr, r.stderr

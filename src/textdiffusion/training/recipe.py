@@ -26,6 +26,7 @@ from ..data import (
     sft_rows,
     text_splits,
 )
+from ..errors import UsageError
 from ..runs import read_run
 from ..tokenizers import Tokenizer, train_tokenizer
 from .checkpoint import CheckpointError, checkpoint_dir
@@ -134,10 +135,24 @@ def prepare_data(cfg: Config, run_dir: Path) -> tuple[Tokenizer, dict]:
     return tokenizer, load_token_splits(cfg.data, tokenizer, run_dir / "tokenizer.json")
 
 
+def check_new_run_dir(run_dir: Path) -> None:
+    """A new run goes into a new or empty folder: never over files someone owns (a run writes
+    config.json, tokenizer.json and metrics.jsonl there)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UsageError(f"--out {run_dir} is a file: give a folder for the run")
+    if run_dir.is_dir():
+        held = sorted(p.name for p in run_dir.iterdir())
+        if held:
+            shown = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
+            raise UsageError(f"--out {run_dir} is not empty and holds no run ({shown}): choose a new folder, "
+                             f"or empty this one")
+
+
 def train_run(cfg: Config, run_dir: str | Path, *, progress: bool = True) -> TrainResult:
     run_dir = Path(run_dir)
     if has_checkpoint(run_dir):
         raise CheckpointError(f"{run_dir} already holds a trained run: continue it with --resume or choose another --out")
+    check_new_run_dir(run_dir)
     if cfg.data.path and cfg.data.path != "stdlib":
         cfg.data.path = str(Path(cfg.data.path).resolve())  # the run can be resumed from anywhere
     if cfg.train.init:
