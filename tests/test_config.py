@@ -51,3 +51,30 @@ def test_optional_fields_read_their_real_type(override, field, expected):
 def test_mistyped_values_name_the_flag(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, [override])
+
+
+@pytest.mark.parametrize("name, value, flag", [
+    ("ancestral", {"temperature": float("nan")}, "--temperature"), ("ancestral", {"top_p": float("nan")}, "--top-p"),
+    ("threshold", {"threshold": float("nan")}, "--threshold"), ("threshold", {"threshold": float("inf")}, "--threshold"),
+    ("remdm", {"eta": float("nan")}, "--eta")])
+def test_float_options_refuse_nan_and_infinity_by_name(name, value, flag):
+    """NaN passes every range check (all comparisons are false) and reached torch as "probability
+    tensor contains inf, nan"; --threshold nan was accepted. Each float option refuses NaN and
+    infinities by its flag (issue 21, item 11), and so do config floats and the guidance scale."""
+    from textdiffusion.sampling.registry import make_options
+
+    with pytest.raises(ValueError, match=f"{flag} must be a finite number"):
+        make_options(name, value)
+
+
+@pytest.mark.parametrize("override", ["train.lr=nan", "train.lr=inf", "train.grad_clip=-inf"])
+def test_config_floats_refuse_nan_and_infinity(override):
+    with pytest.raises(ValueError, match="must be a finite number"):
+        load_config(None, [override])
+
+
+def test_guidance_scale_refuses_nan():
+    from textdiffusion.control.guidance import ClassifierGuided
+
+    with pytest.raises(ValueError, match="finite number"):
+        ClassifierGuided(None, None, None, 0, float("nan"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import sys
@@ -263,9 +264,12 @@ def _coerce(value: Any, tp: Any, flag: str) -> Any:
         if isinstance(value, bool):
             raise ConfigError(f"{flag} must be a number; got {value!r}")
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{flag} must be a number; got {value!r}") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{flag} must be a finite number; got {value!r}")
+        return number
     if tp is str:
         return str(value)
     raise ConfigError(f"{flag}: unsupported type {tp}")  # pragma: no cover

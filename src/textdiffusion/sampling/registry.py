@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,11 +77,11 @@ def check_kind(f: dataclasses.Field, value: Any, name: str) -> None:
     if kind is bool:
         ok = isinstance(value, bool)
     elif kind is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     else:
         ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
     if not ok:
-        what = {int: "a whole number", float: "a number", str: "a name", bool: "true or false"}[kind]
+        what = {int: "a whole number", float: "a finite number", str: "a name", bool: "true or false"}[kind]
         raise UsageError(f"{name} must be {what}; got {value!r}")
 
 
