@@ -78,3 +78,28 @@ def test_guidance_scale_refuses_nan():
 
     with pytest.raises(ValueError, match="finite number"):
         ClassifierGuided(None, None, None, 0, float("nan"))
+
+
+def test_bad_config_files_are_one_line_errors_naming_the_file(tmp_path):
+    """A config.json holding a JSON list was an AttributeError traceback; a TOML file that is not
+    UTF-8 gave a codec error naming no file; a JSONL corpus saved with a byte-order mark failed on
+    its first line with "expected a JSON object" (issue 21, item 8). Each: a one-line error that
+    names the file, or (the BOM) just read."""
+    from textdiffusion.data.sources import read_documents
+    from textdiffusion.runs import read_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"config.json is corrupt: a config is a table of sections .*got a list"):
+        read_run(run)
+    toml = tmp_path / "latin1.toml"
+    toml.write_bytes("[train]\nlr = 0.1  # café\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=f"config file {toml} is not UTF-8 text"):
+        load_config(toml)
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + b'{"text": "hello"}\n{"text": "world"}\n')
+    assert [d.text for d in read_documents(str(bom), "*.jsonl")] == ["hello", "world"]
+    bom_toml = tmp_path / "bom.toml"
+    bom_toml.write_bytes(b"\xef\xbb\xbf[train]\nlr = 0.25\n")
+    assert load_config(bom_toml).train.lr == 0.25

@@ -209,6 +209,7 @@ class Config:
     def from_dict(cls, raw: dict[str, Any]) -> Config:
         """Build from nested dicts; unknown sections or keys are errors, not silently dropped."""
         sections = {f.name: f.type for f in dataclasses.fields(cls)}
+        _check(isinstance(raw, dict), f"a config is a table of sections ({', '.join(sections)}); got a {type(raw).__name__}")
         kwargs = {}
         for section, values in raw.items():
             _check(section in sections, f"unknown config section {section!r} (known: {', '.join(sections)})")
@@ -230,7 +231,7 @@ class Config:
 
     @classmethod
     def load(cls, path: str | Path) -> Config:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        return cls.from_dict(json.loads(_read_utf8(Path(path))))
 
 
 _SECTION_CLASSES = {"model": ModelConfig, "process": ProcessConfig, "data": DataConfig, "train": TrainConfig}
@@ -275,6 +276,14 @@ def _coerce(value: Any, tp: Any, flag: str) -> Any:
     raise ConfigError(f"{flag}: unsupported type {tp}")  # pragma: no cover
 
 
+def _read_utf8(path: Path) -> str:
+    """A config file's text (a byte-order mark is dropped), or an error naming the file."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text: save it as UTF-8") from None
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Defaults <- TOML file <- ``section.key=value`` overrides, validated once at the end."""
     raw: dict[str, dict[str, Any]] = {}
@@ -282,7 +291,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         path = Path(path)
         _check(path.is_file(), f"config file not found: {path}")
         try:
-            raw = tomllib.loads(path.read_text())
+            raw = tomllib.loads(_read_utf8(path))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     apply_overrides(raw, overrides or [])

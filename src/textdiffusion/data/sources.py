@@ -70,8 +70,9 @@ def _source_files(path: str, glob: str) -> list[Path]:
 
 
 def _read_text(path: Path) -> str:
+    """UTF-8 text; a leading byte-order mark (Windows editors write one) is not text."""
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
         raise DataError(f"{path} is not UTF-8 text") from None
     except OSError as exc:
