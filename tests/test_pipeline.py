@@ -156,3 +156,18 @@ def test_model_card_settings_fill_what_a_call_leaves_unset():
     assert out == {"steps": 8, "sampler": "confidence", "temperature": 1.0, "threshold": None, "top_k": 0, "top_p": 1.0}
     assert fill_settings({"sampler": None}, {}) == {"sampler": None, "steps": 64, "temperature": 1.0, "top_k": 0,
                                                      "top_p": 1.0}
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda p: p.generate("abc", length=-3), "length"), (lambda p: p.generate("abc", num=0), "num"),
+    (lambda p: p.generate("abc", num=-1), "num"), (lambda p: p.generate("abc", steps="10"), "steps"),
+    (lambda p: p.generate(123), "prompt"), (lambda p: p.generate("abc", seed="abc"), "seed"),
+    (lambda p: p.infill("ab[MASK]", num=0), "num"), (lambda p: p.edit("abcdefgh", span=(5,)), "span"),
+    (lambda p: p.score("abc", mc_samples=0), "mc_samples")])
+def test_python_api_names_the_bad_argument(cycle_dir, call, name):
+    """Bad arguments to the Python API are refused by name before anything reaches torch (issue
+    21, item 12): before, negative lengths and num=0 reached torch or gave a misleading message,
+    steps="10" and seed="abc" a TypeError deep inside, prompt=123 an AttributeError."""
+    pipe = Pipeline.from_pretrained(cycle_dir)
+    with pytest.raises(ValueError, match=rf"^{name} must be"):
+        call(pipe)

@@ -138,6 +138,8 @@ class Pipeline:
         come from the model's card (``self.defaults``), else 64 steps of the run's own sampler."""
         from .control.templates import has_holes
 
+        _check_args(prompt=(prompt, "text"), length=(length, "count?"), steps=(steps, "count?"), num=(num, "count"),
+                    seed=(seed, "seed"))
         if has_holes(prompt):  # holes anywhere: filled, the rest kept verbatim (as `textdiffusion generate`)
             for what, value in (("length", length), ("on_step", on_step), ("stop_at_eot", stop_at_eot)):
                 if value:
@@ -159,6 +161,7 @@ class Pipeline:
         Settings not given come from the card's infill settings (else its generate settings)."""
         from .control import infill
 
+        _check_args(template=(template, "text"), steps=(steps, "count?"), num=(num, "count"), seed=(seed, "seed"))
         steps, sampler, options = self._settings(steps, sampler, options, self.infill_defaults)
         recorder = self._recorder(trace, None)
         res = infill(self.run, template, num=num, steps=steps, sampler=sampler, seed=seed, label=label,
@@ -170,6 +173,8 @@ class Pipeline:
         """Rewrite ``text[span[0]:span[1]]`` (or the [EDIT]...[/EDIT] span) at noise level ``strength``."""
         from .control import edit
 
+        _check_args(text=(text, "text"), span=(span, "span"), steps=(steps, "count?"), num=(num, "count"),
+                    seed=(seed, "seed"))
         steps, sampler, options = self._settings(steps, sampler, options)
         start, end = span if span is not None else (None, None)
         recorder = self._recorder(trace, None)
@@ -182,6 +187,7 @@ class Pipeline:
         (Monte Carlo over t, ``mc_samples`` draws), the exact NLL of the AR twin. Lower is likelier."""
         from .control.scoring import sequence_bits
 
+        _check_args(text=(text, "text"), mc_samples=(mc_samples, "count"), seed=(seed, "seed"))
         return sequence_bits(self.run, [text], seed, mc_samples)[0]
 
     # helpers ---------------------------------------------------------------------------------
@@ -217,6 +223,25 @@ class Pipeline:
         c = self.run.cfg
         return (f"Pipeline({self.run.run_dir}, process={c.process.name}, {c.model.n_layer}x{c.model.d_model}, "
                 f"context={c.model.context}, vocab={self.tokenizer.vocab_size})")
+
+
+
+def _check_args(**args) -> None:
+    """The Python API's own argument checks (before anything reaches torch): each ``name=(value,
+    kind)`` with kind "text", "count" (a whole number >= 1), "count?" (or None), "seed" (a whole
+    number) or "span" (None or a (start, end) pair of whole numbers)."""
+    for name, (value, kind) in args.items():
+        whole = isinstance(value, int) and not isinstance(value, bool)
+        if kind == "text" and not isinstance(value, str):
+            raise UsageError(f"{name} must be a string; got {type(value).__name__} {value!r}")
+        if kind in ("count", "count?") and not (value is None and kind == "count?") and not (whole and value >= 1):
+            raise UsageError(f"{name} must be a whole number >= 1; got {value!r}")
+        if kind == "seed" and not whole:
+            raise UsageError(f"{name} must be a whole number; got {value!r}")
+        if kind == "span" and value is not None and not (
+                isinstance(value, (tuple, list)) and len(value) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+            raise UsageError(f"{name} must be a (start, end) pair of character offsets; got {value!r}")
 
 
 def continue_prompt(run, prompt: str = "", *, length: int | None = None, steps: int = 64, sampler: str | None = None,
