@@ -28,8 +28,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..errors import UsageError
-from .base import Canvas, Generators, Row, Sampler, State, StepOutput, padded_call
+from .base import Canvas, Generators, Row, Sampler, State, StepOutput, padded_call, time_grid
 from .filters import ban, filter_logits, validate_sampling_args
 
 RowFilter = Callable[[torch.Tensor], torch.Tensor]  # (N, V) log-probabilities -> filtered (N, V)
@@ -48,9 +47,7 @@ class AncestralSampler(Sampler):
         self.timesteps: torch.Tensor | None = None
 
     def set_timesteps(self, num_steps: int, t_start: float = 1.0) -> None:
-        if num_steps <= 0:
-            raise UsageError("steps must be positive")
-        self.timesteps = torch.linspace(t_start, 0.0, num_steps + 1, dtype=torch.float64)
+        self.timesteps = time_grid(num_steps, t_start)
 
     def transition(self, log_p_x0: torch.Tensor, x_t: torch.Tensor, t: float, s: float, process,
                    gen: torch.Generator | None = None, fixed: torch.Tensor | None = None,

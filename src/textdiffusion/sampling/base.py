@@ -135,6 +135,13 @@ def start_sequence(process, canvas: Canvas, gen: torch.Generator | None = None) 
     return torch.where(canvas.fixed, tokens, noisy)
 
 
+def time_grid(num_steps: int, t_start: float = 1.0) -> torch.Tensor:
+    """The grid t_0 = t_start > t_1 > ... > t_N = 0 (float64) that time-stepping samplers walk."""
+    if num_steps <= 0:
+        raise UsageError("steps must be positive")
+    return torch.linspace(t_start, 0.0, num_steps + 1, dtype=torch.float64)
+
+
 Generators = torch.Generator | Sequence[torch.Generator | None] | None
 
 

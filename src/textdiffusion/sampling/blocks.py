@@ -49,6 +49,7 @@ from .base import (
     StepOutput,
     padded_call,
     require_prompt_canvas,
+    time_grid,
 )
 from .filters import ban, filter_logits, sample_categorical, validate_sampling_args
 from .remasking import STRATEGIES, masked_time, reveal_step, top_k_mask
@@ -253,7 +254,7 @@ class BlockDiffusionSampler(_BlockwiseBase):
 
     def _enter_block(self, r: Row) -> None:
         n = r.data["budget"][r.data["bi"]]
-        r.data["grid"] = torch.linspace(1.0, 0.0, n + 1, dtype=torch.float64)
+        r.data["grid"] = time_grid(n)
 
     def _logits(self, state: State, model, rows: list[Row]) -> list[torch.Tensor]:
         """Each row's logits for its current block, under the block-causal mask: recomputed from

@@ -22,9 +22,8 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import UsageError
 from ..processes.base import upcast
-from .base import Canvas, Generators, Sampler, State, padded_call
+from .base import Canvas, Generators, Sampler, State, padded_call, time_grid
 from .filters import ban, filter_logits, sample_categorical, validate_sampling_args
 
 
@@ -41,9 +40,7 @@ class ContinuousSampler(Sampler):
         self.timesteps: torch.Tensor | None = None
 
     def set_timesteps(self, num_steps: int, t_start: float = 1.0) -> None:
-        if num_steps <= 0:
-            raise UsageError("steps must be positive")
-        self.timesteps = torch.linspace(t_start, 0.0, num_steps + 1, dtype=torch.float64)
+        self.timesteps = time_grid(num_steps, t_start)
 
     def transition(self, logits: torch.Tensor, z_t: torch.Tensor, t: float, s: float, process,
                    embeddings: torch.Tensor, gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
