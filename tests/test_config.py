@@ -76,7 +76,7 @@ def test_config_floats_refuse_nan_and_infinity(override):
 def test_guidance_scale_refuses_nan():
     from textdiffusion.control.guidance import ClassifierGuided
 
-    with pytest.raises(ValueError, match="finite number"):
+    with pytest.raises(ValueError, match="must be >= 0 and finite"):
         ClassifierGuided(None, None, None, 0, float("nan"))
 
 

@@ -43,7 +43,7 @@ class Conditioned:
     def __init__(self, model, labels: torch.Tensor | None = None, scale: float = 0.0,
                  null_positions: torch.Tensor | None = None, null_token: int | None = None):
         if not math.isfinite(scale) or scale < 0:
-            raise UsageError(f"the guidance scale must be a finite number >= 0; got {scale}")
+            raise UsageError(f"the guidance scale must be >= 0 and finite; got {scale}")
         if scale and labels is None and null_positions is None:
             raise UsageError("guidance needs a condition: a label, or a prompt")
         if labels is not None and not model.cfg.num_labels:
@@ -142,7 +142,7 @@ class ClassifierGuided:
 
     def __init__(self, model, classifier, process, label: int, scale: float):
         if not math.isfinite(scale) or scale < 0:
-            raise UsageError(f"the guidance scale must be a finite number >= 0; got {scale}")
+            raise UsageError(f"the guidance scale must be >= 0 and finite; got {scale}")
         self.model, self.classifier, self.process, self.label, self.scale = model, classifier, process, label, scale
 
     def __getattr__(self, name):
