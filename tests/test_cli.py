@@ -488,7 +488,7 @@ def test_internal_errors_are_reported_as_bugs_and_debug_shows_the_traceback(monk
 def test_a_stop_signal_checkpoints_and_prints_the_command_that_resumes(corpus, tmp_path, signame):
     """The first Ctrl-C, SIGTERM (schedulers, ``kill``) or SIGHUP stops after the current step,
     checkpoints it, exits 128 + the signal's number and prints the exact command that continues;
-    that command (run as printed) finishes the run. Catches SIGTERM/SIGHUP killing the run with no
+    that command (run as printed, for Ctrl-C) finishes the run. Catches SIGTERM/SIGHUP killing the run with no
     save and no message (exit -15/-1, up to ckpt_every - 1 steps lost), as before the fix."""
     import shlex
     import signal
@@ -519,6 +519,8 @@ def test_a_stop_signal_checkpoints_and_prints_the_command_that_resumes(corpus, t
     assert again[:2] == ["textdiffusion", "train"] and "--resume" in again
     step = json.loads((run / "checkpoint" / "state.json").read_text())["step"]  # only the stop can have saved it
     assert step >= 3
+    if signame != "SIGINT":  # the printed command is the same for every signal: run it once (suite time)
+        return
     r = subprocess.run([*cmd, *again[1:], "--set", f"train.max_steps={step + 3}"], capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr
