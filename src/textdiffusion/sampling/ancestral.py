@@ -110,13 +110,12 @@ class AncestralSampler(Sampler):
             self._predict(state, model, stale)
         changed, dists, x0 = {}, {}, None
         for r in rows:
-            b = state.rows.index(r)
             smp, grid = r.sampler, r.data["grid"]
             t, s = float(grid[r.step]), float(grid[r.step + 1])
             log_p = r.data["log_p"]
             out = smp.transition(log_p, r.tokens[None], t, s, process, r.gen, r.fixed[None],
                                  smp._row_filter(process))
-            changed[b], dists[b] = out.changed[0], (0, log_p[0])
+            changed[r], dists[r] = out.changed[0], (0, log_p[0])
             if out.changed.any():
                 r.data["log_p"] = None  # x changed: the cached prediction is stale
             r.tokens = out.x_prev[0]

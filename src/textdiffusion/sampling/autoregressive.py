@@ -79,8 +79,8 @@ class AutoregressiveSampler(Sampler):
             changed[:, -1] = True
             return StepOutput(x, None, changed, log_probs=torch.stack(log_ps) if state.report else None,
                               offset=n - 1, nfe=state.calls)
-        changed = {state.rows.index(r): torch.arange(r.length) == r.data["P"] + r.step - 1 for r in rows}
-        dists = {state.rows.index(r): (r.data["P"] + r.step - 1, lp) for r, lp in zip(rows, log_ps)}
+        changed = {r: torch.arange(r.length) == r.data["P"] + r.step - 1 for r in rows}
+        dists = {r: (r.data["P"] + r.step - 1, lp) for r, lp in zip(rows, log_ps)}
         return state.output(changed, dists)
 
     def _feed(self, state: State, model) -> None:

@@ -219,26 +219,29 @@ class State:
         fixed = torch.stack([r.fixed for r in self.rows])
         return Generation(self.tokens(), self.prompt_length, self.calls, seconds, trace or [], fixed)
 
-    def output(self, changed: dict[int, torch.Tensor], dists: dict[int, tuple[int, torch.Tensor]] | None = None,
+    def output(self, changed: dict[Row, torch.Tensor], dists: dict[Row, tuple[int, torch.Tensor]] | None = None,
                block: int | None = None, x0: torch.Tensor | None = None) -> StepOutput:
-        """The step's record over the whole batch: ``changed`` row index -> (T,) bool, ``dists``
-        row index -> (offset, (W, V) the distribution its tokens were drawn from)."""
+        """The step's record over the whole batch: ``changed`` row -> (T,) bool, ``dists`` row ->
+        (offset, (W, V) the distribution its tokens were drawn from)."""
         T = max(r.length for r in self.rows)  # rows of other lengths are shown right-padded with HOLE
         x = torch.stack([F.pad(r.tokens, (0, T - r.length), value=HOLE) for r in self.rows])
         moved = torch.zeros_like(x, dtype=torch.bool)
-        for b, c in changed.items():
-            moved[b, : c.shape[0]] = c
+        for b, r in enumerate(self.rows):
+            if r in changed:
+                moved[b, : changed[r].shape[0]] = changed[r]
         log_probs, offset = None, 0
         if self.report and dists:
             spans = {(o, d.shape[0]) for o, d in dists.values()}
-            first = next(iter(dists.values()))[1]
             if len(spans) == 1 and len(dists) == len(self.rows):
                 offset = next(iter(spans))[0]
-                log_probs = torch.stack([dists[b][1] for b in range(len(self.rows))])
+                log_probs = torch.stack([dists[r][1] for r in self.rows])
             else:  # rows at different blocks, or some without a draw: the full width, zeros elsewhere
+                first = next(iter(dists.values()))[1]
                 log_probs = first.new_zeros(len(self.rows), x.shape[1], first.shape[-1])
-                for b, (o, d) in dists.items():
-                    log_probs[b, o : o + d.shape[0]] = d
+                for b, r in enumerate(self.rows):
+                    if r in dists:
+                        o, d = dists[r]
+                        log_probs[b, o : o + d.shape[0]] = d
         return StepOutput(x, x0, moved, log_probs=log_probs, offset=offset, nfe=self.calls, block=block)
 
 

@@ -160,14 +160,14 @@ class SemiAutoregressiveSampler(_BlockwiseBase):
         state.calls += 1
         changed, dists = {}, {}
         for r, lg in zip(rows, logits):
-            b, smp, d = state.rows.index(r), r.sampler, r.data
+            smp, d = r.sampler, r.data
             lo, hi = d["bounds"][d["bi"]]
             log_p = smp._log_probs(process, lg[None])
             block = r.tokens[lo:hi][None]
             eligible = block == process.mask_id
             share = torch.ceil(eligible.sum(1).double() / (d["budget"][d["bi"]] - d["j"])).long()  # even share left
             out = smp._reveal(log_p, block, eligible, share, r.gen)
-            changed[b], dists[b] = self._write(r, lo, hi, out.x_prev[0], out.changed[0]), (lo, log_p[0])
+            changed[r], dists[r] = self._write(r, lo, hi, out.x_prev[0], out.changed[0]), (lo, log_p[0])
             d["j"] += 1
             r.nfe, r.step = r.nfe + 1, r.step + 1
         first = rows[0].data["bi"]
@@ -292,7 +292,7 @@ class BlockDiffusionSampler(_BlockwiseBase):
             state.calls += 1
         changed, dists = {}, {}
         for r in rows:
-            b, smp, d = state.rows.index(r), r.sampler, r.data
+            smp, d = r.sampler, r.data
             lo, hi = d["bounds"][d["bi"]]
             log_p, block = d["log_p"], r.tokens[lo:hi][None]
             masked = block == process.mask_id
@@ -305,7 +305,7 @@ class BlockDiffusionSampler(_BlockwiseBase):
                 new, moved = out.x_prev, out.changed
             if moved.any():
                 d["log_p"] = None
-            changed[b], dists[b] = self._write(r, lo, hi, new[0], moved[0]), (lo, log_p[0])
+            changed[r], dists[r] = self._write(r, lo, hi, new[0], moved[0]), (lo, log_p[0])
             d["j"] += 1
             r.step += 1
         first = rows[0].data["bounds"][rows[0].data["bi"]][0] // process.block_size

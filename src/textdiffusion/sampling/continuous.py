@@ -85,7 +85,7 @@ class ContinuousSampler(Sampler):
         embeddings = model.embeddings()
         changed, dists = {}, {}
         for r, lg in zip(rows, logits_rows):
-            b, smp, grid = state.rows.index(r), r.sampler, r.data["grid"]
+            smp, grid = r.sampler, r.data["grid"]
             logits = ban(lg[None], smp.banned_ids)
             if r.step < r.steps - 1:
                 z, x_hat = smp.transition(logits, r.data["z"][None], float(grid[r.step]), float(grid[r.step + 1]),
@@ -95,9 +95,9 @@ class ContinuousSampler(Sampler):
             else:  # rounding: draw the tokens from p_theta(x0 | z) at the last noise level
                 new = sample_categorical(filter_logits(logits, smp.temperature, smp.top_k, smp.top_p), r.gen)
             new = torch.where(r.fixed, r.data["canvas"], new[0])
-            changed[b] = new != r.tokens
+            changed[r] = new != r.tokens
             if state.report:
-                dists[b] = (0, torch.log_softmax(upcast(logits[0]), -1))  # for the trace only
+                dists[r] = (0, torch.log_softmax(upcast(logits[0]), -1))  # for the trace only
             r.tokens, r.nfe, r.step = new, r.nfe + 1, r.step + 1
             r.done = r.step >= r.steps
         return state.output(changed, dists)

@@ -135,12 +135,12 @@ class RemaskingSampler(Sampler):
         state.calls += 1
         changed, dists = {}, {}
         for r, lg in zip(rows, logits):
-            b, smp = state.rows.index(r), r.sampler
+            smp = r.sampler
             log_p = smp.log_probs(process, lg[None])
             masked = r.tokens[None] == process.mask_id
             k = reveal_count(masked.sum(1), r.data["masked_at_start"], r.step, r.steps, smp.schedule)
             out = smp.transition(log_p, r.tokens[None], k, process.mask_id, r.gen)
-            changed[b], dists[b] = out.changed[0], (0, log_p[0])
+            changed[r], dists[r] = out.changed[0], (0, log_p[0])
             r.tokens, r.nfe, r.step = out.x_prev[0], r.nfe + 1, r.step + 1
             r.done = r.step >= r.steps or not bool((r.tokens == process.mask_id).any())
         return state.output(changed, dists)
