@@ -22,6 +22,28 @@ def cli(*args, cwd=None, env_cache=None):
     return subprocess.run([*cmd, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
 
 
+def in_process(*args, stdin: bytes = b""):
+    """The command line run inside this process (for errors and short commands: no interpreter
+    start-up, no torch import): ``cli``'s CompletedProcess, with bytes for standard input."""
+    import contextlib
+    import io
+
+    from textdiffusion.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    saved_stdin = sys.stdin
+    sys.stdin = io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8")
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main([str(a) for a in args])
+            except SystemExit as exc:  # argparse's usage errors
+                code = exc.code
+    finally:
+        sys.stdin = saved_stdin
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     d = tmp_path_factory.mktemp("corpus")
@@ -174,10 +196,19 @@ def test_sft_train_and_chat(runs, tmp_path):
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert len(out["replies"]) == 2 and all("<|" not in x for x in out["replies"]) and out["nfe"] >= 1
-    r = subprocess.run([str(EXE), "chat", str(tmp_path / "chat"), "--steps", "4", "--json"], input="hello\nwhere?\n\n",
+    assert "not instruction-tuned" not in r.stderr
+    r = subprocess.run([str(EXE), "chat", str(tmp_path / "chat"), "--steps", "4", "--json"], input="the cat\nwhere?\n\n",
                        capture_output=True, text=True, timeout=300, env={**os.environ, "TEXTDIFFUSION_CACHE": str(cache)})
     turns = [json.loads(x) for x in r.stdout.splitlines()]
-    assert r.returncode == 0 and [t["message"] for t in turns] == ["hello", "where?"], r.stderr  # one reply per turn
+    assert r.returncode == 0 and [t["message"] for t in turns] == ["the cat", "where?"], r.stderr  # one reply per turn
+    # a character the tokenizer never saw is refused by name (it used to be dropped: "hello" became "heo");
+    # standard input that is not UTF-8 is named as such (it was a utf-32 encode error); a run not tuned
+    # with --sft answers with a note (it used to answer as if it were)
+    assert "'l' (U+006C)" in _one_line_error(in_process("chat", tmp_path / "chat", "hello", "--steps", "2"))
+    latin1 = in_process("chat", tmp_path / "chat", "--steps", "2", stdin=b"where is the caf\xe9?\n")
+    assert "line 1 of standard input is not UTF-8" in _one_line_error(latin1)
+    r = in_process("chat", base / "masked", "the cat", "--steps", "2")
+    assert r.returncode == 0 and "not instruction-tuned (train --sft)" in r.stderr
     # fine-tune the pretrained masked run on the pairs (its tokenizer, model and process)
     r = cli("train", "--sft", "--init", base / "masked", "--data", pairs, "--out", tmp_path / "tuned",
             "--set", "train.max_steps=5", "--quiet", env_cache=cache)

@@ -162,18 +162,36 @@ def test_gradient_accumulation_is_the_larger_batch(splits, tmp_path):
     assert all(torch.allclose(w["big"][k], w["accum"][k], rtol=1e-4, atol=1e-6) for k in w["big"])
 
 
-def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(splits, tmp_path):
-    """At lr = 1e8 the first update blows the weights up and step 2's loss is NaN: training stops
-    with a message naming the fix, and the checkpoint of step 1 (finite weights) is what remains.
-    Catches the guard removed (training goes on and checkpoints NaN weights), planted and seen failing."""
+def _poison_optimizer(run_dir):
+    """A damaged optimizer state: negative second moments, so the next AdamW update divides by
+    sqrt(< 0) and every weight becomes NaN, while that step's loss (computed before the update)
+    is still finite."""
+    from safetensors.torch import load_file, save_file
+
+    path = checkpoint_dir(run_dir) / "optimizer.safetensors"
+    state = load_file(str(path))
+    save_file({k: -torch.ones_like(v) * 1e6 if k.endswith("exp_avg_sq") else v for k, v in state.items()}, str(path))
+
+
+@pytest.mark.parametrize("ckpt_every", [1, 100])
+def test_a_non_finite_step_is_never_saved(splits, tmp_path, ckpt_every):
+    """Step 3 turns the weights NaN (a damaged optimizer state) with a finite loss. With
+    ckpt_every=1 the old trainer saved step 3's NaN weights and stopped at step 4 saying "the last
+    checkpoint is untouched"; now nothing non-finite is saved: training stops with a message naming
+    the fix and the checkpoint on disk is step 2's, finite. With ckpt_every=100, step 4's NaN loss
+    stops it. Catches the weight check before saving removed (planted: step-3 NaN checkpoint)."""
     from safetensors.torch import load_file
 
-    cfg = _ar_cfg(batch_size=8, max_steps=5, lr=1e8, min_lr=1e8)
-    with pytest.raises(FloatingPointError, match="lower train.lr"):
-        train(cfg, tmp_path / "r", splits, tokenizer(), progress=False)
-    ckpt = checkpoint_dir(tmp_path / "r")
-    assert json.loads((ckpt / "state.json").read_text())["step"] == 1
-    assert all(torch.isfinite(v).all() for v in load_file(str(ckpt / "model.safetensors")).values())
+    run = tmp_path / "r"
+    train(_cfg("ar", max_steps=6, ckpt_every=ckpt_every), run, splits, tokenizer(), progress=False, until=2)
+    _poison_optimizer(run)
+    with pytest.raises(FloatingPointError, match="lower train.lr") as info:
+        train(_cfg("ar", max_steps=6, ckpt_every=ckpt_every), run, splits, tokenizer(), progress=False, resume=True)
+    assert "untouched" in str(info.value)
+    ckpt = checkpoint_dir(run)
+    assert json.loads((ckpt / "state.json").read_text())["step"] == 2
+    for name in ("model", "ema"):
+        assert all(torch.isfinite(v).all() for v in load_file(str(ckpt / f"{name}.safetensors")).values())
 
 
 def test_lr_schedule():
@@ -206,11 +224,11 @@ def test_cpu_bf16_autocast_trains_and_resumes_exactly(splits, tmp_path):
 
 
 def test_fine_tuning_settings_are_checked_against_the_init_run_in_the_python_api(splits, tmp_path):
-    """train_run with train.init takes that run's model and process and validates the whole config
-    again: data.fim_rate (AR twin only) on a masked init run is a ConfigError naming it, before
-    any directory is made (it used to pass validation, as the config was checked against the
-    default process, and end in a non-finite loss). Catches the config rewritten without being
-    validated again (planted and seen failing)."""
+    """train_run with train.init takes that run's model and process, so a model or process setting
+    that differs from the init's (and from the default) would be ignored: it is a ConfigError
+    naming it, before any directory is made. It used to be silently dropped (``--init`` with
+    ``--set model.n_layer=4``), or, for data.fim_rate with process.name=ar on a masked init, to
+    pass and end in a non-finite loss. Catches the comparison removed (planted and seen failing)."""
     from textdiffusion.config import ConfigError, DataConfig
     from textdiffusion.training.recipe import train_run
 
@@ -218,12 +236,20 @@ def test_fine_tuning_settings_are_checked_against_the_init_run_in_the_python_api
     train(_cfg(max_steps=2), init, splits, tokenizer(), progress=False)
     text = tmp_path / "text.txt"
     text.write_text("abcdefgh" * 400)
-    cfg = Config(model=ModelConfig(n_layer=1, n_head=2, d_model=32, context=16, time_cond=False),
-                 process=ProcessConfig(name="ar"), data=DataConfig(path=str(text), fim_rate=0.5),
-                 train=TrainConfig(init=str(init), max_steps=2, eval_every=2, eval_batches=1, ckpt_every=2))
-    with pytest.raises(ConfigError, match="data.fim_rate is for the AR twin"):
-        train_run(cfg, tmp_path / "out", progress=False)
-    assert not (tmp_path / "out").exists()
+    same = dict(n_layer=1, n_head=2, d_model=32, context=16, time_cond=True, dropout=0.1)
+    tc = TrainConfig(init=str(init), max_steps=2, eval_every=2, eval_batches=1, ckpt_every=2)
+    for model, process, needle in [
+        (ModelConfig(**{**same, "time_cond": False}), ProcessConfig(name="ar"), "process.name=ar cannot change"),
+        (ModelConfig(**{**same, "n_layer": 4}), ProcessConfig(), r"model.n_layer=4 cannot change .*\(model.n_layer=1\)"),
+    ]:
+        fim = 0.5 if process.name == "ar" else 0.0
+        cfg = Config(model=model, process=process, data=DataConfig(path=str(text), fim_rate=fim), train=tc)
+        with pytest.raises(ConfigError, match=needle):
+            train_run(cfg, tmp_path / "out", progress=False)
+        assert not (tmp_path / "out").exists()
+    # the init's own settings, or the defaults, are fine: the run fine-tunes
+    cfg = Config(model=ModelConfig(**same), data=DataConfig(path=str(text)), train=tc)
+    assert train_run(cfg, tmp_path / "ok", progress=False).step == 2
 
 
 def test_gaussian_training_is_deterministic_on_two_threads(splits, tmp_path):

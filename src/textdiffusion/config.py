@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import re
 import sys
 import typing
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .fileio import write_atomic
 from .processes.registry import NAMES
 from .processes.registry import PROCESSES as PROCESS_SPECS
 
@@ -37,6 +37,9 @@ def _check(ok: bool, message: str) -> None:
 
 def _check_choice(value: str, choices: tuple[str, ...], flag: str) -> None:
     _check(value in choices, f"{flag} must be one of {', '.join(choices)}; got {value!r}")
+
+
+MAX_LR = 10.0  # train.lr above this is a typo (AdamW moves every weight by about lr per step)
 
 
 @dataclass
@@ -169,7 +172,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("batch_size", "grad_accum", "max_steps", "eval_every", "ckpt_every", "log_every"):
             _check(getattr(self, name) > 0, f"train.{name} must be positive")
-        _check(self.lr > 0, "train.lr must be positive")
+        _check(0 < self.lr <= MAX_LR, f"train.lr must be positive and at most {MAX_LR:g} (AdamW steps that large "
+                                       f"diverge at once; typical: 1e-4 to 1e-2)")
         _check(0 <= self.min_lr <= self.lr, "train.min_lr must be in [0, train.lr]")
         _check(self.warmup_steps >= 0, "train.warmup_steps must be >= 0")
         _check(0.0 <= self.ema < 1.0, "train.ema must be in [0, 1)")
@@ -224,15 +228,15 @@ class Config:
 
     def save(self, path: str | Path) -> None:
         """Write atomically: a crash never leaves a half-written config.json."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> Config:
         return cls.from_dict(json.loads(_read_utf8(Path(path))))
 
+
+DERIVED = {"model.vocab_size": "it is the tokenizer's size: set data.vocab_size (BPE) instead",
+           "model.num_labels": "it is the number of labels in the data (train --labels)"}
 
 _SECTION_CLASSES = {"model": ModelConfig, "process": ProcessConfig, "data": DataConfig, "train": TrainConfig}
 
@@ -294,6 +298,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raw = tomllib.loads(_read_utf8(path))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    for key, why in DERIVED.items():  # a config file may not set them either (a run's config.json records them)
+        section, name = key.split(".")
+        _check(name not in raw.get(section, {}), f"{key} cannot be set in {path}: {why}")
     apply_overrides(raw, overrides or [])
     return Config.from_dict(raw)
 
@@ -310,6 +317,8 @@ def apply_overrides(raw: dict[str, dict[str, Any]], overrides: list[str], sectio
     """Write ``section.key=value`` items into nested dicts (validated later by ``Config.from_dict``)."""
     for item in overrides:
         section, name, value = parse_override(item)
+        _check(f"{section}.{name}" not in DERIVED, f"--set {section}.{name} cannot be set: "
+                                                  f"{DERIVED.get(f'{section}.{name}')}")
         if sections is not None:
             _check(section in sections, f"cannot change {section}.{name} here (only {', '.join(s + '.*' for s in sections)})")
         raw.setdefault(section, {})[name] = value

@@ -252,13 +252,15 @@ def continue_prompt(run, prompt: str = "", *, length: int | None = None, steps: 
     first end-of-text (variable length); the samplers that can stop early do."""
     from .control.guidance import guided_model
     from .sampling import build_sampler
+    from .sampling.base import check_request
 
     tok = run.tokenizer
-    ids = torch.from_numpy(tok.encode(prompt)) if prompt else None
+    ids = torch.from_numpy(tok.encode_exact(prompt, "the prompt")) if prompt else None
     p_len = 0 if ids is None else len(ids)
     if length is None:
         length = max(1, min(128, run.cfg.model.context - p_len))
     smp = build_sampler(sampler, run.process, tok, eot_id=tok.eot_id if stop_at_eot else None, **options)
+    check_request(run.model, num, p_len, length)  # before the guidance mask below is made
     positions = torch.zeros(num, p_len + length, dtype=torch.bool)
     positions[:, :p_len] = True  # prompt guidance: the unconditional pass sees no prompt
     model = guided_model(run, label, guidance, positions, classifier)

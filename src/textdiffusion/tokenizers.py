@@ -15,10 +15,19 @@ from pathlib import Path
 import numpy as np
 
 from .errors import TokenizerError
+from .fileio import write_atomic
 
 EOT, MASK, PAD, UNK = "<|endoftext|>", "<|mask|>", "<|pad|>", "<|unk|>"
 SPECIALS = (EOT, MASK, PAD, UNK)
 MASK_GLYPH = "░"  # how a mask token is shown when decoding with show_mask=True
+
+
+def _describe(c: str) -> str:
+    """A character as an error message shows it: itself and its code point (a special token as is)."""
+    if len(c) > 1:
+        return repr(c)
+    shown = repr(c) if c.isprintable() and not 0xD800 <= ord(c) <= 0xDFFF else "a character"
+    return f"{shown} (U+{ord(c):04X})"
 
 
 
@@ -52,6 +61,24 @@ class Tokenizer:
     def encode(self, text: str) -> np.ndarray:
         """Text -> int64 array of ids (no specials added)."""
         return self._encode(text)
+
+    def encode_exact(self, text: str, what: str = "the text") -> np.ndarray:
+        """``encode`` for text a user gave (a prompt, a template, a message): it must come back
+        verbatim from ``decode``, so characters the tokenizer cannot spell (never seen in its
+        corpus, a literal special token, text that is not valid Unicode) are refused by name
+        instead of being dropped."""
+        bad = self.unknown_characters(text)
+        if bad:
+            shown = ", ".join(_describe(c) for c in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+            raise TokenizerError(f"{what} has characters this model's tokenizer cannot spell: {shown}; "
+                                 f"remove or replace them")
+        return self._encode(text)
+
+    def unknown_characters(self, text: str) -> list[str]:
+        """The distinct characters (or literal special tokens) of ``text`` that would not come
+        back from ``decode(encode(text))``, in order of first appearance."""
+        out = [c for c in dict.fromkeys(text) if 0xD800 <= ord(c) <= 0xDFFF]  # lone surrogates
+        return out + [s for s in SPECIALS if s in text]
 
     def encode_documents(self, docs: Iterable[str]) -> np.ndarray:
         """Concatenate documents, each followed by the end-of-text token."""
@@ -91,7 +118,7 @@ class Tokenizer:
         return counts
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps({"kind": self.kind, **self._state()}) + "\n")
+        write_atomic(path, json.dumps({"kind": self.kind, **self._state()}) + "\n")
 
     # subclass hooks
     def _encode(self, text: str) -> np.ndarray:  # pragma: no cover
@@ -129,8 +156,12 @@ class CharTokenizer(Tokenizer):
             seen.update(t)
         return cls(sorted(seen))
 
+    def unknown_characters(self, text: str) -> list[str]:
+        known = set(self.chars)
+        return [c for c in dict.fromkeys(text) if c not in known]
+
     def _encode(self, text: str) -> np.ndarray:
-        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
+        codes = np.frombuffer(text.encode("utf-32-le", errors="surrogatepass"), dtype=np.uint32).astype(np.int64)
         ids = np.full(len(codes), self.unk_id, dtype=np.int64)
         inside = codes < len(self._lut)
         found = self._lut[codes[inside]]
@@ -153,8 +184,11 @@ class ByteTokenizer(Tokenizer):
     kind = "byte"
     base_size = 256
 
+    def unknown_characters(self, text: str) -> list[str]:
+        return [c for c in dict.fromkeys(text) if 0xD800 <= ord(c) <= 0xDFFF]  # every other text has bytes
+
     def _encode(self, text: str) -> np.ndarray:
-        return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int64)
+        return np.frombuffer(text.encode("utf-8", errors="replace"), dtype=np.uint8).astype(np.int64)
 
     def _decode(self, ids: list[int]) -> str:
         return bytes(ids).decode("utf-8", errors="replace")

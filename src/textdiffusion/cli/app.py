@@ -71,7 +71,10 @@ def main(argv: list[str] | None = None) -> int:
             from ..sampling.registry import spec
 
             spec(args.sampler)
-        return args.func(args)
+        from ..limits import time_limit
+
+        with time_limit(getattr(args, "max_seconds", None)):
+            return args.func(args)
     except KeyboardInterrupt as exc:  # Ctrl-C; in training also SIGTERM and SIGHUP (trainer.Interrupted)
         signum = getattr(exc, "signum", signal.SIGINT)
         saved = args.command == "train" and any((Path(args.out) / d / "state.json").exists()

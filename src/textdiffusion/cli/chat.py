@@ -36,6 +36,9 @@ def main(args) -> int:
 
     run = load(args.run, args.device, args.threads)
     opts = sampler_options(args)  # chat always ends replies at end-of-text
+    if not run.cfg.data.sft:
+        print(f"textdiffusion: note: {args.run} was not instruction-tuned (train --sft): it has never seen the chat "
+              f"template, so its replies continue the text rather than answer it", file=sys.stderr)
 
     def reply(message: str, history: list, num: int):
         if args.label is not None or args.classifier:
@@ -55,7 +58,7 @@ def main(args) -> int:
     while True:
         if interactive:
             print("you> ", end="", file=sys.stderr, flush=True)
-        line = sys.stdin.readline()
+        line = _read_line(len(history) + 1)
         if not line.strip():
             return 0
         result = reply(line.strip(), history, 1)
@@ -64,3 +67,15 @@ def main(args) -> int:
         else:
             print(("model> " if interactive else "") + result.texts[0], flush=True)
         history.append((line.strip(), result.texts[0]))
+
+
+def _read_line(number: int) -> str:
+    """One line of standard input as UTF-8 text (whatever the locale), or a one-line error."""
+    raw = sys.stdin.buffer.readline() if hasattr(sys.stdin, "buffer") else sys.stdin.readline()
+    if isinstance(raw, str):
+        return raw
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"line {number} of standard input is not UTF-8 text (byte 0x{raw[exc.start]:02x} at "
+                         f"position {exc.start}): convert it first, e.g. iconv -f latin1 -t utf-8") from None

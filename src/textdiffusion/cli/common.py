@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from ..errors import UsageError
+from ..limits import DEFAULT_MAX_SECONDS
 
 
 def int_at_least(low: int):
@@ -25,6 +26,16 @@ def int_at_least(low: int):
 
 
 POSITIVE, NON_NEGATIVE = int_at_least(1), int_at_least(0)
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive, finite number of seconds, got {text!r}")
+    return value
 
 
 def _sampler_help() -> str:
@@ -61,6 +72,9 @@ def add_sampling_args(p: argparse.ArgumentParser, card: bool = False) -> None:
     g.add_argument("--classifier", metavar="DIR", default=None,
                    help="a classifier of this run's noisy inputs (train-classifier) for classifier guidance")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--max-seconds", type=positive_seconds, default=DEFAULT_MAX_SECONDS, metavar="S",
+                   help=f"refuse, after the first step, a request projected to take longer (default "
+                        f"{DEFAULT_MAX_SECONDS:g}: an hour)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     p.add_argument("--threads", type=NON_NEGATIVE, default=0,
                    help="CPU threads for torch (default 0 = auto: the cores not already busy, from the load average)")

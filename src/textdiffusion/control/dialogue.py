@@ -32,6 +32,7 @@ def chat(run, message: str, history: list[tuple[str, str]] | None = None, *, len
     ``guidance`` > 0: classifier-free guidance on the prompt (runs tuned with prompt dropping)."""
     tok, context = run.tokenizer, run.cfg.model.context
     history = list(history or [])
+    tok.encode_exact(message, "the message")  # the user's words are kept verbatim or refused by name
     while True:
         ids = [tok.eot_id] + tok.encode(conversation(history, message)).tolist()
         if len(ids) + MIN_RESPONSE <= context or not history:

@@ -28,7 +28,7 @@ def edit(run, text: str, start: int | None = None, end: int | None = None, *, st
         raise UsageError(f"strength must be in (0, 1]; got {strength}")
     tok = run.tokenizer
     before, span, after = text[:start], text[start:end], text[end:]
-    ids = [tok.encode(before).tolist(), tok.encode(span).tolist(), tok.encode(after).tolist()]
+    ids = [tok.encode_exact(part, "the text").tolist() for part in (before, span, after)]
     if not ids[1]:
         raise UsageError("the span holds no token")
     tokens = torch.tensor(ids[0] + ids[1] + ids[2], dtype=torch.long).expand(num, -1).clone()

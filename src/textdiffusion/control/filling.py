@@ -66,7 +66,8 @@ def fim_prompt(template: Template, tokenizer) -> tuple[list[int], list[bool]]:
     healed = template.healed(tokenizer)
     prefix, suffix = "".join(template.parts[:k]), "".join(template.parts[k + 1 :])
     prefix = prefix[:-1] if healed[0] else prefix
-    ids = [tokenizer.eot_id, *tokenizer.encode(prefix).tolist(), tokenizer.pad_id, *tokenizer.encode(suffix).tolist(),
+    ids = [tokenizer.eot_id, *tokenizer.encode_exact(prefix, "the template").tolist(), tokenizer.pad_id,
+           *tokenizer.encode_exact(suffix, "the template").tolist(),
            tokenizer.mask_id]
     return ids, healed
 
@@ -101,6 +102,18 @@ def _fill_fixed(run, template: Template, *, num: int, steps: int, sampler, seed:
     return [d[0] for d in done], [d[1] for d in done], out
 
 
+def _check_fits(run, template: Template) -> None:
+    """Every size a hole may take fits the model context with the text around it (checked before
+    a canvas of that size is made)."""
+    context = run.cfg.model.context
+    text = sum(len(run.tokenizer.encode_exact(p, "the template")) for p in template.parts if isinstance(p, str))
+    most = text + sum(h.high for h in template.holes)
+    if most > context:
+        asked = "asks for up to" if any(h.variable for h in template.holes) else "needs"
+        raise UsageError(f"the template {asked} {most:,} tokens ({text} of text, the rest holes), which exceeds the "
+                         f"model context ({context} tokens): make the holes smaller")
+
+
 def _candidate_sizes(holes: list[Hole], candidates: int) -> list[list[int]]:
     """Sizes to try: ``candidates`` evenly spaced lengths of every variable hole, all together."""
     grids = []
@@ -118,6 +131,7 @@ def infill(run, template: str | Template, *, num: int = 1, steps: int = 64, samp
     ``label`` / ``guidance`` / ``classifier``: conditioning and guidance (control/guidance.py).
     ``on_step``: the per-step hook (variable holes: every candidate length's steps, in turn)."""
     tpl = template if isinstance(template, Template) else Template.parse(template)
+    _check_fits(run, tpl)
     smp = _sampler(run, sampler, options)
     cond = {"label": label, "guidance": guidance, "classifier": classifier, "trace": trace, "on_step": on_step}
     if not any(h.variable for h in tpl.holes):
@@ -129,7 +143,7 @@ def infill(run, template: str | Template, *, num: int = 1, steps: int = 64, samp
     for sizes in _candidate_sizes(tpl.holes, candidates):
         texts, fills, out = _fill_fixed(run, tpl.sized(sizes), num=num, steps=steps, sampler=smp, seed=seed, **cond)
         nfe, seconds = nfe + out.nfe, seconds + out.seconds
-        bits = sequence_bits(run, texts, seed)
+        bits = sequence_bits(run, texts, seed, exact=False)  # the model's own fills
         tried.append({"sizes": sizes, "bits": bits})
         best = [min(b, (x, t, f)) for b, x, t, f in zip(best, bits, texts, fills)]
     return ControlResult([b[1] for b in best], [b[2] for b in best], out, smp.name, nfe, seconds,

@@ -129,7 +129,7 @@ class Template:
                 ids += [HOLE] * p.low
             else:
                 text = p[:-1] if i in trim else p
-                ids += tokenizer.encode(text).tolist() if text else []
+                ids += tokenizer.encode_exact(text, "the template").tolist() if text else []
         tokens = torch.tensor(ids, dtype=torch.long).expand(batch, -1).clone()
         return Canvas(tokens, tokens != HOLE), spans
 

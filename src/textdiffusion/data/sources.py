@@ -171,10 +171,15 @@ def load_token_splits(data: DataConfig, tokenizer: Tokenizer, tokenizer_file: Pa
     if not (folder / "done").exists():
         arrays = {name: tokenizer.encode_documents(texts) for name, texts in text_splits(data).items()}
         tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-        tmp.mkdir(parents=True, exist_ok=True)
-        for name, arr in arrays.items():
-            arr.astype(dtype).tofile(tmp / f"{name}.bin")
-        (tmp / "done").write_text(json.dumps({"source": data.path, "dtype": np.dtype(dtype).name}))
+        try:
+            tmp.mkdir(parents=True, exist_ok=True)
+            for name, arr in arrays.items():
+                arr.astype(dtype).tofile(tmp / f"{name}.bin")
+            (tmp / "done").write_text(json.dumps({"source": data.path, "dtype": np.dtype(dtype).name}))
+        except OSError as exc:  # a full disk: numpy says only "N requested and M written"
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise DataError(f"could not write the token cache in {_cache_root()} ({exc.strerror or exc}): free some "
+                            f"space, or point TEXTDIFFUSION_CACHE at a folder with room") from None
         try:
             tmp.rename(folder)
         except OSError:  # another process finished first: use theirs

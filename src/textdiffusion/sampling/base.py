@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UsageError
+from ..limits import check_projected_time, check_sampling_memory, check_steps, max_seconds
 
 
 @dataclass
@@ -96,6 +97,15 @@ def prompt_canvas(prompt: torch.Tensor | None, batch: int, length: int, device) 
     return Canvas(tokens, fixed)
 
 
+def check_request(model, rows: int, prompt_length: int, length: int) -> None:
+    """A request of ``rows`` sequences, ``prompt_length`` + ``length`` tokens each, fits the model
+    context and the memory the machine has (checked before anything of that size is made)."""
+    if prompt_length + length > model.cfg.context:
+        raise UsageError(f"prompt ({prompt_length} tokens) plus length ({length}) exceeds the model context "
+                         f"({model.cfg.context} tokens)")
+    check_sampling_memory(model, rows, prompt_length + length)
+
+
 def resolve_canvas(model, prompt: torch.Tensor | None, batch_size: int, length: int | None,
                    canvas: Canvas | None) -> Canvas:
     """The canvas a generate() call works on: the one given, or [prompt | length free positions];
@@ -104,9 +114,13 @@ def resolve_canvas(model, prompt: torch.Tensor | None, batch_size: int, length: 
     if canvas is None:
         if length is None:
             raise UsageError("give a length (or a canvas)")
+        P = 0 if prompt is None else prompt.shape[-1]
+        check_request(model, batch_size, P, length)  # before the canvas is made: a huge length is one line
         canvas = prompt_canvas(prompt, batch_size, length, device)
     elif prompt is not None:
         raise UsageError("give a prompt or a canvas, not both")
+    else:
+        check_sampling_memory(model, canvas.tokens.shape[0], canvas.tokens.shape[1])
     T = canvas.tokens.shape[1]
     if T > model.cfg.context:
         P = canvas.prompt_length
@@ -284,6 +298,7 @@ class Sampler:
         q(x_t | text)) with the row's own generator, ``steps`` each."""
         if steps is None or steps <= 0:
             raise UsageError("steps must be positive")
+        check_steps(steps)
         gens = row_generators(gen, canvas.tokens.shape[0])
         rows = []
         for b, g in enumerate(gens):
@@ -302,10 +317,13 @@ class Sampler:
         state = self.start(model, process, canvas, steps, gen)
         state.report = on_step is not None or trace
         states: list[torch.Tensor] = []
-        start, i = time.perf_counter(), 0
+        start, i, budget = time.perf_counter(), 0, max_seconds()
         while not state.finished:
             report_step(i, self.step(state, model), states if trace else None, on_step)
             i += 1
+            if i == 1 and budget is not None:  # the first step's time, times the steps left
+                left = max((r.steps - r.step for r in state.active()), default=0)
+                check_projected_time(time.perf_counter() - start, left, budget)
         return state.generation(time.perf_counter() - start, states)
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -52,27 +53,45 @@ def write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
 
 
 def save_checkpoint(run_dir: Path, *, model, ema, optimizer, state: dict, rng: dict[str, torch.Tensor]) -> None:
+    """Write a new checkpoint beside the old one, then swap. A write that fails (a full disk, a
+    file size limit, a read-only folder) is a CheckpointError naming the folder; the previous
+    checkpoint stays in place and the half-written one is removed."""
     run_dir = Path(run_dir)
     tmp, final, old = run_dir / "checkpoint.tmp", run_dir / "checkpoint", run_dir / "checkpoint.old"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write_safetensors(tmp / "model.safetensors", model.state_dict())
-    if ema is not None:
-        write_safetensors(tmp / "ema.safetensors", ema.shadow)
-    opt_tensors, opt_meta = _flatten_optimizer(optimizer)
-    write_safetensors(tmp / "optimizer.safetensors", opt_tensors)
-    write_safetensors(tmp / "rng.safetensors", rng)
-    (tmp / "state.json").write_text(json.dumps({**state, "optimizer": opt_meta}, indent=2))
-    for f in tmp.iterdir():
-        with open(f, "rb+") as fh:
-            os.fsync(fh.fileno())
-    _fsync_dir(tmp)
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        write_safetensors(tmp / "model.safetensors", model.state_dict())
+        if ema is not None:
+            write_safetensors(tmp / "ema.safetensors", ema.shadow)
+        opt_tensors, opt_meta = _flatten_optimizer(optimizer)
+        write_safetensors(tmp / "optimizer.safetensors", opt_tensors)
+        write_safetensors(tmp / "rng.safetensors", rng)
+        (tmp / "state.json").write_text(json.dumps({**state, "optimizer": opt_meta}, indent=2))
+        for f in tmp.iterdir():
+            with open(f, "rb+") as fh:
+                os.fsync(fh.fileno())
+        _fsync_dir(tmp)
+    except (OSError, SafetensorError) as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        then = ("the previous checkpoint is kept: free some space (or fix the folder's permissions) and continue with "
+                "--resume") if (final / "state.json").exists() else "free some space and train again"
+        raise CheckpointError(f"could not write a checkpoint into {run_dir} ({_reason(exc)}); {then}") from None
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)
         final.rename(old)
     tmp.rename(final)
     _fsync_dir(run_dir)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _reason(exc: BaseException) -> str:
+    """An OS or safetensors error as a few words ("No space left on device")."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    found = re.search(r"I/O error: (.*?)(?: \(os error \d+\))?$", text)  # safetensors wraps the OS error
+    return found.group(1) if found else text
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -93,22 +112,65 @@ def _flatten_optimizer(optimizer) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, {"param_groups": sd["param_groups"]}
 
 
+def read_tensors(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """A checkpoint's safetensors file, with a one-line CheckpointError that says what is wrong
+    with it: missing, unreadable, or not a (complete) safetensors file. Never unpickled."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path.parent} has no {path.name} (an incomplete or foreign checkpoint)")
+    try:
+        return load_file(str(path), device=device)
+    except PermissionError:
+        raise CheckpointError(f"cannot read {path}: permission denied") from None
+    except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"corrupt checkpoint file {path}: {first}") from None
+
+
+def read_state(ckpt: Path) -> dict:
+    """A checkpoint's state.json (step, tokens seen, optimizer hyper-parameters)."""
+    path = Path(ckpt) / "state.json"
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except PermissionError:
+        raise CheckpointError(f"cannot read {path}: permission denied") from None
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"corrupt checkpoint file {path}: {exc}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"corrupt checkpoint file {path}: expected a JSON object")
+    return state
+
+
 def load_optimizer_state(optimizer, ckpt: Path, meta: dict) -> None:
-    tensors = load_file(str(ckpt / "optimizer.safetensors"))
+    """AdamW's moments, checked against the parameters they are for (another run's optimizer
+    state would otherwise fail steps later, inside torch)."""
+    path = Path(ckpt) / "optimizer.safetensors"
+    tensors = read_tensors(path)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     state: dict[int, dict[str, torch.Tensor]] = {}
-    for name, value in tensors.items():
-        idx, key = name.split(".", 1)
-        state.setdefault(int(idx), {})[key] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    try:
+        groups = meta["param_groups"]
+        if [len(g["params"]) for g in groups] != [len(g["params"]) for g in optimizer.param_groups]:
+            raise ValueError("another number of parameters")
+        for name, value in tensors.items():
+            idx, key = name.split(".", 1)
+            i = int(idx)
+            if key in ("exp_avg", "exp_avg_sq") and tuple(value.shape) != tuple(params[i].shape):
+                raise ValueError(f"{name} has shape {tuple(value.shape)}, the parameter {tuple(params[i].shape)}")
+            state.setdefault(i, {})[key] = value
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
+    except (KeyError, IndexError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path} does not fit this model ({exc}): is it another run's checkpoint?") from None
 
 
 def load_weights(model, ckpt: Path, prefer_ema: bool = True) -> str:
     """Load EMA weights when present (they are what a run is for), else the raw weights."""
+    ckpt = Path(ckpt)
     name = "ema.safetensors" if prefer_ema and (ckpt / "ema.safetensors").exists() else "model.safetensors"
+    tensors = read_tensors(ckpt / name)
     try:
-        tensors = load_file(str(ckpt / name))
         model.load_state_dict(tensors)
-    except (SafetensorError, OSError, RuntimeError) as exc:
+    except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"corrupt checkpoint {ckpt / name}: {first}") from None
+        raise CheckpointError(f"{ckpt / name} does not fit this model's config: {first}") from None
     return name

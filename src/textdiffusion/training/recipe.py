@@ -27,6 +27,7 @@ from ..data import (
     text_splits,
 )
 from ..errors import UsageError
+from ..limits import check_training_memory
 from ..runs import read_run
 from ..tokenizers import Tokenizer, train_tokenizer
 from .checkpoint import CheckpointError, checkpoint_dir
@@ -88,6 +89,15 @@ def finetune_config(cfg: Config, init: str | Path) -> Config:
     init_cfg, _ = read_run(init)
     checkpoint_dir(init)  # a clear error if it holds no weights
     raw, theirs = cfg.to_dict(), init_cfg.to_dict()
+    defaults = Config().to_dict()
+    for section in ("model", "process"):  # set here, but not what the init has: it would be ignored
+        for key, value in raw[section].items():
+            if key in ("vocab_size", "num_labels"):
+                continue
+            if value != defaults[section][key] and value != theirs[section][key]:
+                raise ConfigError(f"{section}.{key}={value} cannot change when fine-tuning: --init takes the model "
+                                  f"and process of {init} ({section}.{key}={theirs[section][key]}); drop the setting, "
+                                  f"or train a new model without --init")
     raw["model"], raw["process"] = theirs["model"], theirs["process"]
     if not cfg.data.sft:
         raw["data"]["tokenizer"], raw["data"]["vocab_size"] = theirs["data"]["tokenizer"], theirs["data"]["vocab_size"]
@@ -135,11 +145,31 @@ def prepare_data(cfg: Config, run_dir: Path) -> tuple[Tokenizer, dict]:
     return tokenizer, load_token_splits(cfg.data, tokenizer, run_dir / "tokenizer.json")
 
 
+RUN_FILES = ("config.json", "tokenizer.json", "metrics.jsonl", "labels.json", "checkpoint.tmp")
+
+
+def stopped_before_first_checkpoint(run_dir: Path) -> bool:
+    """A run killed before its first checkpoint: its config.json (written first) and nothing but
+    the files a run writes, so starting it again over them loses nobody's work."""
+    if not (run_dir / "config.json").is_file() or has_checkpoint(run_dir):
+        return False
+    if any(p.name not in RUN_FILES and not p.name.startswith(".") for p in run_dir.iterdir()):
+        return False
+    try:
+        Config.load(run_dir / "config.json")
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
 def check_new_run_dir(run_dir: Path) -> None:
     """A new run goes into a new or empty folder: never over files someone owns (a run writes
     config.json, tokenizer.json and metrics.jsonl there)."""
     if run_dir.exists() and not run_dir.is_dir():
         raise UsageError(f"--out {run_dir} is a file: give a folder for the run")
+    if stopped_before_first_checkpoint(run_dir):
+        raise UsageError(f"--out {run_dir} holds a run that stopped before its first checkpoint: start it again "
+                         f"with --resume, or choose a new folder")
     if run_dir.is_dir():
         held = sorted(p.name for p in run_dir.iterdir())
         if held:
@@ -157,14 +187,22 @@ def train_run(cfg: Config, run_dir: str | Path, *, progress: bool = True) -> Tra
         cfg.data.path = str(Path(cfg.data.path).resolve())  # the run can be resumed from anywhere
     if cfg.train.init:
         cfg = finetune_config(cfg, cfg.train.init)
+    # the size before the corpus is read (the tokenizer's exact size is checked again in train())
+    check_training_memory(cfg, cfg.data.vocab_size if cfg.data.tokenizer == "bpe" else 260)
     created = not run_dir.exists()
     try:
-        tokenizer, splits = prepare_data(cfg, run_dir)
-        return train(cfg, run_dir, splits, tokenizer, progress=progress)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(run_dir / "config.json")  # first: a run killed from here on is resumed (from step 0 if need be)
+        return _train_from_scratch(cfg, run_dir, progress)
     except BaseException:
         if created and not has_checkpoint(run_dir):  # failed before the first checkpoint: leave nothing
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
+
+
+def _train_from_scratch(cfg: Config, run_dir: Path, progress: bool) -> TrainResult:
+    tokenizer, splits = prepare_data(cfg, run_dir)
+    return train(cfg, run_dir, splits, tokenizer, progress=progress)
 
 
 RESUMABLE_SECTIONS = ("train",)
@@ -173,6 +211,15 @@ RESUMABLE_SECTIONS = ("train",)
 def resume_run(run_dir: str | Path, overrides: list[str] | None = None, *, progress: bool = True) -> TrainResult:
     """Continue a run from its last checkpoint; only ``train.*`` settings may change."""
     run_dir = Path(run_dir)
+    if stopped_before_first_checkpoint(run_dir):
+        # stopped (killed) before its first checkpoint: nothing to lose, start it over from its saved config
+        cfg = Config.load(run_dir / "config.json")
+        raw = cfg.to_dict()
+        apply_overrides(raw, overrides or [], sections=RESUMABLE_SECTIONS)
+        cfg = Config.from_dict(raw)
+        print(f"textdiffusion: {run_dir} stopped before its first checkpoint: starting it again from step 0",
+              file=sys.stderr)
+        return _train_from_scratch(cfg, run_dir, progress)
     cfg, tokenizer = read_run(run_dir)
     checkpoint_dir(run_dir)  # a clear error if there is nothing to resume
     raw = cfg.to_dict()
@@ -180,3 +227,4 @@ def resume_run(run_dir: str | Path, overrides: list[str] | None = None, *, progr
     cfg = Config.from_dict(raw)
     cfg.save(run_dir / "config.json")  # the run's config says what it now trains with
     return train(cfg, run_dir, load_splits(cfg, tokenizer, run_dir), tokenizer, resume=True, progress=progress)
+

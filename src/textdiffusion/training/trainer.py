@@ -19,12 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
 from ..config import Config
 from ..control.guidance import Conditioned, drop_condition
 from ..data import Rows, RowSampler, WindowSampler
 from ..errors import TrainingError, UsageError
+from ..fileio import write_atomic
+from ..limits import check_training_memory
 from ..runs import build_model
 from ..tokenizers import Tokenizer
 from .checkpoint import (
@@ -32,6 +33,8 @@ from .checkpoint import (
     checkpoint_dir,
     load_optimizer_state,
     load_weights,
+    read_state,
+    read_tensors,
     save_checkpoint,
 )
 
@@ -162,6 +165,7 @@ def train(
     device = resolve_device(tc.device)
     torch.manual_seed(tc.seed)
     cfg.model.vocab_size = tokenizer.vocab_size
+    check_training_memory(cfg, tokenizer.vocab_size, device)  # before a byte of it is allocated
     model, process = build_model(cfg, tokenizer)
     if tc.init and not resume:  # fine-tuning: start from another run's weights
         load_weights(model, checkpoint_dir(Path(tc.init)))
@@ -210,6 +214,10 @@ def train(
         return {"data": sampler.gen.get_state(), "noise": noise_gen.get_state(), "torch": torch.get_rng_state()}
 
     def save(rng: dict[str, torch.Tensor]) -> None:
+        bad = next((name for name, p in model.named_parameters() if not torch.isfinite(p).all()), None)
+        if bad is not None:  # a non-finite step is never saved: the checkpoint on disk stays the last good one
+            raise TrainingError(f"the weights became non-finite by step {step} ({bad}): lower train.lr or raise "
+                                f"train.warmup_steps or train.grad_clip (the last checkpoint in {run_dir} is untouched)")
         save_checkpoint(run_dir, model=model, ema=ema, optimizer=optimizer,
                         state={"step": step, "tokens_seen": tokens_seen}, rng=rng)
 
@@ -370,18 +378,32 @@ def _validate(model, ema, process, batches, device, autocast) -> float:
 
 
 def _restore(run_dir: Path, model, ema, optimizer, sampler, noise_gen) -> tuple[int, int]:
+    """Everything a checkpoint holds, back in place; any file missing, damaged or from another
+    run is a CheckpointError naming it (nothing is half-restored: the run is not changed)."""
     ckpt = checkpoint_dir(run_dir)
-    state = json.loads((ckpt / "state.json").read_text())
+    state = read_state(ckpt)
+    if "optimizer" not in state or not (ckpt / "optimizer.safetensors").exists():
+        raise CheckpointError(f"{run_dir} holds weights only (an exported model, or a checkpoint without its "
+                              f"optimizer state), so it cannot be resumed: fine-tune it instead with "
+                              f"train --init {run_dir} --out NEW_DIR")
+    if not isinstance(state.get("step"), int) or not isinstance(state.get("tokens_seen"), int):
+        raise CheckpointError(f"corrupt checkpoint file {ckpt / 'state.json'}: no whole-number step and tokens_seen")
     load_weights(model, ckpt, prefer_ema=False)
     if ema is not None:
         if not (ckpt / "ema.safetensors").exists():
             raise CheckpointError(f"{ckpt} has no EMA weights but train.ema > 0")
-        ema.shadow = load_file(str(ckpt / "ema.safetensors"), device=str(next(model.parameters()).device))
+        shadow = read_tensors(ckpt / "ema.safetensors", device=str(next(model.parameters()).device))
+        if {k: tuple(v.shape) for k, v in shadow.items()} != {k: tuple(v.shape) for k, v in ema.shadow.items()}:
+            raise CheckpointError(f"{ckpt / 'ema.safetensors'} does not fit this model: is it another run's checkpoint?")
+        ema.shadow = shadow
     load_optimizer_state(optimizer, ckpt, state["optimizer"])
-    rng = load_file(str(ckpt / "rng.safetensors"))
-    sampler.gen.set_state(rng["data"])
-    noise_gen.set_state(rng["noise"])
-    torch.set_rng_state(rng["torch"])
+    rng = read_tensors(ckpt / "rng.safetensors")
+    try:
+        sampler.gen.set_state(rng["data"])
+        noise_gen.set_state(rng["noise"])
+        torch.set_rng_state(rng["torch"])
+    except (KeyError, RuntimeError, TypeError) as exc:
+        raise CheckpointError(f"corrupt checkpoint file {ckpt / 'rng.safetensors'}: {exc}") from None
     return state["step"], state["tokens_seen"]
 
 
@@ -397,4 +419,4 @@ def _truncate_metrics(path: Path, step: int) -> None:
             continue
         if record.get("step", step + 1) <= step:
             keep.append(line)
-    path.write_text("".join(line + "\n" for line in keep))
+    write_atomic(path, "".join(line + "\n" for line in keep))  # a kill mid-rewrite keeps the old history

@@ -1,0 +1,230 @@
+"""Reliability (RELIABILITY.md): damaged runs, full disks, sizes checked before they are
+allocated, Ctrl-C at any moment. Each test names the defect it reproduces; each failed on the
+code before its fix."""
+
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from markov import MarkovChain, tokenizer
+
+from textdiffusion.config import Config, DataConfig, ModelConfig, TrainConfig
+from textdiffusion.errors import CheckpointError, TextDiffusionError, TokenizerError, UsageError
+from textdiffusion.training.checkpoint import checkpoint_dir
+from textdiffusion.training.trainer import train
+
+REPO = Path(__file__).resolve().parent.parent
+EXE = Path(sys.executable).parent / "textdiffusion"
+
+
+def _cfg(d_model=32, **train) -> Config:
+    return Config(model=ModelConfig(n_layer=1, n_head=2, d_model=d_model, context=16),
+                  train=TrainConfig(**{"batch_size": 4, "max_steps": 4, "eval_every": 4, "eval_batches": 1,
+                                       "ckpt_every": 2, "log_every": 1, "ema": 0.9, **train}))
+
+
+@pytest.fixture(scope="module")
+def splits():
+    mc = MarkovChain()
+    return {"train": mc.sample(4_000, seed=1), "val": mc.sample(1_000, seed=2)}
+
+
+@pytest.fixture(scope="module")
+def stopped(splits, tmp_path_factory):
+    """A run stopped at step 2 of 4 (resumable), and another run of another size."""
+    base = tmp_path_factory.mktemp("stopped")
+    train(_cfg(), base / "run", splits, tokenizer(), progress=False, until=2)
+    train(_cfg(d_model=16), base / "other", splits, tokenizer(), progress=False, until=2)
+    return base
+
+
+def _files(run: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _exported(run: Path) -> None:
+    """The run replaced by its exported model (weights only), as `textdiffusion export` writes it."""
+    from textdiffusion import Pipeline
+
+    shutil.rmtree(run)
+    Pipeline.from_pretrained(str(run.parent / "source")).save_pretrained(run)
+
+
+@pytest.mark.parametrize("damage, needle", [
+    (lambda run, other: _truncate(checkpoint_dir(run) / "optimizer.safetensors"), "corrupt checkpoint file .*optimizer"),
+    (lambda run, other: (checkpoint_dir(run) / "rng.safetensors").write_text("not safetensors"),
+     "corrupt checkpoint file .*rng.safetensors"),
+    (lambda run, other: _truncate(checkpoint_dir(run) / "ema.safetensors"), "corrupt checkpoint file .*ema.safetensors"),
+    (lambda run, other: (checkpoint_dir(run) / "state.json").write_text("{"), "corrupt checkpoint file .*state.json"),
+    (lambda run, other: (checkpoint_dir(run) / "state.json").write_text("[]"), "state.json: expected a JSON object"),
+    (lambda run, other: (checkpoint_dir(run) / "model.safetensors").unlink(), "has no model.safetensors"),
+    (lambda run, other: shutil.copy(checkpoint_dir(other) / "optimizer.safetensors", checkpoint_dir(run)),
+     "optimizer.safetensors does not fit this model .*another run"),
+    (lambda run, other: _exported(run), "holds weights only .*cannot be resumed.*--init"),
+], ids=["truncated-optimizer", "rng-not-safetensors", "truncated-ema", "state-not-json", "state-a-list",
+        "weights-missing", "another-runs-optimizer", "an-exported-model"])
+def test_resume_on_a_damaged_run_names_the_file_and_changes_nothing(stopped, splits, tmp_path, damage, needle):
+    """--resume on a damaged run was a traceback: KeyError 'optimizer' for an exported model, a
+    raw SafetensorError for a truncated optimizer/rng file, a JSON error naming no file, another
+    run's optimizer a torch shape error steps later. Now a CheckpointError names the file and the
+    fix, before anything is changed (the run's files are byte-identical afterwards)."""
+    run = tmp_path / "run"
+    shutil.copytree(stopped / "run", run)
+    shutil.copytree(stopped / "run", tmp_path / "source")
+    damage(run, stopped / "other")
+    before = _files(run)
+    with pytest.raises(CheckpointError, match=needle):
+        train(_cfg(), run, splits, tokenizer(), progress=False, resume=True)
+    assert _files(run) == before
+
+
+def test_missing_weights_are_named_as_missing_not_corrupt(stopped, tmp_path):
+    """A weights file that is not there was reported as "corrupt checkpoint ... No such file or
+    directory"; now it says the checkpoint has no such file."""
+    from textdiffusion.runs import load_run
+
+    run = tmp_path / "run"
+    shutil.copytree(stopped / "run", run)
+    (checkpoint_dir(run) / "ema.safetensors").unlink()
+    (checkpoint_dir(run) / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="has no model.safetensors") as info:
+        load_run(run)
+    assert "corrupt" not in str(info.value)
+
+
+def _file_size_limit(limit: int):
+    """A subprocess's files may grow to ``limit`` bytes; a write past it fails with EFBIG (what a
+    full disk does with ENOSPC) instead of killing the process."""
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def _cli(*args, limit: int | None = None, cache: Path | None = None, timeout: int = 120):
+    env = {**os.environ, "TEXTDIFFUSION_CACHE": str(cache)} if cache else None
+    cmd = [str(EXE)] if EXE.exists() else [sys.executable, "-m", "textdiffusion"]
+    return subprocess.run([*cmd, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env,
+                          preexec_fn=_file_size_limit(limit) if limit else None)
+
+
+def _one_line(r) -> str:
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
+    return r.stderr.strip().splitlines()[-1]
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(tmp_path):
+    """A write that fails mid-checkpoint (here: a 64 KB file size limit, below the 100 KB weights
+    file; a full disk fails the same write with ENOSPC) was a SafetensorError traceback; a full
+    token cache said only "N requested and M written". Now each is one line naming the folder,
+    the reason and the fix, and the half-written files are gone (the run had no checkpoint yet,
+    so its folder goes too)."""
+    corpus = tmp_path / "text.txt"
+    corpus.write_text("the cat sat on the mat. " * 400)
+    args = ("train", "--data", corpus, "--config", REPO / "configs" / "tiny.toml", "--set", "train.max_steps=2",
+            "--quiet")
+    line = _one_line(_cli(*args, "--out", tmp_path / "run", limit=64_000, cache=tmp_path / "cache"))
+    assert "could not write a checkpoint into" in line and "File too large" in line and "train again" in line
+    assert not (tmp_path / "run").exists()
+    line = _one_line(_cli(*args, "--out", tmp_path / "run2", limit=2_000, cache=tmp_path / "cache2"))
+    assert "could not write the token cache in" in line and "TEXTDIFFUSION_CACHE" in line
+    assert not any(p.name.startswith("") and ".tmp" in p.name for p in (tmp_path / "cache2").rglob("*"))
+
+
+def test_a_failed_metrics_rewrite_keeps_the_history(tmp_path):
+    """--resume rewrites metrics.jsonl without the records after its checkpoint. It did so in
+    place: a kill or a full disk mid-write erased the history. Now the new file replaces the old
+    one whole, or not at all (here the rewrite exceeds a 1 KB file size limit)."""
+    metrics = tmp_path / "metrics.jsonl"
+    history = "".join(json.dumps({"step": s, "loss": 1.0 / s, "note": "x" * 40}) + "\n" for s in range(1, 41))
+    metrics.write_text(history)
+    code = ("import sys; from pathlib import Path; from textdiffusion.training.trainer import _truncate_metrics\n"
+            "_truncate_metrics(Path(sys.argv[1]), 30)")
+    r = subprocess.run([sys.executable, "-c", code, str(metrics)], capture_output=True, text=True, timeout=120,
+                       preexec_fn=_file_size_limit(1_000))
+    assert r.returncode != 0 and "File too large" in r.stderr
+    assert metrics.read_text() == history
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]  # no temporary file left behind
+
+
+def test_sizes_are_checked_before_anything_is_allocated(stopped, tmp_path):
+    """Sizes that cannot fit were found out by the allocator: model.n_layer=1000000 failed after
+    99 s, train.eval_batches=100000000 ran for ever, [MASK:1000000000] was a MemoryError
+    traceback, a huge --num/--steps/--length ran until the machine stopped it. Each is now a
+    one-line UsageError within a second, with the estimate in the message."""
+    from textdiffusion import Pipeline
+    from textdiffusion.limits import time_limit
+    from textdiffusion.training.recipe import train_run
+
+    text = tmp_path / "text.txt"
+    text.write_text("the cat sat on the mat. " * 40)
+    started = time.perf_counter()
+    for train_cfg, model_cfg, needle in [
+        ({}, {"n_layer": 1_000_000}, r"needs about [\d.]+ TB of memory \(.*parameters; .*lower"),
+        ({"eval_batches": 100_000_000}, {}, r"validation batches: [\d.]+ [GT]B.*lower train.eval_batches"),
+        ({"batch_size": 10_000_000}, {}, r"activations: [\d.]+ [GT]B.*lower train.batch_size"),
+    ]:
+        cfg = Config(model=ModelConfig(**{"n_layer": 1, "n_head": 2, "d_model": 32, "context": 16, **model_cfg}),
+                     data=DataConfig(path=str(text)), train=TrainConfig(max_steps=2, **train_cfg))
+        with pytest.raises(UsageError, match=needle):
+            train_run(cfg, tmp_path / "big", progress=False)
+        assert not (tmp_path / "big").exists()
+    pipe = Pipeline.from_pretrained(str(stopped / "run"))
+    for call, needle in [
+        (lambda: pipe.generate(num=1_000_000_000, length=8), r"1,000,000,000 samples of 8 tokens need about .*\(--num\)"),
+        (lambda: pipe.generate(length=1_000_000_000), "exceeds the model context"),
+        (lambda: pipe.generate(length=8, steps=10_000_000), "more than 1,000,000"),
+        (lambda: pipe.infill("[MASK:1000000000]"), "needs 1,000,000,000 tokens .*exceeds the model context"),
+        (lambda: pipe.infill("[MASK:1-1000000000]"), "asks for up to 1,000,000,000 tokens"),
+    ]:
+        with pytest.raises(UsageError, match=needle):
+            call()
+    assert time.perf_counter() - started < 30  # refused at once, not found out by the allocator
+    with time_limit(0.5), pytest.raises(UsageError, match=r"1,000,000 steps would take up to .*--max-seconds"):
+        pipe.generate(length=8, steps=1_000_000)  # the projection after the first step: hours, refused
+
+
+def test_characters_the_tokenizer_cannot_spell_are_refused_by_name(stopped):
+    """The prompt was documented as kept verbatim, but characters the tokenizer never saw were
+    dropped ("def 🦄(x):" came back as "def (x):"). Now every text a user gives (prompt,
+    template, edited text, scored text) is refused naming the characters."""
+    from textdiffusion import Pipeline
+
+    pipe = Pipeline.from_pretrained(str(stopped / "run"))  # the Markov chain's tokenizer: letters a-h
+    for call in (lambda: pipe.generate("ab🦄", length=4), lambda: pipe.infill("a🦄[MASK]b"),
+                 lambda: pipe.edit("ab🦄cd", span=(0, 2)), lambda: pipe.score("ab🦄")):
+        with pytest.raises(TokenizerError, match=r"cannot spell: '🦄' \(U\+1F984\)"):
+            call()
+    assert isinstance(TokenizerError("x"), TextDiffusionError)
+
+
+def _sigint_during(args: list, delays: list[float]) -> list[tuple[float, int, str]]:
+    out = []
+    for delay in delays:
+        p = subprocess.Popen([str(EXE), *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(delay)
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=120)
+        out.append((delay, p.returncode, err))
+    return out
+
+
+def test_ctrl_c_at_any_moment_of_start_up_is_one_line(stopped):
+    """Ctrl-C while the command started (importing torch) printed a 40-line traceback, and in
+    torch's C++ start-up aborted the process ("terminate called ... KeyboardInterrupt", exit
+    -6). Now, at every moment, it is "textdiffusion: interrupted" and exit 130."""
+    for delay, code, err in _sigint_during(["sample", stopped / "run", "--steps", "64"], [0.05, 0.15, 0.3, 0.5, 0.8]):
+        assert code == 130 and "Traceback" not in err and "terminate" not in err, (delay, code, err)
+        assert err.strip().splitlines()[-1] == "textdiffusion: interrupted", (delay, err)
