@@ -47,7 +47,7 @@ def test_template_parsing():
         split_marked("abcdef")
 
 
-@pytest.mark.parametrize("text", ["a[MASK:x]b", "a[mask:3]b", "a[MASK:", "a [MASK:3-]", "a[Mask:2]", "[MASK ]"])
+@pytest.mark.parametrize("text", ["a[MASK:x]b", "a[mask:3]b", "a[MASK:", "a [MASK:3-]", "a[Mask:2]", "[MASK ]", "a[Mask]b"])
 def test_malformed_holes_are_errors_that_name_them(text):
     """Anything meant as a hole but not written as one is an error naming it (it was kept as
     text, silently, while [MASK:0] was an error)."""

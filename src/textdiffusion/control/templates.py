@@ -32,8 +32,8 @@ def check_holes(text: str) -> None:
         found = m.group(0)
         if HOLE_PATTERN.fullmatch(found):
             continue
-        if found.lower() == "[mask]" and found != "[MASK]":
-            continue  # lower-case [mask] without a size: text, e.g. values[mask] in code
+        if found == "[mask]":
+            continue  # lower-case [mask] without a size: text, e.g. values[mask] in code ([Mask] is a typo)
         raise UsageError(f"malformed hole {found!r}: write [MASK] (one token), [MASK:n] (n tokens) or "
                          f"[MASK:a-b] (a to b tokens), in capitals")
 
