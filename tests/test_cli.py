@@ -22,17 +22,23 @@ def cli(*args, cwd=None, env_cache=None):
     return subprocess.run([*cmd, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
 
 
-def in_process(*args, stdin: bytes = b""):
-    """The command line run inside this process (for errors and short commands: no interpreter
-    start-up, no torch import): ``cli``'s CompletedProcess, with bytes for standard input."""
+def in_process(*args, stdin: bytes = b"", env_cache=None):
+    """The command line run inside this process (errors and short commands: no interpreter
+    start-up, no torch import; what ``main`` prints and returns is what the installed command
+    prints and exits with): ``cli``'s CompletedProcess, with bytes for standard input. The
+    process's torch threads and environment are restored afterwards."""
     import contextlib
     import io
+
+    import torch
 
     from textdiffusion.cli import main
 
     out, err = io.StringIO(), io.StringIO()
-    saved_stdin = sys.stdin
+    saved = sys.stdin, torch.get_num_threads(), os.environ.get("TEXTDIFFUSION_CACHE")
     sys.stdin = io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8")
+    if env_cache:
+        os.environ["TEXTDIFFUSION_CACHE"] = str(env_cache)
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
@@ -40,7 +46,12 @@ def in_process(*args, stdin: bytes = b""):
             except SystemExit as exc:  # argparse's usage errors
                 code = exc.code
     finally:
-        sys.stdin = saved_stdin
+        sys.stdin = saved[0]
+        torch.set_num_threads(saved[1])
+        if saved[2] is None:
+            os.environ.pop("TEXTDIFFUSION_CACHE", None)
+        else:
+            os.environ["TEXTDIFFUSION_CACHE"] = saved[2]
     return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
@@ -57,8 +68,9 @@ def runs(corpus, tmp_path_factory):
     base = tmp_path_factory.mktemp("runs")
     cache = base / "cache"
     for process in ("masked", "uniform", "gaussian", "sedd-absorb", "sedd-uniform", "block", "ar"):
-        r = cli("train", "--data", corpus, "--out", base / process, "--config", TINY, "--process", process,
-                "--set", "train.max_steps=30", "--quiet", env_cache=cache)
+        command = cli if process == "masked" else in_process  # one in a subprocess, the rest in-process (suite time)
+        r = command("train", "--data", corpus, "--out", base / process, "--config", TINY, "--process", process,
+                    "--set", "train.max_steps=30", "--quiet", env_cache=cache)
         assert r.returncode == 0, r.stderr
         assert "parameters" in r.stderr
     return base, cache
@@ -78,11 +90,12 @@ def test_train_sample_eval(runs, corpus):
         assert len(out["texts"]) == 2 and all(s.startswith("the ") for s in out["texts"])
         assert out["samples"] == out["texts"]  # the old key, kept for one release
         assert out["nfe"] >= 1 and out["tokens_per_second"] > 0
-        again = json.loads(cli("sample", run, "--json", "--num", "2", "--length", "20", "--prompt", "the ",
-                               "--seed", "1", env_cache=cache).stdout)
+        again = json.loads(in_process("sample", run, "--json", "--num", "2", "--length", "20", "--prompt", "the ",
+                                      "--seed", "1", env_cache=cache).stdout)  # the same draws in-process
         assert again["texts"] == out["texts"]
-        r = cli("eval", run, "--data", corpus, "--json", "--judge", base / "ar", "--num-samples", "2",
-                env_cache=cache)
+        evaluate = cli if process == "ar" else in_process  # one eval in a subprocess, the others in-process
+        r = evaluate("eval", run, "--data", corpus, "--json", "--judge", base / "ar", "--num-samples", "2",
+                     env_cache=cache)
         assert r.returncode == 0, r.stderr
         ev = json.loads(r.stdout)
         assert ev["split"] == "val" and ev["num_tokens"] > 0
@@ -99,12 +112,12 @@ def test_train_sample_eval(runs, corpus):
 def test_eval_discrete_time_bound(runs, corpus):
     base, cache = runs
     for process in ("masked", "uniform"):
-        r = cli("eval", base / process, "--data", corpus, "--json", "--discrete-steps", "8", "--num-samples", "0",
+        r = in_process("eval", base / process, "--data", corpus, "--json", "--discrete-steps", "8", "--num-samples", "0",
                 "--max-windows", "8", env_cache=cache)
         assert r.returncode == 0, r.stderr
         out = json.loads(r.stdout)
         assert out["discrete_steps"] == 8 and 0 < out["bits_per_token"] < 30
-    r = cli("eval", base / "ar", "--data", corpus, "--discrete-steps", "8", env_cache=cache)
+    r = in_process("eval", base / "ar", "--data", corpus, "--discrete-steps", "8", env_cache=cache)
     assert r.returncode == 2 and "masked and uniform" in r.stderr
 
 
@@ -112,7 +125,7 @@ def test_sampler_choice_and_text_output(runs):
     base, cache = runs
     r = cli("sample", base / "masked", "--sampler", "confidence", "--steps", "8", "--length", "16", env_cache=cache)
     assert r.returncode == 0 and r.stdout.strip()
-    r = cli("sample", base / "ar", "--sampler", "confidence", env_cache=cache)
+    r = in_process("sample", base / "ar", "--sampler", "confidence", env_cache=cache)
     assert r.returncode == 2 and "needs a masked model" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -124,7 +137,7 @@ def test_sampler_choice_and_text_output(runs):
     ("uniform", "tau-leaping", []), ("gaussian", "ddim", [])])
 def test_every_sampler_from_the_command_line(runs, run, sampler, options):
     base, cache = runs
-    r = cli("sample", base / run, "--sampler", sampler, *options, "--steps", "8", "--length", "16", "--num", "3",
+    r = in_process("sample", base / run, "--sampler", sampler, *options, "--steps", "8", "--length", "16", "--num", "3",
             "--json", env_cache=cache)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
@@ -134,11 +147,11 @@ def test_every_sampler_from_the_command_line(runs, run, sampler, options):
 
 def test_sampler_options_are_checked(runs):
     base, cache = runs
-    r = cli("sample", base / "masked", "--sampler", "ancestral", "--threshold", "0.5", env_cache=cache)
+    r = in_process("sample", base / "masked", "--sampler", "ancestral", "--threshold", "0.5", env_cache=cache)
     assert r.returncode == 2 and "takes no threshold option" in r.stderr
-    r = cli("sample", base / "masked", "--sampler", "threshold", "--kv-cache", "sideways", env_cache=cache)
+    r = in_process("sample", base / "masked", "--sampler", "threshold", "--kv-cache", "sideways", env_cache=cache)
     assert r.returncode == 2 and "none, prefix or dual" in r.stderr
-    r = cli("sample", base / "block", "--steps", "2", "--length", "40", env_cache=cache)
+    r = in_process("sample", base / "block", "--steps", "2", "--length", "40", env_cache=cache)
     assert r.returncode == 2 and "at least" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -153,13 +166,13 @@ def test_infill_and_edit_from_the_command_line(runs, run):
         assert text == f"the {fills[0]} sat{fills[1]}on the mat.\n{fills[2]} "  # fixed text verbatim, \\n a newline
         assert len(fills[0]) == 3 and len(fills[1]) == 1 and 2 <= len(fills[2]) <= 4
     text = "the cat sat on the mat."
-    r = cli("edit", base / run, "--text", text, "--span", "4:7", "--strength", "0.8", "--num", "3", "--json",
+    r = in_process("edit", base / run, "--text", text, "--span", "4:7", "--strength", "0.8", "--num", "3", "--json",
             "--steps", "8", env_cache=cache)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert len(out["texts"]) == 3 and out["span"] == [4, 7] and out["strength"] == 0.8
     assert all(t[:4] == text[:4] and t[7:] == text[7:] and len(t) == len(text) for t in out["texts"])
-    r = cli("edit", base / run, "--text", "the [EDIT]cat[/EDIT] sat on the mat.", "--strength", "1", "--steps", "8",
+    r = in_process("edit", base / run, "--text", "the [EDIT]cat[/EDIT] sat on the mat.", "--strength", "1", "--steps", "8",
             env_cache=cache)
     assert r.returncode == 0 and r.stdout.startswith("the ") and r.stdout.rstrip("\n").endswith(" sat on the mat.")
 
@@ -177,7 +190,7 @@ def test_infill_and_edit_errors(runs, tmp_path):
         (("edit", base / "masked", "--text", "the cat", "--span", "0:3", "--strength", "2"), "strength"),
         (("edit", base / "masked", "--text", "the cat"), "[EDIT]"),
     ]:
-        line = _one_line_error(cli(*args, env_cache=cache))
+        line = _one_line_error(in_process(*args, env_cache=cache))
         assert needle in line, (args, line)
     r = cli("infill", base / "ar", "the [MASK:3]", "--json", env_cache=cache)  # a plain continuation is fine
     assert r.returncode == 0, r.stderr
@@ -214,10 +227,10 @@ def test_sft_train_and_chat(runs, tmp_path):
             "--set", "train.max_steps=5", "--quiet", env_cache=cache)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "tuned" / "tokenizer.json").read_text() == (base / "masked" / "tokenizer.json").read_text()
-    line = _one_line_error(cli("train", "--sft", "--data", base / "masked" / "config.json", "--out", tmp_path / "x",
+    line = _one_line_error(in_process("train", "--sft", "--data", base / "masked" / "config.json", "--out", tmp_path / "x",
                                "--config", TINY, env_cache=cache))
     assert "prompt" in line
-    line = _one_line_error(cli("train", "--init", tmp_path / "nothing", "--data", pairs, "--out", tmp_path / "y",
+    line = _one_line_error(in_process("train", "--init", tmp_path / "nothing", "--data", pairs, "--out", tmp_path / "y",
                                env_cache=cache))
     assert "not found" in line or "no such" in line.lower()
 
@@ -233,7 +246,7 @@ def test_fine_tune_a_shipped_model_by_name(corpus, tmp_path):
     assert (tmp_path / "mine" / "tokenizer.json").read_text() == (shipped / "tokenizer.json").read_text()
     assert json.loads((tmp_path / "mine" / "config.json").read_text())["model"] == \
         json.loads((shipped / "config.json").read_text())["model"]
-    line = _one_line_error(cli("train", "--init", "klingon", "--data", corpus, "--out", tmp_path / "x",
+    line = _one_line_error(in_process("train", "--init", "klingon", "--data", corpus, "--out", tmp_path / "x",
                                env_cache=tmp_path / "cache"))
     assert "no model named 'klingon'" in line and "english" in line
 
@@ -247,7 +260,7 @@ def test_fine_tune_the_ar_twin_with_fill_in_the_middle(runs, corpus, tmp_path):
     assert r.returncode == 0, r.stderr
     cfg = json.loads((tmp_path / "fim" / "config.json").read_text())
     assert cfg["process"]["name"] == "ar" and cfg["data"]["fim_rate"] == 0.5
-    line = _one_line_error(cli("train", "--init", base / "masked", "--data", corpus, "--out", tmp_path / "no",
+    line = _one_line_error(in_process("train", "--init", base / "masked", "--data", corpus, "--out", tmp_path / "no",
                                "--set", "data.fim_rate=0.5", env_cache=cache))
     assert "fim_rate is for the AR twin" in line
 
@@ -278,10 +291,10 @@ def test_labels_and_guidance_from_the_command_line(runs, tmp_path):
         out = json.loads(r.stdout)
         assert len(out["texts"]) == 2
         # the label reaches the model: another label, the same (default) seed, other samples
-        other = cli("sample", tmp_path / "lab", "--label", "cat", "--num", "2", "--length", "10", "--steps", "5",
+        other = in_process("sample", tmp_path / "lab", "--label", "cat", "--num", "2", "--length", "10", "--steps", "5",
                     "--json", *extra, env_cache=cache)
         assert json.loads(other.stdout)["texts"] != out["texts"]
-    r = cli("infill", tmp_path / "lab", "the [MASK:3] sat", "--label", "cat", "--guidance", "1", "--json", env_cache=cache)
+    r = in_process("infill", tmp_path / "lab", "the [MASK:3] sat", "--label", "cat", "--guidance", "1", "--json", env_cache=cache)
     assert r.returncode == 0, r.stderr
     for args, needle in [
         (("sample", tmp_path / "lab", "--label", "cow"), "unknown label"),
@@ -292,7 +305,7 @@ def test_labels_and_guidance_from_the_command_line(runs, tmp_path):
         (("train", "--labels", "--data", base / "masked" / "config.json", "--out", tmp_path / "z", "--config", TINY),
          "label"),
     ]:
-        line = _one_line_error(cli(*args, env_cache=cache))
+        line = _one_line_error(in_process(*args, env_cache=cache))
         assert needle in line, (args, line)
 
 
@@ -308,9 +321,9 @@ def test_generate_watch_and_models(runs):
     assert r.stdout.startswith("the ")
     r = cli("models", env_cache=cache)
     assert r.returncode == 0
-    line = _one_line_error(cli("generate", "hi", "--model", "no-such-model", env_cache=cache))
+    line = _one_line_error(in_process("generate", "hi", "--model", "no-such-model", env_cache=cache))
     assert "no model named" in line
-    line = _one_line_error(cli("generate", "hi", "--model", base / "nothing-here", env_cache=cache))
+    line = _one_line_error(in_process("generate", "hi", "--model", base / "nothing-here", env_cache=cache))
     assert "not found" in line
 
 
@@ -321,57 +334,57 @@ def test_generate_fills_holes_and_follows_the_model_card(runs, tmp_path):
     out = json.loads(r.stdout)
     assert out["texts"][0] == "th" + out["fills"][0][0] + " cat\n"  # \n typed in the shell: a newline
     carded = tmp_path / "carded"
-    r = cli("export", base / "masked", "--out", carded, "--description", "a test card", "--default", "sampler=threshold",
+    r = in_process("export", base / "masked", "--out", carded, "--description", "a test card", "--default", "sampler=threshold",
             "--default", "steps=5", "--default", "threshold=0.5", "--default", "temperature=0.5", env_cache=cache)
     assert r.returncode == 0, r.stderr
     assert json.loads((carded / "card.json").read_text())["generate"]["threshold"] == 0.5
     assert json.loads((carded / "checkpoint" / "state.json").read_text())["dtype"] == "bfloat16"
-    r = cli("generate", "the", "--model", carded, "--length", "8", "--json", env_cache=cache)
+    r = in_process("generate", "the", "--model", carded, "--length", "8", "--json", env_cache=cache)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["sampler"] == "threshold" and out["steps"] == 5
     # the card's threshold option is not forced on another sampler; flags beat the card
-    r = cli("generate", "the", "--model", carded, "--length", "8", "--sampler", "confidence", "--steps", "4", "--json",
+    r = in_process("generate", "the", "--model", carded, "--length", "8", "--sampler", "confidence", "--steps", "4", "--json",
             env_cache=cache)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["sampler"] == "confidence" and out["steps"] == 4
-    assert "exists and is not empty" in _one_line_error(cli("export", base / "masked", "--out", carded, env_cache=cache))
+    assert "exists and is not empty" in _one_line_error(in_process("export", base / "masked", "--out", carded, env_cache=cache))
     for bad, needle in ((("--default", "nope=1"), "unknown setting 'nope'"), (("--default", "steps=abc"), "whole number"),
                         (("--default", "steps=4.0"), "whole number"), (("--default", "steps"), "KEY=VALUE"),
                         (("--default", "threshold=0.5"), "takes no threshold"),
                         (("--default", "sampler=ar"), "needs a ar model")):
-        line = _one_line_error(cli("export", base / "masked", "--out", tmp_path / "x", *bad, env_cache=cache))
+        line = _one_line_error(in_process("export", base / "masked", "--out", tmp_path / "x", *bad, env_cache=cache))
         assert needle in line and not (tmp_path / "x").exists(), (bad, line)
     # a re-export keeps the card it does not change
-    r = cli("export", carded, "--out", tmp_path / "again", "--description", "new words", env_cache=cache)
+    r = in_process("export", carded, "--out", tmp_path / "again", "--description", "new words", env_cache=cache)
     assert r.returncode == 0, r.stderr
     again = json.loads((tmp_path / "again" / "card.json").read_text())
     assert again["description"] == "new words" and again["generate"]["sampler"] == "threshold"
-    line = _one_line_error(cli("generate", "a[MASK]b", "--model", carded, "--length", "4", env_cache=cache))
+    line = _one_line_error(in_process("generate", "a[MASK]b", "--model", carded, "--length", "4", env_cache=cache))
     assert "--length does not apply" in line
     # holes follow the card's infill settings when it has them; plain generation its generate ones
-    r = cli("generate", "th[MASK:2] cat", "--model", carded, "--json", env_cache=cache)
+    r = in_process("generate", "th[MASK:2] cat", "--model", carded, "--json", env_cache=cache)
     assert r.returncode == 0 and json.loads(r.stdout)["sampler"] == "threshold", r.stderr  # no infill section yet
     holes = tmp_path / "holes"
-    r = cli("export", carded, "--out", holes, "--infill-default", "sampler=confidence", "--infill-default",
+    r = in_process("export", carded, "--out", holes, "--infill-default", "sampler=confidence", "--infill-default",
             "temperature=0", "--infill-default", "steps=3", env_cache=cache)
     assert r.returncode == 0, r.stderr
     card = json.loads((holes / "card.json").read_text())
     assert card["infill"] == {"sampler": "confidence", "temperature": 0, "steps": 3}
     assert card["generate"]["sampler"] == "threshold"
     for command in (("generate", "th[MASK:2] cat", "--model", holes), ("infill", holes, "th[MASK:2] cat")):
-        r = cli(*command, "--json", env_cache=cache)
+        r = in_process(*command, "--json", env_cache=cache)
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout)["sampler"] == "confidence" and json.loads(r.stdout)["nfe"] <= 3, command
-    r = cli("generate", "the", "--model", holes, "--length", "8", "--json", env_cache=cache)
+    r = in_process("generate", "the", "--model", holes, "--length", "8", "--json", env_cache=cache)
     assert r.returncode == 0 and json.loads(r.stdout)["sampler"] == "threshold", r.stderr
-    line = _one_line_error(cli("export", carded, "--out", tmp_path / "x", "--infill-default", "nope=1", env_cache=cache))
+    line = _one_line_error(in_process("export", carded, "--out", tmp_path / "x", "--infill-default", "nope=1", env_cache=cache))
     assert "unknown setting 'nope'" in line and "--infill-default" in line and not (tmp_path / "x").exists()
     (carded / "card.json").write_text("{not json")
-    assert "card.json" in _one_line_error(cli("generate", "the", "--model", carded, env_cache=cache))
+    assert "card.json" in _one_line_error(in_process("generate", "the", "--model", carded, env_cache=cache))
     (carded / "card.json").write_text(json.dumps({"generate": {"steps": "many"}}))
-    assert "steps must be a whole number" in _one_line_error(cli("generate", "the", "--model", carded, env_cache=cache))
+    assert "steps must be a whole number" in _one_line_error(in_process("generate", "the", "--model", carded, env_cache=cache))
 
 
 def test_resume_continues_and_refuses_to_overwrite(runs, corpus):
@@ -401,7 +414,7 @@ def test_train_never_writes_into_a_folder_someone_owns(corpus, tmp_path):
     assert (mine / "config.json").read_text() == '{"my": "settings"}' and sorted(p.name for p in mine.iterdir()) == [
         "config.json", "notes.txt"]
     (tmp_path / "afile").write_text("x")
-    assert "is a file" in _one_line_error(cli("train", "--data", corpus, "--out", tmp_path / "afile", "--config", TINY))
+    assert "is a file" in _one_line_error(in_process("train", "--data", corpus, "--out", tmp_path / "afile", "--config", TINY))
     empty = tmp_path / "empty"
     empty.mkdir()
     r = cli("train", "--data", corpus, "--out", empty, "--config", TINY, "--set", "train.max_steps=2", "--quiet")
@@ -440,7 +453,7 @@ def test_bad_input_gives_one_line_errors(tmp_path, runs):
         (("train", "--data", tmp_path / "empty.txt", "--out", tmp_path / "o7", "--set", "train.device=tpu9"), "device"),
     ]
     for args, needle in cases:
-        line = _one_line_error(cli(*args, env_cache=cache))
+        line = _one_line_error(in_process(*args, env_cache=cache))
         assert needle in line, (args, line)
     assert not any((tmp_path / f"o{i}").exists() for i in range(1, 8))  # a failed train leaves no --out behind
     r = cli("train", "--out", tmp_path / "o5")
@@ -472,7 +485,7 @@ def test_export_records_no_machine_paths_and_eval_still_finds_its_split(runs, co
     other.write_text(corpus.read_text())
     split = []
     for data in (corpus, elsewhere / corpus.name, other):
-        r = cli("eval", tmp_path / "exported", "--data", data, "--json", "--num-samples", "0", "--max-windows", "2",
+        r = in_process("eval", tmp_path / "exported", "--data", data, "--json", "--num-samples", "0", "--max-windows", "2",
                 env_cache=cache)
         assert r.returncode == 0, r.stderr
         split.append(json.loads(r.stdout)["split"])
