@@ -20,10 +20,23 @@ def test_toml_and_overrides(tmp_path):
     ("model.d_model=100", "divisible"),
     ("process.name=foo", "process.name"),
     ("trainlr=1", "section.key=value"),
+    # issue 21: lr=1e39 passed and ended in an internal error (a float32 overflow in AdamW);
+    # model.vocab_size / num_labels were accepted and silently replaced by the data's
+    ("train.lr=1e39", "train.lr must be positive and at most 10"),
+    ("model.vocab_size=1", "model.vocab_size cannot be set: it is the tokenizer's size"),
+    ("model.num_labels=3", "model.num_labels cannot be set"),
 ])
 def test_bad_values_name_the_flag(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, [override])
+
+
+def test_a_config_file_cannot_set_what_the_data_decides(tmp_path):
+    """A TOML [model] vocab_size was silently replaced by the tokenizer's size: refused, naming
+    the file and what to set instead."""
+    (tmp_path / "c.toml").write_text("[model]\nvocab_size = 1\n")
+    with pytest.raises(ConfigError, match=r"model.vocab_size cannot be set in .*c.toml: .*data.vocab_size"):
+        load_config(tmp_path / "c.toml")
 
 
 def test_bad_files(tmp_path):
