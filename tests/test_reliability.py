@@ -234,3 +234,32 @@ def test_ctrl_c_at_any_moment_of_start_up_is_one_line(stopped):
     for delay, code, err in _sigint_during(["sample", stopped / "run", "--steps", "64"], delays):
         assert code == 130 and "Traceback" not in err and "terminate" not in err, (delay, code, err)
         assert err.strip().splitlines()[-1] == "textdiffusion: interrupted", (delay, err)
+
+
+class _Planted:
+    """Unpickling this creates a file: the proof that a loader ran a pickle."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_pickle_disguised_as_safetensors_is_never_run(stopped, splits, tmp_path):
+    """Weights, EMA and optimizer files that are pickles (what torch.save writes) are refused as
+    corrupt and never unpickled: the planted object's side effect (creating a file) never
+    happens, on load and on --resume. Catches a loader that falls back to torch.load/pickle."""
+    import pickle
+
+    from textdiffusion.runs import load_run
+
+    run, marker = tmp_path / "run", tmp_path / "ran"
+    shutil.copytree(stopped / "run", run)
+    for name in ("model", "ema", "optimizer"):
+        (checkpoint_dir(run) / f"{name}.safetensors").write_bytes(pickle.dumps(_Planted(marker)))
+    with pytest.raises(CheckpointError, match="corrupt checkpoint file"):
+        load_run(run)
+    with pytest.raises(CheckpointError, match="corrupt checkpoint file"):
+        train(_cfg(), run, splits, tokenizer(), progress=False, resume=True)
+    assert not marker.exists()
