@@ -37,6 +37,9 @@ def test_a_config_file_cannot_set_what_the_data_decides(tmp_path):
     (tmp_path / "c.toml").write_text("[model]\nvocab_size = 1\n")
     with pytest.raises(ConfigError, match=r"model.vocab_size cannot be set in .*c.toml: .*data.vocab_size"):
         load_config(tmp_path / "c.toml")
+    (tmp_path / "c.toml").write_text("model = 3\n")  # a section that is not a table: named, not a TypeError
+    with pytest.raises(ConfigError, match="model"):
+        load_config(tmp_path / "c.toml")
 
 
 def test_bad_files(tmp_path):

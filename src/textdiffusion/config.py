@@ -300,7 +300,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     for key, why in DERIVED.items():  # a config file may not set them either (a run's config.json records them)
         section, name = key.split(".")
-        _check(name not in raw.get(section, {}), f"{key} cannot be set in {path}: {why}")
+        _check(not (isinstance(raw.get(section), dict) and name in raw[section]), f"{key} cannot be set in {path}: {why}")
     apply_overrides(raw, overrides or [])
     return Config.from_dict(raw)
 

@@ -96,11 +96,13 @@ def parameter_count(model_cfg, vocab_size: int, input_dim: int | None = None) ->
     return n * per_layer + embed + vocab_size * d + time + (model_cfg.num_labels + 1) * d + 2 * d
 
 
-def _activations_per_token(model_cfg, vocab_size: int, seq_len: int, training: bool) -> float:
+def _activations_per_token(model_cfg, vocab_size: int, training: bool) -> float:
     """Bytes per token of the activations one forward keeps (training: what backward needs;
     sampling: the widest layer and the logits with their softmax)."""
-    d, r, h, n = model_cfg.d_model, model_cfg.mlp_ratio, model_cfg.n_head, model_cfg.n_layer
-    layer = (8 + 2 * r) * d + 2 * h * seq_len  # norms, q/k/v, attention out, MLP (pre/post GELU); scores
+    d, r, n = model_cfg.d_model, model_cfg.mlp_ratio, model_cfg.n_layer
+    # norms, q/k/v, attention out, MLP (pre/post GELU); no attention scores: SDPA's fused kernels
+    # never store the (T, T) matrix (measured: context 8192 trains in ~1 GB where it would add 30)
+    layer = (8 + 2 * r) * d
     logits = 3 * vocab_size  # logits, log-softmax, its gradient (or the sampler's probabilities)
     if training:
         return FLOAT * (n * layer + logits)
@@ -111,11 +113,11 @@ def training_memory(cfg, vocab_size: int) -> dict[str, int]:
     """Estimated peak bytes of a training run, by part."""
     tc, L = cfg.train, cfg.model.context
     input_dim = cfg.process.embed_dim * (2 if cfg.process.self_cond else 1) if cfg.process.name == "gaussian" else None
-    params = parameter_count(cfg.model, vocab_size, input_dim)
+    params = parameter_count(cfg.model, vocab_size, input_dim) + (vocab_size * cfg.process.embed_dim if input_dim else 0)
     copies = 4 + (1 if tc.ema > 0 else 0)  # weights, gradients, two AdamW moments, EMA
     return {
         "weights and optimizer state": params * FLOAT * copies,
-        "activations": int(tc.batch_size * L * _activations_per_token(cfg.model, vocab_size, L, True)),
+        "activations": int(tc.batch_size * L * _activations_per_token(cfg.model, vocab_size, True)),
         "validation batches": tc.eval_batches * tc.batch_size * L * 8 * 2,  # int64 tokens (+ masks of SFT rows)
         "_params": params,
     }
@@ -144,7 +146,7 @@ def check_sampling_memory(model, rows: int, length: int) -> None:
     """Refuse a sampling request (``rows`` sequences of ``length`` tokens) whose activations do
     not fit, before the canvas is made."""
     cfg = model.cfg
-    need = rows * length * _activations_per_token(cfg, cfg.vocab_size, length, False)
+    need = rows * length * _activations_per_token(cfg, cfg.vocab_size, False)
     device = next(model.parameters()).device
     have = available_memory(device)
     if have is not None and need > have:
@@ -160,12 +162,12 @@ def check_steps(steps) -> None:
 
 
 def check_projected_time(seconds_per_step: float, steps_left: int, max_seconds: float | None, done: int = 1) -> None:
-    """After the first step(s): refuse a request whose remaining steps would take longer than
-    ``max_seconds`` at the speed measured."""
+    """After ``done`` steps: refuse a request whose remaining steps would take longer than
+    ``max_seconds`` at the speed of the last step."""
     if max_seconds is None or steps_left <= 0:
         return
     projected = seconds_per_step * steps_left
     if projected > max_seconds:
-        raise UsageError(f"{steps_left + done:,} steps would take up to {human_seconds(projected + seconds_per_step)} "
-                         f"here (a step took {seconds_per_step * 1000:,.0f} ms); lower --steps or --num, or raise "
+        raise UsageError(f"{steps_left + done:,} steps would take about {human_seconds(projected + seconds_per_step * done)} "
+                         f"here (a step takes {seconds_per_step * 1000:,.0f} ms); lower --steps or --num, or raise "
                          f"--max-seconds (now {max_seconds:g})")

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import builtins
 import signal
+import sys
+import threading
 
 _CHECK_EVERY = 0.05  # seconds between tries to raise a deferred Ctrl-C
 _state = {"pending": False, "depth": 0}
 _import = builtins.__import__
+_MAIN = threading.main_thread().ident
 
 
 def _in_import(frame) -> bool:
@@ -43,12 +46,14 @@ def _on_signal(signum, frame):
 
 
 def _deferring_import(*args, **kwargs):
+    if threading.get_ident() != _MAIN:  # only the main thread gets Ctrl-C; other threads import as usual
+        return _import(*args, **kwargs)
     _state["depth"] += 1
     try:
         return _import(*args, **kwargs)
     finally:
         _state["depth"] -= 1
-        if _state["depth"] == 0 and _state["pending"]:
+        if _state["depth"] == 0 and _state["pending"] and not _in_import(sys._getframe(1)):
             _raise()  # in the code that ran the import statement: plain Python
 
 

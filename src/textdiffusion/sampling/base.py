@@ -319,11 +319,12 @@ class Sampler:
         states: list[torch.Tensor] = []
         start, i, budget = time.perf_counter(), 0, max_seconds()
         while not state.finished:
+            t_step = time.perf_counter()
             report_step(i, self.step(state, model), states if trace else None, on_step)
             i += 1
-            if i == 1 and budget is not None:  # the first step's time, times the steps left
+            if i == 2 and budget is not None:  # the second step's time (past warm-up), times the steps left
                 left = max((r.steps - r.step for r in state.active()), default=0)
-                check_projected_time(time.perf_counter() - start, left, budget)
+                check_projected_time(time.perf_counter() - t_step, left, budget, done=2)
         return state.generation(time.perf_counter() - start, states)
 
 

@@ -153,13 +153,41 @@ def stopped_before_first_checkpoint(run_dir: Path) -> bool:
     the files a run writes, so starting it again over them loses nobody's work."""
     if not (run_dir / "config.json").is_file() or has_checkpoint(run_dir):
         return False
-    if any(p.name not in RUN_FILES and not p.name.startswith(".") for p in run_dir.iterdir()):
+    if any(p.name not in RUN_FILES and not _our_temporary(p) for p in run_dir.iterdir()):
         return False
     try:
-        Config.load(run_dir / "config.json")
+        cfg = Config.load(run_dir / "config.json")
     except (ValueError, TypeError):
         return False
-    return True
+    return not _logged_past(run_dir, cfg.train.ckpt_every)
+
+
+def _saved_ckpt_every(run_dir: Path) -> int:
+    try:
+        return Config.load(run_dir / "config.json").train.ckpt_every
+    except (ValueError, TypeError, OSError):
+        return 1 << 62  # unreadable: read_run names the problem
+
+
+def _our_temporary(path: Path) -> bool:
+    """A file a write_atomic cut short left (``.config.json.tmp``)."""
+    return path.name.startswith(".") and path.name.endswith(".tmp") and path.name[1:-4] in RUN_FILES
+
+
+def _logged_past(run_dir: Path, ckpt_every: int) -> bool:
+    """metrics.jsonl reaches a step that was checkpointed: the checkpoint was there and is gone
+    (deleted by hand), so starting again would throw that training away."""
+    try:
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    except OSError:
+        return False
+    steps = []
+    for line in lines:
+        try:
+            steps.append(int(json.loads(line).get("step", 0)))
+        except (ValueError, TypeError, AttributeError):
+            continue
+    return any(step >= ckpt_every for step in steps)
 
 
 def check_new_run_dir(run_dir: Path) -> None:
@@ -171,7 +199,7 @@ def check_new_run_dir(run_dir: Path) -> None:
         raise UsageError(f"--out {run_dir} holds a run that stopped before its first checkpoint: start it again "
                          f"with --resume, or choose a new folder")
     if run_dir.is_dir():
-        held = sorted(p.name for p in run_dir.iterdir())
+        held = sorted(p.name for p in run_dir.iterdir() if not _our_temporary(p))
         if held:
             shown = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
             raise UsageError(f"--out {run_dir} is not empty and holds no run ({shown}): choose a new folder, "
@@ -187,16 +215,27 @@ def train_run(cfg: Config, run_dir: str | Path, *, progress: bool = True) -> Tra
         cfg.data.path = str(Path(cfg.data.path).resolve())  # the run can be resumed from anywhere
     if cfg.train.init:
         cfg = finetune_config(cfg, cfg.train.init)
-    # the size before the corpus is read (the tokenizer's exact size is checked again in train())
-    check_training_memory(cfg, cfg.data.vocab_size if cfg.data.tokenizer == "bpe" else 260)
+    if cfg.train.device in ("cpu", "auto"):  # the size before the corpus is read, in host memory (on a
+        # GPU, and with the tokenizer's exact size, train() checks again before allocating)
+        from .trainer import resolve_device
+
+        if resolve_device(cfg.train.device).type == "cpu":
+            check_training_memory(cfg, cfg.data.vocab_size if cfg.data.tokenizer == "bpe" else 260)
     created = not run_dir.exists()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(run_dir / "config.json")  # first: a run killed from here on is resumed (from step 0 if need be)
         return _train_from_scratch(cfg, run_dir, progress)
     except BaseException:
-        if created and not has_checkpoint(run_dir):  # failed before the first checkpoint: leave nothing
-            shutil.rmtree(run_dir, ignore_errors=True)
+        if not has_checkpoint(run_dir):  # failed before the first checkpoint: leave what was there (nothing)
+            if created:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            else:  # an empty folder given as --out: empty again
+                for p in run_dir.iterdir():
+                    if p.is_dir():
+                        shutil.rmtree(p, ignore_errors=True)
+                    else:
+                        p.unlink(missing_ok=True)
         raise
 
 
@@ -211,6 +250,10 @@ RESUMABLE_SECTIONS = ("train",)
 def resume_run(run_dir: str | Path, overrides: list[str] | None = None, *, progress: bool = True) -> TrainResult:
     """Continue a run from its last checkpoint; only ``train.*`` settings may change."""
     run_dir = Path(run_dir)
+    if (run_dir / "config.json").is_file() and not has_checkpoint(run_dir) and _logged_past(
+            run_dir, _saved_ckpt_every(run_dir)):
+        raise CheckpointError(f"{run_dir} has no checkpoint, but its metrics.jsonl goes past a checkpointed step "
+                              f"(was checkpoint/ deleted?): nothing to resume from; train a new run with another --out")
     if stopped_before_first_checkpoint(run_dir):
         # stopped (killed) before its first checkpoint: nothing to lose, start it over from its saved config
         cfg = Config.load(run_dir / "config.json")
