@@ -156,6 +156,36 @@ def test_a_row_is_the_same_alone_batched_and_joined(process, name, options, time
         assert state.calls < first_nfe + long_run.nfe  # the steps they took together ran as one call each
 
 
+@pytest.mark.parametrize("process, name, options, time_cond, joins", FAMILIES, ids=IDS)
+def test_finished_rows_leave_the_batch_and_the_others_go_on(process, name, options, time_cond, joins):
+    """``State.release()`` after every step (what a server does: answer a request the moment its
+    rows are done) takes a finished row out while a longer one that joined later goes on: both
+    give the tokens they give alone, and the batch holds only unfinished rows. Catches a release
+    that drops or reorders a running row's cache entries or data (planted: releasing every row
+    but the last after each step changes the tokens or fails)."""
+    model, proc = _model(process, time_cond)
+    smp = build_sampler(name, proc, tokenizer(), **options)
+    long_canvas, long_steps = _canvas([3], FREE + 6), STEPS + 6
+    with _float64(), torch.no_grad():
+        short_alone = smp.generate(model, proc, canvas=_canvas(PROMPT, FREE), steps=STEPS, gen=_gens([11])).tokens[0]
+        long_alone = smp.generate(model, proc, canvas=long_canvas, steps=long_steps, gen=_gens([21])).tokens[0]
+        state = smp.start(model, proc, _canvas(PROMPT, FREE), STEPS, _gens([11]))
+        short = state.rows[0]
+        smp.step(state, model)
+        late = smp.start(model, proc, long_canvas, long_steps, _gens([21]))
+        long = late.rows[0]
+        state.join(late)
+        released = []
+        while not state.finished:
+            smp.step(state, model)
+            released += state.release()
+            assert all(not r.done for r in state.rows)
+        released += state.release()
+    assert released[0] is short and released[-1] is long and not state.rows
+    assert torch.equal(short.tokens[: short.length if short.end is None else short.end], short_alone[: short.end])
+    assert torch.equal(long.tokens[: long.end], long_alone[: long.end])
+
+
 @pytest.mark.parametrize("process, name, options", [
     ("masked", "confidence", {}), ("masked", "semi-ar", {"block_length": 4}),
     ("masked", "threshold", {"block_length": 4, "kv_cache": "dual"}),

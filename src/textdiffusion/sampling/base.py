@@ -224,6 +224,14 @@ class State:
         self.rows.extend(other.rows)
         self.calls += other.calls
 
+    def release(self) -> list[Row]:
+        """Take the finished rows out of the batch and return them (a server answers each request
+        the moment its rows are done and forgets them; the others go on exactly as before: a
+        family's batch-wide cache holds unfinished rows only)."""
+        done = [r for r in self.rows if r.done]
+        self.rows = [r for r in self.rows if not r.done]
+        return done
+
     def tokens(self) -> torch.Tensor:
         """(B, T) every row's tokens (rows stopped early at end-of-text are cut to the longest)."""
         T = max(r.length if r.end is None else r.end for r in self.rows)
