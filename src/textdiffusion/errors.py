@@ -8,6 +8,15 @@ Each is bad input or a state the user can fix: the CLI prints its message as one
 from __future__ import annotations
 
 
+def first_line(exc: BaseException, default: str | None = None) -> str:
+    """An exception's message cut to its first line (``default``, else its type's name, when it
+    has none): what one-line errors show of an error raised by a library."""
+    text = str(exc).strip()
+    if text:
+        return text.splitlines()[0]
+    return type(exc).__name__ if default is None else default
+
+
 class TextDiffusionError(ValueError):
     """Bad input or a fixable state, named with its fix in one line."""
 

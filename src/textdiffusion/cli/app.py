@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    from ..errors import TextDiffusionError
+    from ..errors import TextDiffusionError, first_line
 
     debug = args.debug or bool(os.environ.get("TEXTDIFFUSION_DEBUG"))
     try:
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     except (TextDiffusionError, OSError) as exc:  # bad input or a fixable state: one line
         if debug:
             raise
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        message = first_line(exc)
         if isinstance(exc, OSError) and exc.filename:
             message = f"{exc.strerror}: {exc.filename}"
         print(f"textdiffusion: error: {message}", file=sys.stderr)
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             print("textdiffusion: error: out of memory: use a smaller --num / batch size, a shorter --length, "
                   "or a smaller model", file=sys.stderr)
             return 2
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        first = first_line(exc, default="")
         print(f"textdiffusion: internal error (a bug, not your input): {type(exc).__name__}: {first}\n"
               f"  rerun with --debug for the traceback, and please report it", file=sys.stderr)
         return 70  # EX_SOFTWARE

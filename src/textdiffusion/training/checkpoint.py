@@ -28,7 +28,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, first_line
 
 
 def _fsync_dir(path: Path) -> None:
@@ -89,7 +89,7 @@ def _reason(exc: BaseException) -> str:
     """An OS or safetensors error as a few words ("No space left on device")."""
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = first_line(exc)
     found = re.search(r"I/O error: (.*?)(?: \(os error \d+\))?$", text)  # safetensors wraps the OS error
     return found.group(1) if found else text
 
@@ -123,8 +123,7 @@ def read_tensors(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
     except PermissionError:
         raise CheckpointError(f"cannot read {path}: permission denied") from None
     except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"corrupt checkpoint file {path}: {first}") from None
+        raise CheckpointError(f"corrupt checkpoint file {path}: {first_line(exc)}") from None
 
 
 def read_state(ckpt: Path) -> dict:
@@ -171,6 +170,5 @@ def load_weights(model, ckpt: Path, prefer_ema: bool = True) -> str:
     try:
         model.load_state_dict(tensors)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{ckpt / name} does not fit this model's config: {first}") from None
+        raise CheckpointError(f"{ckpt / name} does not fit this model's config: {first_line(exc)}") from None
     return name

@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 
 from ..config import ModelConfig
 from ..data import label_rows, label_windows, labelled_documents
-from ..errors import UsageError
+from ..errors import UsageError, first_line
 from ..models.classifier import NoisyClassifier
 from ..processes.registry import PROCESSES
 from ..runs import load_run
@@ -151,7 +151,7 @@ def load_classifier(path: str | Path, device="cpu") -> LoadedClassifier:
     except FileNotFoundError as exc:
         raise CheckpointError(f"not a classifier directory: {path} ({Path(exc.filename).name} missing)") from None
     except (json.JSONDecodeError, KeyError, TypeError, SafetensorError, RuntimeError) as exc:
-        raise CheckpointError(f"corrupt classifier in {path}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
+        raise CheckpointError(f"corrupt classifier in {path}: {first_line(exc)}") from None
     return LoadedClassifier(model.to(device).eval(), info["labels"], info["diffusion_run"], info)
 
 
