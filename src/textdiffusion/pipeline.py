@@ -250,9 +250,20 @@ def continue_prompt(run, prompt: str = "", *, length: int | None = None, steps: 
     """What ``Pipeline.generate`` and ``textdiffusion generate/sample/eval`` run: (the sampler's
     Generation, the decoded texts, the sampler's name). With ``stop_at_eot`` each text ends at its
     first end-of-text (variable length); the samplers that can stop early do."""
+    res = prompt_task(run, prompt, length=length, steps=steps, sampler=sampler, num=num, seed=seed, label=label,
+                      guidance=guidance, classifier=classifier, stop_at_eot=stop_at_eot, **options).run(on_step, trace)
+    return res.generation, res.texts, res.sampler
+
+
+def prompt_task(run, prompt: str = "", *, length: int | None = None, steps: int = 64, sampler: str | None = None,
+                num: int = 1, seed: int = 0, label: str | None = None, guidance: float = 0.0, classifier=None,
+                stop_at_eot: bool = False, **options):
+    """``continue_prompt`` prepared (a ``control.filling.Task``): its plan, and the finish whose
+    ControlResult holds the texts (prompt included) and, in ``fills``, each continuation alone."""
+    from .control.filling import ControlResult, Task
     from .control.guidance import guided_model
     from .sampling import build_sampler
-    from .sampling.base import check_request
+    from .sampling.base import Plan, check_request, prompt_canvas, resolve_canvas
 
     tok = run.tokenizer
     ids = torch.from_numpy(tok.encode_exact(prompt, "the prompt")) if prompt else None
@@ -264,10 +275,17 @@ def continue_prompt(run, prompt: str = "", *, length: int | None = None, steps: 
     positions = torch.zeros(num, p_len + length, dtype=torch.bool)
     positions[:, :p_len] = True  # prompt guidance: the unconditional pass sees no prompt
     model = guided_model(run, label, guidance, positions, classifier)
-    gen = torch.Generator(device=next(run.model.parameters()).device).manual_seed(seed)
-    out = smp.generate(model, run.process, length=length, steps=steps, batch_size=num, prompt=ids, gen=gen,
-                       on_step=on_step, trace=trace)
-    rows = out.tokens.tolist()
-    if stop_at_eot:
-        rows = [r[: p_len + r[p_len:].index(tok.eot_id)] if tok.eot_id in r[p_len:] else r for r in rows]
-    return out, [tok.decode(r) for r in rows], smp.name
+    device = next(run.model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    canvas = resolve_canvas(run.model, None, num, None, prompt_canvas(ids, num, length, device))
+    plan = Plan(smp, model, run.process, canvas, steps, gen)
+
+    def finish(outs):
+        out = outs[0]
+        rows = out.tokens.tolist()
+        if stop_at_eot:
+            rows = [r[: p_len + r[p_len:].index(tok.eot_id)] if tok.eot_id in r[p_len:] else r for r in rows]
+        return ControlResult([tok.decode(r) for r in rows], [[tok.decode(r[p_len:])] for r in rows], out, smp.name,
+                             out.nfe, out.seconds)
+
+    return Task([plan], finish)

@@ -13,8 +13,8 @@ import torch
 
 from ..data import chat_prompt
 from ..errors import UsageError
-from ..sampling.base import prompt_canvas
-from .filling import ControlResult, _generator, _sampler
+from ..sampling.base import Generation, Plan, check_request, prompt_canvas, resolve_canvas
+from .filling import ControlResult, Task, _device, _generator, _sampler
 from .guidance import guided_model
 
 MIN_RESPONSE = 8  # tokens a response gets at least
@@ -30,6 +30,14 @@ def chat(run, message: str, history: list[tuple[str, str]] | None = None, *, len
          **options) -> ControlResult:
     """One assistant reply (``num`` of them, drawn as a batch) to ``message`` after ``history``;
     ``guidance`` > 0: classifier-free guidance on the prompt (runs tuned with prompt dropping)."""
+    return chat_task(run, message, history, length=length, steps=steps, sampler=sampler, seed=seed, num=num,
+                     guidance=guidance, **options).run()
+
+
+def chat_task(run, message: str, history: list[tuple[str, str]] | None = None, *, length: int | None = None,
+              steps: int = 64, sampler: str | None = None, seed: int = 0, num: int = 1, guidance: float = 0.0,
+              **options) -> Task:
+    """``chat`` prepared: its plan and the finish that cuts each reply at end-of-text."""
     tok, context = run.tokenizer, run.cfg.model.context
     history = list(history or [])
     tok.encode_exact(message, "the message")  # the user's words are kept verbatim or refused by name
@@ -46,16 +54,25 @@ def chat(run, message: str, history: list[tuple[str, str]] | None = None, *, len
     if length > room:
         raise UsageError(f"prompt ({len(ids)} tokens) plus length ({length}) exceeds the model context ({context} tokens)")
     smp = _sampler(run, sampler, {**options, "eot_id": tok.eot_id})
-    device = next(run.model.parameters()).device
-    canvas = prompt_canvas(torch.tensor(ids), num, length, device)
+    check_request(run.model, num, len(ids), length)
+    canvas = prompt_canvas(torch.tensor(ids), num, length, _device(run))
     prompt = canvas.fixed.clone()
     prompt[:, 0] = False  # as in training: the leading end-of-text is never dropped
     model = guided_model(run, None, guidance, prompt)
-    out = smp.generate(model, run.process, steps=steps, canvas=canvas, gen=_generator(run, seed))
-    replies = []
-    for row in out.tokens[:, len(ids) :].tolist():
-        if tok.eot_id in row:
-            row = row[: row.index(tok.eot_id)]
-        replies.append(tok.decode(row).strip())
-    return ControlResult(replies, [[r] for r in replies], out, smp.name, out.nfe, out.seconds,
-                         {"turns_kept": len(history)})
+    plan = Plan(smp, model, run.process, resolve_canvas(run.model, None, num, None, canvas), steps,
+                _generator(run, seed))
+
+    def finish(outs: list[Generation]) -> ControlResult:
+        out = outs[0]
+        replies = [reply(tok, row) for row in out.tokens[:, len(ids) :].tolist()]
+        return ControlResult(replies, [[r] for r in replies], out, smp.name, out.nfe, out.seconds,
+                             {"turns_kept": len(history)})
+
+    return Task([plan], finish)
+
+
+def reply(tok, ids: list[int]) -> str:
+    """The reply in response tokens: cut at the first end-of-text, without surrounding space."""
+    if tok.eot_id in ids:
+        ids = ids[: ids.index(tok.eot_id)]
+    return tok.decode(ids).strip()

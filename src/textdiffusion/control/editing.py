@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 
 from ..errors import UsageError
-from ..sampling.base import Canvas
-from .filling import ControlResult, _generator, _sampler
+from ..sampling.base import Canvas, Generation, Plan, resolve_canvas
+from .filling import ControlResult, Task, _generator, _sampler
 from .guidance import guided_model
 from .templates import split_marked
 
@@ -20,6 +20,14 @@ def edit(run, text: str, start: int | None = None, end: int | None = None, *, st
          guidance: float = 0.0, classifier=None, trace: bool = False, on_step=None, **options) -> ControlResult:
     """Re-noise ``text[start:end]`` to time ``strength`` and denoise it with the rest fixed.
     Without offsets, the span is the one marked [EDIT]...[/EDIT] in ``text``."""
+    return edit_task(run, text, start, end, strength=strength, num=num, steps=steps, sampler=sampler, seed=seed,
+                     label=label, guidance=guidance, classifier=classifier, **options).run(on_step, trace)
+
+
+def edit_task(run, text: str, start: int | None = None, end: int | None = None, *, strength: float = 0.5,
+              num: int = 1, steps: int = 64, sampler: str | None = None, seed: int = 0, label: str | None = None,
+              guidance: float = 0.0, classifier=None, **options) -> Task:
+    """``edit`` prepared: its plan and the finish that puts the new span between the kept text."""
     if start is None and end is None:
         text, start, end = split_marked(text)
     if start is None or end is None or not 0 <= start < end <= len(text):
@@ -36,8 +44,14 @@ def edit(run, text: str, start: int | None = None, end: int | None = None, *, st
     lo, hi = len(ids[0]), len(ids[0]) + len(ids[1])
     fixed[:, lo:hi] = False
     smp = _sampler(run, sampler, options)
-    out = smp.generate(guided_model(run, label, guidance, classifier=classifier), run.process, steps=steps, canvas=Canvas(tokens, fixed, strength),
-                       gen=_generator(run, seed), trace=trace, on_step=on_step)
-    spans = [tok.decode(row[lo:hi]) for row in out.tokens.tolist()]
-    return ControlResult([before + s + after for s in spans], [[s] for s in spans], out, smp.name, out.nfe,
-                         out.seconds, {"span": [start, end], "strength": strength})
+    canvas = resolve_canvas(run.model, None, num, None, Canvas(tokens, fixed, strength))
+    plan = Plan(smp, guided_model(run, label, guidance, classifier=classifier), run.process, canvas, steps,
+                _generator(run, seed))
+
+    def finish(outs: list[Generation]) -> ControlResult:
+        out = outs[0]
+        spans = [tok.decode(row[lo:hi]) for row in out.tokens.tolist()]
+        return ControlResult([before + s + after for s in spans], [[s] for s in spans], out, smp.name, out.nfe,
+                             out.seconds, {"span": [start, end], "strength": strength})
+
+    return Task([plan], finish)

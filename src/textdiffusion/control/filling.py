@@ -14,13 +14,15 @@ verbatim: the output string is built from the template's own text plus the decod
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from ..errors import UsageError
 from ..sampling import build_sampler
-from ..sampling.base import Generation
+from ..sampling.base import Generation, Plan, check_request, prompt_canvas, resolve_canvas
 from .guidance import guided_model
 from .scoring import sequence_bits
 from .templates import Hole, Template
@@ -47,12 +49,29 @@ class ControlResult:
                 "seconds": self.seconds, "tokens_per_second": self.tokens_per_second, **self.extra}
 
 
+@dataclass
+class Task:
+    """What a control function prepares before anything is generated: its plans (variable-length
+    infilling tries several sizes) and ``finish``, which turns their generations into the answer.
+    ``run()`` generates the plans in turn; a server steps them batched with other requests'."""
+
+    plans: list[Plan]
+    finish: Callable[[list[Generation]], Any]
+
+    def run(self, on_step=None, trace: bool = False):
+        return self.finish([p.generate(on_step, trace) for p in self.plans])
+
+
 def _sampler(run, sampler: str | None, options: dict):
     return build_sampler(sampler, run.process, run.tokenizer, **options)
 
 
+def _device(run) -> torch.device:
+    return next(run.model.parameters()).device
+
+
 def _generator(run, seed: int) -> torch.Generator:
-    return torch.Generator(device=next(run.model.parameters()).device).manual_seed(seed)
+    return torch.Generator(device=_device(run)).manual_seed(seed)
 
 
 def fim_prompt(template: Template, tokenizer) -> tuple[list[int], list[bool]]:
@@ -72,34 +91,45 @@ def fim_prompt(template: Template, tokenizer) -> tuple[list[int], list[bool]]:
     return ids, healed
 
 
-def _fill_fim(run, template: Template, *, num: int, sampler, seed: int, on_step=None):
+def _fim_plan(run, template: Template, *, num: int, sampler, seed: int):
     """The AR twin trained with fill-in-the-middle: [eot] prefix [suf] suffix [mid], then the hole."""
     tok = run.tokenizer
     ids, healed = fim_prompt(template, tok)
     n = template.holes[0].low
-    out = sampler.generate(run.model, run.process, length=n, batch_size=num, prompt=torch.tensor(ids),
-                           gen=_generator(run, seed), on_step=on_step)
-    done = [template.assemble([tok.decode(row[len(ids) :])], healed) for row in out.tokens.tolist()]
-    return [d[0] for d in done], [d[1] for d in done], out
+    check_request(run.model, num, len(ids), n)
+    canvas = resolve_canvas(run.model, None, num, None, prompt_canvas(torch.tensor(ids), num, n, _device(run)))
+    plan = Plan(sampler, run.model, run.process, canvas, None, _generator(run, seed))
+
+    def finish(out: Generation):
+        done = [template.assemble([tok.decode(row[len(ids) :])], healed) for row in out.tokens.tolist()]
+        return [d[0] for d in done], [d[1] for d in done]
+
+    return plan, finish
 
 
-def _fill_fixed(run, template: Template, *, num: int, steps: int, sampler, seed: int, label=None, guidance=0.0,
-                classifier=None, trace: bool = False, on_step=None):
+def _fixed_plan(run, template: Template, *, num: int, steps: int, sampler, seed: int, label=None, guidance=0.0,
+                classifier=None):
+    """The plan that fills a template whose holes have fixed sizes, and its finish (the texts and
+    the fills of a generation)."""
     continuation = isinstance(template.parts[-1], Hole) and len(template.holes) == 1
     if run.process.name == "ar" and not continuation:  # (a continuation decodes left to right below)
         if not run.cfg.data.fim_rate:
             raise UsageError("the AR twin reads only the text to the left, so it can continue a prompt but not "
                              "infill; train it with fill-in-the-middle (--set data.fim_rate=0.5) or use a masked "
                              "diffusion model")
-        return _fill_fim(run, template, num=num, sampler=sampler, seed=seed, on_step=on_step)
+        return _fim_plan(run, template, num=num, sampler=sampler, seed=seed)
     canvas, spans = template.canvas(run.tokenizer, num)
     model = guided_model(run, label, guidance, classifier=classifier)
-    out = sampler.generate(model, run.process, steps=steps, canvas=canvas, gen=_generator(run, seed), trace=trace,
-                           on_step=on_step)
+    plan = Plan(sampler, model, run.process, resolve_canvas(run.model, None, num, None, canvas), steps,
+                _generator(run, seed))
     tok = run.tokenizer
     healed = template.healed(tok)
-    done = [template.assemble([tok.decode(row[a:b]) for a, b in spans], healed) for row in out.tokens.tolist()]
-    return [d[0] for d in done], [d[1] for d in done], out
+
+    def finish(out: Generation):
+        done = [template.assemble([tok.decode(row[a:b]) for a, b in spans], healed) for row in out.tokens.tolist()]
+        return [d[0] for d in done], [d[1] for d in done]
+
+    return plan, finish
 
 
 def _check_fits(run, template: Template) -> None:
@@ -130,21 +160,40 @@ def infill(run, template: str | Template, *, num: int = 1, steps: int = 64, samp
     """Fill the holes of ``template`` (see the module doc) ``num`` times; fixed text is kept verbatim.
     ``label`` / ``guidance`` / ``classifier``: conditioning and guidance (control/guidance.py).
     ``on_step``: the per-step hook (variable holes: every candidate length's steps, in turn)."""
+    return infill_task(run, template, num=num, steps=steps, sampler=sampler, seed=seed, candidates=candidates,
+                       label=label, guidance=guidance, classifier=classifier, **options).run(on_step, trace)
+
+
+def infill_task(run, template: str | Template, *, num: int = 1, steps: int = 64, sampler: str | None = None,
+                seed: int = 0, candidates: int = 4, label: str | None = None, guidance: float = 0.0,
+                classifier=None, **options) -> Task:
+    """``infill`` prepared: one plan per candidate size (one plan for fixed holes), and the finish
+    that keeps each sample's most likely fill."""
     tpl = template if isinstance(template, Template) else Template.parse(template)
     _check_fits(run, tpl)
     smp = _sampler(run, sampler, options)
-    cond = {"label": label, "guidance": guidance, "classifier": classifier, "trace": trace, "on_step": on_step}
+    cond = {"label": label, "guidance": guidance, "classifier": classifier}
     if not any(h.variable for h in tpl.holes):
-        texts, fills, out = _fill_fixed(run, tpl, num=num, steps=steps, sampler=smp, seed=seed, **cond)
-        return ControlResult(texts, fills, out, smp.name, out.nfe, out.seconds)
+        plan, fill = _fixed_plan(run, tpl, num=num, steps=steps, sampler=smp, seed=seed, **cond)
+
+        def finish_fixed(outs: list[Generation]) -> ControlResult:
+            texts, fills = fill(outs[0])
+            return ControlResult(texts, fills, outs[0], smp.name, outs[0].nfe, outs[0].seconds)
+
+        return Task([plan], finish_fixed)
     # variable holes: fill at each candidate size, keep each sample's most likely text
-    best: list[tuple[float, str, list[str]]] = [(float("inf"), "", [])] * num
-    nfe, seconds, out, tried = 0, 0.0, None, []
-    for sizes in _candidate_sizes(tpl.holes, candidates):
-        texts, fills, out = _fill_fixed(run, tpl.sized(sizes), num=num, steps=steps, sampler=smp, seed=seed, **cond)
-        nfe, seconds = nfe + out.nfe, seconds + out.seconds
-        bits = sequence_bits(run, texts, seed, exact=False)  # the model's own fills
-        tried.append({"sizes": sizes, "bits": bits})
-        best = [min(b, (x, t, f)) for b, x, t, f in zip(best, bits, texts, fills)]
-    return ControlResult([b[1] for b in best], [b[2] for b in best], out, smp.name, nfe, seconds,
-                         {"candidates": tried})
+    sizes = _candidate_sizes(tpl.holes, candidates)
+    made = [_fixed_plan(run, tpl.sized(s), num=num, steps=steps, sampler=smp, seed=seed, **cond) for s in sizes]
+
+    def finish_best(outs: list[Generation]) -> ControlResult:
+        best: list[tuple[float, str, list[str]]] = [(float("inf"), "", [])] * num
+        tried = []
+        for s, (_, fill), out in zip(sizes, made, outs):
+            texts, fills = fill(out)
+            bits = sequence_bits(run, texts, seed, exact=False)  # the model's own fills
+            tried.append({"sizes": s, "bits": bits})
+            best = [min(b, (x, t, f)) for b, x, t, f in zip(best, bits, texts, fills)]
+        return ControlResult([b[1] for b in best], [b[2] for b in best], outs[-1], smp.name,
+                             sum(o.nfe for o in outs), sum(o.seconds for o in outs), {"candidates": tried})
+
+    return Task([p for p, _ in made], finish_best)

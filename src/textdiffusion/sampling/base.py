@@ -337,6 +337,28 @@ class Sampler:
 
 
 @dataclass
+class Plan:
+    """A generate call prepared but not run: the sampler, the network it calls (the run's model or
+    a guided wrapper), the process, the canvas (already checked: ``resolve_canvas``), the steps
+    and the generator. ``generate()`` runs it alone; a server ``start()``s it and steps its rows
+    together with other requests' (serve/scheduler.py): the same rows, the same tokens."""
+
+    sampler: Sampler
+    model: Any
+    process: Any
+    canvas: Canvas
+    steps: int | None
+    gen: Generators = None
+
+    def start(self) -> State:
+        return self.sampler.start(self.model, self.process, self.canvas, self.steps, self.gen)
+
+    def generate(self, on_step: OnStep | None = None, trace: bool = False) -> Generation:
+        return self.sampler.generate(self.model, self.process, steps=self.steps, canvas=self.canvas, gen=self.gen,
+                                     on_step=on_step, trace=trace)
+
+
+@dataclass
 class Generation:
     tokens: torch.Tensor  # (B, T) prompt + generated tokens
     prompt_length: int
