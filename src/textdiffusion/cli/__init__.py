@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import sys
 
-COMMANDS = ("generate", "export", "models", "train", "sample", "eval", "infill", "edit", "train_classifier", "chat")
+COMMANDS = ("generate", "export", "models", "train", "sample", "eval", "infill", "edit", "train_classifier", "chat",
+            "serve")
 
 __all__ = ["COMMANDS", "build_parser", "main", "run"]
 

@@ -107,23 +107,8 @@ class TraceRecorder:
         self.frames: list[dict] = []
 
     def __call__(self, i: int, out: StepOutput) -> None:
-        x = out.x_prev
-        n = x.shape[0] if self.max_rows is None else min(self.max_rows, x.shape[0])
-        stats = _decided_stats(out, n)
-        rows = []
-        for b in range(n):
-            changed = out.changed[b].nonzero().flatten().tolist()
-            masked = (x[b] == self.mask_id).nonzero().flatten().tolist() if self.mask_id is not None else []
-            tokens = x[b].tolist()
-            decided = []
-            for p in changed:
-                conf, ent = stats.get((b, p), (float("nan"), float("nan")))
-                if tokens[p] == self.mask_id:  # re-masked (ReMDM): not a decision
-                    continue
-                decided.append({"position": p, "token": tokens[p], "confidence": _round(conf),
-                                "entropy": _round(ent)})
-            rows.append({"tokens": tokens, "changed": changed, "masked": masked, "decided": decided})
-        self.frames.append({"step": i, "nfe": out.nfe, "block": out.block, "rows": rows})
+        n = out.x_prev.shape[0] if self.max_rows is None else min(self.max_rows, out.x_prev.shape[0])
+        self.frames.append(frame(out, i, self.mask_id, range(n)))
         if self.on_frame is not None:
             self.on_frame(self.frames[-1])
         if self.then is not None:
@@ -144,27 +129,51 @@ class TraceRecorder:
         return _write(path, self.to_dict(**meta))
 
 
+def frame(out: StepOutput, step: int, mask_id: int | None, rows, lengths=None, nfe: int | None = None) -> dict:
+    """One trace-v1 frame of the step ``out`` for the batch rows ``rows`` (indices; a server's
+    request owns some rows of a batch), each cut to its ``lengths`` (default: the batch width);
+    ``nfe``: the network calls to report (default the step's own count)."""
+    rows = list(rows)
+    x = out.x_prev
+    stats = _decided_stats(out, rows)
+    made = []
+    for k, b in enumerate(rows):
+        n = x.shape[1] if lengths is None else lengths[k]
+        tokens = x[b, :n].tolist()
+        changed = out.changed[b, :n].nonzero().flatten().tolist()
+        masked = (x[b, :n] == mask_id).nonzero().flatten().tolist() if mask_id is not None else []
+        decided = []
+        for p in changed:
+            if tokens[p] == mask_id:  # re-masked (ReMDM): not a decision
+                continue
+            conf, ent = stats.get((b, p), (float("nan"), float("nan")))
+            decided.append({"position": p, "token": tokens[p], "confidence": _round(conf), "entropy": _round(ent)})
+        made.append({"tokens": tokens, "changed": changed, "masked": masked, "decided": decided})
+    return {"step": step, "nfe": out.nfe if nfe is None else nfe, "block": out.block, "rows": made}
+
+
 def _write(path: str | Path, data: dict) -> Path:
     path = Path(path)
     path.write_text(json.dumps(data) + "\n", encoding="utf-8")
     return path
 
 
-def _decided_stats(out: StepOutput, rows: int) -> dict[tuple[int, int], tuple[float, float]]:
-    """(row, position) -> (confidence, entropy) of the tokens decided in this step, from the
-    step's distribution ``out.log_probs`` (covering positions offset .. offset + W)."""
-    if out.log_probs is None:
+def _decided_stats(out: StepOutput, rows: list[int]) -> dict[tuple[int, int], tuple[float, float]]:
+    """(row, position) -> (confidence, entropy) of the tokens decided in this step in the batch
+    rows ``rows``, from the step's distribution ``out.log_probs`` (positions offset .. offset + W)."""
+    if out.log_probs is None or not rows:
         return {}
-    lp = out.log_probs[:rows].double()
+    index = torch.tensor(rows, device=out.log_probs.device)
+    lp = out.log_probs[index].double()
     W = lp.shape[1]
-    changed = out.changed[:rows, out.offset : out.offset + W]
+    changed = out.changed[index, out.offset : out.offset + W]
     if not changed.any():
         return {}
-    tokens = out.x_prev[:rows, out.offset : out.offset + W].clamp(0, lp.shape[-1] - 1)
+    tokens = out.x_prev[index, out.offset : out.offset + W].clamp(0, lp.shape[-1] - 1)
     conf = lp.gather(-1, tokens[..., None]).squeeze(-1).exp()
     p = lp.exp()
     ent = -(torch.where(p > 0, p * lp, torch.zeros_like(p))).sum(-1)
     result = {}
-    for b, w in changed.nonzero().tolist():
-        result[(b, out.offset + w)] = (float(conf[b, w]), float(ent[b, w]))
+    for k, w in changed.nonzero().tolist():
+        result[(rows[k], out.offset + w)] = (float(conf[k, w]), float(ent[k, w]))
     return result

@@ -1,0 +1,118 @@
+"""textdiffusion serve: an OpenAI-compatible HTTP server with step-level batching."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from ..errors import UsageError
+from .common import NON_NEGATIVE, POSITIVE, load, positive_seconds
+
+NAME = "serve"
+PARSER = dict(help="serve a model over an OpenAI-compatible HTTP API (needs the serve extra)",
+              description="Serve a shipped model or a run directory over HTTP: /v1/models, /v1/completions, "
+                          "/v1/chat/completions (instruction-tuned runs), /v1/fim/completions, /v1/infill, /v1/edit, "
+                          "and a demo page at /. Concurrent requests are batched step by step: one network call "
+                          "per denoising step for all of them. Listens on 127.0.0.1 unless --host says otherwise. "
+                          "Needs: pip install 'textdiffusion[serve]'.",
+              epilog="example:\n  textdiffusion serve english --port 8000\n  curl localhost:8000/v1/completions -H "
+                     "'Content-Type: application/json' -d '{\"prompt\": \"ROMEO:\", \"max_tokens\": 32, \"steps\": 16}'",
+              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", nargs="?", default=None, metavar="NAME|DIR",
+                   help="a shipped model name (english, code) or a run directory (default: the English model)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=NON_NEGATIVE, default=8000, help="port (default 8000; 0 = any free port)")
+    p.add_argument("--api-key", default=None, metavar="KEY",
+                   help="require Authorization: Bearer KEY on /v1/* (default: $TEXTDIFFUSION_API_KEY, else none)")
+    p.add_argument("--max-batch", type=POSITIVE, default=32, help="rows in one network call (default 32)")
+    p.add_argument("--max-queue", type=POSITIVE, default=64,
+                   help="requests that may wait for room in the batch; more are answered 429 (default 64)")
+    p.add_argument("--max-steps", type=POSITIVE, default=1024, help="most denoising steps a request may ask (default 1024)")
+    p.add_argument("--max-body-bytes", type=POSITIVE, default=1 << 20, help="largest request body (default 1 MiB)")
+    p.add_argument("--timeout", type=positive_seconds, default=300.0, metavar="S",
+                   help="seconds a request may take, waiting included, before it is answered 408 (default 300)")
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="allow browser pages from ORIGIN to call the API (repeatable; default: none)")
+    p.add_argument("--no-batching", action="store_true", help="run one request at a time (to compare)")
+    p.add_argument("--name", default=None, help="the model id clients pass (default: the model's name)")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    p.add_argument("--threads", type=NON_NEGATIVE, default=0, help="CPU threads for torch (default 0 = auto)")
+
+
+def main(args) -> int:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise UsageError(f"the server needs {exc.name}: pip install 'textdiffusion[serve]'") from None
+    from ..pipeline import Pipeline
+    from ..pretrained import card, resolve
+    from ..serve.app import Settings, create_app
+
+    folder = resolve(args.model)
+    run = load(args.model, args.device, args.threads)
+    pipe = Pipeline(run, card(folder))
+    name = args.name or (args.model if args.model and "/" not in args.model and not os.path.isdir(args.model)
+                         else folder.name) or "english"
+    settings = Settings(name=name, api_key=args.api_key or os.environ.get("TEXTDIFFUSION_API_KEY") or None,
+                        max_batch=args.max_batch, max_queue=args.max_queue, max_steps=args.max_steps,
+                        max_body=args.max_body_bytes, timeout=args.timeout, cors=tuple(args.cors_origin),
+                        batching=not args.no_batching)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and settings.api_key is None:
+        print(f"textdiffusion: note: listening on {args.host} without --api-key: anyone who can reach it may use it",
+              file=sys.stderr)
+    app = create_app(pipe, settings)
+    stopped_by = serve(app, args.host, args.port, args.log_level, settings.timeout)
+    if stopped_by is not None:
+        print(f"textdiffusion: stopped by {stopped_by} after the requests in flight finished", file=sys.stderr)
+    return 0
+
+
+def serve(app, host: str, port: int, log_level: str, drain_seconds: float) -> str | None:
+    """uvicorn with a graceful drain: on SIGTERM (or Ctrl-C) new requests get 503, /ready turns 503,
+    and the requests in flight finish (up to ``drain_seconds``) before it returns the signal's
+    name (uvicorn's own re-raising of the signal is left out: a drained server exits 0)."""
+    import contextlib
+    import logging
+    import signal
+    import threading
+
+    import uvicorn
+
+    caught: list[str] = []
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame):
+            app.state.draining = True
+            caught.append(signal.Signals(sig).name)
+            super().handle_exit(sig, frame)
+
+        @contextlib.contextmanager
+        def capture_signals(self):
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            before = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in before.items():
+                    signal.signal(sig, handler)
+
+        def _log_started_message(self, listeners):
+            super()._log_started_message(listeners)
+            for sock in listeners:
+                h, p = sock.getsockname()[:2]
+                print(f"textdiffusion: serving {app.state.settings.name} on http://{h}:{p}", file=sys.stderr, flush=True)
+
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=drain_seconds,
+                            access_log=False, lifespan="on")
+    Server(config).run()
+    return caught[0] if caught else None

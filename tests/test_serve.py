@@ -1,0 +1,370 @@
+"""The OpenAI-compatible server, with real clients on loopback: the official ``openai`` client and
+httpx against uvicorn serving a tiny model this file trains (in a thread; the SIGTERM test starts
+``textdiffusion serve`` as a process). Every wait is bounded."""
+
+import contextlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import jsonschema
+import numpy as np
+import openai
+import pytest
+import uvicorn
+from markov import ALPHABET, tokenizer
+
+from textdiffusion import Pipeline
+from textdiffusion.config import Config, ModelConfig, ProcessConfig, TrainConfig
+from textdiffusion.control import chat
+from textdiffusion.data import chat_prompt, sft_rows
+from textdiffusion.data.rows import Pair
+from textdiffusion.sampling.trace import SCHEMA
+from textdiffusion.serve.app import Settings, create_app
+from textdiffusion.tokenizers import CharTokenizer
+from textdiffusion.training.trainer import train
+
+CONTEXT = 24
+KEY = "test-key"
+FRAME_SCHEMA = SCHEMA["properties"]["frames"]["items"]
+
+
+def _config(**train_args) -> Config:
+    return Config(model=ModelConfig(n_layer=2, n_head=4, d_model=64, context=CONTEXT), process=ProcessConfig(name="masked"),
+                  train=TrainConfig(batch_size=64, lr=3e-3, min_lr=3e-4, warmup_steps=20, **train_args))
+
+
+@pytest.fixture(scope="module")
+def cycle_pipe(tmp_path_factory):
+    """A masked model of "abcdefgh" repeated: greedy decoding continues the cycle."""
+    data = np.arange(40_000) % len(ALPHABET)
+    out = tmp_path_factory.mktemp("serve")
+    train(_config(max_steps=150, eval_every=150, ckpt_every=150, log_every=50), out,
+          {"train": data[:36_000], "val": data[36_000:]}, tokenizer(), progress=False)
+    return Pipeline.from_pretrained(out)
+
+
+@pytest.fixture(scope="module")
+def sft_pipe(tmp_path_factory):
+    """A briefly instruction-tuned run (its answers need not be right: the server must give what
+    ``control.chat`` gives)."""
+    tok = CharTokenizer(sorted(set("abcdef" + chat_prompt(""))))
+    rng = random.Random(0)
+    words = ["".join(rng.choice("abcdef") for _ in range(4)) for _ in range(2000)]
+    pairs = [Pair(str(i), w, w[::-1]) for i, w in enumerate(words)]
+    cfg = _config(max_steps=40, eval_every=40, ckpt_every=40, log_every=40)
+    cfg.model.context = 32
+    cfg.data.sft = True
+    out = tmp_path_factory.mktemp("serve-sft")
+    train(cfg, out, {"train": sft_rows(pairs[:1900], tok, 32), "val": sft_rows(pairs[1900:], tok, 32)}, tok,
+          progress=False)
+    return Pipeline.from_pretrained(out)
+
+
+@contextlib.contextmanager
+def serving(pipe, **settings):
+    """uvicorn serving ``pipe`` on 127.0.0.1 (a free port) in a thread; yields the base URL."""
+    app = create_app(pipe, Settings(name="tiny", **settings))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(20)
+        assert not thread.is_alive(), "the server did not stop"
+
+
+def client(url: str, key: str | None = KEY) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{url}/v1", api_key=key or "none", max_retries=0, timeout=60)
+
+
+def metric(url: str, name: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    for line in text.splitlines():
+        if line.startswith(f"textdiffusion_{name} "):
+            return float(line.split()[-1])
+    raise AssertionError(f"no metric {name} in\n{text}")
+
+
+def test_the_openai_client_gets_completions_streams_and_fim(cycle_pipe):
+    """models, completions, streaming (committed text grows monotonically and ends as the text
+    returned without streaming), denoising frames (valid trace-v1 frames whose masks only
+    shrink), usage, FIM through ``suffix``. The known answers: greedy decoding continues the
+    cycle, and the hole of "ab???fgh" is "cde". Catches a server that echoes the prompt, streams
+    the whole canvas (masks included) instead of the committed prefix, or drops the suffix."""
+    with serving(cycle_pipe, api_key=KEY) as url:
+        c = client(url)
+        assert [m.id for m in c.models.list().data] == ["tiny"]
+        settings = {"steps": 12, "sampler": "confidence", "seed": 0}
+        out = c.completions.create(model="tiny", prompt="abc", max_tokens=12, temperature=0, extra_body=settings)
+        assert out.choices[0].text == "defghabcdefg" and out.choices[0].finish_reason == "length"
+        usage = out.usage.model_dump()
+        assert usage["completion_tokens"] == 12 and usage["prompt_tokens"] == 3
+        assert usage["denoising_steps"] == 12 and usage["nfe"] == 12 and usage["tokens_per_forward"] == 1.0
+        assert 0 < usage["time_to_first_commit_s"] <= usage["seconds"] + usage["queued_seconds"] + 0.05
+
+        stream = c.completions.create(model="tiny", prompt="abc", max_tokens=12, temperature=0, stream=True,
+                                      stream_options={"include_usage": True, "include_denoising": True},
+                                      extra_body=settings)
+        shown, frames, usage = [], [], None
+        for chunk in stream:
+            extra = chunk.model_extra or {}
+            if "diffusion_frame" in extra:
+                frames.append(extra["diffusion_frame"])
+                assert len(extra["diffusion_texts"]) == 1
+            for choice in chunk.choices:
+                if choice.text:
+                    shown.append((shown[-1] if shown else "") + choice.text)
+            usage = chunk.usage or usage
+        assert shown[-1] == out.choices[0].text
+        assert len(shown) >= 4  # the text arrived in pieces, each a prefix of the final text
+        assert all(shown[-1].startswith(s) for s in shown)
+        assert len(frames) == 12 and usage.nfe == 12
+        for f in frames:
+            jsonschema.validate(f, FRAME_SCHEMA)
+        masked = [len(f["rows"][0]["masked"]) for f in frames]
+        assert masked == sorted(masked, reverse=True) and masked[0] == 11 and masked[-1] == 0
+        assert [f["step"] for f in frames] == list(range(12))
+
+        fim = c.completions.create(model="tiny", prompt="ab", suffix="fgh", max_tokens=3, temperature=0,
+                                 extra_body={"steps": 3})
+        assert fim.choices[0].text == "cde"
+        raw = httpx.post(f"{url}/v1/fim/completions", json={"prompt": "ab", "suffix": "fgh", "max_tokens": 3, "temperature": 0},
+                         headers={"Authorization": f"Bearer {KEY}"}, timeout=30).json()
+        assert raw["choices"][0]["text"] == "cde"
+
+
+def test_infill_edit_and_chat_over_http(cycle_pipe, sft_pipe):
+    """/v1/infill and /v1/edit over plain HTTP give what the Python API gives; chat on a run that
+    was not instruction-tuned is a 400 saying why; chat on an SFT run gives what ``control.chat``
+    gives for the same seed, streamed or not."""
+    with serving(cycle_pipe) as url:
+        filled = httpx.post(f"{url}/v1/infill", json={"template": "ab[MASK:3]fgh", "steps": 3, "temperature": 0}, timeout=30).json()
+        assert filled["choices"][0]["text"] == "abcdefgh" and filled["choices"][0]["fills"] == ["cde"]
+        body = {"text": "abcdefgh", "span": [2, 5], "strength": 1.0, "steps": 3, "seed": 4}
+        edited = httpx.post(f"{url}/v1/edit", json=body, timeout=30).json()
+        assert edited["choices"][0]["text"] == cycle_pipe.edit("abcdefgh", (2, 5), strength=1.0, steps=3, seed=4).text
+        with pytest.raises(openai.BadRequestError, match="not instruction-tuned"):
+            client(url).chat.completions.create(model="tiny", messages=[{"role": "user", "content": "abc"}])
+    with serving(sft_pipe) as url:
+        c = client(url)
+        messages = [{"role": "user", "content": "abcd"}, {"role": "assistant", "content": "dcba"},
+                    {"role": "user", "content": "fede"}]
+        expected = chat(sft_pipe.run, "fede", [("abcd", "dcba")], steps=8, seed=3, sampler="confidence",
+                        temperature=0.0).texts[0]
+        settings = {"steps": 8, "seed": 3, "sampler": "confidence"}
+        got = c.chat.completions.create(model="tiny", messages=messages, temperature=0, extra_body=settings)
+        assert got.choices[0].message.content == expected and got.choices[0].message.role == "assistant"
+        pieces = [ch.choices[0].delta.content or "" for ch in c.chat.completions.create(
+            model="tiny", messages=messages, temperature=0, stream=True, extra_body=settings) if ch.choices]
+        assert "".join(pieces) == expected
+
+
+@pytest.mark.parametrize("body, status, needle", [
+    ({"prompt": "abc", "bogus": 1}, 400, "unknown field 'bogus'"),
+    ({"prompt": "abc", "logit_bias": {"1": 5}}, 400, "logit_bias is an OpenAI option"),
+    ({"prompt": "abc", "steps": 0}, 400, "steps must be a whole number >= 1"),
+    ({"prompt": "abc", "max_tokens": 40}, 400, "max_tokens must be a whole number >= 1 and <= 24"),
+    ({"prompt": "abcdefghabcdefghabcd", "max_tokens": 10}, 400, "exceeds the model context"),
+    ({"template": "ab[MASK:x]"}, 400, "malformed hole"),
+    ({"template": "ab[MASK:3]", "prompt": "a"}, 400, "unknown field 'prompt'"),
+    ({"prompt": "abc", "sampler": "ddpm"}, 400, "the ddpm sampler needs a gaussian model"),
+    ({"prompt": "abc", "sampler": "nope"}, 400, "unknown sampler 'nope'"),
+    ({"prompt": "abc", "temperature": -1}, 400, "temperature must be >= 0"),
+    ({"prompt": "abc", "block_length": 4}, 400, "takes no block_length"),
+    ({"prompt": "abc", "model": "gpt-4"}, 404, "no model 'gpt-4'"),
+    ({"prompt": "abc", "n": 99}, 400, "n must be a whole number >= 1 and <= 16"),
+    ({"prompt": "abc", "guidance": 2.0}, 400, "guidance needs a condition"),
+    ({"prompt": "abX"}, 400, "cannot"),  # a character the tokenizer never saw
+    ({"prompt": 5}, 400, "prompt must be a string"),
+    ({"prompt": "abc", "stream_options": {"include_usage": True}}, 400, "stream_options needs stream: true"),
+    ([1, 2], 400, "must be a JSON object"),
+])
+def test_bad_requests_get_a_4xx_naming_the_problem(cycle_pipe, body, status, needle):
+    """Each bad request is a 4xx JSON error whose message names the problem, never a 500. (One
+    server for the module would be faster; a fresh one per case keeps them independent and costs
+    ~0.1 s each.)"""
+    with serving(cycle_pipe, api_key=KEY) as url:
+        path = "/v1/infill" if isinstance(body, dict) and "template" in body else "/v1/completions"
+        r = httpx.post(f"{url}{path}", json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
+        assert r.status_code == status, r.text
+        error = r.json()["error"]
+        assert needle in error["message"], error
+
+
+def test_other_bad_requests_and_neutral_openai_defaults(cycle_pipe):
+    """Wrong or missing API key (401), a huge body (413, declared or streamed without a length),
+    a body that is not JSON, a template with broken holes, an edit span outside the text; and the
+    OpenAI fields a client sends at their neutral values (presence_penalty 0, stop null) pass."""
+    with serving(cycle_pipe, api_key=KEY, max_body=2000) as url:
+        auth = {"Authorization": f"Bearer {KEY}"}
+        for headers in ({}, {"Authorization": "Bearer wrong"}):
+            r = httpx.post(f"{url}/v1/completions", json={"prompt": "abc"}, headers=headers, timeout=30)
+            assert r.status_code == 401 and "API key" in r.json()["error"]["message"]
+        with pytest.raises(openai.AuthenticationError):
+            client(url, key="wrong").models.list()
+        r = httpx.post(f"{url}/v1/completions", json={"prompt": "a" * 5000}, headers=auth, timeout=30)
+        assert r.status_code == 413 and "limit" in r.json()["error"]["message"]
+
+        def chunks():
+            yield b'{"prompt": "'
+            for _ in range(10):
+                yield b"a" * 500
+            yield b'"}'
+
+        r = httpx.post(f"{url}/v1/completions", content=chunks(), headers=auth, timeout=30)
+        assert r.status_code == 413
+        r = httpx.post(f"{url}/v1/completions", content=b"{not json", headers=auth, timeout=30)
+        assert r.status_code == 400 and "not JSON" in r.json()["error"]["message"]
+        r = httpx.post(f"{url}/v1/infill", json={"template": "ab[MASK:3-1]"}, headers=auth, timeout=30)
+        assert r.status_code == 400 and "bad hole" in r.json()["error"]["message"]
+        r = httpx.post(f"{url}/v1/edit", json={"text": "abc", "span": [2, 9]}, headers=auth, timeout=30)
+        assert r.status_code == 400 and "span" in r.json()["error"]["message"]
+        r = httpx.post(f"{url}/v1/completions", headers=auth, timeout=30,
+                       json={"prompt": "abc", "max_tokens": 4, "presence_penalty": 0, "stop": None, "steps": 4})
+        assert r.status_code == 200, r.text
+        assert httpx.get(f"{url}/health", timeout=10).json() == {"status": "ok"}
+        assert httpx.get(f"{url}/nowhere", timeout=10).status_code == 404
+        assert metric(url, "failed_total") == 0  # every refusal happened before the scheduler
+
+
+def _request(i: int) -> dict:
+    """The i-th of 16 greedy requests of different lengths, steps and samplers."""
+    samplers = [("confidence", {}), ("margin", {}), ("semi-ar", {"block_length": 4}),
+                ("threshold", {"block_length": 4, "kv_cache": "dual"}), ("ancestral", {}), ("entropy", {})]
+    name, options = samplers[i % len(samplers)]
+    prompt = "abcdefgh"[i % 8 :][: 1 + i % 4]
+    return {"prompt": prompt, "max_tokens": 4 + i, "steps": 6 + (i * 5) % 14, "sampler": name, "temperature": 0,
+            "seed": i, **options}
+
+
+def test_a_request_gives_the_same_text_alone_and_among_fifteen_others(cycle_pipe):
+    """Step-level batching changes nothing a request gets: at temperature 0 each of 16 requests
+    of different lengths, steps and samplers is served alone and then all at once from 16
+    threads, with identical texts; and the concurrent run took fewer network calls than the
+    sixteen alone (they were batched). Catches rows that read each other's positions, a release
+    that drops a running row, and a scheduler that runs requests one by one."""
+    with serving(cycle_pipe) as url:
+        alone = []
+        for i in range(16):
+            r = httpx.post(f"{url}/v1/completions", json=_request(i), timeout=60)
+            assert r.status_code == 200, r.text
+            alone.append(r.json()["choices"][0]["text"])
+        calls_alone = metric(url, "steps_total")
+        together: list[str | None] = [None] * 16
+        barrier = threading.Barrier(16)
+
+        def one(i):
+            barrier.wait(30)
+            together[i] = httpx.post(f"{url}/v1/completions", json=_request(i), timeout=60).json()["choices"][0]["text"]
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        calls_together = metric(url, "steps_total") - calls_alone
+    assert together == alone
+    assert len(set(alone)) > 4  # the requests differ
+    assert calls_together < 0.6 * calls_alone, (calls_together, calls_alone)
+
+
+def test_a_full_queue_is_429_and_a_client_that_leaves_frees_its_rows(cycle_pipe):
+    """With one row per batch and one place in the queue, a third concurrent request is answered
+    429 (the openai client raises RateLimitError); a streaming client that disconnects, and a
+    client whose request times out on its side, have their rows dropped (the batch empties while
+    their requests had thousands of steps left); a request past the server's --timeout is a 408."""
+    slow = {"prompt": "abc", "max_tokens": 20, "steps": 50_000, "sampler": "ancestral", "cache": False}
+
+    def impatient():
+        with contextlib.suppress(httpx.ReadTimeout):
+            httpx.post(f"{url}/v1/completions", json=slow, timeout=1.5)
+
+    with serving(cycle_pipe, max_batch=1, max_queue=1, max_steps=100_000) as url:
+        with httpx.Client(timeout=60) as http, http.stream("POST", f"{url}/v1/completions",
+                                                           json={**slow, "stream": True}) as running:
+            assert running.status_code == 200
+            waiter = threading.Thread(target=impatient)
+            waiter.start()
+            deadline = time.monotonic() + 10
+            while metric(url, "queue_depth") < 1 or metric(url, "batch_rows") < 1:
+                assert time.monotonic() < deadline, "the requests did not start"
+                time.sleep(0.02)
+            with pytest.raises(openai.RateLimitError, match="queue is full"):
+                client(url).completions.create(model="tiny", prompt="abc", extra_body={"steps": 4})
+        # the stream is closed: its rows leave the batch; then the impatient client gives up
+        waiter.join(20)
+        deadline = time.monotonic() + 10
+        while metric(url, "batch_rows") > 0 or metric(url, "queue_depth") > 0:
+            assert time.monotonic() < deadline, "rows of clients that left stayed in the batch"
+            time.sleep(0.05)
+        assert metric(url, "cancelled_total") == 2 and metric(url, "finished_total") == 0
+    with serving(cycle_pipe, timeout=0.3, max_steps=100_000) as url:
+        r = httpx.post(f"{url}/v1/completions", json=slow, timeout=30)
+        assert r.status_code == 408 and "time limit" in r.json()["error"]["message"]
+
+
+def test_sigterm_drains_the_requests_in_flight(cycle_pipe, tmp_path):
+    """``textdiffusion serve`` stopped by SIGTERM while a request runs: the request still gets its
+    whole answer, no new request is taken meanwhile, and the process exits 0 within a bounded time
+    (uvicorn alone re-raises the signal: exit -15)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "textdiffusion", "serve", str(cycle_pipe.run.run_dir), "--port", "0",
+                             "--log-level", "warning", "--threads", "1",
+                             "--max-steps", "5000"], stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        url, deadline = None, time.monotonic() + 60
+        while url is None:
+            assert time.monotonic() < deadline and proc.poll() is None, "the server did not start"
+            line = proc.stderr.readline()
+            if "serving" in line:
+                url = line.split(" on ")[-1].strip()
+        result = {}
+
+        def slow():
+            r = httpx.post(f"{url}/v1/completions", json={"prompt": "abc", "max_tokens": 20, "steps": 3000,
+                                                          "sampler": "ancestral", "cache": False, "seed": 0}, timeout=60)
+            result["status"], result["text"] = r.status_code, r.json()["choices"][0]["text"]
+
+        t = threading.Thread(target=slow)
+        t.start()
+        deadline = time.monotonic() + 10
+        while metric(url, "batch_rows") < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        with contextlib.suppress(httpx.TransportError):  # refused once the socket is closed, else 503
+            assert httpx.get(f"{url}/ready", timeout=5).status_code == 503
+        assert t.is_alive()  # still running, 0.3 s after SIGTERM
+        t.join(60)
+        assert result.get("status") == 200 and len(result["text"]) == 20
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stderr.close()
+
+
+def test_metrics_are_prometheus_text(cycle_pipe):
+    """/metrics counts requests by endpoint and status, and the tokens generated."""
+    with serving(cycle_pipe) as url:
+        httpx.post(f"{url}/v1/completions", json={"prompt": "abc", "max_tokens": 5, "steps": 5}, timeout=30)
+        httpx.post(f"{url}/v1/completions", json={"prompt": "abc", "steps": 0}, timeout=30)
+        text = httpx.get(f"{url}/metrics", timeout=10).text
+        assert 'textdiffusion_requests_total{endpoint="/v1/completions",status="200"} 1' in text
+        assert 'textdiffusion_requests_total{endpoint="/v1/completions",status="400"} 1' in text
+        assert metric(url, "tokens_total") == 5
+        assert "# TYPE textdiffusion_queue_depth gauge" in text
