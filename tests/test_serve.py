@@ -138,6 +138,17 @@ def test_the_openai_client_gets_completions_streams_and_fim(cycle_pipe):
         assert masked == sorted(masked, reverse=True) and masked[0] == 11 and masked[-1] == 0
         assert [f["step"] for f in frames] == list(range(12))
 
+        # in a random order the committed prefix waits for its leftmost mask (planted: committing
+        # every decided token, masks skipped, streams text that is not a prefix of the answer)
+        random_order = {**settings, "sampler": "random", "steps": 6}
+        final = c.completions.create(model="tiny", prompt="abc", max_tokens=12, temperature=0,
+                                     extra_body=random_order).choices[0].text
+        shown = []
+        for chunk in c.completions.create(model="tiny", prompt="abc", max_tokens=12, temperature=0, stream=True,
+                                          extra_body=random_order):
+            shown += [(shown[-1] if shown else "") + ch.text for ch in chunk.choices if ch.text]
+        assert shown[-1] == final and all(final.startswith(s) for s in shown) and len(shown) >= 2
+
         fim = c.completions.create(model="tiny", prompt="ab", suffix="fgh", max_tokens=3, temperature=0,
                                  extra_body={"steps": 3})
         assert fim.choices[0].text == "cde"
@@ -254,8 +265,9 @@ def test_a_request_gives_the_same_text_alone_and_among_fifteen_others(cycle_pipe
     """Step-level batching changes nothing a request gets: at temperature 0 each of 16 requests
     of different lengths, steps and samplers is served alone and then all at once from 16
     threads, with identical texts; and the concurrent run took fewer network calls than the
-    sixteen alone (they were batched). Catches rows that read each other's positions, a release
-    that drops a running row, and a scheduler that runs requests one by one."""
+    sixteen alone (they were batched). Catches rows that read each other's positions (planted: a
+    padded batch called without its attention mask) and a scheduler that runs requests one by one
+    (planted: admitting only into an empty batch)."""
     with serving(cycle_pipe) as url:
         alone = []
         for i in range(16):
