@@ -3,29 +3,15 @@
 import os
 import random
 
-import numpy as np
 import pytest
 import torch
-from markov import ALPHABET, tokenizer
+from markov import tokenizer
 
 from textdiffusion import Pipeline, Result
-from textdiffusion.config import Config, ModelConfig, ProcessConfig, TrainConfig
 from textdiffusion.tokenizers import MASK_GLYPH
 from textdiffusion.training.checkpoint import CheckpointError
-from textdiffusion.training.trainer import train
 
 CONTEXT = 24
-
-
-@pytest.fixture(scope="module")
-def cycle_dir(tmp_path_factory):
-    data = np.arange(40_000) % len(ALPHABET)  # "abcdefgh" repeated: easy to tell from a shuffle
-    cfg = Config(model=ModelConfig(n_layer=2, n_head=4, d_model=64, context=CONTEXT), process=ProcessConfig(name="masked"),
-                 train=TrainConfig(batch_size=64, max_steps=150, lr=3e-3, min_lr=3e-4, warmup_steps=20,
-                                   eval_every=150, ckpt_every=150, log_every=50))
-    out = tmp_path_factory.mktemp("pipe")
-    train(cfg, out, {"train": data[:36_000], "val": data[36_000:]}, tokenizer(), progress=False)
-    return out
 
 
 def test_generate_infill_edit(cycle_dir):

@@ -13,11 +13,9 @@ import time
 
 import httpx
 import jsonschema
-import numpy as np
 import openai
 import pytest
-import uvicorn
-from markov import ALPHABET, tokenizer
+from serving import KEY, client, metric, serving
 
 from textdiffusion import Pipeline
 from textdiffusion.config import Config, ModelConfig, ProcessConfig, TrainConfig
@@ -25,12 +23,10 @@ from textdiffusion.control import chat
 from textdiffusion.data import chat_prompt, sft_rows
 from textdiffusion.data.rows import Pair
 from textdiffusion.sampling.trace import SCHEMA
-from textdiffusion.serve.app import Settings, create_app
 from textdiffusion.tokenizers import CharTokenizer
 from textdiffusion.training.trainer import train
 
 CONTEXT = 24
-KEY = "test-key"
 FRAME_SCHEMA = SCHEMA["properties"]["frames"]["items"]
 
 
@@ -40,13 +36,8 @@ def _config(**train_args) -> Config:
 
 
 @pytest.fixture(scope="module")
-def cycle_pipe(tmp_path_factory):
-    """A masked model of "abcdefgh" repeated: greedy decoding continues the cycle."""
-    data = np.arange(40_000) % len(ALPHABET)
-    out = tmp_path_factory.mktemp("serve")
-    train(_config(max_steps=150, eval_every=150, ckpt_every=150, log_every=50), out,
-          {"train": data[:36_000], "val": data[36_000:]}, tokenizer(), progress=False)
-    return Pipeline.from_pretrained(out)
+def cycle_pipe(cycle_dir):
+    return Pipeline.from_pretrained(cycle_dir)
 
 
 @pytest.fixture(scope="module")
@@ -64,38 +55,6 @@ def sft_pipe(tmp_path_factory):
     train(cfg, out, {"train": sft_rows(pairs[:1900], tok, 32), "val": sft_rows(pairs[1900:], tok, 32)}, tok,
           progress=False)
     return Pipeline.from_pretrained(out)
-
-
-@contextlib.contextmanager
-def serving(pipe, **settings):
-    """uvicorn serving ``pipe`` on 127.0.0.1 (a free port) in a thread; yields the base URL."""
-    app = create_app(pipe, Settings(name="tiny", **settings))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(20)
-        assert not thread.is_alive(), "the server did not stop"
-
-
-def client(url: str, key: str | None = KEY) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{url}/v1", api_key=key or "none", max_retries=0, timeout=60)
-
-
-def metric(url: str, name: str) -> float:
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    for line in text.splitlines():
-        if line.startswith(f"textdiffusion_{name} "):
-            return float(line.split()[-1])
-    raise AssertionError(f"no metric {name} in\n{text}")
 
 
 def test_the_openai_client_gets_completions_streams_and_fim(cycle_pipe):

@@ -49,6 +49,7 @@ class StepOutput:
     offset: int = 0
     nfe: int | None = None  # network calls so far
     block: int | None = None  # the block being decoded (block-wise samplers)
+    nearest: torch.Tensor | None = None  # (B, T) Gaussian process: each position's noisy vector read back as a token
 
 
 OnStep = Callable[[int, StepOutput], None]
@@ -242,9 +243,10 @@ class State:
         return Generation(self.tokens(), self.prompt_length, self.calls, seconds, trace or [], fixed)
 
     def output(self, changed: dict[Row, torch.Tensor], dists: dict[Row, tuple[int, torch.Tensor]] | None = None,
-               block: int | None = None, x0: torch.Tensor | None = None) -> StepOutput:
+               block: int | None = None, x0: torch.Tensor | None = None,
+               nearest: dict[Row, torch.Tensor] | None = None) -> StepOutput:
         """The step's record over the whole batch: ``changed`` row -> (T,) bool, ``dists`` row ->
-        (offset, (W, V) the distribution its tokens were drawn from)."""
+        (offset, (W, V) the distribution its tokens were drawn from), ``nearest`` row -> (T,) ids."""
         T = max(r.length for r in self.rows)  # rows of other lengths are shown right-padded with HOLE
         x = torch.stack([F.pad(r.tokens, (0, T - r.length), value=HOLE) for r in self.rows])
         moved = torch.zeros_like(x, dtype=torch.bool)
@@ -264,7 +266,11 @@ class State:
                     if r in dists:
                         o, d = dists[r]
                         log_probs[b, o : o + d.shape[0]] = d
-        return StepOutput(x, x0, moved, log_probs=log_probs, offset=offset, nfe=self.calls, block=block)
+        near = None
+        if self.report and nearest:
+            near = torch.stack([F.pad(nearest[r], (0, T - r.length), value=HOLE) if r in nearest
+                                else torch.full((T,), HOLE, dtype=torch.long, device=x.device) for r in self.rows])
+        return StepOutput(x, x0, moved, log_probs=log_probs, offset=offset, nfe=self.calls, block=block, nearest=near)
 
 
 def padded_call(fn: Callable[..., torch.Tensor], inputs: list[torch.Tensor]) -> list[torch.Tensor]:

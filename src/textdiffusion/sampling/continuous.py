@@ -83,7 +83,7 @@ class ContinuousSampler(Sampler):
         logits_rows = padded_call(call, inputs)
         state.calls += 1
         embeddings = model.embeddings()
-        changed, dists = {}, {}
+        changed, dists, nearest = {}, {}, {}
         for r, lg in zip(rows, logits_rows):
             smp, grid = r.sampler, r.data["grid"]
             logits = ban(lg[None], smp.banned_ids)
@@ -96,11 +96,15 @@ class ContinuousSampler(Sampler):
                 new = sample_categorical(filter_logits(logits, smp.temperature, smp.top_k, smp.top_p), r.gen)
             new = torch.where(r.fixed, r.data["canvas"], new[0])
             changed[r] = new != r.tokens
-            if state.report:
-                dists[r] = (0, torch.log_softmax(upcast(logits[0]), -1))  # for the trace only
+            if state.report:  # for the trace only
+                dists[r] = (0, torch.log_softmax(upcast(logits[0]), -1))
+                # the noisy vectors read back as tokens: argmax <z, e_v> is the nearest unit-norm
+                # embedding to z (and the most likely token under q(z_t | x0) alone)
+                read = (upcast(r.data["z"]) @ upcast(embeddings).T).argmax(-1) if not r.step >= r.steps - 1 else new
+                nearest[r] = torch.where(r.fixed, r.data["canvas"], read)
             r.tokens, r.nfe, r.step = new, r.nfe + 1, r.step + 1
             r.done = r.step >= r.steps
-        return state.output(changed, dists)
+        return state.output(changed, dists, nearest=nearest)
 
 
 class DDIMSampler(ContinuousSampler):

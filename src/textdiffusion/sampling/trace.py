@@ -53,6 +53,7 @@ SCHEMA = {
                             "required": ["tokens", "changed", "masked", "decided"],
                             "properties": {
                                 "tokens": {"type": "array", "items": {"type": "integer"}},
+                                "nearest": {"type": "array", "items": {"type": "integer"}},
                                 "changed": {"type": "array", "items": {"type": "integer", "minimum": 0}},
                                 "masked": {"type": "array", "items": {"type": "integer", "minimum": 0}},
                                 "decided": {
@@ -149,6 +150,8 @@ def frame(out: StepOutput, step: int, mask_id: int | None, rows, lengths=None, n
             conf, ent = stats.get((b, p), (float("nan"), float("nan")))
             decided.append({"position": p, "token": tokens[p], "confidence": _round(conf), "entropy": _round(ent)})
         made.append({"tokens": tokens, "changed": changed, "masked": masked, "decided": decided})
+        if out.nearest is not None:  # the Gaussian process: each noisy vector's nearest token
+            made[-1]["nearest"] = out.nearest[b, :n].tolist()
     return {"step": step, "nfe": out.nfe if nfe is None else nfe, "block": out.block, "rows": made}
 
 

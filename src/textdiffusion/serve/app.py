@@ -269,7 +269,8 @@ def create_app(pipe, settings: Settings | None = None):
     async def stream(job: Job, events: asyncio.Queue, p: Parsed, meta: dict, task):
         sent = [""] * p.n
         chat = p.endpoint == "chat"
-        obj = "chat.completion.chunk" if chat else "text_completion"
+        obj = {"chat": "chat.completion.chunk", "infill": "infill.chunk", "edit": "edit.chunk"}.get(p.endpoint,
+                                                                                                  "text_completion")
 
         def chunk(choices, **extra) -> str:
             return "data: " + json.dumps({**meta, "object": obj, "choices": choices, **extra}) + "\n\n"
@@ -316,8 +317,8 @@ def create_app(pipe, settings: Settings | None = None):
                         if not final.startswith(sent[b]):  # never expected: the committed text is final
                             log.warning("%s row %d: committed text is not a prefix of the final text", job.id, b)
                         rest = final[len(sent[b]) :] if final.startswith(sent[b]) else ""
-                        if rest:
-                            last.append(piece(b, rest))
+                        if rest or "fills" in choice:
+                            last.append({**piece(b, rest), **({"fills": choice["fills"]} if "fills" in choice else {})})
                     if last:
                         yield chunk(last)
                     yield chunk([piece(b, None, c["finish_reason"]) for b, c in enumerate(body["choices"])])
@@ -340,6 +341,12 @@ def _created(run) -> float:
         return time.time()
 
 
+def NOTHING_COMMITTED(ids: list[int]) -> str:
+    """Fills (FIM, infill, edit) stream their frames and then the whole answer in one piece: the
+    text around the holes is not a prefix that grows."""
+    return ""
+
+
 def build_task(pipe, p: Parsed):
     """The task a request asks for, how its committed ids become text, and the seed it uses."""
     from ..control.dialogue import chat_task
@@ -358,10 +365,6 @@ def build_task(pipe, p: Parsed):
     steps, sampler, options = pipe._settings(s.pop("steps"), s.pop("sampler"), s,
                                              pipe.infill_defaults if fills else None)
     common = {"steps": steps, "sampler": sampler, "seed": seed, "num": p.n, **options}
-    if p.stream and fills:
-        raise BadRequest("stream applies to continuations (/v1/completions without suffix) and chat; "
-                         "fill in the middle answers in one piece", "stream")
-
     def text_of(ids: list[int]) -> str:
         if tok.eot_id in ids:
             ids = ids[: ids.index(tok.eot_id)]
@@ -381,13 +384,13 @@ def build_task(pipe, p: Parsed):
     if p.endpoint in ("completions", "fim") and p.suffix is not None:
         n = p.length or 16
         parts = [x for x in (p.prompt, Hole(n, n), p.suffix) if x != ""]
-        return infill_task(run, Template(parts), **cond, **common), None, seed
+        return infill_task(run, Template(parts), **cond, **common), NOTHING_COMMITTED, seed
     if p.endpoint == "completions":
         return prompt_task(run, p.prompt, length=p.length, stop_at_eot=True, **cond, **common), text_of, seed
     if p.endpoint == "infill":
-        return infill_task(run, p.template, candidates=p.candidates, **cond, **common), None, seed
+        return infill_task(run, p.template, candidates=p.candidates, **cond, **common), NOTHING_COMMITTED, seed
     start, end = p.span if p.span is not None else (None, None)
-    return edit_task(run, p.text, start, end, strength=p.strength, **cond, **common), None, seed
+    return edit_task(run, p.text, start, end, strength=p.strength, **cond, **common), NOTHING_COMMITTED, seed
 
 
 def respond(kind: str, p: Parsed, result, usage, task, meta: dict, run) -> dict:

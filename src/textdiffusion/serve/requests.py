@@ -44,8 +44,8 @@ ENDPOINT_FIELDS = {
     "chat": ("model", "messages", "max_tokens", "max_completion_tokens", "n", "stream", "stream_options", "user",
              *OPENAI_SAMPLING),
     "fim": ("model", "prompt", "suffix", "max_tokens", "n", "stream", "stream_options", "user", *OPENAI_SAMPLING),
-    "infill": ("model", "template", "n", "candidates", "user", *OPENAI_SAMPLING),
-    "edit": ("model", "text", "span", "strength", "n", "user", *OPENAI_SAMPLING),
+    "infill": ("model", "template", "n", "candidates", "stream", "stream_options", "user", *OPENAI_SAMPLING),
+    "edit": ("model", "text", "span", "strength", "n", "stream", "stream_options", "user", *OPENAI_SAMPLING),
 }
 MAX_N = 16
 
