@@ -17,15 +17,17 @@ Then, for each mode (batching, --no-batching), it starts ``python -m textdiffusi
 "textdiffusion: serving NAME on http://..." line of its stderr, sends two warm-up requests, and for
 each concurrency C of --clients runs C client threads (one httpx.Client each) for --seconds, each
 sending POST /v1/completions in a loop: ``stream: true`` with ``stream_options: {"include_usage":
-true}``, the SSE lines parsed here. Per request: latency (send to ``data: [DONE]``), time to first
-commit (send to the first chunk whose choices[0].text is not empty), completion tokens (the usage
-chunk; a continuation counts up to its end-of-text), errors (a status other than 200, an error
-chunk, a missing [DONE] or usage chunk, an exception). Requests still in flight when the window
+true}`` with --stream (the SSE lines parsed here), else whole answers. Per request: latency (send
+to the answer, or to ``data: [DONE]``), time to first commit (the server's
+``usage.time_to_first_commit_s``, or with --stream send to the first chunk whose choices[0].text
+is not empty), completion tokens (usage; a continuation counts up to its end-of-text), errors (a
+status other than 200, an error chunk, a missing [DONE] or usage chunk, an exception). Requests still in flight when the window
 closes run to the end before the next level starts (their errors count; their tokens and
 latencies do not). The server is stopped with SIGTERM at the end of each mode.
 
-Per (model, mode, C): requests finished inside the window, aggregate tokens/s (completion tokens
-of those requests / window seconds), p50 and p99 latency, p50 time to first commit, errors. Goals,
+Per (model, mode, C): requests finished inside the window, aggregate tokens/s (positions decoded
+by those requests, LENGTH each as offline counts them, / window seconds; the completion tokens,
+cut at end-of-text, are reported per request beside it), p50 and p99 latency, p50 time to first commit, errors. Goals,
 per model, at the largest C with batching: aggregate / offline >= 0.90 and aggregate(largest C)
 / aggregate(smallest C) >= 3. The client threads run in this process, on the same machine as the
 server: on a small machine they take a share of its CPU (the figures are then a floor).
@@ -159,7 +161,29 @@ class Server:
 
 # the clients -----------------------------------------------------------------------------------
 def one_request(client, url: str, body: dict) -> dict:
-    """One streamed completion: latency, time to first commit, completion tokens, error."""
+    """One completion, streamed (``--stream``: time to first commit seen by the client) or not
+    (the server's own ``usage.time_to_first_commit_s``): latency, time to first commit,
+    completion tokens, error."""
+    return (streamed if body.get("stream") else whole)(client, url, body)
+
+
+def whole(client, url: str, body: dict) -> dict:
+    start = time.perf_counter()
+    first = tokens = error = None
+    try:
+        r = client.post(url + "/v1/completions", json=body)
+        if r.status_code != 200:
+            error = f"HTTP {r.status_code}: {r.text[:200]}"
+        else:
+            usage = r.json()["usage"]
+            tokens, first = usage["completion_tokens"], usage["time_to_first_commit_s"]
+    except Exception as exc:  # noqa: BLE001 (any failure is an error of this request)
+        error = f"{type(exc).__name__}: {exc}"
+    end = time.perf_counter()
+    return {"end": end, "latency": end - start, "ttfc": first, "tokens": tokens, "error": error}
+
+
+def streamed(client, url: str, body: dict) -> dict:
     start = time.perf_counter()
     first = tokens = error = None
     try:
@@ -196,8 +220,9 @@ def one_request(client, url: str, body: dict) -> dict:
 
 
 def request_body(a, sampler: str, name: str | None, seed: int) -> dict:
-    body = {"prompt": a.prompt, "max_tokens": a.length, "steps": a.steps, "sampler": sampler, "seed": seed,
-            "stream": True, "stream_options": {"include_usage": True}}
+    body = {"prompt": a.prompt, "max_tokens": a.length, "steps": a.steps, "sampler": sampler, "seed": seed}
+    if a.stream:
+        body.update(stream=True, stream_options={"include_usage": True})
     if name:
         body["model"] = name
     if a.temperature is not None:
@@ -234,10 +259,11 @@ def load(url: str, name: str, sampler: str, clients: int, a) -> dict:
     every = [r for rs in records for r in rs]
     inside = [r for r in every if r["error"] is None and r["end"] <= window["end"]]
     tokens = sum(r["tokens"] for r in inside)
+    decoded = len(inside) * a.length  # positions decoded: what offline counts (32 x LENGTH), end-of-text or not
     errors = [r["error"] for r in every if r["error"] is not None]
     ttfc = [r["ttfc"] for r in inside if r["ttfc"] is not None]
     return {"clients": clients, "seconds": a.seconds, "requests": len(inside), "requests_sent": len(every),
-            "completion_tokens": tokens, "tokens_per_second": tokens / a.seconds,
+            "completion_tokens": tokens, "decoded_tokens": decoded, "tokens_per_second": decoded / a.seconds,
             "tokens_per_request": tokens / len(inside) if inside else None,
             "p50_latency_s": percentile([r["latency"] for r in inside], 50),
             "p99_latency_s": percentile([r["latency"] for r in inside], 99),
@@ -316,6 +342,10 @@ def main() -> None:
     p.add_argument("--modes", default=",".join(MODES), help="comma-separated: batching, no-batching (default both)")
     p.add_argument("--start-timeout", type=float, default=120.0, help="seconds to wait for the server's URL")
     p.add_argument("--json-out", default=None, metavar="FILE", help="also write the JSON summary here")
+    p.add_argument("--stream", action="store_true",
+                   help="stream the completions (SSE parsed here: time to first commit as the client sees it; the "
+                        "parsing takes client CPU from the server on a small machine); default: whole answers, "
+                        "time to first commit from the server's usage")
     p.add_argument("--smoke", action="store_true", help="a tiny run: clients 1,2, 2 s, length 16, 8 steps")
     a = p.parse_args()
     if a.smoke:

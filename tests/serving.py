@@ -14,9 +14,19 @@ from textdiffusion.serve.app import Settings, create_app
 KEY = "test-key"
 
 
+class Served(str):
+    """The base URL, with the app behind it (``.app``)."""
+
+    def __new__(cls, url: str, app):
+        self = super().__new__(cls, url)
+        self.app = app
+        return self
+
+
 @contextlib.contextmanager
 def serving(pipe, **settings):
-    """uvicorn serving ``pipe`` on 127.0.0.1 (a free port) in a thread; yields the base URL."""
+    """uvicorn serving ``pipe`` on 127.0.0.1 (a free port) in a thread; yields the base URL (a
+    ``Served``: ``.app`` is the FastAPI app)."""
     app = create_app(pipe, Settings(name="tiny", **settings))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -27,7 +37,7 @@ def serving(pipe, **settings):
         time.sleep(0.02)
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield Served(f"http://127.0.0.1:{port}", app)
     finally:
         server.should_exit = True
         thread.join(20)
@@ -39,7 +49,7 @@ def client(url: str, key: str | None = KEY) -> openai.OpenAI:
 
 
 def metric(url: str, name: str) -> float:
-    text = httpx.get(f"{url}/metrics", timeout=10).text
+    text = httpx.get(f"{url}/metrics", timeout=10, headers={"Authorization": f"Bearer {KEY}"}).text
     for line in text.splitlines():
         if line.startswith(f"textdiffusion_{name} "):
             return float(line.split()[-1])

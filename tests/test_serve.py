@@ -4,6 +4,7 @@ httpx against uvicorn serving a tiny model this file trains (in a thread; the SI
 
 import contextlib
 import os
+import queue
 import random
 import signal
 import subprocess
@@ -13,8 +14,10 @@ import time
 
 import httpx
 import jsonschema
+import numpy as np
 import openai
 import pytest
+from markov import ALPHABET, tokenizer
 from serving import KEY, client, metric, serving
 
 from textdiffusion import Pipeline
@@ -208,6 +211,21 @@ def test_other_bad_requests_and_neutral_openai_defaults(cycle_pipe):
         assert httpx.get(f"{url}/health", timeout=10).json() == {"status": "ok"}
         assert httpx.get(f"{url}/nowhere", timeout=10).status_code == 404
         assert metric(url, "failed_total") == 0  # every refusal happened before the scheduler
+        r = httpx.post(f"{url}/v1/completions", content=b"[" * 100_000, headers=auth, timeout=30)
+        assert r.status_code == 413  # (over max_body here; under it, below)
+        assert httpx.get(f"{url}/metrics", timeout=10).status_code == 401  # the key guards /metrics too
+        r = httpx.post(f"{url}/v1/completions", json={"prompt": "abc"}, timeout=30,
+                       headers={**auth, "x-request-id": "bad id\twith tabs" * 10})
+        assert len(r.headers["x-request-id"]) == 16  # an unusable client id is replaced
+        assert httpx.post(f"{url}/v1/completions", json={"prompt": "abc", "max_tokens": 2, "steps": 2}, timeout=30,
+                          headers={**auth, "x-request-id": "abc-123"}).headers["x-request-id"] == "abc-123"
+    with serving(cycle_pipe) as url:
+        r = httpx.post(f"{url}/v1/completions", content=b"[" * 200_000, timeout=30)
+        assert r.status_code == 400 and "nests too deeply" in r.json()["error"]["message"]
+        url.app.state.draining = True  # what SIGTERM sets: new work is refused, /ready says why
+        r = httpx.post(f"{url}/v1/completions", json={"prompt": "abc"}, timeout=30)
+        assert r.status_code == 503 and "shutting down" in r.json()["error"]["message"]
+        assert httpx.get(f"{url}/ready", timeout=10).status_code == 503
 
 
 def _request(i: int) -> dict:
@@ -250,6 +268,60 @@ def test_a_request_gives_the_same_text_alone_and_among_fifteen_others(cycle_pipe
     assert together == alone
     assert len(set(alone)) > 4  # the requests differ
     assert calls_together < 0.6 * calls_alone, (calls_together, calls_alone)
+
+
+@pytest.fixture(scope="module")
+def small_runs(tmp_path_factory):
+    """Briefly trained AR and Gaussian runs of the cycle (their texts need not be good: the server
+    must give what they give alone)."""
+    data = np.arange(20_000) % len(ALPHABET)
+    out = {}
+    for name in ("ar", "gaussian"):
+        cfg = Config(model=ModelConfig(n_layer=1, n_head=2, d_model=32, context=CONTEXT), process=ProcessConfig(name=name),
+                     train=TrainConfig(batch_size=32, max_steps=30, lr=3e-3, warmup_steps=5, eval_every=30,
+                                       ckpt_every=30, log_every=30))
+        out[name] = tmp_path_factory.mktemp(f"serve-{name}")
+        train(cfg, out[name], {"train": data[:18_000], "val": data[18_000:]}, tokenizer(), progress=False)
+    return out
+
+
+@pytest.mark.parametrize("process, sampler", [("ar", "ar"), ("gaussian", "ddpm"), ("gaussian", "ddim")])
+def test_the_ar_twin_and_the_gaussian_process_batch_too(small_runs, process, sampler):
+    """The AR twin (one KV cache for the batch: rows joining left-padded, finished rows leaving)
+    and the Gaussian samplers give each of 8 concurrent requests of different lengths what it gets
+    alone, at temperature 0."""
+    pipe = Pipeline.from_pretrained(small_runs[process])
+    bodies = [{"prompt": "abcdefgh"[i % 8 :][: 1 + i % 3], "max_tokens": 3 + 2 * i, "steps": 4 + i, "sampler": sampler,
+               "temperature": 0, "seed": i} for i in range(8)]
+    with serving(pipe) as url:
+        alone = [httpx.post(f"{url}/v1/completions", json=b, timeout=60).json()["choices"][0]["text"] for b in bodies]
+        together: list = [None] * 8
+        barrier = threading.Barrier(8)
+
+        def one(i):
+            barrier.wait(30)
+            together[i] = httpx.post(f"{url}/v1/completions", json=bodies[i], timeout=60).json()["choices"][0]["text"]
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert metric(url, "failed_total") == 0
+    assert together == alone and len(set(alone)) > 2
+
+
+def test_a_variable_hole_is_filled_as_the_python_api_fills_it(cycle_pipe):
+    """/v1/infill with a [MASK:a-b] hole tries its candidate sizes as rows of one batch and keeps
+    the likeliest, as ``Pipeline.infill`` does; usage counts the size kept."""
+    template = "ab[MASK:2-5]gh"
+    expected = cycle_pipe.infill(template, steps=4, seed=2, temperature=0.0, sampler="confidence")
+    with serving(cycle_pipe) as url:
+        body = httpx.post(f"{url}/v1/infill", json={"template": template, "steps": 4, "seed": 2, "temperature": 0,
+                                                    "sampler": "confidence"}, timeout=60).json()
+    assert body["choices"][0]["text"] == expected.text and body["choices"][0]["fills"] == expected.fills[0]
+    assert body["usage"]["completion_tokens"] == len(expected.fills[0][0])  # one character per token here
+    assert len(body["extra"]["candidates"]) == 4
 
 
 def test_a_full_queue_is_429_and_a_client_that_leaves_frees_its_rows(cycle_pipe):
@@ -296,12 +368,16 @@ def test_sigterm_drains_the_requests_in_flight(cycle_pipe, tmp_path):
                              "--log-level", "warning", "--threads", "1",
                              "--max-steps", "5000"], stderr=subprocess.PIPE, text=True, env=env)
     try:
+        lines: queue.Queue = queue.Queue()
+        reader = threading.Thread(target=lambda: [lines.put(x) for x in proc.stderr], daemon=True)
+        reader.start()
         url, deadline = None, time.monotonic() + 60
         while url is None:
             assert time.monotonic() < deadline and proc.poll() is None, "the server did not start"
-            line = proc.stderr.readline()
-            if "serving" in line:
-                url = line.split(" on ")[-1].strip()
+            with contextlib.suppress(queue.Empty):
+                line = lines.get(timeout=0.5)
+                if "serving" in line:
+                    url = line.split(" on ")[-1].strip()
         result = {}
 
         def slow():
@@ -317,15 +393,17 @@ def test_sigterm_drains_the_requests_in_flight(cycle_pipe, tmp_path):
             time.sleep(0.02)
         proc.send_signal(signal.SIGTERM)
         time.sleep(0.3)
-        with contextlib.suppress(httpx.TransportError):  # refused once the socket is closed, else 503
-            assert httpx.get(f"{url}/ready", timeout=5).status_code == 503
-        assert t.is_alive()  # still running, 0.3 s after SIGTERM
+        with pytest.raises(httpx.TransportError):  # the listening socket is closed: no new request comes in
+            httpx.post(f"{url}/v1/completions", json={"prompt": "abc"}, timeout=5)
+        assert t.is_alive()  # the request in flight still runs, 0.3 s after SIGTERM
         t.join(60)
         assert result.get("status") == 200 and len(result["text"]) == 20
         assert proc.wait(30) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
+        proc.wait(10)
+        reader.join(5)  # (it ends at the pipe's end of file, once the process has gone)
         proc.stderr.close()
 
 

@@ -59,6 +59,9 @@ def test_uniform_tokens_that_will_change_are_noisy_and_blocks_are_marked():
     assert s.states[0] == ["fixed", "noisy", "noisy", "new"]
     assert s.states[1] == ["fixed", "noisy", "new", "decided"]
     assert s.fraction == [pytest.approx(1 / 3), pytest.approx(2 / 3), 1.0]
+    # a prior draw that was already the final token never changes: free (not the prompt), decided at step 0
+    s = story(_trace([([0, 4, 5, 6], [1, 2], []), ([0, 4, 7, 6], [2], [])], process="uniform", mask_id=None), tokenizer())
+    assert s.fixed == [True, False, False, False] and s.decided_at == [None, 0, 1, 0] and s.fraction[-1] == 1.0
     trace = _trace([([1, 3, M, M], [1], [(1, 0.9)]), ([1, 3, 4, M], [2], [(2, 0.6)]), ([1, 3, 4, 5], [3], [(3, 0.7)])])
     for f, block in zip(trace["frames"], (0, 1, 1)):
         f["block"] = block

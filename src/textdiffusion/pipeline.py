@@ -210,8 +210,10 @@ class Pipeline:
         if recorder is None:
             return []
         frames = [self.tokenizer.decode(f["rows"][0]["tokens"], show_mask=True) for f in recorder.frames]
+        fixed = None if out.fixed is None else out.fixed[0].nonzero().flatten().tolist()
         data = recorder.to_dict(texts=texts, sampler=sampler, process=self.run.process.name,
-                                prompt_length=out.prompt_length, model=str(self.run.run_dir), steps=steps, seed=seed)
+                                prompt_length=out.prompt_length, model=str(self.run.run_dir), steps=steps, seed=seed,
+                                fixed=fixed)
         return Trace(frames, data)
 
     def _from_control(self, res, recorder=None, steps: int | None = None, seed: int | None = None) -> Result:

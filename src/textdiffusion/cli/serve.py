@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
@@ -59,7 +60,7 @@ def main(args) -> int:
     pipe = Pipeline(run, card(folder))
     name = args.name or (args.model if args.model and "/" not in args.model and not os.path.isdir(args.model)
                          else folder.name) or "english"
-    settings = Settings(name=name, api_key=args.api_key or os.environ.get("TEXTDIFFUSION_API_KEY") or None,
+    settings = Settings(name=name, scheduler_thread=False, api_key=args.api_key or os.environ.get("TEXTDIFFUSION_API_KEY") or None,
                         max_batch=args.max_batch, max_queue=args.max_queue, max_steps=args.max_steps,
                         max_body=args.max_body_bytes, timeout=args.timeout, cors=tuple(args.cors_origin),
                         batching=not args.no_batching)
@@ -74,37 +75,27 @@ def main(args) -> int:
 
 
 def serve(app, host: str, port: int, log_level: str, drain_seconds: float) -> str | None:
-    """uvicorn with a graceful drain: on SIGTERM (or Ctrl-C) new requests get 503, /ready turns 503,
-    and the requests in flight finish (up to ``drain_seconds``) before it returns the signal's
-    name (uvicorn's own re-raising of the signal is left out: a drained server exits 0)."""
-    import contextlib
+    """HTTP (uvicorn) in a thread, the scheduler in this, the main, thread (torch runs faster
+    there). A graceful drain: on SIGTERM or Ctrl-C new requests get 503 and the listening socket
+    closes, the requests in flight finish (up to ``drain_seconds``), then it returns the signal's
+    name; a second signal stops at once. (uvicorn's own re-raising of the signal is left out: a
+    drained server exits 0.)"""
     import logging
     import signal
     import threading
 
     import uvicorn
 
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     caught: list[str] = []
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-
     class Server(uvicorn.Server):
-        def handle_exit(self, sig, frame):
-            app.state.draining = True
-            caught.append(signal.Signals(sig).name)
-            super().handle_exit(sig, frame)
+        def install_signal_handlers(self):  # (older uvicorn) the main thread handles signals
+            pass
 
         @contextlib.contextmanager
-        def capture_signals(self):
-            if threading.current_thread() is not threading.main_thread():
-                yield
-                return
-            before = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
-            try:
-                yield
-            finally:
-                for sig, handler in before.items():
-                    signal.signal(sig, handler)
+        def capture_signals(self):  # (newer uvicorn) the same
+            yield
 
         def _log_started_message(self, listeners):
             super()._log_started_message(listeners)
@@ -114,5 +105,23 @@ def serve(app, host: str, port: int, log_level: str, drain_seconds: float) -> st
 
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=drain_seconds,
                             access_log=False, lifespan="on")
-    Server(config).run()
+    server = Server(config)
+
+    def on_signal(sig, frame):
+        app.state.draining = True
+        if caught:  # a second signal: stop now
+            server.force_exit = True
+        caught.append(signal.Signals(sig).name)
+        server.should_exit = True
+
+    before = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    http = threading.Thread(target=server.run, name="textdiffusion-http", daemon=True)
+    try:
+        app.state.scheduler.bind_here()
+        http.start()
+        app.state.scheduler.drive(until=lambda: not http.is_alive())
+        http.join(drain_seconds + 10)
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
     return caught[0] if caught else None

@@ -36,6 +36,7 @@ SCHEMA = {
         "rows": {"type": "integer", "minimum": 1},
         "length": {"type": "integer", "minimum": 1},
         "prompt_length": {"type": "integer", "minimum": 0},
+        "fixed": {"type": "array", "items": {"type": "integer", "minimum": 0}},
         "texts": {"type": "array", "items": {"type": "string"}},
         "frames": {
             "type": "array",
@@ -116,7 +117,7 @@ class TraceRecorder:
             self.then(i, out)
 
     def to_dict(self, *, texts: list[str], sampler: str, process: str, prompt_length: int, model: str | None = None,
-                steps: int | None = None, seed: int | None = None) -> dict:
+                steps: int | None = None, seed: int | None = None, fixed: list[int] | None = None) -> dict:
         last = self.frames[-1]["rows"] if self.frames else []
         length = len(last[0]["tokens"]) if last else max(prompt_length, 1)
         out = {"format": FORMAT, "sampler": sampler, "process": process, "steps": steps, "seed": seed,
@@ -124,6 +125,8 @@ class TraceRecorder:
                "prompt_length": prompt_length, "texts": texts, "frames": self.frames}
         if model is not None:
             out["model"] = model
+        if fixed is not None:  # the first row's positions kept verbatim (prompt, template text, an edit's surroundings)
+            out["fixed"] = fixed
         return out
 
     def save(self, path: str | Path, **meta) -> Path:

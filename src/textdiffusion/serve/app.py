@@ -22,6 +22,7 @@ import asyncio
 import hmac
 import json
 import logging
+import re
 import secrets
 import time
 import traceback
@@ -34,6 +35,8 @@ from .scheduler import Cancelled, Job, QueueFull, RequestTimeout, Scheduler
 
 log = logging.getLogger("textdiffusion.serve")
 
+PING_SECONDS = 15.0
+REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 ENDPOINTS = {"/v1/completions": "completions", "/v1/chat/completions": "chat", "/v1/fim/completions": "fim",
              "/v1/infill": "infill", "/v1/edit": "edit"}
 
@@ -51,6 +54,7 @@ class Settings:
     timeout: float = 300.0  # seconds a request may take, queue included
     cors: tuple[str, ...] = ()
     batching: bool = True
+    scheduler_thread: bool = True  # run the scheduler in a thread of its own (False: the caller drives it)
     counts: dict = field(default_factory=dict)  # (endpoint, status) -> requests answered
 
 
@@ -91,18 +95,14 @@ def create_app(pipe, settings: Settings | None = None):
 
     @asynccontextmanager
     async def lifespan(app):
-        scheduler.start()
+        if cfg.scheduler_thread:
+            scheduler.start()
         app.state.draining = False
         yield
         scheduler.stop()
 
     app = FastAPI(title="textdiffusion", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.scheduler, app.state.settings, app.state.draining = scheduler, cfg, False
-    if cfg.cors:
-        from fastapi.middleware.cors import CORSMiddleware
-
-        app.add_middleware(CORSMiddleware, allow_origins=list(cfg.cors), allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type"])
 
     def answer(status: int, message: str, param: str | None = None, headers: dict | None = None) -> JSONResponse:
         return JSONResponse(error_body(message, status, param), status_code=status, headers=headers)
@@ -119,7 +119,8 @@ def create_app(pipe, settings: Settings | None = None):
             if scope["type"] != "http":
                 return await self.inner(scope, receive, send)
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-            rid = headers.get("x-request-id") or uuid.uuid4().hex[:16]
+            given_id = headers.get("x-request-id", "")
+            rid = given_id if REQUEST_ID.fullmatch(given_id) else uuid.uuid4().hex[:16]  # a client's id, if sane
             scope.setdefault("state", {})["rid"] = rid
             path, method, start, seen = scope["path"], scope["method"], time.monotonic(), {}
 
@@ -130,9 +131,9 @@ def create_app(pipe, settings: Settings | None = None):
                 await send(message)
 
             refusal = None
-            if path.startswith("/v1/") and cfg.api_key is not None and method != "OPTIONS":
-                given = headers.get("authorization", "")
-                if not hmac.compare_digest(given.encode(), f"Bearer {cfg.api_key}".encode()):
+            if (path.startswith("/v1/") or path == "/metrics") and cfg.api_key is not None and method != "OPTIONS":
+                given = headers.get("authorization", "").encode("latin-1")  # the header's own bytes
+                if not hmac.compare_digest(given, f"Bearer {cfg.api_key}".encode()):
                     refusal = answer(401, "missing or wrong API key: send Authorization: Bearer KEY")
             if refusal is None and path in ENDPOINTS and method == "POST":
                 declared = headers.get("content-length", "")
@@ -173,6 +174,8 @@ def create_app(pipe, settings: Settings | None = None):
             return json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             raise BadRequest(f"the request body is not JSON: {exc}") from None
+        except RecursionError:
+            raise BadRequest("the request body nests too deeply to read") from None
 
     def model_card() -> dict:
         return {"id": cfg.name, "object": "model", "created": int(_created(run)), "owned_by": "textdiffusion",
@@ -195,6 +198,8 @@ def create_app(pipe, settings: Settings | None = None):
 
     @app.get("/ready")
     async def ready():
+        if not scheduler.alive:
+            return answer(503, "the scheduler is not running: the server cannot generate (see its log)")
         if app.state.draining:
             return answer(503, "draining: the server is finishing its requests before it stops")
         return {"status": "ready", "queue": scheduler.queue_depth, "running": scheduler.running}
@@ -222,8 +227,8 @@ def create_app(pipe, settings: Settings | None = None):
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
 
-        def notify(what, payload):
-            loop.call_soon_threadsafe(events.put_nowait, (what, payload))
+        def notify(what, payload):  # called from the scheduler thread
+            loop.call_soon_threadsafe(events.put_nowait, (what, payload))  # (RuntimeError once the loop closed)
 
         job = Job(task, notify, watch=p.stream, frames=p.include_denoising, commit=commit,
                   deadline=time.monotonic() + cfg.timeout, id=request.state.rid)
@@ -231,7 +236,7 @@ def create_app(pipe, settings: Settings | None = None):
             scheduler.submit(job)
         except Exception as exc:  # noqa: BLE001
             return error_response(exc, request)
-        meta = {"id": f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{request.state.rid}", "created": int(time.time()),
+        meta = {"id": f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}", "created": int(time.time()),
                 "model": cfg.name, "seed": seed}
         if p.stream:
             return StreamingResponse(stream(job, events, p, meta, task), media_type="text/event-stream",
@@ -240,6 +245,9 @@ def create_app(pipe, settings: Settings | None = None):
             try:
                 what, payload = await asyncio.wait_for(events.get(), 0.25)
             except asyncio.TimeoutError:
+                if not scheduler.alive or time.monotonic() > job.deadline + 5:  # never wait on a dead thread
+                    scheduler.cancel(job)
+                    return answer(503, "the server could not finish the request (its scheduler stopped)")
                 if await request.is_disconnected():
                     scheduler.cancel(job)
                     log.info("%s client went away: its rows leave the batch", request.state.rid)
@@ -255,6 +263,11 @@ def create_app(pipe, settings: Settings | None = None):
     for path in ENDPOINTS:
         app.add_api_route(path, endpoint, methods=["POST"])
     app.add_middleware(Gate)
+    if cfg.cors:  # outermost: the gate's own refusals (401, 413, 503) carry the CORS headers too
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(cfg.cors), allow_methods=["GET", "POST"],
+                           allow_headers=["*"], expose_headers=["x-request-id"])
 
     def error_response(exc: BaseException, request) -> JSONResponse:
         status = status_of(exc)
@@ -286,15 +299,34 @@ def create_app(pipe, settings: Settings | None = None):
             if chat:
                 yield chunk([{"index": b, "delta": {"role": "assistant", "content": ""}, "finish_reason": None,
                               "logprobs": None} for b in range(p.n)])
+            backlog: list = []  # an event taken while gathering steps
             while True:
-                what, payload = await events.get()
+                try:
+                    what, payload = backlog.pop() if backlog else await asyncio.wait_for(events.get(), PING_SECONDS)
+                except asyncio.TimeoutError:
+                    if scheduler.alive and time.monotonic() <= job.deadline + 5:
+                        yield ": ping\n\n"  # an SSE comment: keeps proxies from cutting a quiet stream
+                        continue
+                    scheduler.cancel(job)
+                    what, payload = "error", Cancelled("the server could not finish the request (its scheduler stopped)")
                 if what == "step":
-                    if p.include_denoising and payload.frame is not None:
-                        data = {**meta, "object": obj, "choices": [], "diffusion_frame": payload.frame,
-                                "diffusion_texts": payload.texts}
-                        yield "event: diffusion_frame\ndata: " + json.dumps(data) + "\n\n"
+                    steps = [payload]  # the steps already waiting: every frame is sent, the text once
+                    while not events.empty():
+                        waiting = events.get_nowait()
+                        if waiting[0] != "step":
+                            backlog.append(waiting)
+                            break
+                        steps.append(waiting[1])
+                    out = []
+                    for report in steps:
+                        if p.include_denoising and report.frame is not None:
+                            data = {**meta, "object": obj, "choices": [], "diffusion_frame": report.frame,
+                                    "diffusion_texts": report.texts}
+                            out.append("event: diffusion_frame\ndata: " + json.dumps(data) + "\n\n")
+                    if out:
+                        yield "".join(out)
                     grown = []
-                    for b, text in enumerate(payload.committed[: p.n]):
+                    for b, text in enumerate(steps[-1].committed[: p.n]):
                         if len(text) > len(sent[b]) and text.startswith(sent[b]):
                             grown.append(piece(b, text[len(sent[b]) :]))
                             sent[b] = text
@@ -416,6 +448,9 @@ def respond(kind: str, p: Parsed, result, usage, task, meta: dict, run) -> dict:
             choices.append({"index": b, "text": result.texts[b], "fills": result.fills[b], "finish_reason": "length"})
         if kind in ("chat", "completions") and p.suffix is None:  # a continuation: up to its end-of-text
             completion += new.index(tok.eot_id) if stopped else len(new)
+        elif "candidates" in result.extra:  # variable holes: the sizes of the candidate kept for this sample
+            tried = result.extra["candidates"]
+            completion += sum(min(tried, key=lambda c: c["bits"][b])["sizes"])
         else:  # the free positions filled
             completion += int((~gen.fixed[b]).sum()) if gen.fixed is not None else len(new)
     nfe = usage.nfe

@@ -136,7 +136,8 @@ function go() {
 function rewrite() {
   const el = $('text'), a = el.selectionStart, b = el.selectionEnd;
   if (a === b) { $('stats').textContent = 'select the span to rewrite first'; return; }
-  const body = settings(); body.text = el.value; body.span = [a, b]; body.strength = +$('strength').value;
+  const points = n => Array.from(el.value.slice(0, n)).length;  // the server counts characters, not UTF-16 units
+  const body = settings(); body.text = el.value; body.span = [points(a), points(b)]; body.strength = +$('strength').value;
   return run('/v1/edit', body, t => t);
 }
 $('go').onclick = go; $('rewrite').onclick = rewrite;

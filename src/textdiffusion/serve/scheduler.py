@@ -22,6 +22,7 @@ their deadline have their rows marked done and released at the next step.
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import threading
 import time
@@ -74,6 +75,10 @@ class Job:
     first_commit: float | None = None
     rows: list[list[Any]] = field(default_factory=list)  # per plan, its rows
     calls: int = 0  # network calls the job took part in
+    plan_calls: list[int] = field(default_factory=list)  # ... per plan
+    committed: list[str] = field(default_factory=list)  # per row, its committed text
+    committed_lengths: list[int] = field(default_factory=list)  # ... and its length in tokens
+    spans: list[tuple[int, int] | None] = field(default_factory=list)  # per row, its first free span
     steps: int = 0
     cancelled: BaseException | None = None
     finished: bool = False
@@ -136,27 +141,49 @@ class Scheduler:
 
     # the web side ---------------------------------------------------------------------------------
     def start(self) -> Scheduler:
-        if self._thread is None:
+        if self._thread is None or not self._thread.is_alive():
+            self._stop = False
             self._thread = threading.Thread(target=self._loop, name="textdiffusion-scheduler", daemon=True)
             self._thread.start()
         return self
+
+    def drive(self, until=None) -> None:
+        """Drive the scheduler in the calling thread until ``stop()`` (or until ``until()`` is true).
+        ``textdiffusion serve`` runs it in the main thread, HTTP in another: torch's CPU kernels
+        ran 1.3-1.6x slower in a second thread on a 2-core machine (BENCHMARKS.md)."""
+        self.bind_here()
+        self._loop(until)
+
+    def bind_here(self) -> None:
+        """The calling thread will drive the scheduler (``drive``): jobs may be submitted from now."""
+        self._thread, self._stop = threading.current_thread(), False
 
     def stop(self, timeout: float = 10.0) -> None:
         with self._lock:
             self._stop = True
             self._lock.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        if self._thread is not None and self._thread is not threading.current_thread():
+            with contextlib.suppress(RuntimeError):  # (the main thread, driving it, is not joined)
+                if self._thread is not threading.main_thread():
+                    self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        """Is the scheduler thread running (a server whose thread died answers 503)?"""
+        return self._thread is not None and self._thread.is_alive() and not self._stop
 
     def submit(self, job: Job) -> Job:
         """Queue ``job``; QueueFull when the queue is full, UsageError when it can never fit a batch."""
         if job.num_rows > self.max_batch:
             raise UsageError(f"the request needs {job.num_rows} rows in one batch, more than the server's "
                              f"--max-batch {self.max_batch}: ask for fewer (n, or candidate sizes of a hole)")
+        if not self.alive:
+            raise Cancelled("the server is not running its scheduler: restart it")
         with self._lock:
             if len(self._pending) >= self.max_queue:
                 raise QueueFull(f"the server's queue is full ({self.max_queue} requests waiting): retry later")
             job.id = job.id or f"job-{next(self._ids)}"
+            job.plan_calls = [0] * len(job.task.plans)
             self._pending.append(job)
             self._lock.notify_all()
         return job
@@ -178,45 +205,65 @@ class Scheduler:
 
     @property
     def running(self) -> int:
-        return sum(len(g.jobs) for g in list(self._groups.values()))
+        return len({id(j) for g in list(self._groups.values()) for j in list(g.jobs)})
 
     def tokens_per_second(self, window: float = 10.0) -> float:
         """Tokens of requests finished in the last ``window`` seconds, per second."""
         now = time.monotonic()
-        while self._recent and self._recent[0][0] < now - window:
-            self._recent.popleft()
-        return sum(n for _, n in self._recent) / window
+        return sum(n for t, n in list(self._recent) if t >= now - window) / window
 
     # the scheduler thread ------------------------------------------------------------------------
-    def _loop(self) -> None:
+    def _loop(self, until=None) -> None:
         import torch
 
         with torch.inference_mode():
             while True:
                 with self._lock:
                     while not self._stop and not self._pending and not self._groups:
+                        if until is not None and until():
+                            self._stop = True
+                            break
                         self._lock.wait(0.5)
-                    if self._stop:
+                    if self._stop or until is not None and until() and not self._groups and not self._pending:
                         break
                     self._expire()
                     admitted = self._admit()
                 for job in admitted:
-                    self._start(job)
+                    self._guarded(self._start, job, jobs=[job])
                 for key, group in list(self._groups.items()):
-                    self._step(key, group)
-        for job in [*self._pending, *(j for g in self._groups.values() for j in g.jobs)]:
+                    self._guarded(self._step, key, group, jobs=list(group.jobs), key=key)
+        for job in [*self._pending, *self._running()]:
             self._fail(job, Cancelled("the server stopped"))
 
+    def _guarded(self, fn, *args, jobs: list[Job], key: tuple | None = None) -> None:
+        """``fn(*args)``; an exception fails ``jobs`` (and drops the group ``key``) but never stops
+        the thread: the other requests go on."""
+        try:
+            fn(*args)
+        except Exception as exc:  # noqa: BLE001 (a bad request or a bug: the jobs' answers say which)
+            if key is not None:
+                self._groups.pop(key, None)
+            for job in jobs:
+                self._fail(job, exc)
+
+    def _running(self) -> list[Job]:
+        seen: dict[int, Job] = {}
+        for g in self._groups.values():
+            for j in g.jobs:
+                seen.setdefault(id(j), j)
+        return list(seen.values())
+
     def _expire(self) -> None:
-        """Cancel jobs past their deadline (called with the lock held)."""
+        """Cancel jobs past their deadline, and drop waiting jobs whose client went away (the lock
+        is held)."""
         now = time.monotonic()
-        for job in [*self._pending, *(j for g in self._groups.values() for j in g.jobs)]:
+        for job in [*self._pending, *self._running()]:
             if job.deadline is not None and now > job.deadline and job.cancelled is None:
                 job.cancelled = RequestTimeout(f"the request took longer than its time limit "
                                                f"({job.deadline - job.arrived:g} s)")
         for job in [j for j in self._pending if j.cancelled is not None]:
             self._pending.remove(job)
-            self._fail(job, job.cancelled)
+            self._end_cancelled(job)
 
     def _admit(self) -> list[Job]:
         """Pending jobs that fit the batch now, first come first served (the lock is held)."""
@@ -232,14 +279,14 @@ class Scheduler:
 
     def _start(self, job: Job) -> None:
         job.started = time.monotonic()
-        try:
-            states = [plan.start() for plan in job.task.plans]
-        except Exception as exc:  # noqa: BLE001 (a bad request or a bug: the job's answer says which)
-            self._fail(job, exc)
-            return
-        for plan, state in zip(job.task.plans, states):
+        states = [plan.start() for plan in job.task.plans]  # (an error fails the job: _guarded)
+        for i, (plan, state) in enumerate(zip(job.task.plans, states)):
             job.rows.append(list(state.rows))
+            job.committed += [""] * len(state.rows)
+            job.committed_lengths += [0] * len(state.rows)
+            job.spans += [None] * len(state.rows)
             job.calls += state.calls
+            job.plan_calls[i] += state.calls
             key = (state.family, id(plan.model))
             group = self._groups.get(key)
             if group is None:
@@ -248,95 +295,122 @@ class Scheduler:
                 group.state.join(state)
             if job not in group.jobs:
                 group.jobs.append(job)
+        if all(r.done for r in job.all_rows()):  # nothing to do (an edit that drew no mask)
+            for group in self._groups.values():
+                if job in group.jobs:
+                    group.jobs.remove(job)
+            self._finish(job)
 
     def _step(self, key: tuple, group: Group) -> None:
         state = group.state
+        for job in group.jobs:
+            if job.cancelled is not None or job.finished:  # cancelled, or failed in another group
+                for r in job.all_rows():
+                    r.done = True
+        state.release()
         rows = list(state.rows)
         if rows:
             state.report = any(j.frames for j in group.jobs if j.cancelled is None)
-            try:
-                out = rows[0].sampler.step(state, group.model)
-            except Exception as exc:  # noqa: BLE001 (every job of the group gets the error)
-                del self._groups[key]
-                for job in group.jobs:
-                    self._fail(job, exc)
-                return
+            out = rows[0].sampler.step(state, group.model)  # (an error fails the group's jobs: _guarded)
             self.stats["steps"] += 1
             self.stats["calls"] += 1
             self.stats["rows_stepped"] += len(rows)
             self.stats["batch_rows"] = len(rows)
             index = {id(r): b for b, r in enumerate(rows)}
             for job in group.jobs:
-                if job.cancelled is None:
+                if job.cancelled is None and not job.finished:
                     self._report(job, out, index)
-            state.release()
         for job in list(group.jobs):
-            if job.cancelled is not None:  # (perhaps cancelled while the step ran)
+            if job.cancelled is not None or job.finished:  # (perhaps cancelled while the step ran)
                 for r in job.all_rows():
                     r.done = True
-                state.release()
                 group.jobs.remove(job)
-                self.stats["cancelled"] += 1
-                if isinstance(job.cancelled, RequestTimeout):
-                    self._fail(job, job.cancelled)
-                else:
-                    job.finished = True
+                if job.cancelled is not None and not any(job in g.jobs for g in self._groups.values()):
+                    self._end_cancelled(job)
             elif all(r.done for r in job.all_rows()):
                 group.jobs.remove(job)
                 if not any(job in g.jobs for g in self._groups.values()):
                     self._finish(job)
+        state.release()
         if not group.jobs and not state.rows:
             del self._groups[key]
 
+    def _end_cancelled(self, job: Job) -> None:
+        """A cancelled job leaves: a timeout is answered (408), a client that went away is not."""
+        if isinstance(job.cancelled, RequestTimeout):
+            self._fail(job, job.cancelled)
+        elif not job.finished:
+            job.finished = True
+            self.stats["cancelled"] += 1
+
     def _report(self, job: Job, out, index: dict[int, int]) -> None:
+        """After a step: the job's counts; its committed text (for its first commit, and for a
+        watched job each time it grows); a watched job's step report."""
         from ..sampling.trace import frame
 
         mine = [r for r in job.all_rows() if id(r) in index]
         if not mine:
             return
         job.calls += 1
+        for i, rows in enumerate(job.rows):
+            if any(id(r) in index for r in rows):
+                job.plan_calls[i] += 1
         job.steps = max(r.step for r in job.all_rows())
-        early = commits_early(self.run.process.name, mine[0].sampler.name)
-        committed = [self._committed(r, early) for r in job.all_rows()]
-        texts = [job.commit(ids) if job.commit else self.tokenizer.decode(ids) for ids in committed]
-        if job.first_commit is None and any(texts):
-            job.first_commit = time.monotonic()
-        if not job.watch:
+        if job.first_commit is not None and not job.watch:
             return
-        rows = [index[id(r)] for r in mine]
-        made = frame(out, job.steps - 1, self.mask_id, rows, [r.length for r in mine], job.calls) if job.frames else None
-        shown = [self.tokenizer.decode([t for t in r.tokens.tolist() if t >= 0], show_mask=True) for r in mine]
-        job.notify("step", StepReport(job.steps, job.calls, texts, made, shown))
+        early = commits_early(self.run.process.name, mine[0].sampler.name)
+        grew = False
+        for k, r in enumerate(job.all_rows()):
+            ids = self._committed(job, k, r, early)
+            if len(ids) != job.committed_lengths[k]:  # decode only what changed
+                job.committed_lengths[k] = len(ids)
+                job.committed[k] = job.commit(ids) if job.commit else self.tokenizer.decode(ids)
+                grew = True
+        if job.first_commit is None and any(job.committed):
+            job.first_commit = time.monotonic()
+        if not job.watch or not (grew or job.frames):
+            return
+        made = shown = None
+        if job.frames:
+            rows = [index[id(r)] for r in mine]
+            made = frame(out, job.steps - 1, self.mask_id, rows, [r.length for r in mine], job.calls)
+            shown = [self.tokenizer.decode([t for t in r.tokens.tolist() if t >= 0], show_mask=True) for r in mine]
+        self._notify(job, "step", StepReport(job.steps, job.calls, list(job.committed), made, shown or []))
 
-    def _committed(self, row, early: bool) -> list[int]:
-        """The ids of a row's first free span that are final: decided tokens up to the first
+    def _committed(self, job: Job, k: int, row, early: bool) -> list[int]:
+        """The ids of row ``k``'s first free span that are final: decided tokens up to the first
         undecided one (all of them once the row is done; none before then if tokens may change)."""
-        fixed = row.fixed.tolist()
-        start = fixed.index(False) if False in fixed else len(fixed)
-        stop = start
-        while stop < len(fixed) and not fixed[stop]:
-            stop += 1
+        if job.spans[k] is None:  # (the fixed positions never change: found once)
+            fixed = row.fixed.tolist()
+            start = fixed.index(False) if False in fixed else len(fixed)
+            stop = start
+            while stop < len(fixed) and not fixed[stop]:
+                stop += 1
+            job.spans[k] = (start, stop)
+        start, stop = job.spans[k]
         if row.end is not None:
             stop = min(stop, row.end)
+        if not row.done and not early:
+            return []
         ids = row.tokens[start:stop].tolist()
         if row.done:
             return ids
-        if not early:
-            return []
-        for k, t in enumerate(ids):
+        for n, t in enumerate(ids):
             if t < 0 or t == self.mask_id:
-                return ids[:k]
+                return ids[:n]
         return ids
 
     def _finish(self, job: Job) -> None:
         from ..sampling.base import State
 
+        if job.finished:
+            return
         seconds = time.monotonic() - (job.started or job.arrived)
         try:
             gens = []
-            for plan, rows in zip(job.task.plans, job.rows):
-                s = State(rows, plan.process, plan.canvas.prompt_length, plan.sampler.family, calls=job.calls)
-                gens.append(s.generation(seconds))
+            for plan, rows, calls in zip(job.task.plans, job.rows, job.plan_calls):
+                s = State(rows, plan.process, plan.canvas.prompt_length, plan.sampler.family, calls=calls)
+                gens.append(s.generation(seconds / len(job.rows)))
             result = job.task.finish(gens)
         except Exception as exc:  # noqa: BLE001
             self._fail(job, exc)
@@ -345,14 +419,27 @@ class Scheduler:
         tokens = sum(int((~r.fixed).sum()) for r in job.all_rows())
         self.stats["finished"] += 1
         self.stats["tokens"] += tokens
-        self._recent.append((time.monotonic(), tokens))
-        first = None if job.first_commit is None else job.first_commit - job.arrived
-        usage = Usage(job.steps, job.calls, seconds, (job.started or job.arrived) - job.arrived, first)
-        job.notify("done", (result, usage))
+        now = time.monotonic()
+        self._recent.append((now, tokens))
+        while self._recent and self._recent[0][0] < now - 60:  # a minute of history is all /metrics reads
+            self._recent.popleft()
+        if job.first_commit is None:
+            job.first_commit = now
+        usage = Usage(job.steps, job.calls, seconds, (job.started or job.arrived) - job.arrived,
+                      job.first_commit - job.arrived)
+        self._notify(job, "done", (result, usage))
 
     def _fail(self, job: Job, exc: BaseException) -> None:
         if job.finished:
             return
         job.finished = True
+        for r in job.all_rows():  # its rows in other groups leave at their next step
+            r.done = True
         self.stats["failed"] += 1
-        job.notify("error", exc)
+        self._notify(job, "error", exc)
+
+    def _notify(self, job: Job, kind: str, payload) -> None:
+        try:
+            job.notify(kind, payload)
+        except Exception:  # noqa: BLE001 (the web side is gone, e.g. its event loop closed)
+            job.finished = True

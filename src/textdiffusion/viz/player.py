@@ -99,12 +99,11 @@ speed.onchange = () => { if (timer) { stop(); toggle(); } };
 slider.oninput = () => show(+slider.value);
 mode.onchange = () => { show(+slider.value); heat(); };
 document.addEventListener('keydown', e => {
-  if (e.target.tagName === 'SELECT') return;
-  if (e.key === ' ') { e.preventDefault(); toggle(); }
-  else if (e.key === 'ArrowRight') { stop(); show(+slider.value + 1); }
-  else if (e.key === 'ArrowLeft') { stop(); show(+slider.value - 1); }
-  else if (e.key === 'Home') { stop(); show(0); }
-  else if (e.key === 'End') { stop(); show(S.steps - 1); }
+  if (e.target.tagName === 'SELECT' || e.target.tagName === 'BUTTON' && e.key === ' ') return;
+  const keys = {' ': () => toggle(), ArrowRight: () => { stop(); show(+slider.value + 1); },
+                ArrowLeft: () => { stop(); show(+slider.value - 1); }, Home: () => { stop(); show(0); },
+                End: () => { stop(); show(S.steps - 1); }};
+  if (keys[e.key]) { e.preventDefault(); keys[e.key](); }  // (the slider's own keys would move it twice)
 });
 function heat() {
   const el = $('heat'); el.textContent = '';
@@ -141,7 +140,7 @@ drawPlot(); heat(); show(0);
 
 
 def _data_json(data: dict) -> str:
-    return json.dumps(data, separators=(",", ":")).replace("</", "<\\/")  # never closes the script element
+    return json.dumps(data, separators=(",", ":")).replace("<", "\\u003c")  # no markup inside the script element
 
 
 def player_html(story: Story, ar: Story | None = None, title: str | None = None) -> str:

@@ -85,7 +85,15 @@ def story(trace: dict, tokenizer, row: int = 0, title: str = "") -> Story:
                 confs.append(d["confidence"])
         per_step_conf.append(sum(confs) / len(confs) if confs else None)
     first = tokens[0]
-    fixed = [last_change[p] is None and first[p] >= 0 for p in range(length)]
+    if trace.get("fixed") is not None:  # recorded (Pipeline traces)
+        kept = set(trace["fixed"])
+        fixed = [p in kept for p in range(length)]
+    else:  # the prompt; and, for absorbing processes, what was never masked nor changed
+        fixed = [p < trace.get("prompt_length", 0) or (mask_id is not None and last_change[p] is None and first[p] >= 0)
+                 for p in range(length)]
+    for p in range(length):
+        if not fixed[p] and last_change[p] is None and first[p] >= 0:  # a prior draw that was already right
+            last_change[p] = 0
     free = max(1, sum(not f for f in fixed))
     changed_now = [set(r["changed"]) for r in rows]
     states, fraction = [], []
