@@ -146,7 +146,7 @@ class Pipeline:
                     raise UsageError(f"{what} does not apply to a prompt with holes (size them with [MASK:n] or [MASK:a-b])")
             return self.infill(prompt, steps=steps, sampler=sampler, num=num, seed=seed, trace=trace, label=label,
                                guidance=guidance, classifier=classifier, **options)
-        steps, sampler, options = self._settings(steps, sampler, options)
+        steps, sampler, options = self.settings(steps, sampler, options)
         recorder = self._recorder(trace, on_step)
         out, texts, name = continue_prompt(self.run, prompt, length=length, steps=steps, sampler=sampler, num=num,
                                            seed=seed, on_step=recorder or on_step, label=label,
@@ -162,7 +162,7 @@ class Pipeline:
         from .control import infill
 
         _check_args(template=(template, "text"), steps=(steps, "count?"), num=(num, "count"), seed=(seed, "seed"))
-        steps, sampler, options = self._settings(steps, sampler, options, self.infill_defaults)
+        steps, sampler, options = self.settings(steps, sampler, options, self.infill_defaults)
         recorder = self._recorder(trace, None)
         res = infill(self.run, template, num=num, steps=steps, sampler=sampler, seed=seed, label=label,
                      guidance=guidance, classifier=classifier, on_step=recorder, **options)
@@ -175,7 +175,7 @@ class Pipeline:
 
         _check_args(text=(text, "text"), span=(span, "span"), steps=(steps, "count?"), num=(num, "count"),
                     seed=(seed, "seed"))
-        steps, sampler, options = self._settings(steps, sampler, options)
+        steps, sampler, options = self.settings(steps, sampler, options)
         start, end = span if span is not None else (None, None)
         recorder = self._recorder(trace, None)
         res = edit(self.run, text, start, end, strength=strength, num=num, steps=steps, sampler=sampler, seed=seed,
@@ -191,8 +191,10 @@ class Pipeline:
         return sequence_bits(self.run, [text], seed, mc_samples)[0]
 
     # helpers ---------------------------------------------------------------------------------
-    def _settings(self, steps: int | None, sampler: str | None, options: dict,
-                  defaults: dict | None = None) -> tuple[int, str | None, dict]:
+    def settings(self, steps: int | None, sampler: str | None, options: dict,
+                 defaults: dict | None = None) -> tuple[int, str | None, dict]:
+        """(steps, sampler, options) of a call: what it gives, the rest from the card's
+        ``defaults`` (default: its generate settings), else the usual defaults."""
         from .pretrained import fill_settings
 
         out = fill_settings({**options, "steps": steps, "sampler": sampler},

@@ -394,7 +394,7 @@ def build_task(pipe, p: Parsed):
     seed = secrets.randbits(62) if seed is None else seed
     label, guidance = s.pop("label"), s.pop("guidance")
     fills = p.endpoint in ("infill", "fim") or p.suffix is not None
-    steps, sampler, options = pipe._settings(s.pop("steps"), s.pop("sampler"), s,
+    steps, sampler, options = pipe.settings(s.pop("steps"), s.pop("sampler"), s,
                                              pipe.infill_defaults if fills else None)
     common = {"steps": steps, "sampler": sampler, "seed": seed, "num": p.n, **options}
     def text_of(ids: list[int]) -> str:
