@@ -66,6 +66,11 @@ def error_body(message: str, status: int, param: str | None = None) -> dict:
     return {"error": {"message": message, "type": kind, "param": param, "code": status}}
 
 
+def internal_error(exc: BaseException, rid: str) -> str:
+    """The message of a 500: a bug, named with the request id its log line carries."""
+    return f"internal error (a bug, please report it): {type(exc).__name__}: {first_line(exc, default='')} [request {rid}]"
+
+
 def status_of(exc: BaseException) -> int:
     if isinstance(exc, BadRequest):
         return exc.status
@@ -150,8 +155,7 @@ def create_app(pipe, settings: Settings | None = None):
             except Exception as exc:  # noqa: BLE001 (a bug: logged with its traceback, answered as one)
                 log.error("%s %s %s: internal error\n%s", rid, method, path, traceback.format_exc())
                 if "status" not in seen:
-                    await answer(500, f"internal error (a bug, please report it): {type(exc).__name__}: "
-                                      f"{first_line(exc, default='')} [request {rid}]")(scope, receive, send_with_id)
+                    await answer(500, internal_error(exc, rid))(scope, receive, send_with_id)
             status = seen.get("status", 0)
             key = (path if path in (*ENDPOINTS, "/v1/models") else "other", status)
             cfg.counts[key] = cfg.counts.get(key, 0) + 1
@@ -274,8 +278,7 @@ def create_app(pipe, settings: Settings | None = None):
         if status == 500:
             log.error("%s internal error\n%s", request.state.rid,
                       "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
-            return answer(500, f"internal error (a bug, please report it): {type(exc).__name__}: "
-                               f"{first_line(exc, default='')} [request {request.state.rid}]")
+            return answer(500, internal_error(exc, request.state.rid))
         headers = {"retry-after": "1"} if status == 429 else None
         return answer(status, first_line(exc), getattr(exc, "param", None), headers)
 

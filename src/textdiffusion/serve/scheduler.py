@@ -135,7 +135,7 @@ class Scheduler:
         self._stop = False
         self._ids = itertools.count(1)
         # figures for /metrics (read without the lock: plain ints and floats)
-        self.stats = {"steps": 0, "calls": 0, "rows_stepped": 0, "tokens": 0, "finished": 0, "failed": 0,
+        self.stats = {"steps": 0, "rows_stepped": 0, "tokens": 0, "finished": 0, "failed": 0,
                       "cancelled": 0, "batch_rows": 0}
         self._recent: collections.deque[tuple[float, int]] = collections.deque()  # (time, tokens) finished
 
@@ -313,7 +313,6 @@ class Scheduler:
             state.report = any(j.frames for j in group.jobs if j.cancelled is None)
             out = rows[0].sampler.step(state, group.model)  # (an error fails the group's jobs: _guarded)
             self.stats["steps"] += 1
-            self.stats["calls"] += 1
             self.stats["rows_stepped"] += len(rows)
             self.stats["batch_rows"] = len(rows)
             index = {id(r): b for b, r in enumerate(rows)}
