@@ -21,6 +21,16 @@ def load_run(run_dir, device="cpu"):
     return _load_run(run_dir, device)
 
 
+def _hook_transformers() -> None:
+    """Our config and model join transformers' Auto classes when transformers is imported."""
+    from .hf import register_when_imported
+
+    register_when_imported()
+
+
+_hook_transformers()
+
+
 def __getattr__(name: str):
     if name in ("Pipeline", "Result"):  # imported on first use: `import textdiffusion` stays light
         from . import pipeline

@@ -57,6 +57,16 @@ class ModelConfig:
     time_cond: bool | None = None
     vocab_size: int = 0  # filled in from the tokenizer at train time
     num_labels: int = 0  # class labels the model is conditioned on (filled in from labelled data)
+    # architecture variants (defaults: our own models); the public models' adapters set them
+    norm: str = "layer"  # layer (LayerNorm) | rms (RMSNorm: LLaMA, Qwen2, LLaDA)
+    norm_eps: float = 1e-5
+    mlp: str = "gelu"  # gelu (fc -> GELU -> proj) | swiglu (proj(silu(fc x) * up x))
+    mlp_hidden: int = 0  # hidden width of the MLP; 0 = mlp_ratio * d_model
+    n_kv_head: int = 0  # key/value heads (grouped-query attention); 0 = n_head
+    qkv_bias: bool = False  # biases on the query/key/value projections (Qwen2, Dream)
+    rope_base: float = 10000.0  # RoPE theta (LLaDA 500000, Qwen2/Dream 1000000)
+    tie_embeddings: bool = False  # the output head shares the input embedding's weights
+    logits_shift: int = 0  # 1: position i's logits predict token i + 1 (Dream); the model shifts them back
 
     def __post_init__(self) -> None:
         for name in ("n_layer", "n_head", "d_model", "context", "mlp_ratio"):
@@ -68,6 +78,15 @@ class ModelConfig:
         _check((self.d_model // self.n_head) % 2 == 0, "model.d_model / model.n_head must be even (RoPE)")
         _check(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
         _check(self.num_labels >= 0, "model.num_labels must be >= 0")
+        _check_choice(self.norm, ("layer", "rms"), "model.norm")
+        _check_choice(self.mlp, ("gelu", "swiglu"), "model.mlp")
+        _check(self.norm_eps > 0, "model.norm_eps must be positive")
+        _check(self.mlp_hidden >= 0, "model.mlp_hidden must be >= 0 (0: mlp_ratio * d_model)")
+        kv = self.n_kv_head or self.n_head
+        _check(0 < kv <= self.n_head and self.n_head % kv == 0,
+               f"model.n_kv_head ({self.n_kv_head}) must divide model.n_head ({self.n_head})")
+        _check(self.rope_base > 1, "model.rope_base must be > 1")
+        _check(self.logits_shift in (0, 1), "model.logits_shift must be 0 or 1")
 
 
 PROCESSES = NAMES  # the names, from processes/registry.py
@@ -109,7 +128,9 @@ TOKENIZERS = ("char", "byte", "bpe")
 class DataConfig:
     """Where the text comes from and how it becomes token ids."""
 
-    path: str = ""  # text file, folder, JSONL file, or "stdlib"
+    path: str = ""  # text file, folder, JSONL, parquet or Arrow file, saved `datasets` directory, or "stdlib"
+    text_field: str = "text"  # the JSONL field or table column holding the text
+    workers: int = 0  # tokenizer processes for corpora larger than one chunk; 0 = one per core (at most 8)
     glob: str = "**/*.txt"  # files to read when path is a folder
     tokenizer: str = "char"  # char | byte | bpe
     vocab_size: int = 4096  # BPE only
@@ -129,6 +150,8 @@ class DataConfig:
         _check(0.0 < self.val_fraction < 1.0, "data.val_fraction must be in (0, 1)")
         _check(self.vocab_size >= 260, "data.vocab_size must be at least 260 (256 bytes + specials)")
         _check(self.max_docs >= 0, "data.max_docs must be >= 0")
+        _check(self.workers >= 0, "data.workers must be >= 0 (0 = one per core)")
+        _check(bool(self.text_field), "data.text_field must name a field (default 'text')")
         _check(0.0 <= self.fim_rate <= 1.0, "data.fim_rate must be in [0, 1]")
         _check(0.0 <= self.infill_rate <= 1.0, "data.infill_rate must be in [0, 1]")
         _check(self.infill_rate == 0 or not (self.sft or self.labels),

@@ -87,13 +87,21 @@ class Pipeline:
         folder = resolve(name_or_dir)
         return cls(load_run(folder, resolve_device(device)), card(folder))
 
-    def save_pretrained(self, directory: str | Path, dtype: str = "float32", card: dict | None = None) -> Path:
+    def save_pretrained(self, directory: str | Path, dtype: str = "float32", card: dict | None = None,
+                        format: str = "textdiffusion") -> Path:
         """Write what inference needs: config, tokenizer, labels and the (EMA) weights in ``dtype``
         (float32, bfloat16 or float16), in a directory ``from_pretrained`` and every command read.
         ``card`` (default: this pipeline's own card, if any) becomes card.json: a
-        ``description`` and the ``generate`` settings used when a call names none."""
+        ``description`` and the ``generate`` settings used when a call names none.
+        ``format="transformers"``: a directory transformers' Auto classes load too (textdiffusion/hf.py)."""
         if dtype not in DTYPES:
             raise UsageError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
+        if format not in ("textdiffusion", "transformers"):
+            raise UsageError(f"format must be textdiffusion or transformers; got {format!r}")
+        if format == "transformers":
+            from .hf import save_transformers
+
+            return save_transformers(self.run, directory, dtype, card if card is not None else self.card)
         out = Path(directory)
         if out.exists() and any(out.iterdir()):
             raise FileExistsError(f"{out} exists and is not empty: choose another directory")

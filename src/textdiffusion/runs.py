@@ -82,8 +82,15 @@ def build_model(cfg: Config, tokenizer: Tokenizer):
     return Transformer(cfg.model, attn=spec.backbone), process
 
 
-def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu", dtype: str | None = None) -> LoadedRun:
+    """A run directory, a saved model, or a public model's directory (transformers layout: LLaDA,
+    Dream, masked and causal LMs, our own transformers exports; models/adapters). ``dtype``
+    (public models only): the weights' precision, None = as stored."""
     run_dir = Path(run_dir)
+    from .models.adapters import detect, load_adapted
+
+    if run_dir.is_dir() and detect(run_dir) is not None:
+        return load_adapted(run_dir, device, dtype)
     cfg, tokenizer = read_run(run_dir)
     if cfg.model.vocab_size != tokenizer.vocab_size:
         raise CheckpointError(

@@ -58,6 +58,11 @@ class Tokenizer:
     def unk_id(self) -> int:
         return self.base_size + 3
 
+    @property
+    def banned_ids(self) -> tuple[int, ...]:
+        """Ids a sampler never writes (they are never text)."""
+        return (self.mask_id, self.pad_id, self.unk_id)
+
     def encode(self, text: str) -> np.ndarray:
         """Text -> int64 array of ids (no specials added)."""
         return self._encode(text)
@@ -266,7 +271,151 @@ class BPETokenizer(Tokenizer):
         return {"hf": self._json}
 
 
-def train_tokenizer(kind: str, texts: list[str], vocab_size: int = 4096) -> Tokenizer:
+class HFTokenizer(Tokenizer):
+    """A Hugging Face ``tokenizer.json`` used as it is, with ids as the file gives them: a public
+    model's tokenizer (LLaDA, Dream, any HF model) or one of ours exported for transformers
+    (``hf_json``). ``specials`` names the ids of end-of-text, mask, pad and unknown (pad and
+    unknown may be None: pad falls back to end-of-text); ``vocab_size`` is the model's (its
+    embedding may have more rows than the tokenizer has tokens). Decoding drops every special
+    token the file declares (end-of-text becomes a newline, masks can be shown)."""
+
+    kind = "hf"
+
+    def __init__(self, hf_json: str, specials: dict, vocab_size: int | None = None):
+        from tokenizers import Tokenizer as RustTokenizer
+
+        self._hf = RustTokenizer.from_str(hf_json)
+        self._json = hf_json
+        self.specials = {k: (None if specials.get(k) is None else int(specials[k])) for k in ("eot", "mask", "pad", "unk")}
+        if self.specials["eot"] is None or self.specials["mask"] is None:
+            raise TokenizerError("an HF tokenizer needs its end-of-text and mask ids")
+        self.base_size = self._hf.get_vocab_size()
+        self._vocab_size = int(vocab_size or self.base_size)
+        if self.base_size > self._vocab_size:
+            raise TokenizerError(f"the tokenizer has {self.base_size} tokens but the model only {self._vocab_size} "
+                                 f"embedding rows: they do not belong together")
+        if max(i for i in self.specials.values() if i is not None) >= self._vocab_size:
+            raise TokenizerError(f"a special id of {self.specials} is outside the vocabulary ({self._vocab_size})")
+        added = json.loads(hf_json).get("added_tokens", [])
+        self.special_strings = [a["content"] for a in added if a.get("special")]
+        self.special_ids = {a["id"] for a in added if a.get("special")} | {i for i in self.specials.values() if i is not None}
+        decoder = json.loads(hf_json).get("decoder") or {}
+        self._byte_level = decoder.get("type") == "ByteLevel"
+
+    vocab_size = property(lambda self: self._vocab_size)
+    eot_id = property(lambda self: self.specials["eot"])
+    mask_id = property(lambda self: self.specials["mask"])
+    pad_id = property(lambda self: self.specials["pad"] if self.specials["pad"] is not None else self.specials["eot"])
+    unk_id = property(lambda self: self.specials["unk"] if self.specials["unk"] is not None else self.specials["eot"])
+
+    @property
+    def banned_ids(self) -> tuple[int, ...]:
+        """Ids a sampler never writes: the mask, and pad / unknown unless they are end-of-text."""
+        return tuple(dict.fromkeys(i for i in (self.mask_id, self.specials["pad"], self.specials["unk"])
+                                   if i is not None and i != self.eot_id))
+
+    def unknown_characters(self, text: str) -> list[str]:
+        out = [c for c in dict.fromkeys(text) if 0xD800 <= ord(c) <= 0xDFFF]
+        unk = self.specials["unk"]
+        for c in dict.fromkeys(text):  # a vocabulary without byte fallback: characters it cannot spell
+            if c not in out:
+                ids = self._hf.encode(c, add_special_tokens=False).ids
+                if (not ids and not c.isspace()) or unk in ids:  # spaces may vanish in a whitespace pre-tokenizer
+                    out.append(c)
+        return out + [s for s in self.special_strings if s in text]
+
+    def _encode(self, text: str) -> np.ndarray:
+        return np.array(self._hf.encode(text, add_special_tokens=False).ids, dtype=np.int64)
+
+    def encode_documents(self, docs: Iterable[str]) -> np.ndarray:
+        eot = np.array([self.eot_id], dtype=np.int64)
+        parts = []
+        for enc in self._hf.encode_batch(list(docs), add_special_tokens=False):
+            parts += [np.array(enc.ids, dtype=np.int64), eot]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+    def decode(self, ids: Iterable[int], show_mask: bool = False) -> str:
+        out: list[str] = []
+        run: list[int] = []
+        for i in ids:
+            i = int(i)
+            if i < self.base_size and i not in self.special_ids:
+                run.append(i)
+                continue
+            if run:
+                out.append(self._hf.decode(run, skip_special_tokens=False))
+                run = []
+            if i == self.eot_id:
+                out.append("\n")
+            elif i == self.mask_id and show_mask:
+                out.append(MASK_GLYPH)
+        if run:
+            out.append(self._hf.decode(run, skip_special_tokens=False))
+        return "".join(out)
+
+    def token_bytes(self) -> np.ndarray:
+        """UTF-8 bytes per id: the token string's length for byte-level BPE (one character per
+        byte), else the length of the token decoded alone; specials and unused rows count 0."""
+        counts = np.zeros(self.vocab_size, dtype=np.int64)
+        for tok, i in self._hf.get_vocab().items():
+            if i in self.special_ids or i >= self.vocab_size:
+                continue
+            counts[i] = len(tok) if self._byte_level else len(self._hf.decode([i]).encode("utf-8"))
+        return counts
+
+    def _state(self) -> dict:
+        return {"hf": self._json, "specials": self.specials, "vocab_size": self._vocab_size}
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's printable stand-in character for each byte (HF byte-level BPE's alphabet)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return chars
+
+
+def to_hf_json(tokenizer: Tokenizer) -> str:
+    """One of our tokenizers as a Hugging Face ``tokenizer.json`` that gives exactly our ids
+    (ordinary tokens first, then end-of-text, mask, pad, unknown), for ``PreTrainedTokenizerFast``."""
+    from tokenizers import Regex, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer as RustTokenizer
+
+    if isinstance(tokenizer, HFTokenizer):
+        return tokenizer._json
+    specials = {tok: tokenizer.base_size + k for k, tok in enumerate(SPECIALS)}
+    if isinstance(tokenizer, BPETokenizer):  # same merges, ids renumbered: ours = HF's - 4, specials last
+        state = json.loads(tokenizer._json)
+        state["model"]["vocab"] = {tok: (specials[tok] if tok in specials else i - len(SPECIALS))
+                                   for tok, i in state["model"]["vocab"].items()}
+        for added in state.get("added_tokens", []):
+            added["id"] = specials[added["content"]]
+        return json.dumps(state)
+    one_char = pre_tokenizers.Split(Regex("."), "isolated")  # every character its own piece
+    if isinstance(tokenizer, CharTokenizer):
+        vocab = {c: i for i, c in enumerate(tokenizer.chars)}
+        hf = RustTokenizer(models.WordLevel({**vocab, **specials}, unk_token=UNK))
+        hf.pre_tokenizer, hf.decoder = one_char, decoders.Fuse()
+    elif isinstance(tokenizer, ByteTokenizer):
+        vocab = {c: b for b, c in bytes_to_unicode().items()}
+        hf = RustTokenizer(models.WordLevel({**vocab, **specials}, unk_token=UNK))
+        hf.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False), one_char])
+        hf.decoder = decoders.ByteLevel()
+    else:  # pragma: no cover
+        raise TokenizerError(f"cannot export a {tokenizer.kind} tokenizer for transformers")
+    from tokenizers import AddedToken
+
+    hf.add_special_tokens([AddedToken(tok, special=True, normalized=False) for tok in SPECIALS])
+    return hf.to_str()
+
+
+def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int = 4096) -> Tokenizer:
+    """A tokenizer of ``kind`` fitted to ``texts`` (any iterable: it is read once, as it streams)."""
     if kind == "char":
         return CharTokenizer.train(texts)
     if kind == "byte":
@@ -286,6 +435,8 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
             return ByteTokenizer()
         if kind == "bpe":
             return BPETokenizer(state["hf"])
+        if kind == "hf":
+            return HFTokenizer(state["hf"], state["specials"], state.get("vocab_size"))
     except TokenizerError:
         raise
     except Exception as exc:  # json errors, missing keys, HF's own parse errors

@@ -21,7 +21,10 @@ PARSER = dict(help="held-out likelihood bound, sample quality and speed",
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run directory or shipped model name (textdiffusion models)")
-    p.add_argument("--data", required=True, help="text to score: the training source (its --split is used) or any other file/folder/JSONL")
+    p.add_argument("--data", required=True, help="text to score: the training source (its --split is used) or any other file, folder, "
+                                                    "JSONL, parquet or Arrow file or saved dataset")
+    p.add_argument("--text-field", metavar="NAME", help="the JSONL field or table column with the text "
+                                                        "(default: the run's own, else text)")
     p.add_argument("--split", choices=("train", "val", "test", "all"), default=None,
                    help="which split to score (default: val for the run's own data, all otherwise)")
     p.add_argument("--judge", help="an AR run directory whose perplexity of the samples is reported")
@@ -43,7 +46,8 @@ def main(args) -> int:
     run = load(args.run, args.device, args.threads)
     result = {"run": str(args.run), **evaluate_run(run, args.data, split=args.split, discrete_steps=args.discrete_steps,
                                                    mc_samples=args.mc_samples, batch_size=args.batch_size,
-                                                   max_windows=args.max_windows, seed=args.seed)}
+                                                   max_windows=args.max_windows, seed=args.seed,
+                                                   text_field=args.text_field)}
     if args.num_samples > 0:
         out, texts, sampler = generate_texts(run, args, "", args.num_samples, args.length)
         token_lists = out.new_tokens.tolist()

@@ -23,6 +23,10 @@ PARSER = dict(help="save a run for inference only (bf16 weights, config, tokeniz
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run directory (or a saved model)")
     p.add_argument("--out", required=True, help="directory to create (must not exist or be empty)")
+    p.add_argument("--format", choices=("textdiffusion", "transformers"), default="textdiffusion",
+                   help="textdiffusion (default): a model directory of ours; transformers: also loads with "
+                        "transformers' AutoModelForMaskedLM / AutoModelForCausalLM and AutoTokenizer (pip install "
+                        "'textdiffusion[hf]')")
     p.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16",
                    help="weight precision (default bfloat16: half the size of float32)")
     p.add_argument("--description", help="one line about the model, shown by textdiffusion models")
@@ -51,7 +55,7 @@ def main(args) -> int:
             card.pop(task, None)
     if args.description:
         card["description"] = args.description
-    out = pipe.save_pretrained(args.out, dtype=args.dtype, card=card)
+    out = pipe.save_pretrained(args.out, dtype=args.dtype, card=card, format=args.format)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"saved {args.run} ({args.dtype}) in {out}: {size / 1e6:.1f} MB", file=sys.stderr)
     return 0

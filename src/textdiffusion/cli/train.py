@@ -14,8 +14,12 @@ PARSER = dict(help="train a diffusion model (or its AR twin) on your text",
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", help="a text file, a folder of text files, a JSONL file with a 'text' field, "
-                                  "or 'stdlib' (this Python's standard library sources)")
+    p.add_argument("--data", help="a text file, a folder of text files, a JSONL file with a 'text' field, a "
+                                  "parquet or Arrow file, a directory saved by datasets' save_to_disk (its "
+                                  "train/validation/test splits are kept), or 'stdlib' (this Python's "
+                                  "standard library sources)")
+    p.add_argument("--text-field", metavar="NAME", help="the JSONL field or table column with the text "
+                                                        "(default text; data.text_field)")
     p.add_argument("--out", required=True, help="run directory to create (or to continue with --resume)")
     p.add_argument("--process", choices=NAMES, metavar="NAME",
                    help="default masked. " + help_text())
@@ -40,14 +44,16 @@ def main(args) -> int:
     from ..training.recipe import resume_run, train_run
 
     if args.resume:
-        if args.data or args.process or args.config or args.sft or args.labels or args.init:
-            raise UsageError("--resume continues the saved config: drop --data/--process/--config/--sft/--init "
+        if args.data or args.text_field or args.process or args.config or args.sft or args.labels or args.init:
+            raise UsageError("--resume continues the saved config: drop --data/--text-field/--process/--config/--sft/--init "
                              "(use --set train.*)")
         result = resume_run(args.out, args.overrides, progress=not args.quiet)
     else:
         overrides = list(args.overrides)
         if args.data:
             overrides.append(f"data.path={args.data}")
+        if args.text_field:
+            overrides.append(f"data.text_field={args.text_field}")
         if args.process:
             if args.init:
                 raise UsageError("--init takes the model and process of that run: drop --process")

@@ -27,14 +27,15 @@ def is_training_data(given: str, recorded: str) -> bool:
 
 
 def evaluate_run(run, data: str, *, split: str | None = None, discrete_steps: int | None = None, mc_samples: int = 4,
-                 batch_size: int = 16, max_windows: int = 256, seed: int = 0) -> dict:
+                 batch_size: int = 16, max_windows: int = 256, seed: int = 0, text_field: str | None = None) -> dict:
     """Likelihood of ``run`` on ``data``: by default its held-out ``val`` split when ``data`` is
     what the run was trained on (the same split the run held out), else ``all`` of it. The result
     says which split was scored and why (``split``, ``split_reason``), then the report's fields
     (bits/token and bits/byte with their standard error). ``discrete_steps``: the discrete-time
-    bound with that many steps (masked and uniform runs)."""
+    bound with that many steps (masked and uniform runs). ``text_field``: the JSONL field or table
+    column with the text (default: the run's own, else ``text``)."""
     from ..config import DataConfig
-    from ..data import load_token_splits, read_documents
+    from ..data import iter_documents, load_token_splits
 
     tok = run.tokenizer
     if discrete_steps is not None:
@@ -51,11 +52,14 @@ def evaluate_run(run, data: str, *, split: str | None = None, discrete_steps: in
                   else "not the run's training data: all of it")
     else:
         reason = "asked for"
+    field = text_field or (run.cfg.data.text_field if own else "text")
     if split == "all":
-        cfg = DataConfig(path=data, glob=run.cfg.data.glob)
-        tokens = tok.encode_documents(d.text for d in read_documents(cfg.path, cfg.glob))
+        tokens = tok.encode_documents(d.text for d in iter_documents(data, run.cfg.data.glob, text_field=field))
+        if len(tokens) == 0:
+            raise UsageError(f"no text in {data}")
     else:
-        cfg = dataclasses.replace(run.cfg.data, path=data) if own else DataConfig(path=data, glob=run.cfg.data.glob)
+        cfg = (dataclasses.replace(run.cfg.data, path=data, text_field=field) if own
+               else DataConfig(path=data, glob=run.cfg.data.glob, text_field=field))
         tokens = load_token_splits(cfg, tok, run.run_dir / "tokenizer.json")[split]
         if len(tokens) == 0:
             raise UsageError(f"the {split} split of {data} is empty (try --split all)")

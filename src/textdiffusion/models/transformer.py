@@ -91,6 +91,7 @@ class RowStore:
 
     keys: list[torch.Tensor] = field(default_factory=list)
     values: list[torch.Tensor] = field(default_factory=list)
+    hidden: torch.Tensor | None = None  # (S, C) final hidden states: only a model with shifted logits keeps them
 
     @property
     def length(self) -> int:
@@ -157,26 +158,58 @@ class RowCache:
         return K, V, self.mask
 
 
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * weight, computed in float32 (LLaMA, Qwen2, LLaDA)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5, elementwise_affine: bool = True):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim)) if elementwise_affine else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.float()
+        h = (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x)
+        return h if self.weight is None else h * self.weight
+
+
+def norm_layer(cfg: ModelConfig, affine: bool = True) -> nn.Module:
+    if cfg.norm == "rms":
+        return RMSNorm(cfg.d_model, cfg.norm_eps, elementwise_affine=affine)
+    return nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, elementwise_affine=affine)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, causal: bool):
         super().__init__()
         self.n_head = cfg.n_head
+        self.n_kv_head = cfg.n_kv_head or cfg.n_head  # grouped-query attention: fewer key/value heads
+        self.head_dim = cfg.d_model // cfg.n_head
         self.causal = causal
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        # one projection for queries, keys and values: (n_head + 2 n_kv_head) * head_dim outputs
+        self.qkv = nn.Linear(cfg.d_model, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=cfg.qkv_bias)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.dropout = cfg.dropout
+
+    def _expand(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Key/value heads repeated for their groups of query heads (caches keep them unrepeated)."""
+        if self.n_kv_head == self.n_head:
+            return k, v
+        g = self.n_head // self.n_kv_head
+        return k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)
 
     def forward(self, x, cos, sin, layer: int, kv_cache, attn_mask: torch.Tensor | None = None):
         """``attn_mask`` (T, T) or per row (B, T, T) bool, True = may attend, is the pattern inside
         the chunk (e.g. block-causal, or no attention to padding); positions already in a KV cache
         precede the chunk and are always visible."""
         B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)
-        q, k, v = (z.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for z in (q, k, v))  # (B, H, T, D)
+        D, kv_width = self.head_dim, self.n_kv_head * self.head_dim
+        q, k, v = self.qkv(x).split((C, kv_width, kv_width), dim=2)
+        q = q.view(B, T, self.n_head, D).transpose(1, 2)  # (B, H, T, D)
+        k, v = (z.view(B, T, self.n_kv_head, D).transpose(1, 2) for z in (k, v))  # (B, H_kv, T, D)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if isinstance(kv_cache, RowCache):  # rows at different places, each with its own store
             k, v, mask = kv_cache.assemble(layer, k, v)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            y = F.scaled_dot_product_attention(q, *self._expand(k, v), attn_mask=mask)
             return self.proj(y.transpose(1, 2).reshape(B, T, C))
         past = 0
         if kv_cache is not None:
@@ -201,6 +234,7 @@ class Attention(nn.Module):
             mask = torch.cat((torch.ones(*mask.shape[:-1], past, dtype=torch.bool, device=x.device), mask), dim=-1)
         if mask is not None and mask.dim() == 3:  # (B, T, S): one pattern per row, the same for every head
             mask = mask[:, None]
+        k, v = self._expand(k, v)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0
         )
@@ -208,13 +242,19 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
+    """GELU: proj(gelu(fc x)). SwiGLU (LLaMA, Qwen2, LLaDA): proj(silu(fc x) * up x)."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.fc = nn.Linear(cfg.d_model, cfg.mlp_ratio * cfg.d_model, bias=False)
-        self.proj = nn.Linear(cfg.mlp_ratio * cfg.d_model, cfg.d_model, bias=False)
+        hidden = cfg.mlp_hidden or cfg.mlp_ratio * cfg.d_model
+        self.fc = nn.Linear(cfg.d_model, hidden, bias=False)
+        self.up = nn.Linear(cfg.d_model, hidden, bias=False) if cfg.mlp == "swiglu" else None
+        self.proj = nn.Linear(hidden, cfg.d_model, bias=False)
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x):
+        if self.up is not None:
+            return self.drop(self.proj(F.silu(self.fc(x)) * self.up(x)))
         return self.drop(self.proj(F.gelu(self.fc(x), approximate="tanh")))
 
 
@@ -223,9 +263,9 @@ class Block(nn.Module):
 
     def __init__(self, cfg: ModelConfig, causal: bool):
         super().__init__()
-        self.norm1 = nn.LayerNorm(cfg.d_model, elementwise_affine=not cfg.time_cond)
+        self.norm1 = norm_layer(cfg, affine=not cfg.time_cond)
         self.attn = Attention(cfg, causal)
-        self.norm2 = nn.LayerNorm(cfg.d_model, elementwise_affine=not cfg.time_cond)
+        self.norm2 = norm_layer(cfg, affine=not cfg.time_cond)
         self.mlp = MLP(cfg)
         self.ada = None
         if cfg.time_cond:
@@ -271,9 +311,9 @@ class Transformer(nn.Module):
         # class labels (+1: the "no label" of classifier-free guidance), added to every position
         self.label = nn.Embedding(cfg.num_labels + 1, cfg.d_model) if cfg.num_labels else None
         self.blocks = nn.ModuleList(Block(cfg, causal) for _ in range(cfg.n_layer))
-        self.norm = nn.LayerNorm(cfg.d_model)
+        self.norm = norm_layer(cfg)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        cos, sin = rope_tables(cfg.d_model // cfg.n_head, cfg.context)
+        cos, sin = rope_tables(cfg.d_model // cfg.n_head, cfg.context, cfg.rope_base)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init)
@@ -284,6 +324,15 @@ class Transformer(nn.Module):
             if block.ada is not None:
                 nn.init.zeros_(block.ada.weight)
                 nn.init.zeros_(block.ada.bias)
+        if cfg.tie_embeddings and not input_dim:
+            self.head.weight = self.embed.weight
+
+    def reset_rope(self) -> None:
+        """Recompute the RoPE tables (non-persistent buffers: a model built on the meta device, as
+        loaders of large checkpoints do, has none until this runs)."""
+        cos, sin = rope_tables(self.cfg.d_model // self.cfg.n_head, self.cfg.context, self.cfg.rope_base)
+        device = self.head.weight.device
+        self.rope_cos, self.rope_sin = cos.to(device), sin.to(device)
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -308,8 +357,36 @@ class Transformer(nn.Module):
     def forward(self, tokens: torch.Tensor, t: torch.Tensor | None = None, *,
                 kv_cache: KVCache | RowCache | None = None, positions: torch.Tensor | None = None,
                 attn_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
-        return self.head(self.hidden(tokens, t, kv_cache=kv_cache, positions=positions, attn_mask=attn_mask,
-                                     labels=labels))
+        h = self.hidden(tokens, t, kv_cache=kv_cache, positions=positions, attn_mask=attn_mask, labels=labels)
+        if self.cfg.logits_shift:
+            h = self.shift_back(h, kv_cache)
+        logits = self.head(h)
+        if self.head.weight.dtype in (torch.bfloat16, torch.float16):  # weights stored in half precision
+            logits = logits.float()  # (public checkpoints): samplers compare and sum float32 probabilities
+        return logits
+
+    def shift_back(self, h: torch.Tensor, kv_cache) -> torch.Tensor:
+        """For a model whose position i predicts token i + 1 (Dream, from its AR start): the hidden
+        state that predicts each position's own token, h[i - 1] (position 0 keeps its own, as
+        Dream's generate does). A row cache chunk starting at s reads h[s - 1] from its store (the
+        hidden state of the pass that last computed it: as approximate as the cached keys)."""
+        if kv_cache is None:
+            return torch.cat((h[:, :1], h[:, :-1]), dim=1)
+        if not isinstance(kv_cache, RowCache):
+            raise UsageError("this model's logits are shifted (position i predicts token i + 1): "
+                             "use a sampler without an appending KV cache (--kv-cache none, prefix or dual)")
+        out = []
+        for b, (store, c) in enumerate(zip(kv_cache.stores, kv_cache.chunks)):
+            old = store.hidden if store.hidden is not None else h.new_zeros(0, h.shape[-1])
+            hb = h[b, : c.n]
+            spliced = torch.cat((old[: c.start], hb, old[c.start + c.replace :]))
+            before = spliced[c.start - 1 : c.start] if c.start > 0 else hb[:1]
+            out.append(F.pad(torch.cat((before, hb[:-1])), (0, 0, 0, h.shape[1] - c.n)))
+            if c.store < 0:
+                store.hidden = spliced
+            elif c.store:
+                store.hidden = torch.cat((old, hb[: c.store]))
+        return torch.stack(out)
 
     def hidden(self, tokens: torch.Tensor | None, t: torch.Tensor | None = None, *,
                kv_cache: KVCache | RowCache | None = None, positions: torch.Tensor | None = None,

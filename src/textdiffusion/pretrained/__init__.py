@@ -69,10 +69,13 @@ def check_settings(settings: dict, where: str) -> dict:
 
 
 def card(folder: str | Path) -> dict:
-    """A model folder's card.json (empty for run directories and saved pipelines without one)."""
+    """A model folder's card.json (empty for run directories and saved pipelines without one; a
+    public model's directory gets its family's sampling defaults, models/adapters)."""
     path = Path(folder) / "card.json"
     if not path.is_file():
-        return {}
+        from ..models.adapters import card_for
+
+        return card_for(folder) if Path(folder).is_dir() else {}
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:

@@ -51,7 +51,7 @@ from .base import (
     require_prompt_canvas,
     time_grid,
 )
-from .filters import ban, filter_logits, sample_categorical, validate_sampling_args
+from .filters import draw_and_rank, sample_categorical, validate_sampling_args
 from .remasking import STRATEGIES, masked_time, reveal_step, top_k_mask
 
 
@@ -81,9 +81,6 @@ class _BlockwiseBase(Sampler):
         self.banned_ids = list(banned_ids)
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
         self.block_length, self.eot_id = block_length, eot_id
-
-    def _log_probs(self, process, logits: torch.Tensor) -> torch.Tensor:
-        return filter_logits(process.log_probs(ban(logits, self.banned_ids)), self.temperature, self.top_k, self.top_p)
 
     def _plan(self, state: State, bounds: list[tuple[int, int]], steps: int, prompt: int, eot_id: int | None) -> None:
         """Every row decodes ``bounds`` (lo, hi) in order with an even share of ``steps`` each."""
@@ -162,11 +159,11 @@ class SemiAutoregressiveSampler(_BlockwiseBase):
         for r, lg in zip(rows, logits):
             smp, d = r.sampler, r.data
             lo, hi = d["bounds"][d["bi"]]
-            log_p = smp._log_probs(process, lg[None])
+            log_p, scores = draw_and_rank(process, lg[None], smp)
             block = r.tokens[lo:hi][None]
             eligible = block == process.mask_id
             share = torch.ceil(eligible.sum(1).double() / (d["budget"][d["bi"]] - d["j"])).long()  # even share left
-            out = smp._reveal(log_p, block, eligible, share, r.gen)
+            out = smp._reveal(log_p, block, eligible, share, r.gen, scores)
             changed[r], dists[r] = self._write(r, lo, hi, out.x_prev[0], out.changed[0]), (lo, log_p[0])
             d["j"] += 1
             r.nfe, r.step = r.nfe + 1, r.step + 1
@@ -175,8 +172,9 @@ class SemiAutoregressiveSampler(_BlockwiseBase):
             self._advance(r, process.mask_id)
         return state.output(changed, dists, block=first)
 
-    def _reveal(self, log_p, block, eligible, k, gen) -> StepOutput:
-        return reveal_step(log_p, block, eligible, torch.minimum(k.clamp_min(1), eligible.sum(1)), self.strategy, gen)
+    def _reveal(self, log_p, block, eligible, k, gen, scores=None) -> StepOutput:
+        return reveal_step(log_p, block, eligible, torch.minimum(k.clamp_min(1), eligible.sum(1)), self.strategy, gen,
+                           scores)
 
 
 class ThresholdSampler(SemiAutoregressiveSampler):
@@ -217,10 +215,11 @@ class ThresholdSampler(SemiAutoregressiveSampler):
         out = cached_call(model, rows, chunks, inputs, t)
         return [o[a:b] for o, (a, b) in zip(out, cuts)]
 
-    def _reveal(self, log_p, block, eligible, k, gen) -> StepOutput:
-        """Every eligible token above the threshold, but at least one and at least the share."""
+    def _reveal(self, log_p, block, eligible, k, gen, scores=None) -> StepOutput:
+        """Every eligible token above the threshold, but at least one and at least the share
+        (confidence: the candidate's probability under ``scores``, the model's own when greedy)."""
         candidate = sample_categorical(log_p, gen)
-        confidence = log_p.gather(-1, candidate[..., None]).squeeze(-1).exp()
+        confidence = (log_p if scores is None else scores).gather(-1, candidate[..., None]).squeeze(-1).exp()
         above = (eligible & (confidence > self.threshold)).sum(1)
         k = torch.minimum(torch.maximum(above, k).clamp_min(1), eligible.sum(1))
         changed = top_k_mask(confidence, eligible, k)
@@ -287,7 +286,7 @@ class BlockDiffusionSampler(_BlockwiseBase):
         stale = [r for r in rows if r.data["log_p"] is None]  # an unchanged block keeps its prediction (no time input)
         if stale:
             for r, lg in zip(stale, self._logits(state, model, stale)):
-                r.data["log_p"] = r.sampler._log_probs(process, lg[None])
+                r.data["log_p"], r.data["scores"] = draw_and_rank(process, lg[None], r.sampler)
                 r.nfe += 1
             state.calls += 1
         changed, dists = {}, {}
@@ -301,7 +300,8 @@ class BlockDiffusionSampler(_BlockwiseBase):
                 moved = new != block
             else:
                 k = torch.ceil(masked.sum(1).double() / (d["budget"][d["bi"]] - d["j"])).long().clamp_min(1)
-                out = reveal_step(log_p, block, masked, torch.minimum(k, masked.sum(1)), "confidence", r.gen)
+                out = reveal_step(log_p, block, masked, torch.minimum(k, masked.sum(1)), "confidence", r.gen,
+                                  d["scores"])
                 new, moved = out.x_prev, out.changed
             if moved.any():
                 d["log_p"] = None

@@ -95,8 +95,8 @@ class AncestralOptions(Options):
 
 @dataclass
 class RemaskingOptions(Options):
-    schedule: str = option("linear", "tokens revealed per step: an even share, or MaskGIT's cosine",
-                           choices=("linear", "cosine"))
+    schedule: str = option("linear", "tokens revealed per step: an even share, MaskGIT's cosine, or Dream's count",
+                           choices=("linear", "cosine", "dream"))
 
 
 @dataclass
@@ -250,7 +250,7 @@ def build_sampler(name: str | None, process, tokenizer, **options):
     check_fits(name, process.name)
     eot_id = options.pop("eot_id", None)
     opts = make_options(name, options)
-    context: dict[str, Any] = {"banned_ids": (tokenizer.mask_id, tokenizer.pad_id, tokenizer.unk_id)}  # never text
+    context: dict[str, Any] = {"banned_ids": tokenizer.banned_ids}  # never text
     if s.stops_at_eot and eot_id is not None:
         context["eot_id"] = eot_id
     if s.starts_documents:

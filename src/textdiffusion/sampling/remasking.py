@@ -15,6 +15,9 @@ How many per step (``schedule``):
     linear       k = ceil(masked / steps left): an even share, so ``steps`` calls decode everything
     cosine       MaskGIT's schedule: after step i of N, a fraction cos(pi/2 (i+1)/N) of the
                  initially masked tokens is still masked: few tokens early, many late
+    dream        Dream's published count: k = floor(masked * (1 - s / t)) on the grid
+                 t = linspace(1, 0.001, N + 1) (an ancestral step's expected count, rounded down;
+                 a step may reveal none), everything at the last step
 
 ReMDM (Wang et al. 2025, "Remasking Discrete Diffusion Models with Inference-Time Scaling"), the
 "max-capped" schedule: on the grid 1 = t_0 > ... > t_N = 0, a decoded token is re-masked with
@@ -32,10 +35,10 @@ import torch
 from ..errors import UsageError
 from .ancestral import AncestralSampler
 from .base import Canvas, Generators, Sampler, State, StepOutput, padded_call
-from .filters import ban, filter_logits, sample_categorical, validate_sampling_args
+from .filters import draw_and_rank, sample_categorical, validate_sampling_args
 
 STRATEGIES = ("confidence", "margin", "entropy", "random")
-REVEAL_SCHEDULES = ("linear", "cosine")
+REVEAL_SCHEDULES = ("linear", "cosine", "dream")
 
 
 def order_scores(log_p: torch.Tensor, candidate: torch.Tensor, strategy: str,
@@ -63,6 +66,11 @@ def reveal_count(masked_now: torch.Tensor, masked_at_start: torch.Tensor, step: 
     elif schedule == "cosine":
         still = torch.floor(masked_at_start.double() * math.cos(0.5 * math.pi * (step + 1) / steps)).long()
         k = masked_now - still
+    elif schedule == "dream":  # float32 as Dream computes it, so the counts are Dream's to the token
+        if step >= steps - 1:
+            return masked_now
+        grid = torch.linspace(1.0, 1e-3, steps + 1)
+        return (masked_now.float() * (1.0 - grid[step + 1] / grid[step])).long()
     else:
         raise UsageError(f"unknown reveal schedule {schedule!r} (choose {', '.join(REVEAL_SCHEDULES)})")
     return torch.minimum(k.clamp_min(1), masked_now)
@@ -80,10 +88,12 @@ def top_k_mask(scores: torch.Tensor, eligible: torch.Tensor, k: torch.Tensor) ->
 
 
 def reveal_step(log_p: torch.Tensor, x_t: torch.Tensor, eligible: torch.Tensor, k: torch.Tensor, strategy: str,
-                gen: torch.Generator | None = None) -> StepOutput:
-    """Sample a candidate everywhere, then reveal the k[b] best ``eligible`` positions of row b."""
+                gen: torch.Generator | None = None, scores: torch.Tensor | None = None) -> StepOutput:
+    """Sample a candidate everywhere from ``log_p``, then reveal the k[b] best ``eligible``
+    positions of row b, ranked by ``scores`` (log-probabilities; default ``log_p``: see
+    filters.draw_and_rank for greedy)."""
     candidate = sample_categorical(log_p, gen)  # (B, T)
-    changed = top_k_mask(order_scores(log_p, candidate, strategy, gen), eligible, k)
+    changed = top_k_mask(order_scores(log_p if scores is None else scores, candidate, strategy, gen), eligible, k)
     return StepOutput(torch.where(changed, candidate, x_t), torch.where(eligible, candidate, x_t), changed)
 
 
@@ -110,12 +120,10 @@ class RemaskingSampler(Sampler):
         self.strategy, self.schedule, self.name = strategy, schedule, strategy
 
     def transition(self, log_p_x0: torch.Tensor, x_t: torch.Tensor, k: torch.Tensor, mask_id: int,
-                   gen: torch.Generator | None = None) -> StepOutput:
-        """Reveal the k[b] best masked positions of row b (``log_p_x0``: filtered log-probabilities)."""
-        return reveal_step(log_p_x0, x_t, x_t == mask_id, k, self.strategy, gen)
-
-    def log_probs(self, process, logits: torch.Tensor) -> torch.Tensor:
-        return filter_logits(process.log_probs(ban(logits, self.banned_ids)), self.temperature, self.top_k, self.top_p)
+                   gen: torch.Generator | None = None, scores: torch.Tensor | None = None) -> StepOutput:
+        """Reveal the k[b] best masked positions of row b (``log_p_x0``: filtered log-probabilities;
+        ``scores``: what the order ranks by, default ``log_p_x0``)."""
+        return reveal_step(log_p_x0, x_t, x_t == mask_id, k, self.strategy, gen, scores)
 
     def start(self, model, process, canvas: Canvas, steps: int, gen: Generators = None) -> State:
         if process.mask_id is None:
@@ -136,10 +144,10 @@ class RemaskingSampler(Sampler):
         changed, dists = {}, {}
         for r, lg in zip(rows, logits):
             smp = r.sampler
-            log_p = smp.log_probs(process, lg[None])
+            log_p, scores = draw_and_rank(process, lg[None], smp)
             masked = r.tokens[None] == process.mask_id
             k = reveal_count(masked.sum(1), r.data["masked_at_start"], r.step, r.steps, smp.schedule)
-            out = smp.transition(log_p, r.tokens[None], k, process.mask_id, r.gen)
+            out = smp.transition(log_p, r.tokens[None], k, process.mask_id, r.gen, scores)
             changed[r], dists[r] = out.changed[0], (0, log_p[0])
             r.tokens, r.nfe, r.step = out.x_prev[0], r.nfe + 1, r.step + 1
             r.done = r.step >= r.steps or not bool((r.tokens == process.mask_id).any())

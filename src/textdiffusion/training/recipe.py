@@ -24,7 +24,7 @@ from ..data import (
     pair_splits,
     read_pairs,
     sft_rows,
-    text_splits,
+    split_texts,
 )
 from ..errors import UsageError
 from ..limits import check_training_memory
@@ -112,7 +112,7 @@ def adopt_init(cfg: Config) -> Tokenizer:
     return tokenizer
 
 
-def prepare_data(cfg: Config, run_dir: Path) -> tuple[Tokenizer, dict]:
+def prepare_data(cfg: Config, run_dir: Path, progress: bool = False) -> tuple[Tokenizer, dict]:
     """Train the tokenizer on the corpus (saved into ``run_dir``) and tokenize every split once."""
     if not cfg.data.path:
         raise ConfigError("no training data: pass --data PATH (a file, folder, JSONL or 'stdlib')")
@@ -135,14 +135,24 @@ def prepare_data(cfg: Config, run_dir: Path) -> tuple[Tokenizer, dict]:
                                     cfg.data.vocab_size)
         tokenizer.save(run_dir / "tokenizer.json")
         return tokenizer, sft_splits(cfg, tokenizer)
-    texts = text_splits(cfg.data)
-    if not "".join(texts["train"]).strip():
+    # streamed, twice (tokenizer, then ids): characters from the whole corpus (so validation has
+    # no unknowns), BPE merges from train only; the byte tokenizer needs no pass
+    train_text = [False]
+
+    def corpus():
+        for split, text in split_texts(cfg.data):
+            if split == "train":
+                train_text[0] = train_text[0] or bool(text.strip())
+            if split == "train" or cfg.data.tokenizer == "char":
+                yield text
+
+    tokenizer = train_tokenizer(cfg.data.tokenizer, corpus(), cfg.data.vocab_size)
+    if cfg.data.tokenizer == "byte":
+        train_text[0] = any(t.strip() for s, t in split_texts(cfg.data) if s == "train")
+    if not train_text[0]:
         raise ConfigError(f"the training split of {cfg.data.path} is empty")
-    # characters from the whole corpus (so validation has no unknowns); BPE merges from train only
-    corpus = texts["train"] + texts["val"] + texts["test"] if cfg.data.tokenizer == "char" else texts["train"]
-    tokenizer = train_tokenizer(cfg.data.tokenizer, corpus, cfg.data.vocab_size)
     tokenizer.save(run_dir / "tokenizer.json")
-    return tokenizer, load_token_splits(cfg.data, tokenizer, run_dir / "tokenizer.json")
+    return tokenizer, load_token_splits(cfg.data, tokenizer, run_dir / "tokenizer.json", progress=progress)
 
 
 RUN_FILES = ("config.json", "tokenizer.json", "metrics.jsonl", "labels.json", "checkpoint.tmp")
@@ -240,7 +250,7 @@ def train_run(cfg: Config, run_dir: str | Path, *, progress: bool = True) -> Tra
 
 
 def _train_from_scratch(cfg: Config, run_dir: Path, progress: bool) -> TrainResult:
-    tokenizer, splits = prepare_data(cfg, run_dir)
+    tokenizer, splits = prepare_data(cfg, run_dir, progress)
     return train(cfg, run_dir, splits, tokenizer, progress=progress)
 
 
