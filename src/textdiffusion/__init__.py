@@ -21,14 +21,23 @@ def load_run(run_dir, device="cpu"):
     return _load_run(run_dir, device)
 
 
-def _hook_transformers() -> None:
-    """Our config and model join transformers' Auto classes when transformers is imported."""
+def _hook_others() -> None:
+    """Our config and model join transformers' Auto classes when transformers is imported, and
+    our model lm_eval's registry (``--model textdiffusion``) when lm_eval's registry is."""
     from .hf import register_when_imported
+    from .hooks import when_imported
 
     register_when_imported()
+    when_imported("lm_eval.api.registry", _register_lm_eval)
 
 
-_hook_transformers()
+def _register_lm_eval() -> None:
+    from .harness import register
+
+    register()
+
+
+_hook_others()
 
 
 def __getattr__(name: str):

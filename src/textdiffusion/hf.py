@@ -127,44 +127,10 @@ def register() -> None:
 
 
 def register_when_imported() -> None:
-    """Register as soon as transformers is imported (now, if it already is), without importing
-    it ourselves: ``import textdiffusion`` stays light for users who never touch transformers."""
-    import importlib.abc
-    import importlib.util
-    import sys
+    """Register as soon as transformers is imported (now, if it already is), without importing it."""
+    from .hooks import when_imported
 
-    if "transformers" in sys.modules:
-        _register_quietly()
-        return
-
-    class After(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name != "transformers":
-                return None
-            sys.meta_path.remove(self)
-            spec = importlib.util.find_spec(name)
-            if spec is None or spec.loader is None:
-                return spec
-            run = spec.loader.exec_module
-
-            def exec_module(module):
-                run(module)
-                _register_quietly()
-
-            spec.loader.exec_module = exec_module
-            return spec
-
-    if not any(type(f).__name__ == "After" and type(f).__module__ == __name__ for f in sys.meta_path):
-        sys.meta_path.insert(0, After())
-
-
-def _register_quietly() -> None:
-    try:
-        register()
-    except Exception as exc:  # an incompatible transformers must not break `import transformers`
-        import warnings
-
-        warnings.warn(f"textdiffusion could not register with transformers: {exc}", stacklevel=2)
+    when_imported("transformers", register)
 
 
 def hf_tokenizer(tokenizer):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 
 COMMANDS = ("generate", "export", "models", "train", "sample", "eval", "infill", "edit", "train_classifier", "chat",
-            "serve", "viz")
+            "serve", "viz", "lm_eval_cmd")
 
 __all__ = ["COMMANDS", "build_parser", "main", "run"]
 

@@ -67,3 +67,63 @@ def sequence_nll(model, process, ids: torch.Tensor, bos_id: int, mc_samples: int
     gen = torch.Generator(device=device).manual_seed(seed)
     samples = 1 if process.name == "ar" else mc_samples
     return float(process.nelbo(model, window, gen, num_samples=samples).double().mean())
+
+
+MC_BATCH = 16  # copies of one window per forward pass when drawing t
+
+
+@torch.no_grad()
+def continuation_logprob(run, head: list[int], cont: list[int], *, mc_samples: int = 32,
+                         seed: int = 0) -> tuple[float, float, bool]:
+    """(log p(cont | head) in nats, its Monte Carlo standard error, whether greedy decoding gives
+    ``cont``). AR: the exact value (error 0; greedy: every teacher-forced argmax is the token).
+    Diffusion: the conditional ELBO, a lower bound: ``head`` (after end-of-text) is kept clean and
+    not scored, ``cont`` is corrupted and scored, ``mc_samples`` draws of t, seeded (every request
+    sees the same draws, so the choices of one question are compared on paired noise); t is
+    stratified over the draws, so the error, computed as if they were independent, is on the
+    safe side. Greedy: with every continuation token masked, each one is the argmax (masked
+    process), else a temperature-0 run of the run's sampler gives it. A head longer than the
+    context leaves its start behind."""
+    from ..errors import UsageError
+
+    model, process, tok = run.model, run.process, run.tokenizer
+    context = run.cfg.model.context
+    if len(cont) > context:
+        raise UsageError(f"the continuation has {len(cont)} tokens, more than the model context ({context})")
+    head = head[max(0, len(head) - (context - len(cont))):]
+    device = next(model.parameters()).device
+    window = torch.tensor([tok.eot_id, *head, *cont], device=device)[None]  # (1, L + 1)
+    fixed = torch.zeros_like(window, dtype=torch.bool)
+    fixed[:, : 1 + len(head)] = True
+    gen = torch.Generator(device=device).manual_seed(seed)
+    draws = 1 if process.name == "ar" else mc_samples
+    model.eval()
+    nats = []
+    for start in range(0, draws, MC_BATCH):
+        b = min(MC_BATCH, draws - start)
+        nats.append(process.loss(model, window.expand(b, -1), gen, fixed.expand(b, -1)).per_row.double().cpu())
+    nats = torch.cat(nats)
+    se = float(nats.std(unbiased=True)) / math.sqrt(draws) if draws > 1 else 0.0
+    return -float(nats.mean()), se, _greedy(run, window, len(head), len(cont))
+
+
+def _greedy(run, window: torch.Tensor, n_head: int, n_cont: int) -> bool:
+    model, process = run.model, run.process
+    target = window[0, 1 + n_head:]
+    if process.name == "ar":
+        return bool((model(window[:, :-1])[0, n_head:].argmax(-1) == target).all())
+    if process.name == "masked":
+        x = window[:, 1:].clone()
+        x[0, n_head:] = process.mask_id
+        t = torch.ones(1, device=x.device)
+        return bool((process.log_probs(model(x, t))[0, n_head:].argmax(-1) == target).all())
+    from ..errors import UsageError
+    from ..pipeline import prompt_task
+
+    head = window[0, 1: 1 + n_head]
+    try:
+        res = prompt_task(run, run.tokenizer.decode(head.tolist()), length=n_cont, steps=n_cont,
+                          temperature=0.0).run(None, False)
+    except UsageError:  # a head the tokenizer cannot spell back: no greedy answer to compare
+        return False
+    return bool(res.generation.tokens[0, -n_cont:].cpu().tolist() == target.cpu().tolist())

@@ -13,14 +13,16 @@ import torch
 class LossOutput:
     loss: torch.Tensor  # scalar to backpropagate: nats per scored token
     num_tokens: int
+    per_row: torch.Tensor | None = None  # (B,) nats of each row's scored tokens (a conditional score)
 
     @classmethod
     def mean_over(cls, per_token: torch.Tensor, loss_mask: torch.Tensor | None = None) -> LossOutput:
         """Average (B, L) per-token losses over all tokens, or over those ``loss_mask`` keeps."""
         if loss_mask is None:
-            return cls(per_token.mean(), per_token.numel())
+            return cls(per_token.mean(), per_token.numel(), per_token.detach().sum(1))
         n = int(loss_mask.sum())
-        return cls((per_token * loss_mask).sum() / max(n, 1), n)
+        kept = per_token * loss_mask
+        return cls(kept.sum() / max(n, 1), n, kept.detach().sum(1))
 
 
 @runtime_checkable
