@@ -158,3 +158,21 @@ def test_a_broken_public_directory_gets_a_one_line_error(tmp_path):
         res = in_process("generate", "--model", tmp_path / folder, "the", "--length", "4", "--steps", "2")
         assert res.returncode == 2 and words in res.stderr and "Traceback" not in res.stderr, (folder, res.stderr)
         assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+def test_bfloat16_load_keeps_half_the_memory_and_the_answers(public):
+    """load_run(dir, dtype="bfloat16"): the weights are bf16 (what an 8B model needs to fit in
+    16 GB), the logits come back float32 and close to the float32 load's, with the same argmax at
+    nearly every position, and threshold decoding with the dual cache runs. Would catch: the
+    dtype ignored (float32 weights), or probabilities computed in bf16."""
+    folder = public["root"] / "llada"
+    full, half = load_run(folder), load_run(folder, dtype="bfloat16")
+    assert {p.dtype for p in half.model.parameters()} == {torch.bfloat16}
+    with torch.no_grad():
+        a, b = full.model(IDS, torch.ones(2)), half.model(IDS, torch.ones(2))
+    assert b.dtype == torch.float32
+    assert float((a - b).abs().max()) < 0.08 * float(a.abs().max())
+    assert float((a.argmax(-1) == b.argmax(-1)).double().mean()) >= 0.9
+    out = continue_prompt(half, "the cat", length=16, steps=8, sampler="threshold", block_length=8, kv_cache="dual",
+                          temperature=0.0)[0]
+    assert not (out.tokens == half.process.mask_id).any()

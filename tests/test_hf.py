@@ -112,3 +112,30 @@ def test_an_export_reads_back_into_every_command(runs):
     assert raw["model_type"] == "textdiffusion" and raw["textdiffusion"]["process"]["name"] == "masked"
     assert Config.from_dict(raw["textdiffusion"]).model == Config.load(runs["masked"] / "config.json").model
     assert {"tokenizer.json", "tokenizer_config.json", "model.safetensors"} <= {p.name for p in runs["masked-hf"].iterdir()}
+
+
+BF16_CHECK = textwrap.dedent("""
+    import sys, torch, textdiffusion, transformers
+    from textdiffusion.runs import load_run
+    folder = sys.argv[1]
+    model = transformers.AutoModelForMaskedLM.from_pretrained(folder).eval()
+    ours = load_run(folder, dtype="bfloat16")
+    ids = torch.tensor([ours.tokenizer.encode("ROMEO: O, she doth teach the torches").tolist()])
+    ids[0, 3::2] = ours.tokenizer.mask_id
+    t = torch.tensor([0.6])
+    with torch.no_grad():
+        a, b = model(input_ids=ids, t=t).logits, ours.model(ids, t)
+    print(model.dtype, next(ours.model.parameters()).dtype, float((a - b).abs().max()))
+""")
+
+
+def test_a_bf16_time_conditioned_export_runs_in_transformers(tmp_path):
+    """The shipped English model (time-conditioned, bf16) exported as is: transformers loads the
+    bf16 weights and, at a given t, gives the logits of our own bf16 load of the same directory.
+    Would catch: t's sinusoidal features left in float32 against a bf16 time MLP (a dtype
+    error), or t ignored by the transformers forward."""
+    assert cli("export", "english", "--out", tmp_path / "e", "--format", "transformers").returncode == 0
+    res = subprocess.run([sys.executable, "-c", BF16_CHECK, tmp_path / "e"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    theirs, mine, diff = res.stdout.split()
+    assert theirs == mine == "torch.bfloat16" and float(diff) < 1e-5

@@ -291,8 +291,9 @@ class TimeEmbedding(nn.Module):
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         half = self.freq_dim // 2
         freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device) / half)
-        args = 1000.0 * t.float()[:, None] * freqs[None, :]  # (B, half)
-        return self.mlp(torch.cat((args.cos(), args.sin()), dim=-1))
+        args = 1000.0 * t.float()[:, None] * freqs[None, :]  # (B, half), in float32 at least
+        features = torch.cat((args.cos(), args.sin()), dim=-1)
+        return self.mlp(features.to(self.mlp[0].weight.dtype))  # a bf16 model (loaded as saved) takes bf16
 
 
 class Transformer(nn.Module):

@@ -49,5 +49,8 @@ def load(folder: Path, device="cpu", dtype: str | None = None, raw: dict | None 
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise CheckpointError(f"{folder}: the weights do not fit its config: {str(exc).splitlines()[0]}") from None
+    if dtype:  # else float32, whatever was stored (as a run directory loads)
+        model.to(DTYPES[dtype])
+        model.reset_rope()  # the rotary tables stay float32, as the public models' loaders keep them
     model.to(device).eval()
     return LoadedRun(folder, cfg, tokenizer, model, process, "model.safetensors")
