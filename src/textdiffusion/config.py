@@ -67,6 +67,17 @@ class ModelConfig:
     rope_base: float = 10000.0  # RoPE theta (LLaDA 500000, Qwen2/Dream 1000000)
     tie_embeddings: bool = False  # the output head shares the input embedding's weights
     logits_shift: int = 0  # 1: position i's logits predict token i + 1 (Dream); the model shifts them back
+    # DiT variants (MDLM): the adaLN conditioning, weight-only norms, biases, a final adaLN
+    cond_dim: int = 0  # width of the time-conditioning vector; 0 = d_model
+    time_scale: float = 1000.0  # t is multiplied by this before its sinusoidal features (MDLM's sigma: 1)
+    # t | zero (MDLM without time conditioning: the network always sees 0) | sigma (SEDD: the
+    # total noise -log(1 - t) of the log-linear schedule, t capped at 1 - 1e-3)
+    time_input: str = "t"
+    ada_norm_weight: bool = False  # the norms keep their weights under adaLN (MDLM's weight-only LayerNorm)
+    norm_bias: bool = True  # LayerNorm bias (MDLM: none)
+    mlp_bias: bool = False  # biases in the MLP's linear layers (MDLM)
+    final_ada: bool = False  # adaLN shift/scale of the final norm (DiT's final layer)
+    head_bias: bool = False  # a bias on the output head (MDLM)
 
     def __post_init__(self) -> None:
         for name in ("n_layer", "n_head", "d_model", "context", "mlp_ratio"):
@@ -87,6 +98,11 @@ class ModelConfig:
                f"model.n_kv_head ({self.n_kv_head}) must divide model.n_head ({self.n_head})")
         _check(self.rope_base > 1, "model.rope_base must be > 1")
         _check(self.logits_shift in (0, 1), "model.logits_shift must be 0 or 1")
+        _check(self.cond_dim >= 0, "model.cond_dim must be >= 0 (0: d_model)")
+        _check(self.time_scale > 0, "model.time_scale must be positive")
+        _check_choice(self.time_input, ("t", "zero", "sigma"), "model.time_input")
+        _check(not (self.final_ada or self.ada_norm_weight) or bool(self.time_cond),
+               "model.final_ada and model.ada_norm_weight need time conditioning (model.time_cond=true)")
 
 
 PROCESSES = NAMES  # the names, from processes/registry.py

@@ -175,6 +175,8 @@ class RMSNorm(nn.Module):
 def norm_layer(cfg: ModelConfig, affine: bool = True) -> nn.Module:
     if cfg.norm == "rms":
         return RMSNorm(cfg.d_model, cfg.norm_eps, elementwise_affine=affine)
+    if not cfg.norm_bias and affine:  # a weight and no bias (MDLM)
+        return nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=False)
     return nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, elementwise_affine=affine)
 
 
@@ -247,9 +249,9 @@ class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         hidden = cfg.mlp_hidden or cfg.mlp_ratio * cfg.d_model
-        self.fc = nn.Linear(cfg.d_model, hidden, bias=False)
-        self.up = nn.Linear(cfg.d_model, hidden, bias=False) if cfg.mlp == "swiglu" else None
-        self.proj = nn.Linear(hidden, cfg.d_model, bias=False)
+        self.fc = nn.Linear(cfg.d_model, hidden, bias=cfg.mlp_bias)
+        self.up = nn.Linear(cfg.d_model, hidden, bias=cfg.mlp_bias) if cfg.mlp == "swiglu" else None
+        self.proj = nn.Linear(hidden, cfg.d_model, bias=cfg.mlp_bias)
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x):
@@ -263,13 +265,14 @@ class Block(nn.Module):
 
     def __init__(self, cfg: ModelConfig, causal: bool):
         super().__init__()
-        self.norm1 = norm_layer(cfg, affine=not cfg.time_cond)
+        affine = not cfg.time_cond or cfg.ada_norm_weight
+        self.norm1 = norm_layer(cfg, affine=affine)
         self.attn = Attention(cfg, causal)
-        self.norm2 = norm_layer(cfg, affine=not cfg.time_cond)
+        self.norm2 = norm_layer(cfg, affine=affine)
         self.mlp = MLP(cfg)
         self.ada = None
         if cfg.time_cond:
-            self.ada = nn.Linear(cfg.d_model, 6 * cfg.d_model)  # zero-initialised by Transformer
+            self.ada = nn.Linear(cfg.cond_dim or cfg.d_model, 6 * cfg.d_model)  # zero-initialised by Transformer
 
     def forward(self, x, cos, sin, layer, kv_cache, c, attn_mask=None):
         if self.ada is None:
@@ -280,18 +283,21 @@ class Block(nn.Module):
         return x + gate2 * self.mlp(self.norm2(x) * (1 + scale2) + shift2)
 
 
+SIGMA_EPS = 1e-3  # SEDD's log-linear noise: sigma(1) = -log(1e-3)
+
+
 class TimeEmbedding(nn.Module):
     """Sinusoidal features of t in [0, 1] followed by a small MLP."""
 
-    def __init__(self, dim: int, freq_dim: int = 256):
+    def __init__(self, dim: int, freq_dim: int = 256, scale: float = 1000.0):
         super().__init__()
-        self.freq_dim = freq_dim
+        self.freq_dim, self.scale = freq_dim, scale
         self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         half = self.freq_dim // 2
         freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device) / half)
-        args = 1000.0 * t.float()[:, None] * freqs[None, :]  # (B, half), in float32 at least
+        args = self.scale * t.float()[:, None] * freqs[None, :]  # (B, half), in float32 at least
         features = torch.cat((args.cos(), args.sin()), dim=-1)
         return self.mlp(features.to(self.mlp[0].weight.dtype))  # a bf16 model (loaded as saved) takes bf16
 
@@ -308,12 +314,15 @@ class Transformer(nn.Module):
         causal = attn == "causal"
         # token ids -> vectors, or (continuous inputs) a linear map of the input vectors
         self.embed = nn.Linear(input_dim, cfg.d_model, bias=False) if input_dim else nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.time = TimeEmbedding(cfg.d_model) if cfg.time_cond else None
+        cond = cfg.cond_dim or cfg.d_model
+        self.time = TimeEmbedding(cond, scale=cfg.time_scale) if cfg.time_cond else None
         # class labels (+1: the "no label" of classifier-free guidance), added to every position
         self.label = nn.Embedding(cfg.num_labels + 1, cfg.d_model) if cfg.num_labels else None
         self.blocks = nn.ModuleList(Block(cfg, causal) for _ in range(cfg.n_layer))
         self.norm = norm_layer(cfg)
-        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.head_bias)
+        # DiT's final layer: adaLN shift/scale of the final norm (zero-initialised below)
+        self.final_ada = nn.Linear(cond, 2 * cfg.d_model) if cfg.final_ada and cfg.time_cond else None
         cos, sin = rope_tables(cfg.d_model // cfg.n_head, cfg.context, cfg.rope_base)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -321,10 +330,10 @@ class Transformer(nn.Module):
         for name, p in self.named_parameters():  # GPT-2 scaled init of residual projections
             if name.endswith("proj.weight"):
                 nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.n_layer))
-        for block in self.blocks:  # adaLN zero-init: each block starts as the identity
-            if block.ada is not None:
-                nn.init.zeros_(block.ada.weight)
-                nn.init.zeros_(block.ada.bias)
+        for ada in [b.ada for b in self.blocks] + [self.final_ada]:  # adaLN zero-init: identity at the start
+            if ada is not None:
+                nn.init.zeros_(ada.weight)
+                nn.init.zeros_(ada.bias)
         if cfg.tie_embeddings and not input_dim:
             self.head.weight = self.embed.weight
 
@@ -424,9 +433,17 @@ class Transformer(nn.Module):
             x = x + self.label(labels)[:, None, :]
         c = None
         if self.time is not None:
-            if t is None:
+            if self.cfg.time_input == "zero":  # trained without time conditioning: it always saw 0
+                t = torch.zeros(B, device=x.device)
+            elif t is None:
                 raise UsageError("this model is time-conditioned: pass t")
+            elif self.cfg.time_input == "sigma":  # SEDD: the total noise at mask rate t
+                t = -torch.log1p(-t.float().clamp(max=1.0 - SIGMA_EPS))
             c = F.silu(self.time(t.expand(B) if t.dim() == 0 else t))  # (B, C)
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, i, kv_cache, c, attn_mask)
-        return self.norm(x)
+        x = self.norm(x)
+        if self.final_ada is not None:
+            shift, scale = self.final_ada(c)[:, None, :].chunk(2, dim=-1)
+            x = x * (1 + scale) + shift
+        return x

@@ -5,6 +5,8 @@ viz, eval) and every sampler that fits runs on a local directory of the real wei
 
     llada.py        LLaDA / LLaDA-1.5 / iLLaDA (OLMo-style config and keys)
     dream.py        Dream / Dream-Coder / DiffuCoder (Qwen2 keys; logits shifted by one)
+    mdlm.py         MDLM's Hugging Face release (hf_dit: a DiT with adaLN, under backbone.)
+    sedd.py         SEDD's release (the same DiT, no prefix; a log score; its hydra config.json)
     hf_masked.py    any transformers masked LM (BERT, ModernBERT, ...) as an absorbing-diffusion denoiser
     hf_causal.py    any transformers causal LM (LLaMA, Qwen2, GPT-2, ...) as an AR model
     exported.py     our own models saved for transformers (``export --format transformers``)
@@ -19,7 +21,12 @@ from pathlib import Path
 
 from ...errors import CheckpointError
 
-FAMILIES = ("exported", "llada", "dream", "hf_masked", "hf_causal")
+FAMILIES = ("exported", "llada", "dream", "mdlm", "sedd", "hf_masked", "hf_causal")
+
+
+def _is_sedd(raw: dict) -> bool:
+    """SEDD's config.json is its training config: tokens, graph, noise and model sections."""
+    return "tokens" in raw and isinstance(raw.get("graph"), dict) and isinstance(raw.get("model"), dict)
 
 
 def hf_config(folder: str | Path) -> dict | None:
@@ -31,7 +38,7 @@ def hf_config(folder: str | Path) -> dict | None:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(raw, dict) or not ("model_type" in raw or "architectures" in raw):
+    if not isinstance(raw, dict) or not ("model_type" in raw or "architectures" in raw or _is_sedd(raw)):
         return None  # our own config.json (a run directory being written, or a bare config)
     return raw
 
@@ -49,12 +56,16 @@ def detect(folder: str | Path) -> str | None:
         return "llada"
     if model_type == "dream" or "Dream" in arch:
         return "dream"
+    if model_type == "mdlm" or "MDLM" in arch.split():
+        return "mdlm"
+    if _is_sedd(raw):
+        return "sedd"
     if "MaskedLM" in arch:
         return "hf_masked"
     if "CausalLM" in arch or "LMHeadModel" in arch:
         return "hf_causal"
     raise CheckpointError(f"{folder}: no adapter reads model_type {raw.get('model_type')!r} "
-                          f"(architectures {arch or 'none'}); textdiffusion runs LLaDA, Dream, transformers "
+                          f"(architectures {arch or 'none'}); textdiffusion runs LLaDA, Dream, MDLM, SEDD, transformers "
                           f"masked and causal LMs and its own models")
 
 

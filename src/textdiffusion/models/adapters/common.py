@@ -28,6 +28,7 @@ class Descriptor:
     logits_shift: int = 0  # 1: position i's logits predict token i + 1 (Dream)
     attention: str = "full"  # full (bidirectional) | causal (AR)
     rope_base: float = 10000.0
+    process: str = ""  # the process it was trained for; "" = masked (full attention) or ar (causal)
 
 
 def config_value(raw: dict, *names, default=None, required: bool = True, folder: Path | None = None):
@@ -105,6 +106,10 @@ def tokenizer_of(folder: Path, desc: Descriptor, vocab_size: int, unk_id: int | 
     from ...tokenizers import HFTokenizer
 
     path = folder / "tokenizer.json"
+    if not path.is_file() and desc.family in ("mdlm", "sedd"):
+        raise CheckpointError(
+            f"{folder} has no tokenizer.json: {desc.family.upper()} uses GPT-2's; write it with python -c \"from "
+            f"transformers import AutoTokenizer; AutoTokenizer.from_pretrained('gpt2').save_pretrained('{folder}')\"")
     if not path.is_file():
         raise CheckpointError(
             f"{folder} has no tokenizer.json: write one with python -c \"from transformers import AutoTokenizer; "
@@ -143,7 +148,7 @@ def build_run(folder: Path, desc: Descriptor, model_cfg: ModelConfig, rename, de
 
     if dtype is not None and dtype not in DTYPES:
         raise CheckpointError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
-    process_name = "ar" if desc.attention == "causal" else "masked"
+    process_name = desc.process or ("ar" if desc.attention == "causal" else "masked")
     cfg = Config(model=model_cfg, process=ProcessConfig(name=process_name))
     tokenizer = tokenizer_of(folder, desc, model_cfg.vocab_size, unk_id)
     state = read_mapped(folder, rename, DTYPES.get(dtype) if dtype else None)
