@@ -87,7 +87,7 @@ def test_sampler_choice_and_text_output(runs):
     r = cli("sample", base / "masked", "--sampler", "confidence", "--steps", "8", "--length", "16", env_cache=cache)
     assert r.returncode == 0 and r.stdout.strip()
     r = in_process("sample", base / "ar", "--sampler", "confidence", env_cache=cache)
-    assert r.returncode == 2 and "needs a masked model" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "needs a masked or sedd-absorb model" in r.stderr and "Traceback" not in r.stderr
 
 
 @pytest.mark.parametrize("run, sampler, options", [

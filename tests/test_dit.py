@@ -124,7 +124,8 @@ def test_sedd_samples_by_its_rule_and_runs_the_commands(sedd):
     """SEDD's analytic predictor for the absorbing graph, in one step from t = 1 to 0, draws a
     masked token with probability proportional to its score (the mask excluded): our ancestral
     sampler's 3000 draws match softmax of the reference output at sigma(1) within 0.06 total
-    variation. Then generate and infill run on the directory."""
+    variation. Then generate (ancestral, semi-AR, threshold with the dual cache: SEDD's absorbing
+    scores normalise to p(x0 | x_t), all the remasking samplers need) and infill run on it."""
     run, model = sedd["run"], sedd["model"]
     prompt = "the cat sat"
     ids = torch.from_numpy(run.tokenizer.encode(prompt))
@@ -137,8 +138,10 @@ def test_sedd_samples_by_its_rule_and_runs_the_commands(sedd):
     freq = torch.bincount(drawn, minlength=p.numel()).double() / drawn.numel()
     assert float(0.5 * (freq - p).abs().sum()) < 0.06 and int(freq[model["mask_id"]]) == 0
     folder = sedd["root"] / "sedd"
-    r = in_process("generate", "--model", folder, "the cat", "--length", "12", "--steps", "6")
-    assert r.returncode == 0 and r.stdout.startswith("the cat"), r.stderr
+    for extra in ([], ["--sampler", "semi-ar", "--block-length", "4", "--temperature", "0"],
+                  ["--sampler", "threshold", "--block-length", "4", "--kv-cache", "dual"]):
+        r = in_process("generate", "--model", folder, "the cat", "--length", "12", "--steps", "6", *extra)
+        assert r.returncode == 0 and r.stdout.startswith("the cat") and len(r.stdout.strip()) > 7, r.stderr
     fill = in_process("infill", folder, "the [MASK:4] sat on the mat", "--steps", "4", "--json")
     assert fill.returncode == 0 and json.loads(fill.stdout)["texts"][0].endswith(" sat on the mat"), fill.stderr
 

@@ -132,7 +132,9 @@ class SemiAutoregressiveSampler(_BlockwiseBase):
         self.strategy = order
 
     def start(self, model, process, canvas: Canvas, steps: int, gen: Generators = None) -> State:
-        if process.mask_id is None or process.name != "masked":
+        from .registry import ABSORBING
+
+        if process.mask_id is None or process.name not in ABSORBING:
             raise UsageError(f"the {self.name} sampler needs a masked model; this one is {process.name!r}")
         state = self._rows(process, canvas, steps, gen)
         fixed, P = canvas.fixed, canvas.prompt_length

@@ -140,20 +140,23 @@ class SamplerSpec:
 
 
 DIFFUSE = ("masked", "uniform", "sedd-absorb", "sedd-uniform")
+# absorbing processes whose network gives p(x0 | x_t) at masked positions (SEDD's absorbing scores
+# normalise to it): the remasking and blockwise samplers need nothing else
+ABSORBING = ("masked", "sedd-absorb")
 JUMP = ("uniform", "sedd-absorb", "sedd-uniform")
 SAMPLERS: dict[str, SamplerSpec] = {s.name: s for s in (
     SamplerSpec("ancestral", DIFFUSE, "the reverse process (analytic for SEDD)", ".ancestral:AncestralSampler",
                 AncestralOptions),
-    *(SamplerSpec(name, ("masked",), doc, ".remasking:RemaskingSampler", RemaskingOptions, {"strategy": name})
+    *(SamplerSpec(name, ABSORBING, doc, ".remasking:RemaskingSampler", RemaskingOptions, {"strategy": name})
       for name, doc in (("confidence", "most confident tokens first, an even share per step"),
                         ("margin", "largest top-1/top-2 probability gap first"),
                         ("entropy", "lowest-entropy positions first"),
                         ("random", "a random order, an even share per step"))),
     SamplerSpec("remdm", ("masked",), "ReMDM: ancestral steps that may re-mask decoded tokens (--eta)",
                 ".remasking:ReMDMSampler", ReMDMOptions),
-    SamplerSpec("semi-ar", ("masked",), "blocks left to right (--block-length), remasking inside each (--order)",
+    SamplerSpec("semi-ar", ABSORBING, "blocks left to right (--block-length), remasking inside each (--order)",
                 ".blocks:SemiAutoregressiveSampler", SemiAutoregressiveOptions, stops_at_eot=True),
-    SamplerSpec("threshold", ("masked",), "Fast-dLLM: blocks, all tokens above --threshold per step, --kv-cache",
+    SamplerSpec("threshold", ABSORBING, "Fast-dLLM: blocks, all tokens above --threshold per step, --kv-cache",
                 ".blocks:ThresholdSampler", ThresholdOptions, stops_at_eot=True),
     SamplerSpec("block", ("block",), "block diffusion with an exact KV cache of finished blocks",
                 ".blocks:BlockDiffusionSampler", BlockOptions, stops_at_eot=True),
