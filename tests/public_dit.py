@@ -60,6 +60,29 @@ def make_mdlm(folder: Path, seed: int = 2, **overrides) -> dict:
     return {"cfg": {**cfg, "prefix": "backbone."}, "weights": w, "mask_id": c["vocab_size"] - 1}
 
 
+def make_bd3lm(folder: Path, seed: int = 4, block_size: int = 4, adaln: bool = True) -> dict:
+    """A BD3-LM directory: MDLM's layout with model_type bd3lm and its block_size (adaln off:
+    no sigma_map and no adaLN weights, as BD3LMConfig allows)."""
+    folder.mkdir(parents=True)
+    c = {**MDLM, "block_size": block_size, "cross_attn": True, "adaln": adaln, "attn_backend": "sdpa",
+         "causal": False, "var_min": True, "sampling_eps_min": 1e-3, "sampling_eps_max": 0.999}
+    c["vocab_size"] = _gpt2_like_tokenizer(folder, c["vocab_size"] - 1) + 1
+    cfg = {"architectures": ["BD3LM"], "model_type": "bd3lm", **c}
+    (folder / "config.json").write_text(json.dumps(cfg))
+    w = _dit_weights(c, torch.Generator().manual_seed(seed), "backbone.", c["hidden_dim"], c["cond_dim"],
+                     c["vocab_size"])
+    if not adaln:
+        w = {k: v for k, v in w.items() if "adaLN" not in k and "sigma_map" not in k}
+    _save(folder, w)
+    return {"cfg": {**cfg, "prefix": "backbone."}, "weights": w, "mask_id": c["vocab_size"] - 1}
+
+
+def block_causal(length: int, block_size: int) -> torch.Tensor:
+    """BD3-LM's sampling mask (its block_diff_mask on the clean copy): block i sees blocks <= i."""
+    blk = torch.arange(length) // block_size
+    return blk[:, None] >= blk[None, :]
+
+
 def make_sedd(folder: Path, seed: int = 3, graph: str = "absorb", noise: str = "loglinear") -> dict:
     """A SEDD directory as its PyTorchModelHubMixin release saves it: config.json is the hydra
     config (tokens, graph, noise, model), the DiT's weights without a prefix; absorbing adds the
@@ -90,9 +113,11 @@ def _rotate(x, cos, sin):
 
 
 @torch.no_grad()
-def mdlm_forward(model: dict, ids: torch.Tensor, sigma: torch.Tensor | None = None) -> torch.Tensor:
+def mdlm_forward(model: dict, ids: torch.Tensor, sigma: torch.Tensor | None = None,
+                 mask: torch.Tensor | None = None) -> torch.Tensor:
     """DIT.forward(indices, sigma): sigma is 0 when time_conditioning is off (MDLM's default).
-    SEDD's network is the same DiT (its weights without the ``backbone.`` prefix)."""
+    SEDD's network is the same DiT (its weights without the ``backbone.`` prefix); BD3-LM's
+    samples with ``mask`` (S, S: who may attend to whom) and may have no adaLN."""
     w, c, p = model["weights"], model["cfg"], model["cfg"]["prefix"]
     B, S = ids.shape
     d, H = c["hidden_dim"], c["n_heads"]
@@ -102,8 +127,10 @@ def mdlm_forward(model: dict, ids: torch.Tensor, sigma: torch.Tensor | None = No
     freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32) / half)
     args = sigma[:, None].float() * freqs[None]
     t_emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-    hid = F.silu(t_emb @ w[p + "sigma_map.mlp.0.weight"].T + w[p + "sigma_map.mlp.0.bias"])
-    cvec = F.silu(hid @ w[p + "sigma_map.mlp.2.weight"].T + w[p + "sigma_map.mlp.2.bias"])
+    adaln = p + "sigma_map.mlp.0.weight" in w
+    if adaln:
+        hid = F.silu(t_emb @ w[p + "sigma_map.mlp.0.weight"].T + w[p + "sigma_map.mlp.0.bias"])
+        cvec = F.silu(hid @ w[p + "sigma_map.mlp.2.weight"].T + w[p + "sigma_map.mlp.2.bias"])
     inv = 1.0 / 10000 ** (torch.arange(0, D, 2, dtype=torch.float32) / D)
     ang = torch.outer(torch.arange(S, dtype=torch.float32), inv)
     emb = torch.cat((ang, ang), dim=-1)
@@ -111,20 +138,29 @@ def mdlm_forward(model: dict, ids: torch.Tensor, sigma: torch.Tensor | None = No
     x = w[p + "vocab_embed.embedding"][ids]
     for i in range(c["n_blocks"]):
         b = f"{p}blocks.{i}."
-        mod = (cvec @ w[b + "adaLN_modulation.weight"].T + w[b + "adaLN_modulation.bias"])[:, None]
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=2)
+        if adaln:
+            mod = (cvec @ w[b + "adaLN_modulation.weight"].T + w[b + "adaLN_modulation.bias"])[:, None]
+            shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=2)
+        else:  # plain pre-norm blocks
+            shift_msa = scale_msa = shift_mlp = scale_mlp = torch.zeros(1)
+            gate_msa = gate_mlp = torch.ones(1)
         h = _layer_norm(x, w[b + "norm1.weight"]) * (1 + scale_msa) + shift_msa
         qkv = (h @ w[b + "attn_qkv.weight"].T).view(B, S, 3, H, D)
         q, k, v = _rotate(qkv[:, :, 0], cos, sin), _rotate(qkv[:, :, 1], cos, sin), qkv[:, :, 2]
-        att = torch.softmax(torch.einsum("bshd,bthd->bhst", q, k) / math.sqrt(D), dim=-1)
+        scores = torch.einsum("bshd,bthd->bhst", q, k) / math.sqrt(D)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        att = torch.softmax(scores, dim=-1)
         y = torch.einsum("bhst,bthd->bshd", att, v).reshape(B, S, d)
         x = x + gate_msa * (y @ w[b + "attn_out.weight"].T)
         h = _layer_norm(x, w[b + "norm2.weight"]) * (1 + scale_mlp) + shift_mlp
         m = F.gelu(h @ w[b + "mlp.0.weight"].T + w[b + "mlp.0.bias"], approximate="tanh")
         x = x + gate_mlp * (m @ w[b + "mlp.2.weight"].T + w[b + "mlp.2.bias"])
-    shift, scale = (cvec @ w[p + "output_layer.adaLN_modulation.weight"].T
-                    + w[p + "output_layer.adaLN_modulation.bias"])[:, None].chunk(2, dim=2)
-    x = _layer_norm(x, w[p + "output_layer.norm_final.weight"]) * (1 + scale) + shift
+    x = _layer_norm(x, w[p + "output_layer.norm_final.weight"])
+    if adaln:
+        shift, scale = (cvec @ w[p + "output_layer.adaLN_modulation.weight"].T
+                        + w[p + "output_layer.adaLN_modulation.bias"])[:, None].chunk(2, dim=2)
+        x = x * (1 + scale) + shift
     return x @ w[p + "output_layer.linear.weight"].T + w[p + "output_layer.linear.bias"]
 
 

@@ -242,7 +242,7 @@ class Config:
                "data.fim_rate is for the AR twin (--process ar): diffusion models infill without it")
         _check(self.data.infill_rate == 0 or self.process.name != "ar",
                "data.infill_rate is for diffusion models; the AR twin learns infilling with data.fim_rate")
-        _check(not (self.process.name == "block" and self.model.time_cond),
+        _check(not (self.process.name == "block" and self.model.time_cond and self.model.time_input != "zero"),
                "model.time_cond must be false for block diffusion (each block has its own time)")
 
     def to_dict(self) -> dict[str, Any]:

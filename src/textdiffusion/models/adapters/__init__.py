@@ -6,6 +6,7 @@ viz, eval) and every sampler that fits runs on a local directory of the real wei
     llada.py        LLaDA / LLaDA-1.5 / iLLaDA (OLMo-style config and keys)
     dream.py        Dream / Dream-Coder / DiffuCoder (Qwen2 keys; logits shifted by one)
     mdlm.py         MDLM's Hugging Face release (hf_dit: a DiT with adaLN, under backbone.)
+    bd3lm.py        BD3-LM's (the same DiT; block diffusion: block-causal attention, an exact KV cache)
     sedd.py         SEDD's release (the same DiT, no prefix; a log score; its hydra config.json)
     hf_masked.py    any transformers masked LM (BERT, ModernBERT, ...) as an absorbing-diffusion denoiser
     hf_causal.py    any transformers causal LM (LLaMA, Qwen2, GPT-2, ...) as an AR model
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from ...errors import CheckpointError
 
-FAMILIES = ("exported", "llada", "dream", "mdlm", "sedd", "hf_masked", "hf_causal")
+FAMILIES = ("exported", "llada", "dream", "mdlm", "bd3lm", "sedd", "hf_masked", "hf_causal")
 
 
 def _is_sedd(raw: dict) -> bool:
@@ -58,6 +59,8 @@ def detect(folder: str | Path) -> str | None:
         return "dream"
     if model_type == "mdlm" or "MDLM" in arch.split():
         return "mdlm"
+    if model_type == "bd3lm" or "BD3LM" in arch.split():
+        return "bd3lm"
     if _is_sedd(raw):
         return "sedd"
     if "MaskedLM" in arch:
@@ -65,7 +68,7 @@ def detect(folder: str | Path) -> str | None:
     if "CausalLM" in arch or "LMHeadModel" in arch:
         return "hf_causal"
     raise CheckpointError(f"{folder}: no adapter reads model_type {raw.get('model_type')!r} "
-                          f"(architectures {arch or 'none'}); textdiffusion runs LLaDA, Dream, MDLM, SEDD, transformers "
+                          f"(architectures {arch or 'none'}); textdiffusion runs LLaDA, Dream, MDLM, BD3-LM, SEDD, transformers "
                           f"masked and causal LMs and its own models")
 
 

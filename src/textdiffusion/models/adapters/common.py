@@ -29,6 +29,7 @@ class Descriptor:
     attention: str = "full"  # full (bidirectional) | causal (AR)
     rope_base: float = 10000.0
     process: str = ""  # the process it was trained for; "" = masked (full attention) or ar (causal)
+    block_size: int = 0  # block diffusion (BD3-LM): tokens per block
 
 
 def config_value(raw: dict, *names, default=None, required: bool = True, folder: Path | None = None):
@@ -106,7 +107,7 @@ def tokenizer_of(folder: Path, desc: Descriptor, vocab_size: int, unk_id: int | 
     from ...tokenizers import HFTokenizer
 
     path = folder / "tokenizer.json"
-    if not path.is_file() and desc.family in ("mdlm", "sedd"):
+    if not path.is_file() and desc.family in ("mdlm", "bd3lm", "sedd"):
         raise CheckpointError(
             f"{folder} has no tokenizer.json: {desc.family.upper()} uses GPT-2's; write it with python -c \"from "
             f"transformers import AutoTokenizer; AutoTokenizer.from_pretrained('gpt2').save_pretrained('{folder}')\"")
@@ -149,7 +150,8 @@ def build_run(folder: Path, desc: Descriptor, model_cfg: ModelConfig, rename, de
     if dtype is not None and dtype not in DTYPES:
         raise CheckpointError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
     process_name = desc.process or ("ar" if desc.attention == "causal" else "masked")
-    cfg = Config(model=model_cfg, process=ProcessConfig(name=process_name))
+    blocks = {"block_size": desc.block_size} if desc.block_size else {}
+    cfg = Config(model=model_cfg, process=ProcessConfig(name=process_name, **blocks))
     tokenizer = tokenizer_of(folder, desc, model_cfg.vocab_size, unk_id)
     state = read_mapped(folder, rename, DTYPES.get(dtype) if dtype else None)
     with torch.device("meta"):  # no memory for weights about to be replaced

@@ -36,23 +36,24 @@ _TOP = {"vocab_embed.embedding": "embed.weight",
         "output_layer.adaLN_modulation.bias": "final_ada.bias"}
 
 
-def describe(raw: dict, folder: Path) -> Descriptor:
+def describe(raw: dict, folder: Path, family: str = "mdlm", **extra) -> Descriptor:
     vocab = int(config_value(raw, "vocab_size", folder=folder))
     eot = token_id(folder, "<|endoftext|>")
-    return Descriptor("mdlm", vocab - 1, int(vocab - 2 if eot is None else eot))
+    return Descriptor(family, vocab - 1, int(vocab - 2 if eot is None else eot), **extra)
 
 
-def model_config(raw: dict, folder: Path) -> ModelConfig:
+def model_config(raw: dict, folder: Path, adaln: bool = True, name: str = "MDLM") -> ModelConfig:
+    """The DiT as our Transformer's variants (``adaln`` off: plain pre-norm blocks, BD3-LM's option)."""
     if raw.get("time_conditioning"):
-        raise CheckpointError(f"{folder}: an MDLM trained with time_conditioning is not supported yet (its sigma "
-                              f"comes from its noise schedule); the released MDLM checkpoints have it off")
-    d = int(config_value(raw, "hidden_dim", folder=folder))
+        raise CheckpointError(f"{folder}: an {name} trained with time_conditioning is not supported yet (its sigma "
+                              f"comes from its noise schedule); the released {name} checkpoints have it off")
     return ModelConfig(
         n_layer=int(config_value(raw, "n_blocks", folder=folder)), n_head=int(config_value(raw, "n_heads", folder=folder)),
-        d_model=d, context=int(config_value(raw, "model_length", folder=folder)),
+        d_model=int(config_value(raw, "hidden_dim", folder=folder)),
+        context=int(config_value(raw, "model_length", folder=folder)),
         vocab_size=int(config_value(raw, "vocab_size", folder=folder)), norm="layer", norm_eps=1e-5, norm_bias=False,
-        mlp="gelu", mlp_bias=True, time_cond=True, cond_dim=int(config_value(raw, "cond_dim", folder=folder)),
-        time_scale=1.0, time_input="zero", ada_norm_weight=True, final_ada=True, head_bias=True)
+        mlp="gelu", mlp_bias=True, time_cond=adaln, cond_dim=int(config_value(raw, "cond_dim", folder=folder)),
+        time_scale=1.0, time_input="zero", ada_norm_weight=adaln, final_ada=adaln, head_bias=True)
 
 
 def rename(folder: Path):
