@@ -172,3 +172,35 @@ def sedd_forward(model: dict, ids: torch.Tensor, sigma: torch.Tensor) -> torch.T
     esigm1_log = torch.where(sigma < 0.5, torch.expm1(sigma), sigma.exp() - 1).log()[:, None, None]
     x = x - esigm1_log - math.log(x.shape[-1] - 1)
     return torch.scatter(x, -1, ids[..., None], torch.zeros_like(x[..., :1]))
+
+
+@torch.no_grad()
+def mdlm_sample(model: dict, prompt: torch.Tensor, length: int, steps: int, gen: torch.Generator,
+                eps: float = 1e-5) -> tuple[torch.Tensor, int]:
+    """MDLM's _sample with the ddpm_cache predictor (diffusion.py), a prompt kept fixed: t on
+    linspace(1, eps, steps + 1); q_xs = p_x0 (move_t - move_s) with the mask's entry move_s;
+    a draw per masked position; p_x0 reused while x does not change (the network is not
+    time-conditioned). Returns (x, network calls)."""
+    mask = model["mask_id"]
+    x = torch.cat([prompt, torch.full((length,), mask)])[None]
+    ts = torch.linspace(1, eps, steps + 1)
+    dt = (1 - eps) / steps
+    p_x0, calls = None, 0
+    for i in range(steps):
+        t = ts[i]
+        if p_x0 is None:
+            logits = mdlm_forward(model, x)
+            logits[..., mask] = float("-inf")
+            p_x0 = torch.softmax(logits.double(), -1)
+            calls += 1
+        q_xs = p_x0 * (t - (t - dt))
+        q_xs[..., mask] = t - dt
+        gumbel = -torch.log(-torch.log(torch.rand(q_xs.shape, generator=gen, dtype=torch.float64) + 1e-10) + 1e-10)
+        drawn = (q_xs.log() + gumbel).argmax(-1)
+        x_next = torch.where(x != mask, x, drawn)
+        if not torch.equal(x_next, x):
+            p_x0 = None
+        x = x_next
+    logits = mdlm_forward(model, x)  # noise removal: one more call, masked positions take the argmax
+    logits[..., mask] = float("-inf")
+    return torch.where(x == mask, logits.argmax(-1), x), calls + 1

@@ -200,3 +200,22 @@ def test_bd3lm_samples_by_its_rule_and_runs_the_commands(tmp_path):
     assert float(0.5 * (freq - p).abs().sum()) < 0.06 and int(freq[model["mask_id"]]) == 0
     r = in_process("generate", "--model", tmp_path / "b", "the cat", "--length", "12", "--steps", "12")
     assert r.returncode == 0 and r.stdout.startswith("the cat") and len(r.stdout.strip()) > 7, r.stderr
+
+
+def test_bd3lm_threshold_decoding_inside_blocks(tmp_path):
+    """Fast-dLLM's rule inside BD3-LM's blocks (`--sampler block --order confidence --threshold`):
+    a threshold no candidate reaches (above 1) reveals the even share, so it equals plain
+    confidence order; a low one reveals several tokens a call (fewer calls) and fills every
+    position. Would catch: the threshold ignored (as many calls), or read as a share."""
+    make_bd3lm(tmp_path / "b")
+    run = load_run(tmp_path / "b")
+    plain = continue_prompt(run, "the cat", length=16, steps=16, sampler="block", order="confidence",
+                            temperature=0.0)[0]
+    high = continue_prompt(run, "the cat", length=16, steps=16, sampler="block", order="confidence",
+                           threshold=1.5, temperature=0.0)[0]
+    low = continue_prompt(run, "the cat", length=16, steps=16, sampler="block", order="confidence",
+                          threshold=0.3, temperature=0.0)[0]
+    assert high.tokens.tolist() == plain.tokens.tolist() and high.nfe == plain.nfe
+    assert low.nfe < plain.nfe and not (low.tokens == run.process.mask_id).any()
+    r = in_process("generate", "--model", tmp_path / "b", "the", "--sampler", "block", "--threshold", "0.5")
+    assert r.returncode == 2 and "--order confidence" in r.stderr

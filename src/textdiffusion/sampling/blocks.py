@@ -218,14 +218,18 @@ class ThresholdSampler(SemiAutoregressiveSampler):
         return [o[a:b] for o, (a, b) in zip(out, cuts)]
 
     def _reveal(self, log_p, block, eligible, k, gen, scores=None) -> StepOutput:
-        """Every eligible token above the threshold, but at least one and at least the share
-        (confidence: the candidate's probability under ``scores``, the model's own when greedy)."""
-        candidate = sample_categorical(log_p, gen)
-        confidence = (log_p if scores is None else scores).gather(-1, candidate[..., None]).squeeze(-1).exp()
-        above = (eligible & (confidence > self.threshold)).sum(1)
-        k = torch.minimum(torch.maximum(above, k).clamp_min(1), eligible.sum(1))
-        changed = top_k_mask(confidence, eligible, k)
-        return StepOutput(torch.where(changed, candidate, block), torch.where(eligible, candidate, block), changed)
+        return reveal_above(log_p, block, eligible, k, self.threshold, gen, scores)
+
+
+def reveal_above(log_p, block, eligible, k, threshold: float, gen, scores=None) -> StepOutput:
+    """Every eligible token above ``threshold``, but at least one and at least ``k`` (confidence:
+    the candidate's probability under ``scores``, the model's own when greedy)."""
+    candidate = sample_categorical(log_p, gen)
+    confidence = (log_p if scores is None else scores).gather(-1, candidate[..., None]).squeeze(-1).exp()
+    above = (eligible & (confidence > threshold)).sum(1)
+    k = torch.minimum(torch.maximum(above, k).clamp_min(1), eligible.sum(1))
+    changed = top_k_mask(confidence, eligible, k)
+    return StepOutput(torch.where(changed, candidate, block), torch.where(eligible, candidate, block), changed)
 
 
 class BlockDiffusionSampler(_BlockwiseBase):
@@ -234,13 +238,15 @@ class BlockDiffusionSampler(_BlockwiseBase):
 
     def __init__(self, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                  banned_ids: tuple[int, ...] = (), order: str = "ancestral", kv_cache: str = "exact",
-                 eot_id: int | None = None):
+                 threshold: float = 0.0, eot_id: int | None = None):
         super().__init__(temperature, top_k, top_p, banned_ids, 1, eot_id)
+        if threshold and order != "confidence":
+            raise UsageError("--threshold inside blocks goes with --order confidence")
         if order not in ("ancestral", "confidence"):
             raise UsageError(f"block diffusion steps (--order) are ancestral or confidence; got {order!r}")
         if kv_cache not in ("exact", "none"):
             raise UsageError(f"block diffusion's KV cache (--kv-cache) is exact or none; got {kv_cache!r}")
-        self.strategy, self.cache = order, kv_cache == "exact"
+        self.strategy, self.cache, self.threshold = order, kv_cache == "exact", threshold
 
     def start(self, model, process, canvas: Canvas, steps: int, gen: Generators = None) -> State:
         if process.block_size is None:
@@ -302,8 +308,11 @@ class BlockDiffusionSampler(_BlockwiseBase):
                 moved = new != block
             else:
                 k = torch.ceil(masked.sum(1).double() / (d["budget"][d["bi"]] - d["j"])).long().clamp_min(1)
-                out = reveal_step(log_p, block, masked, torch.minimum(k, masked.sum(1)), "confidence", r.gen,
-                                  d["scores"])
+                if smp.threshold:  # Fast-dLLM's rule inside the block: the share, and all above it
+                    out = reveal_above(log_p, block, masked, k, smp.threshold, r.gen, d["scores"])
+                else:
+                    out = reveal_step(log_p, block, masked, torch.minimum(k, masked.sum(1)), "confidence", r.gen,
+                                      d["scores"])
                 new, moved = out.x_prev, out.changed
             if moved.any():
                 d["log_p"] = None

@@ -121,6 +121,8 @@ class ThresholdOptions(Options):
 class BlockOptions(Options):
     order: str = option("ancestral", "steps inside a block", choices=("ancestral", "confidence"))
     kv_cache: str = option("exact", "the exact KV cache of finished blocks", choices=("exact", "none"))
+    threshold: float = option(0.0, "with --order confidence, also every token above this probability "
+                                   "(Fast-dLLM inside the blocks); 0 = off", low=0.0)
 
 
 @dataclass(frozen=True)
