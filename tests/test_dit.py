@@ -219,3 +219,11 @@ def test_bd3lm_threshold_decoding_inside_blocks(tmp_path):
     assert low.nfe < plain.nfe and not (low.tokens == run.process.mask_id).any()
     r = in_process("generate", "--model", tmp_path / "b", "the", "--sampler", "block", "--threshold", "0.5")
     assert r.returncode == 2 and "--order confidence" in r.stderr
+
+
+def test_mdlm_ancestral_steps_that_change_nothing_cost_no_call(mdlm):
+    """MDLM's network sees sigma = 0 whatever t is, so a step that reveals nothing reuses the last
+    prediction, as MDLM's own ddpm_cache loop does: 8 tokens in 32 steps take at most 9 calls.
+    Would catch: its adaLN structure taken for time dependence (32 calls)."""
+    out = continue_prompt(mdlm["run"], "the", length=8, steps=32, sampler="ancestral", seed=0)[0]
+    assert out.nfe <= 9 and not (out.tokens == mdlm["run"].process.mask_id).any()

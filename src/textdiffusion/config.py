@@ -79,6 +79,12 @@ class ModelConfig:
     final_ada: bool = False  # adaLN shift/scale of the final norm (DiT's final layer)
     head_bias: bool = False  # a bias on the output head (MDLM)
 
+    @property
+    def reads_time(self) -> bool:
+        """Whether the network's output depends on t (a time-conditioned structure fed a constant
+        does not: an unchanged x_t then needs no new call)."""
+        return bool(self.time_cond) and self.time_input != "zero"
+
     def __post_init__(self) -> None:
         for name in ("n_layer", "n_head", "d_model", "context", "mlp_ratio"):
             _check(getattr(self, name) > 0, f"model.{name} must be positive")

@@ -103,7 +103,7 @@ class AncestralSampler(Sampler):
     def step(self, state: State, model) -> StepOutput:
         process = state.process
         rows = state.active()
-        time_cond = model.cfg.time_cond
+        time_cond = model.cfg.reads_time
         stale = [r for r in rows if r.data.get("log_p") is None
                  or not (r.sampler.cache and process.supports_cache and not time_cond)]
         if stale:
