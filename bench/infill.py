@@ -211,7 +211,8 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=4, help="transformer layers of both models (default 4)")
     p.add_argument("--width", type=int, default=256, help="d_model of both models (default 256)")
     p.add_argument("--masked", help="a trained masked run to use instead of training one")
-    p.add_argument("--ar", help="a trained AR fill-in-the-middle run to use instead of training one")
+    p.add_argument("--ar", help="a trained AR fill-in-the-middle run to use instead of training one "
+                                "('none': no AR row, e.g. to compare diffusion samplers alone)")
     p.add_argument("--kinds", nargs="+", choices=("body", "line", "span"), default=["body", "line", "span"],
                    help="task sets: whole function bodies, single lines, random 2-8 token spans (default all)")
     p.add_argument("--text", help="a text file: hole random spans of its validation split instead (task set 'text'; "
@@ -231,11 +232,13 @@ def main() -> None:
     train = [*train_overrides(args.budget, args.max_steps, 16), "--set", f"model.n_layer={args.layers}",
              "--set", f"model.d_model={args.width}", "--set", "model.n_head=4"]
     runs = {"masked": Path(args.masked or out / "infill-masked"), "ar-fim": Path(args.ar or out / "infill-ar-fim")}
+    if args.ar == "none":
+        del runs["ar-fim"]
     if args.text:
         if not args.masked:
             p.error("--text scores an already trained run: give --masked RUN (and --ar for a FIM twin)")
         if not args.ar:
-            del runs["ar-fim"]
+            runs.pop("ar-fim", None)
         args.kinds = ["text"]
     if not (runs["masked"] / "checkpoint").exists():
         run_measured(["train", "--data", "stdlib", "--out", runs["masked"], "--quiet", *CODE, *train])

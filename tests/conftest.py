@@ -15,10 +15,8 @@ def _token_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("TEXTDIFFUSION_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
-@pytest.fixture(scope="session")
-def cycle_dir(tmp_path_factory):
-    """A tiny masked run of "abcdefgh" repeated (context 24): greedy decoding continues the cycle,
-    and the hole of "ab[MASK:3]fgh" is "cde". Shared by the pipeline, server and browser tests."""
+def train_cycle(out, process: str = "masked"):
+    """A tiny run of "abcdefgh" repeated (context 24, 150 steps) into ``out``."""
     import numpy as np
     from markov import ALPHABET, tokenizer
 
@@ -26,9 +24,15 @@ def cycle_dir(tmp_path_factory):
     from textdiffusion.training.trainer import train
 
     data = np.arange(40_000) % len(ALPHABET)
-    cfg = Config(model=ModelConfig(n_layer=2, n_head=4, d_model=64, context=24), process=ProcessConfig(name="masked"),
+    cfg = Config(model=ModelConfig(n_layer=2, n_head=4, d_model=64, context=24), process=ProcessConfig(name=process),
                  train=TrainConfig(batch_size=64, max_steps=150, lr=3e-3, min_lr=3e-4, warmup_steps=20,
                                    eval_every=150, ckpt_every=150, log_every=50))
-    out = tmp_path_factory.mktemp("cycle")
     train(cfg, out, {"train": data[:36_000], "val": data[36_000:]}, tokenizer(), progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def cycle_dir(tmp_path_factory):
+    """A tiny masked run of "abcdefgh" repeated (context 24): greedy decoding continues the cycle,
+    and the hole of "ab[MASK:3]fgh" is "cde". Shared by the pipeline, server and browser tests."""
+    return train_cycle(tmp_path_factory.mktemp("cycle"))

@@ -24,18 +24,9 @@ CYCLE = "abcdefgh"
 @pytest.fixture(scope="module")
 def ar_cycle_dir(tmp_path_factory):
     """The AR twin of conftest's cycle_dir: the same data, backbone and budget."""
-    from markov import ALPHABET, tokenizer
+    from conftest import train_cycle
 
-    from textdiffusion.config import Config, ModelConfig, ProcessConfig, TrainConfig
-    from textdiffusion.training.trainer import train
-
-    data = np.arange(40_000) % len(ALPHABET)
-    cfg = Config(model=ModelConfig(n_layer=2, n_head=4, d_model=64, context=24), process=ProcessConfig(name="ar"),
-                 train=TrainConfig(batch_size=64, max_steps=150, lr=3e-3, min_lr=3e-4, warmup_steps=20,
-                                   eval_every=150, ckpt_every=150, log_every=50))
-    out = tmp_path_factory.mktemp("ar_cycle")
-    train(cfg, out, {"train": data[:36_000], "val": data[36_000:]}, tokenizer(), progress=False)
-    return out
+    return train_cycle(tmp_path_factory.mktemp("ar_cycle"), "ar")
 
 
 def _ids(text):

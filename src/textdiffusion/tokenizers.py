@@ -100,7 +100,7 @@ class Tokenizer:
         run: list[int] = []
         for i in ids:
             i = int(i)
-            if i < self.base_size:
+            if self._is_text(i):
                 run.append(i)
                 continue
             if run:
@@ -128,6 +128,10 @@ class Tokenizer:
     # subclass hooks
     def _encode(self, text: str) -> np.ndarray:  # pragma: no cover
         raise NotImplementedError
+
+    def _is_text(self, i: int) -> bool:
+        """Whether id ``i`` decodes to text (the others: specials)."""
+        return i < self.base_size
 
     def _decode(self, ids: list[int]) -> str:  # pragma: no cover
         raise NotImplementedError
@@ -334,24 +338,11 @@ class HFTokenizer(Tokenizer):
             parts += [np.array(enc.ids, dtype=np.int64), eot]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
-    def decode(self, ids: Iterable[int], show_mask: bool = False) -> str:
-        out: list[str] = []
-        run: list[int] = []
-        for i in ids:
-            i = int(i)
-            if i < self.base_size and i not in self.special_ids:
-                run.append(i)
-                continue
-            if run:
-                out.append(self._hf.decode(run, skip_special_tokens=False))
-                run = []
-            if i == self.eot_id:
-                out.append("\n")
-            elif i == self.mask_id and show_mask:
-                out.append(MASK_GLYPH)
-        if run:
-            out.append(self._hf.decode(run, skip_special_tokens=False))
-        return "".join(out)
+    def _is_text(self, i: int) -> bool:
+        return i < self.base_size and i not in self.special_ids
+
+    def _decode(self, ids: list[int]) -> str:
+        return self._hf.decode(ids, skip_special_tokens=False)
 
     def token_bytes(self) -> np.ndarray:
         """UTF-8 bytes per id: the token string's length for byte-level BPE (one character per

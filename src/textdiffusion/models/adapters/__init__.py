@@ -91,4 +91,9 @@ def load_adapted(folder: str | Path, device="cpu", dtype: str | None = None):
     family = detect(folder)
     if family is None:
         raise CheckpointError(f"{folder} is not a transformers model directory")
-    return _module(family).load(Path(folder), device=device, dtype=dtype)
+    module = _module(family)
+    if hasattr(module, "load"):  # a family with its own loading (transformers itself, our exports, ...)
+        return module.load(Path(folder), device=device, dtype=dtype)
+    from .common import load_family
+
+    return load_family(module, Path(folder), device, dtype)

@@ -17,7 +17,7 @@ from pathlib import Path
 from ...config import ModelConfig
 from ...errors import CheckpointError
 from . import mdlm
-from .common import Descriptor, build_run, config_value
+from .common import Descriptor, config_value
 
 # BD3-LM decodes block by block, ancestral steps inside each block, with its KV cache
 CARD = {"description": "BD3-LM (block diffusion, DiT backbone)", "generate": {"sampler": "block"}}
@@ -34,8 +34,4 @@ def model_config(raw: dict, folder: Path) -> ModelConfig:
     return mdlm.model_config(raw, folder, adaln=bool(raw.get("adaln", True)), name="BD3-LM")
 
 
-def load(folder: Path, device="cpu", dtype: str | None = None, raw: dict | None = None):
-    from . import hf_config
-
-    raw = raw or hf_config(folder)
-    return build_run(folder, describe(raw, folder), model_config(raw, folder), mdlm.rename(folder), device, dtype)
+rename = mdlm.rename

@@ -139,6 +139,26 @@ def token_id(folder: Path, content: str) -> int | None:
     return vocab.get(content) if isinstance(vocab, dict) else None
 
 
+def hf_from_pretrained(auto_cls, folder: Path, dtype: str | None):
+    """``auto_cls.from_pretrained`` (transformers' own loading; never remote code), its failure
+    one line naming the folder."""
+    try:
+        return auto_cls.from_pretrained(str(folder), dtype=DTYPES.get(dtype) if dtype else None,
+                                        trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{folder}: transformers cannot load it: {str(exc).splitlines()[0]}") from None
+
+
+def load_family(module, folder: Path, device="cpu", dtype: str | None = None):
+    """The ``LoadedRun`` of a family module that is a descriptor, a config and a weight map
+    (``describe``, ``model_config``, ``rename``), as most are."""
+    from . import hf_config
+
+    raw = hf_config(folder)
+    return build_run(folder, module.describe(raw, folder), module.model_config(raw, folder), module.rename(folder),
+                     device, dtype)
+
+
 def build_run(folder: Path, desc: Descriptor, model_cfg: ModelConfig, rename, device="cpu", dtype: str | None = None,
               unk_id: int | None = None):
     """Our Transformer with the folder's weights, its tokenizer and the masked process (or the AR

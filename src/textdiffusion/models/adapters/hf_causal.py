@@ -68,7 +68,7 @@ def load(folder: Path, device="cpu", dtype: str | None = None, raw: dict | None 
     from ...processes.registry import PROCESSES
     from ...runs import LoadedRun
     from . import hf_config
-    from .common import DTYPES
+    from .common import hf_from_pretrained
 
     raw = raw or hf_config(folder)
     desc = describe(raw, folder)
@@ -78,11 +78,7 @@ def load(folder: Path, device="cpu", dtype: str | None = None, raw: dict | None 
         return build_run(folder, desc, model_config(raw, folder), rename(folder), device, dtype,
                          unk_id=special_token(folder, "unk_token"))
     transformers = require_transformers()
-    try:
-        hf = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=DTYPES.get(dtype) if dtype else None,
-                                                              trust_remote_code=False)
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{folder}: transformers cannot load it: {str(exc).splitlines()[0]}") from None
+    hf = hf_from_pretrained(transformers.AutoModelForCausalLM, folder, dtype)
     vocab = int(hf.get_output_embeddings().weight.shape[0])
     context = int(raw.get("max_position_embeddings") or raw.get("n_positions") or raw.get("n_ctx") or 1024)
     cfg = Config(model=described_config(raw, vocab, context), process=ProcessConfig(name="ar"))

@@ -85,7 +85,7 @@ def load(folder: Path, device="cpu", dtype: str | None = None, raw: dict | None 
     from ...processes.registry import PROCESSES
     from ...runs import LoadedRun
     from . import hf_config
-    from .common import DTYPES
+    from .common import hf_from_pretrained
 
     transformers = require_transformers()
     raw = raw or hf_config(folder)
@@ -99,11 +99,7 @@ def load(folder: Path, device="cpu", dtype: str | None = None, raw: dict | None 
     if eot is None:
         raise CheckpointError(f"{folder}: no end-of-text token (sep_token_id or eos_token_id in config.json)")
     desc = Descriptor("hf_masked", int(mask), int(eot), raw.get("pad_token_id"))
-    try:
-        hf = transformers.AutoModelForMaskedLM.from_pretrained(str(folder), dtype=DTYPES.get(dtype) if dtype else None,
-                                                              trust_remote_code=False)
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{folder}: transformers cannot load it: {str(exc).splitlines()[0]}") from None
+    hf = hf_from_pretrained(transformers.AutoModelForMaskedLM, folder, dtype)
     vocab = int(hf.get_output_embeddings().weight.shape[0])
     cfg = Config(model=described_config(raw, vocab, int(raw.get("max_position_embeddings") or 512)),
                  process=ProcessConfig(name="masked"))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ...config import ModelConfig
 from ...errors import CheckpointError
-from .common import Descriptor, build_run, config_value, token_id, unknown_key
+from .common import Descriptor, config_value, token_id, unknown_key
 
 MASK_ID = 126336
 # LLaDA's authors decode with low-confidence remasking in blocks of 32, greedy, one token per step
@@ -77,10 +77,3 @@ def rename(folder: Path):
         unknown_key(folder, key)
 
     return mapped
-
-
-def load(folder: Path, device="cpu", dtype: str | None = None, raw: dict | None = None):
-    from . import hf_config
-
-    raw = raw or hf_config(folder)
-    return build_run(folder, describe(raw, folder), model_config(raw, folder), rename(folder), device, dtype)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ...config import ModelConfig
 from ...errors import CheckpointError
-from .common import Descriptor, build_run, config_value, token_id, unknown_key
+from .common import Descriptor, config_value, token_id, unknown_key
 
 # MDLM samples ancestrally (its DDPM update with caching); greedy decoding is not its rule
 CARD = {"description": "MDLM (masked diffusion, DiT backbone)", "generate": {"sampler": "ancestral"}}
@@ -56,12 +56,13 @@ def model_config(raw: dict, folder: Path, adaln: bool = True, name: str = "MDLM"
         time_scale=1.0, time_input="zero", ada_norm_weight=adaln, final_ada=adaln, head_bias=True)
 
 
-def rename(folder: Path):
-    block = re.compile(r"backbone\.blocks\.(\d+)\.(.+)$")
+def rename(folder: Path, prefix: str = "backbone."):
+    """The DiT's weight names (under ``prefix``; SEDD's have none) onto ours."""
+    block = re.compile(re.escape(prefix) + r"blocks\.(\d+)\.(.+)$")
 
     def mapped(key: str):
-        if key.startswith("backbone.") and key[len("backbone."):] in _TOP:
-            return _TOP[key[len("backbone."):]], ""
+        if key.startswith(prefix) and key[len(prefix):] in _TOP:
+            return _TOP[key[len(prefix):]], ""
         m = block.match(key)
         if m and m.group(2) in _BLOCK:
             return f"blocks.{m.group(1)}.{_BLOCK[m.group(2)]}", ""
@@ -70,10 +71,3 @@ def rename(folder: Path):
         unknown_key(folder, key)
 
     return mapped
-
-
-def load(folder: Path, device="cpu", dtype: str | None = None, raw: dict | None = None):
-    from . import hf_config
-
-    raw = raw or hf_config(folder)
-    return build_run(folder, describe(raw, folder), model_config(raw, folder), rename(folder), device, dtype)

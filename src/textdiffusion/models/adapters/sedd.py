@@ -13,13 +13,12 @@ output_layer.*}.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from ...config import ModelConfig
 from ...errors import CheckpointError
-from .common import Descriptor, build_run, token_id, unknown_key
-from .mdlm import _BLOCK, _TOP
+from . import mdlm
+from .common import Descriptor, token_id
 
 # SEDD samples with its analytic (Tweedie) predictor: for the absorbing graph, MDLM's reverse step
 CARD = {"description": "SEDD (score entropy discrete diffusion, absorbing, DiT backbone)",
@@ -59,23 +58,4 @@ def model_config(raw: dict, folder: Path) -> ModelConfig:
 
 
 def rename(folder: Path):
-    block = re.compile(r"blocks\.(\d+)\.(.+)$")
-
-    def mapped(key: str):
-        if key in _TOP:
-            return _TOP[key], ""
-        m = block.match(key)
-        if m and m.group(2) in _BLOCK:
-            return f"blocks.{m.group(1)}.{_BLOCK[m.group(2)]}", ""
-        if "rotary" in key or key.endswith("inv_freq"):
-            return None
-        unknown_key(folder, key)
-
-    return mapped
-
-
-def load(folder: Path, device="cpu", dtype: str | None = None, raw: dict | None = None):
-    from . import hf_config
-
-    raw = raw or hf_config(folder)
-    return build_run(folder, describe(raw, folder), model_config(raw, folder), rename(folder), device, dtype)
+    return mdlm.rename(folder, prefix="")
