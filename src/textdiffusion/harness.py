@@ -77,7 +77,21 @@ class TextDiffusionLM(LM):
 
         if not cont:
             return 0.0, 0.0, True
-        return continuation_logprob(self.run, head, cont, mc_samples=self.mc_samples, seed=self.seed)
+        ll, se, greedy = continuation_logprob(self.run, head, cont, mc_samples=self.mc_samples, seed=self.seed)
+        if greedy is None:  # no one-pass answer for this process: its sampler at temperature 0
+            greedy = self._greedy_by_sampling(head, cont)
+        return ll, se, greedy
+
+    def _greedy_by_sampling(self, head: list[int], cont: list[int]) -> bool:
+        from .errors import UsageError
+        from .pipeline import prompt_task
+
+        try:
+            res = prompt_task(self.run, self.run.tokenizer.decode(head), length=len(cont), steps=len(cont),
+                              temperature=0.0).run(None, False)
+        except UsageError:  # a head the tokenizer cannot spell back: no greedy answer to compare
+            return False
+        return res.generation.tokens[0, -len(cont):].cpu().tolist() == list(cont)
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         out = []

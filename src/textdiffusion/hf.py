@@ -159,7 +159,7 @@ def save_transformers(run, directory: str | Path, dtype: str = "float32", card: 
     """Write ``run`` (a LoadedRun) as a transformers model directory (see the module docstring)."""
     import torch
 
-    from .pipeline import DTYPES, portable
+    from .runs import DTYPES, portable
 
     _require()
     register()

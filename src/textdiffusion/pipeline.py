@@ -24,23 +24,8 @@ from pathlib import Path
 import torch
 
 from .errors import UsageError
+from .runs import DTYPES, portable
 from .sampling.base import StepOutput
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def portable(cfg):
-    """A copy of ``cfg`` without this machine's paths: the training data and the run it was
-    fine-tuned from keep only their names (``eval --data`` matches an exported model's data by
-    file name, so scoring the same corpus elsewhere still scores its held-out split)."""
-    import copy
-
-    cfg = copy.deepcopy(cfg)
-    if cfg.data.path and cfg.data.path != "stdlib":
-        cfg.data.path = Path(cfg.data.path).name
-    if cfg.train.init:
-        cfg.train.init = Path(cfg.train.init).name
-    return cfg
 
 
 @dataclass

@@ -18,9 +18,12 @@ from pathlib import Path
 import torch
 
 from .config import Config
-from .errors import CheckpointError, ConfigError, TokenizerError, UsageError
+from .errors import CheckpointError, ConfigError, TokenizerError
+from .loaded import DTYPES, LoadedRun, build_model
 from .tokenizers import Tokenizer, load_tokenizer
 from .training.checkpoint import checkpoint_dir, load_weights
+
+__all__ = ["DTYPES", "LoadedRun", "build_model", "load_run", "portable", "read_run"]
 
 
 def read_run(run_dir: str | Path) -> tuple[Config, Tokenizer]:
@@ -41,45 +44,18 @@ def read_run(run_dir: str | Path) -> tuple[Config, Tokenizer]:
     return cfg, tokenizer
 
 
-class LoadedRun:
-    """A trained model ready for sampling or evaluation."""
+def portable(cfg):
+    """A copy of ``cfg`` without this machine's paths: the training data and the run it was
+    fine-tuned from keep only their names (``eval --data`` matches an exported model's data by
+    file name, so scoring the same corpus elsewhere still scores its held-out split)."""
+    import copy
 
-    def __init__(self, run_dir: Path, cfg: Config, tokenizer: Tokenizer, model, process, weights: str):
-        self.run_dir, self.cfg, self.tokenizer = run_dir, cfg, tokenizer
-        self.model, self.process, self.weights = model, process, weights
-        labels = run_dir / "labels.json"
-        self.labels: list[str] = json.loads(labels.read_text()) if labels.exists() else []  # class names
-
-    @property
-    def objective(self):
-        """The old name of ``process`` (kept for one release)."""
-        return self.process
-
-    def label_id(self, name: str) -> int:
-        if not self.labels:
-            raise UsageError(f"{self.run_dir} was not trained with labels (train on JSONL with --set data.labels=true)")
-        if name not in self.labels:
-            raise UsageError(f"unknown label {name!r} (this run knows {', '.join(self.labels)})")
-        return self.labels.index(name)
-
-
-def build_model(cfg: Config, tokenizer: Tokenizer):
-    """The backbone and the process (a diffusion process, or the AR objective) a config describes:
-    the process from its registry entry, the network the entry names (full or causal attention
-    over ids, or the embedding denoiser of the Gaussian process)."""
-    from .processes.registry import PROCESSES
-
-    spec = PROCESSES.get(cfg.process.name)
-    if spec is None:
-        raise ConfigError(f"unknown process {cfg.process.name!r} (choose {', '.join(PROCESSES)})")
-    process = spec.load().from_config(cfg.process, tokenizer)
-    if spec.backbone == "embedding":  # continuous inputs: the backbone reads noisy embeddings, not ids
-        from .models.continuous import EmbeddingDenoiser
-
-        return EmbeddingDenoiser(cfg.model, cfg.process.embed_dim, cfg.process.self_cond), process
-    from .models.transformer import Transformer
-
-    return Transformer(cfg.model, attn=spec.backbone), process
+    cfg = copy.deepcopy(cfg)
+    if cfg.data.path and cfg.data.path != "stdlib":
+        cfg.data.path = Path(cfg.data.path).name
+    if cfg.train.init:
+        cfg.train.init = Path(cfg.train.init).name
+    return cfg
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu", dtype: str | None = None) -> LoadedRun:

@@ -13,8 +13,7 @@ import torch
 
 from ...config import Config, ModelConfig, ProcessConfig
 from ...errors import CheckpointError
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from ...loaded import DTYPES, LoadedRun
 
 
 @dataclass(frozen=True)
@@ -165,7 +164,6 @@ def build_run(folder: Path, desc: Descriptor, model_cfg: ModelConfig, rename, de
     objective for a causal model): the ``LoadedRun`` every command samples from."""
     from ...models.transformer import Transformer
     from ...processes.registry import PROCESSES
-    from ...runs import LoadedRun
 
     if dtype is not None and dtype not in DTYPES:
         raise CheckpointError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")

@@ -16,7 +16,7 @@ CARD: dict = {}
 def load(folder: Path, device="cpu", dtype: str | None = None, raw: dict | None = None):
     from ...config import Config
     from ...hf import PREFIX
-    from ...runs import LoadedRun, build_model
+    from ...loaded import LoadedRun, build_model
     from ...tokenizers import HFTokenizer
     from . import hf_config
     from .common import DTYPES, read_mapped

@@ -65,8 +65,8 @@ class HFCausalLM(nn.Module):
 
 
 def load(folder: Path, device="cpu", dtype: str | None = None, raw: dict | None = None):
+    from ...loaded import LoadedRun
     from ...processes.registry import PROCESSES
-    from ...runs import LoadedRun
     from . import hf_config
     from .common import hf_from_pretrained
 
