@@ -142,7 +142,8 @@ class TextDiffusionLM(LM):
                 options["temperature"] = 0.0
             elif "temperature" in kwargs:
                 options["temperature"] = float(kwargs["temperature"])
-            ids = tok.encode("".join(c for c in prompt if c not in set(tok.unknown_characters(prompt))))
+            unknown = set(tok.unknown_characters(prompt))  # dropped: the prompt is the task's, not ours to refuse
+            ids = tok.encode("".join(c for c in prompt if c not in unknown) if unknown else prompt)
             length = max(1, min(wanted, context - 1))
             if len(ids) > context - length:  # keep the end of a long prompt, as lm_eval's models do
                 ids = ids[len(ids) - (context - length):]

@@ -74,16 +74,18 @@ def encode_stream(docs: Iterable[tuple[str, str]], tokenizer: Tokenizer, dtype: 
                file=sys.stderr, dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 10.0)
     try:
         if second is None or workers == 1:
-            for chunk in _two_then(first, second, stream):
+            for chunk in peeked(first, second, stream):
                 yield encode_chunk(tokenizer, chunk, dtype)
                 bar.update(len(chunk))
             return
-        yield from _in_workers(_two_then(first, second, stream), tokenizer, dtype, workers, bar)
+        yield from _in_workers(peeked(first, second, stream), tokenizer, dtype, workers, bar)
     finally:
         bar.close()
 
 
-def _two_then(first, second, rest):
+def peeked(first, second, rest):
+    """``first``, ``second`` (unless None: the stream had one item) and the rest of a stream
+    whose first two items were taken to look at them."""
     yield first
     if second is not None:
         yield second

@@ -34,7 +34,7 @@ import numpy as np
 from ..config import DataConfig
 from ..errors import DataError
 from ..tokenizers import Tokenizer
-from .encode import encode_stream
+from .encode import encode_stream, peeked
 from .tables import TABLE_SUFFIXES, dataset_rows, is_saved_dataset, table_rows
 
 SPLITS = ("train", "val", "test")
@@ -202,7 +202,7 @@ def split_texts(data: DataConfig) -> Iterator[tuple[str, str]]:
             yield from ((name, t) for t in texts)
         return
     held, val_seen, has_text = None, False, False
-    for d in _chain(first, second, docs):
+    for d in peeked(first, second, docs):
         has_text = has_text or bool(d.text.strip())
         split = d.split or split_of(d.name, data.val_fraction, test=stdlib)
         if split != "train":
@@ -216,13 +216,6 @@ def split_texts(data: DataConfig) -> Iterator[tuple[str, str]]:
         raise DataError(f"no text in {data.path} (empty corpus)")
     if held is not None:
         yield ("train" if val_seen else "val"), held
-
-
-def _chain(first, second, rest):
-    yield first
-    if second is not None:
-        yield second
-    yield from rest
 
 
 def text_splits(data: DataConfig) -> dict[str, list[str]]:

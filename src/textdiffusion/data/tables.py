@@ -96,9 +96,9 @@ def dataset_rows(path: Path, field: str) -> Iterator[tuple[str | None, str, str]
     """(our split or None, row name, text) of every row of a saved dataset. A DatasetDict's
     train/validation/test splits are kept; with no validation split, its train split (and a
     plain Dataset) is split by hash like any other corpus (None); other splits are left out."""
+    loaded = _load_from_disk(path)  # first: without the datasets package, the one-line error it gives
     import datasets
 
-    loaded = _load_from_disk(path)
     parts = loaded.items() if isinstance(loaded, datasets.DatasetDict) else [("train", loaded)]
     named = {name: SPLIT_NAMES[name] for name, _ in parts if name in SPLIT_NAMES}
     if not named:

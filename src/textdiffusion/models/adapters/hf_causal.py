@@ -10,11 +10,11 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ...config import Config, ModelConfig, ProcessConfig
+from ...config import ModelConfig
 from ...errors import CheckpointError, UsageError
 from ..transformer import KVCache
-from .common import Descriptor, build_run, tokenizer_of
-from .hf_masked import described_config, key_padding, require_transformers, special_token
+from .common import Descriptor, build_run
+from .hf_masked import key_padding, require_transformers, special_token, transformers_run
 
 CARD = {"description": "a transformers causal LM (autoregressive)", "generate": {"sampler": "ar"}}
 NATIVE = ("llama", "mistral", "qwen2")
@@ -65,8 +65,6 @@ class HFCausalLM(nn.Module):
 
 
 def load(folder: Path, device="cpu", dtype: str | None = None, raw: dict | None = None):
-    from ...loaded import LoadedRun
-    from ...processes.registry import PROCESSES
     from . import hf_config
     from .common import hf_from_pretrained
 
@@ -79,12 +77,5 @@ def load(folder: Path, device="cpu", dtype: str | None = None, raw: dict | None 
                          unk_id=special_token(folder, "unk_token"))
     transformers = require_transformers()
     hf = hf_from_pretrained(transformers.AutoModelForCausalLM, folder, dtype)
-    vocab = int(hf.get_output_embeddings().weight.shape[0])
     context = int(raw.get("max_position_embeddings") or raw.get("n_positions") or raw.get("n_ctx") or 1024)
-    cfg = Config(model=described_config(raw, vocab, context), process=ProcessConfig(name="ar"))
-    tokenizer = tokenizer_of(folder, desc, vocab, special_token(folder, "unk_token"))
-    model = HFCausalLM(hf, cfg.model).to(device).eval()
-    process = PROCESSES["ar"].load().from_config(cfg.process, tokenizer)
-    run = LoadedRun(folder, cfg, tokenizer, model, process, f"transformers:{type(hf).__name__}")
-    run.descriptor = desc
-    return run
+    return transformers_run(folder, raw, desc, hf, HFCausalLM, "ar", context, device)

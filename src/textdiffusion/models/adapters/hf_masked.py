@@ -82,8 +82,6 @@ class HFMaskedDenoiser(nn.Module):
 
 
 def load(folder: Path, device="cpu", dtype: str | None = None, raw: dict | None = None):
-    from ...loaded import LoadedRun
-    from ...processes.registry import PROCESSES
     from . import hf_config
     from .common import hf_from_pretrained
 
@@ -100,12 +98,21 @@ def load(folder: Path, device="cpu", dtype: str | None = None, raw: dict | None 
         raise CheckpointError(f"{folder}: no end-of-text token (sep_token_id or eos_token_id in config.json)")
     desc = Descriptor("hf_masked", int(mask), int(eot), raw.get("pad_token_id"))
     hf = hf_from_pretrained(transformers.AutoModelForMaskedLM, folder, dtype)
+    return transformers_run(folder, raw, desc, hf, HFMaskedDenoiser, "masked",
+                            int(raw.get("max_position_embeddings") or 512), device)
+
+
+def transformers_run(folder: Path, raw: dict, desc: Descriptor, hf, wrapper, process_name: str, context: int,
+                     device):
+    """The ``LoadedRun`` of a model transformers loaded, behind our ``wrapper`` module."""
+    from ...loaded import LoadedRun
+    from ...processes.registry import PROCESSES
+
     vocab = int(hf.get_output_embeddings().weight.shape[0])
-    cfg = Config(model=described_config(raw, vocab, int(raw.get("max_position_embeddings") or 512)),
-                 process=ProcessConfig(name="masked"))
+    cfg = Config(model=described_config(raw, vocab, context), process=ProcessConfig(name=process_name))
     tokenizer = tokenizer_of(folder, desc, vocab, special_token(folder, "unk_token"))
-    model = HFMaskedDenoiser(hf, cfg.model).to(device).eval()
-    process = PROCESSES["masked"].load().from_config(cfg.process, tokenizer)
+    model = wrapper(hf, cfg.model).to(device).eval()
+    process = PROCESSES[process_name].load().from_config(cfg.process, tokenizer)
     run = LoadedRun(folder, cfg, tokenizer, model, process, f"transformers:{type(hf).__name__}")
     run.descriptor = desc
     return run
