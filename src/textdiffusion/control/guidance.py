@@ -29,6 +29,7 @@ import math
 import torch
 
 from ..errors import UsageError
+from ..processes.base import row_rand
 
 
 def null_label(model) -> int:
@@ -90,7 +91,7 @@ def drop_condition(batch: torch.Tensor, fixed: torch.Tensor | None, labels: torc
     labels, the prompt's fixed positions after the first -> ``pad_id``). Returns (batch, labels)."""
     if p <= 0 or (labels is None and fixed is None):
         return batch, labels
-    drop = torch.rand(batch.shape[0], generator=gen, device=batch.device) < p
+    drop = row_rand((batch.shape[0],), gen, batch.device) < p  # the whole batch's draw (RowShard)
     if labels is not None:
         return batch, torch.where(drop, torch.full_like(labels, null), labels)
     prompt = fixed.clone()

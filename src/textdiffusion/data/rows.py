@@ -163,15 +163,17 @@ def labelled_documents(path: str) -> dict[str, list[Document]]:
 
 class RowSampler:
     """Random rows (with replacement) of an SFT or labelled split, by its own seeded generator;
-    ``next()`` returns (tokens, fixed), both (B, L+1), and the (B,) labels if the rows have them."""
+    ``next()`` returns (tokens, fixed), both (B, L+1), and the (B,) labels if the rows have them.
+    ``share`` = (start, stop): one process's rows of each batch (as ``WindowSampler``'s ``rows``)."""
 
-    def __init__(self, rows: Rows, batch_size: int, seed: int):
+    def __init__(self, rows: Rows, batch_size: int, seed: int, share: tuple[int, int] | None = None):
         self.rows = rows
         self.batch_size = batch_size
         self.gen = torch.Generator().manual_seed(seed)
+        self.share = slice(*share) if share is not None else slice(0, batch_size)
 
     def next(self) -> tuple:
-        idx = torch.randint(0, len(self.rows), (self.batch_size,), generator=self.gen).numpy()
+        idx = torch.randint(0, len(self.rows), (self.batch_size,), generator=self.gen).numpy()[self.share]
         out = (torch.from_numpy(self.rows.tokens[idx]), torch.from_numpy(self.rows.fixed[idx]))
         if self.rows.labels is not None:
             out += (torch.from_numpy(self.rows.labels[idx]),)

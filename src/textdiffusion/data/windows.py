@@ -27,10 +27,15 @@ class WindowSampler:
     a diffusion model: one span, cut like FIM's middle, is the target and the rest of the window is
     clean context; ``next`` then returns (tokens, fixed), fixed = the context (never noised, not
     scored), all False in the other windows.
+
+    ``rows`` = (start, stop): one process's share of the batch when several train together
+    (torchrun). Every process draws the whole batch (the same generator, the same state) and
+    reads only its rows' windows, so the shares are disjoint and together the one-process batch.
     """
 
     def __init__(self, tokens: np.ndarray, length: int, batch_size: int, seed: int, split: str = "train",
-                 fim: tuple[float, int, int, int] | None = None, span_rate: float = 0.0):
+                 fim: tuple[float, int, int, int] | None = None, span_rate: float = 0.0,
+                 rows: tuple[int, int] | None = None):
         if len(tokens) < length + 1:
             raise DataError(
                 f"the {split} split has {len(tokens)} tokens, fewer than one window of {length + 1}: "
@@ -42,21 +47,23 @@ class WindowSampler:
         self.gen = torch.Generator().manual_seed(seed)
         self.fim = fim if fim and fim[0] > 0 else None
         self.span_rate = span_rate
+        self.rows = slice(*rows) if rows is not None else slice(0, batch_size)
 
     def next(self) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """(B, length + 1) int64: the extra token lets the AR twin predict ``length`` targets
         (with ``span_rate``: and the (B, length + 1) bool mask of fixed context)."""
         starts = torch.randint(0, len(self.tokens) - self.length, (self.batch_size,), generator=self.gen)
-        rows = [np.asarray(self.tokens[s : s + self.length + 1], dtype=np.int64) for s in starts.tolist()]
+        own = self.rows
+        rows = [np.asarray(self.tokens[s : s + self.length + 1], dtype=np.int64) for s in starts[own].tolist()]
         if self.fim is not None:
             rate, bos, suf, mid = self.fim
             n = self.length - 2  # three sentinels join the window
-            u = torch.rand(self.batch_size, generator=self.gen).tolist()
-            cuts = torch.randint(0, n + 1, (self.batch_size, 2), generator=self.gen).sort(1).values.tolist()
+            u = torch.rand(self.batch_size, generator=self.gen)[own].tolist()
+            cuts = torch.randint(0, n + 1, (self.batch_size, 2), generator=self.gen).sort(1).values[own].tolist()
             rows = [fim_order(r[:n], i, j, bos, suf, mid) if x < rate else r for r, x, (i, j) in zip(rows, u, cuts)]
         batch = torch.from_numpy(np.stack(rows))
         if self.span_rate > 0:
-            return batch, self._span_context()
+            return batch, self._span_context()[own]
         return batch
 
     def _span_context(self) -> torch.Tensor:

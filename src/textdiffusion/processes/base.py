@@ -82,12 +82,72 @@ def keep_clean(xt: torch.Tensor, x0: torch.Tensor, keep: torch.Tensor | None) ->
     return xt if keep is None else torch.where(keep, x0, xt)
 
 
-def stratified_uniform(batch: int, antithetic: bool, gen: torch.Generator | None, device=None) -> torch.Tensor:
-    """(B,) draws from U[0, 1); antithetic: one uniform shifted by i/B, one draw per stratum."""
-    if antithetic:
-        u = torch.rand(1, generator=gen, device=device)
-        return (u + torch.arange(batch, device=device) / batch) % 1.0
-    return torch.rand(batch, generator=gen, device=device)
+class RowShard:
+    """A generator that draws a training step's noise for the whole batch of ``total`` rows and
+    keeps rows [start, stop): what one of several processes (``torchrun``) uses, so that the
+    processes together draw exactly the noise one process would, row for row.
+
+    The processes' losses draw through ``row_rand``/``row_randn``/``row_randint``/
+    ``stratified_uniform`` (and ``plain`` for draws that are not per row, a coin), which read a
+    plain ``torch.Generator`` as one process holding every row. A torch function handed a
+    RowShard directly fails at once (it is not a Generator), so a missed draw cannot pass quietly."""
+
+    def __init__(self, gen: torch.Generator | None, start: int, stop: int, total: int):
+        if not 0 <= start < stop <= total:
+            raise ValueError(f"rows [{start}, {stop}) are not a share of a batch of {total}")
+        self.gen, self.start, self.stop, self.total = gen, start, stop, total
+
+    def own(self, x: torch.Tensor, per_row: int = 1) -> torch.Tensor:
+        return x[self.start * per_row : self.stop * per_row]
+
+
+def plain(gen) -> torch.Generator | None:
+    """The torch generator behind ``gen`` (a RowShard's, or ``gen`` itself)."""
+    return gen.gen if isinstance(gen, RowShard) else gen
+
+
+def batch_rows(gen, rows: int) -> tuple[int, int]:
+    """(first global row, rows in the whole batch) of a local batch of ``rows`` rows."""
+    if isinstance(gen, RowShard):
+        if rows != gen.stop - gen.start:
+            raise ValueError(f"a batch of {rows} rows, but this process holds {gen.stop - gen.start}")
+        return gen.start, gen.total
+    return 0, rows
+
+
+def _row_draw(draw, shape, gen, device, per_row: int = 1) -> torch.Tensor:
+    if not isinstance(gen, RowShard):
+        return draw(tuple(shape), gen, device)
+    batch_rows(gen, shape[0] // per_row)
+    full = draw((gen.total * per_row, *shape[1:]), gen.gen, device)
+    return gen.own(full, per_row)
+
+
+def row_rand(shape, gen, device=None) -> torch.Tensor:
+    """U[0, 1) of ``shape`` (rows first): this process's rows of the whole batch's draw."""
+    return _row_draw(lambda s, g, d: torch.rand(s, generator=g, device=d), shape, gen, device)
+
+
+def row_randn(shape, gen, device=None) -> torch.Tensor:
+    return _row_draw(lambda s, g, d: torch.randn(s, generator=g, device=d), shape, gen, device)
+
+
+def row_randint(high: int, shape, gen, device=None) -> torch.Tensor:
+    return _row_draw(lambda s, g, d: torch.randint(0, high, s, generator=g, device=d), shape, gen, device)
+
+
+def stratified_uniform(batch: int, antithetic: bool, gen, device=None, per_row: int = 1) -> torch.Tensor:
+    """(B,) draws from U[0, 1); antithetic: one uniform shifted by i/B, one draw per stratum.
+    ``per_row``: B counts rows times that many draws each (block diffusion: one per block), which a
+    RowShard keeps together."""
+    def draw(shape, g, d):
+        n = shape[0]
+        if antithetic:
+            u = torch.rand(1, generator=g, device=d)
+            return (u + torch.arange(n, device=d) / n) % 1.0
+        return torch.rand(n, generator=g, device=d)
+
+    return _row_draw(draw, (batch,), gen, device, per_row)
 
 
 def discrete_times(u: torch.Tensor, num_steps: int) -> tuple[torch.Tensor, torch.Tensor]:

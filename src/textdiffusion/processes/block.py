@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UsageError
-from .base import LossOutput, keep_clean, scored, stratified_uniform
+from .base import LossOutput, keep_clean, row_rand, scored, stratified_uniform
 from .masked import MaskedProcess
 
 
@@ -65,7 +65,7 @@ class BlockDiffusionProcess(MaskedProcess):
     def _token_times(self, batch: int, length: int, gen, device) -> torch.Tensor:
         """(B, L) one t per block, stratified over all blocks of the batch."""
         n_blocks = -(-length // self.block_size)
-        u = stratified_uniform(batch * n_blocks, self.antithetic, gen, device).view(batch, n_blocks)
+        u = stratified_uniform(batch * n_blocks, self.antithetic, gen, device, per_row=n_blocks).view(batch, n_blocks)
         t = self.eps + (1.0 - self.eps) * u
         return t.repeat_interleave(self.block_size, dim=1)[:, :length]
 
@@ -79,7 +79,7 @@ class BlockDiffusionProcess(MaskedProcess):
         return nll * (xt == self.mask_id)
 
     def _corrupt_tokens(self, x0: torch.Tensor, t: torch.Tensor, gen) -> torch.Tensor:
-        u = torch.rand(x0.shape, generator=gen, device=x0.device)
+        u = row_rand(x0.shape, gen, x0.device)
         return torch.where(u < 1.0 - self.schedule.alpha(t), torch.full_like(x0, self.mask_id), x0)
 
     def _weighted_nll(self, model, x0: torch.Tensor, gen, keep=None) -> torch.Tensor:

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UsageError
-from .base import LossOutput, scored, stratified_uniform, upcast
+from .base import LossOutput, batch_rows, plain, row_randn, scored, stratified_uniform, upcast
 
 
 class GaussianProcess:
@@ -88,7 +88,7 @@ class GaussianProcess:
     def corrupt(self, e0: torch.Tensor, t: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
         """Sample q(z_t | x0) = N(alpha_t e, sigma_t^2 I) for embeddings e0 (B, L, d) and t (B,)."""
         alpha, sigma = (v.to(upcast(e0).dtype).view(-1, 1, 1) for v in self.alpha_sigma(t))
-        noise = torch.randn(e0.shape, generator=gen, device=e0.device)
+        noise = row_randn(e0.shape, gen, e0.device)
         return alpha * e0 + sigma * noise
 
     # the denoiser ------------------------------------------------------------------------------
@@ -124,7 +124,7 @@ class GaussianProcess:
             k = min(max(round(batch * self.recon_fraction), 1), batch - 1)
             return k, batch / k, batch / (batch - k)
         p = self.recon_fraction  # one row: a coin decides which term it estimates
-        k = int(torch.rand(1, generator=gen, device=device).item() < p)
+        k = int(torch.rand(1, generator=plain(gen), device=device).item() < p)
         return k, 1.0 / p, 1.0 / (1.0 - p)
 
     def _diffusion_term(self, e0: torch.Tensor, x_hat: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -142,17 +142,19 @@ class GaussianProcess:
         B, device = x0.shape[0], x0.device
         embeddings = model.embeddings()  # (V, d), differentiable: the ELBO trains the embeddings too
         e0 = F.embedding(x0, embeddings)  # (B, L, d); its CPU backward is deterministic, indexing's is not
-        k, w_recon, w_diffusion = self._split(B, gen, device)
-        t = torch.zeros(B, device=device)
-        t[k:] = stratified_uniform(B - k, self.antithetic, gen, device)
+        first, total = batch_rows(gen, B)  # the split and the times are the whole batch's (RowShard)
+        k, w_recon, w_diffusion = self._split(total, gen, device)
+        t = torch.zeros(total, device=device)
+        t[k:] = stratified_uniform(total - k, self.antithetic, plain(gen), device)
+        t = t[first : first + B]
         z = self.corrupt(e0, t, gen)
         x_sc = None
-        if self.self_cond and torch.rand(1, generator=gen, device=device).item() < 0.5:
+        if self.self_cond and torch.rand(1, generator=plain(gen), device=device).item() < 0.5:
             x_sc = self._first_pass(model, z, t, embeddings)
         logits = self.denoise(model, z, t, x_sc)
         diffusion = self._diffusion_term(e0, self.x0_estimate(logits, embeddings), t)
         recon = F.cross_entropy(logits.transpose(1, 2), x0, reduction="none")  # (B, L)
-        is_recon = (torch.arange(B, device=device) < k)[:, None]
+        is_recon = (torch.arange(first, first + B, device=device) < k)[:, None]
         per_token = torch.where(is_recon, w_recon * recon, w_diffusion * diffusion) + self.prior_kl(e0)
         return LossOutput.mean_over(per_token, loss_mask)
 

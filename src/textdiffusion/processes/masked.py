@@ -27,6 +27,7 @@ from .base import (
     LossOutput,
     discrete_times,
     keep_clean,
+    row_rand,
     sample_categorical,
     scored,
     stratified_uniform,
@@ -65,7 +66,7 @@ class MaskedProcess:
     def corrupt(self, x0: torch.Tensor, t: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
         """Sample q(x_t | x0): each token independently masked with probability 1 - alpha(t)."""
         alpha = self.schedule.alpha(t).view(-1, *([1] * (x0.dim() - 1)))  # (B, 1)
-        u = torch.rand(x0.shape, generator=gen, device=x0.device)
+        u = row_rand(x0.shape, gen, x0.device)
         return torch.where(u < 1.0 - alpha, torch.full_like(x0, self.mask_id), x0)
 
     def sample_t(self, batch: int, gen: torch.Generator | None = None, device=None) -> torch.Tensor:

@@ -35,6 +35,8 @@ from .base import (
     LossOutput,
     discrete_times,
     keep_clean,
+    row_rand,
+    row_randint,
     sample_categorical,
     scored,
     stratified_uniform,
@@ -73,8 +75,8 @@ class UniformProcess:
     def corrupt(self, x0: torch.Tensor, t: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
         """Sample q(x_t | x0): with probability 1 - alpha(t) a token is redrawn uniformly."""
         alpha = self.schedule.alpha(t).view(-1, *([1] * (x0.dim() - 1)))
-        u = torch.rand(x0.shape, generator=gen, device=x0.device)
-        noise = torch.randint(0, self.N, x0.shape, generator=gen, device=x0.device)
+        u = row_rand(x0.shape, gen, x0.device)
+        noise = row_randint(self.N, x0.shape, gen, x0.device)
         return torch.where(u < 1.0 - alpha, noise, x0)
 
     def sample_t(self, batch: int, gen: torch.Generator | None = None, device=None) -> torch.Tensor:
