@@ -213,6 +213,10 @@ class TrainConfig:
     # ELBO's 1/t weights turn into gradient noise, which slows instruction tuning a lot
     cond_drop: float = 0.1
     prompt_drop: float = 0.0
+    # several processes (torchrun): ddp = every process holds the whole model and optimizer; fsdp =
+    # FSDP2, parameters, gradients and optimizer state sharded over the processes (sharded checkpoints)
+    distributed: str = "ddp"
+    dist_timeout: float = 900.0  # seconds a collective waits for a process that does not answer
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "grad_accum", "max_steps", "eval_every", "ckpt_every", "log_every"):
@@ -228,6 +232,8 @@ class TrainConfig:
         _check(self.threads >= 0, "train.threads must be >= 0 (0 = torch's default)")
         _check(0.0 <= self.cond_drop < 1.0, "train.cond_drop must be in [0, 1)")
         _check(0.0 <= self.prompt_drop < 1.0, "train.prompt_drop must be in [0, 1)")
+        _check(self.distributed in ("ddp", "fsdp"), f"train.distributed must be ddp or fsdp; got {self.distributed!r}")
+        _check(self.dist_timeout > 0, "train.dist_timeout must be positive (seconds)")
         _check(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device) is not None,
                f"train.device must be auto, cpu, mps, cuda or cuda:N; got {self.device!r}")
 

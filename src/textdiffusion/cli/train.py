@@ -40,6 +40,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
+    from ..training import distributed
+
+    try:
+        return _main(args)
+    finally:
+        distributed.leave()  # torchrun: leave the process group (nothing in one process)
+
+
+def _main(args) -> int:
     from ..config import load_config
     from ..training.recipe import resume_run, train_run
 
@@ -74,6 +83,14 @@ def main(args) -> int:
         cfg = load_config(args.config, overrides)
         result = train_run(cfg, args.out, progress=not args.quiet)
     val = f", val {result.val_loss:.4f} nats/token" if result.val_loss is not None else ""
+    if not distributed_main():
+        return 0
     print(f"trained to step {result.step}: loss {result.train_loss:.4f}{val}, "
           f"{result.tokens_per_second:,.0f} tokens/s; run saved in {args.out}", file=sys.stderr)
     return 0
+
+
+def distributed_main() -> bool:
+    from ..training import distributed
+
+    return distributed.current().main

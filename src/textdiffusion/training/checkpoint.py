@@ -11,6 +11,13 @@ A run directory holds::
         optimizer.safetensors  AdamW moments          rng.safetensors   data/noise/torch RNG states
         state.json             step, tokens seen, optimizer hyper-parameters
 
+A run trained with ``train.distributed = "fsdp"`` keeps its weights, EMA and optimizer state
+sharded instead: ``checkpoint/sharded/`` is a torch.distributed.checkpoint (DCP) written by every
+process in safetensors files (DCP's Hugging Face storage: no pickled metadata), beside the same
+state.json and rng.safetensors. DCP reshards on load, so such a run resumes at any number of
+processes, and every command that reads weights (generate, eval, --init, export) reads it
+whole in one process; ``textdiffusion export`` writes it out as an ordinary model.
+
 A checkpoint is first written to ``checkpoint.tmp/``; the old one is renamed aside and removed
 only after the new one is in place, so a crash at any moment leaves a loadable checkpoint.
 Nothing is ever unpickled.
@@ -22,6 +29,7 @@ import json
 import os
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -57,7 +65,7 @@ def save_checkpoint(run_dir: Path, *, model, ema, optimizer, state: dict, rng: d
     file size limit, a read-only folder) is a CheckpointError naming the folder; the previous
     checkpoint stays in place and the half-written one is removed."""
     run_dir = Path(run_dir)
-    tmp, final, old = run_dir / "checkpoint.tmp", run_dir / "checkpoint", run_dir / "checkpoint.old"
+    tmp, final = run_dir / "checkpoint.tmp", run_dir / "checkpoint"
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -66,23 +74,147 @@ def save_checkpoint(run_dir: Path, *, model, ema, optimizer, state: dict, rng: d
             write_safetensors(tmp / "ema.safetensors", ema.shadow)
         opt_tensors, opt_meta = _flatten_optimizer(optimizer)
         write_safetensors(tmp / "optimizer.safetensors", opt_tensors)
-        write_safetensors(tmp / "rng.safetensors", rng)
-        (tmp / "state.json").write_text(json.dumps({**state, "optimizer": opt_meta}, indent=2))
-        for f in tmp.iterdir():
-            with open(f, "rb+") as fh:
-                os.fsync(fh.fileno())
-        _fsync_dir(tmp)
+        _write_rest(tmp, state, rng, opt_meta)
+        _fsync_tree(tmp)
     except (OSError, SafetensorError) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         then = ("the previous checkpoint is kept: free some space (or fix the folder's permissions) and continue with "
                 "--resume") if (final / "state.json").exists() else "free some space and train again"
         raise CheckpointError(f"could not write a checkpoint into {run_dir} ({_reason(exc)}); {then}") from None
+    _swap_in(run_dir, tmp)
+
+
+def _write_rest(tmp: Path, state: dict, rng: dict[str, torch.Tensor], opt_meta) -> None:
+    write_safetensors(tmp / "rng.safetensors", rng)
+    (tmp / "state.json").write_text(json.dumps({**state, "optimizer": opt_meta}, indent=2))
+
+
+def _fsync_tree(folder: Path) -> None:
+    for f in folder.rglob("*"):
+        if f.is_file():
+            with open(f, "rb+") as fh:
+                os.fsync(fh.fileno())
+    for d in [folder, *(p for p in folder.rglob("*") if p.is_dir())]:
+        _fsync_dir(d)
+
+
+def _swap_in(run_dir: Path, tmp: Path) -> None:
+    final, old = run_dir / "checkpoint", run_dir / "checkpoint.old"
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)
         final.rename(old)
     tmp.rename(final)
     _fsync_dir(run_dir)
     shutil.rmtree(old, ignore_errors=True)
+
+
+SHARDED = "sharded"  # the DCP folder of an FSDP run's checkpoint
+
+
+def is_sharded_checkpoint(ckpt: Path) -> bool:
+    return (Path(ckpt) / SHARDED).is_dir()
+
+
+def _dcp_state(model, ema, optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """The tensors of a sharded checkpoint (``model.*``, ``ema.*``, ``optim.*``: DTensor shards
+    under FSDP, whole tensors in one process) and the optimizer's flat state dict they came from."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    msd, osd = get_state_dict(model, optimizer, options=StateDictOptions(flatten_optimizer_state_dict=True))
+    tensors = {f"model.{k}": v for k, v in msd.items()}
+    tensors.update({f"optim.{k}": v for k, v in osd.items() if torch.is_tensor(v)})
+    if ema is not None:
+        tensors.update({f"ema.{k}": v for k, v in ema.shadow.items()})
+    return tensors, osd
+
+
+def save_sharded(run_dir: Path, *, model, ema, optimizer, state: dict, rng: dict[str, torch.Tensor], world) -> None:
+    """Every process writes its shards (a collective: all processes call it); rank 0 writes the
+    rest and swaps the checkpoint in, as ``save_checkpoint`` does."""
+    import torch.distributed.checkpoint as dcp
+
+    run_dir = Path(run_dir)
+    tmp = run_dir / "checkpoint.tmp"
+    if world.main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    world.barrier()
+    tensors, osd = _dcp_state(model, ema, optimizer)
+    try:
+        writer = dcp.HuggingFaceStorageWriter(str(tmp / SHARDED), save_distributed=world.distributed)
+        with warnings.catch_warnings():  # one process: "assuming the intent is to save in a single process"
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.save(tensors, storage_writer=writer, no_dist=not world.distributed)
+        if world.main:
+            meta = {k: v for k, v in osd.items() if not torch.is_tensor(v)}
+            _write_rest(tmp, {**state, "sharded": True, "world_size": world.size}, rng, meta)
+            _fsync_tree(tmp)
+    except (OSError, SafetensorError, RuntimeError) as exc:
+        if world.main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"could not write a sharded checkpoint into {run_dir} ({_reason(exc)[:200]}); the "
+                              f"previous checkpoint is kept: free some space and continue with --resume") from None
+    world.barrier()
+    if world.main:
+        _swap_in(run_dir, tmp)
+
+
+def _dcp_load(tensors: dict[str, torch.Tensor], ckpt: Path) -> None:
+    """Fill ``tensors`` in place from a sharded checkpoint (resharded to this run's processes)."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+
+    whole = not (dist.is_available() and dist.is_initialized()) or not any(hasattr(v, "to_local") for v in tensors.values())
+    try:
+        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.load(tensors, storage_reader=dcp.HuggingFaceStorageReader(str(Path(ckpt) / SHARDED)), no_dist=whole)
+    except Exception as exc:  # DCP wraps every failure (a missing key, a bad file) in its CheckpointException
+        raise CheckpointError(f"the sharded checkpoint {Path(ckpt) / SHARDED} does not fit this run or is damaged "
+                              f"({first_line(exc)[:200]})") from None
+
+
+def _sharded_keys(ckpt: Path) -> set[str]:
+    import torch.distributed.checkpoint as dcp
+
+    try:
+        return set(dcp.HuggingFaceStorageReader(str(Path(ckpt) / SHARDED)).read_metadata().state_dict_metadata)
+    except Exception as exc:
+        raise CheckpointError(f"corrupt sharded checkpoint {Path(ckpt) / SHARDED}: {first_line(exc)[:200]}") from None
+
+
+def load_sharded(ckpt: Path, model, ema, optimizer) -> None:
+    """Weights, EMA and optimizer state of a sharded checkpoint into this run (sharded by FSDP
+    over any number of processes, or whole in one)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    if not is_sharded_checkpoint(ckpt):
+        raise CheckpointError(f"{ckpt} was saved by one process or by DDP, and this run shards its model (FSDP): "
+                              f"resume it with --set train.distributed=ddp")
+    keys = _sharded_keys(ckpt)
+    if ema is not None and not any(k.startswith("ema.") for k in keys):
+        raise CheckpointError(f"{ckpt} has no EMA weights but train.ema > 0")
+    tensors, osd = _dcp_state(model, ema, optimizer)
+    _dcp_load(tensors, ckpt)
+    optim = {k: v for k, v in osd.items() if not torch.is_tensor(v)}
+    optim.update({k[len("optim."):]: v for k, v in tensors.items() if k.startswith("optim.")})
+    set_state_dict(model, optimizer, model_state_dict={k[len("model."):]: v for k, v in tensors.items()
+                                                       if k.startswith("model.")},
+                   optim_state_dict=optim, options=StateDictOptions(flatten_optimizer_state_dict=True))
+
+
+def _load_sharded_weights(model, ckpt: Path, prefer_ema: bool) -> str:
+    keys = _sharded_keys(ckpt)
+    prefix = "ema." if prefer_ema and any(k.startswith("ema.") for k in keys) else "model."
+    state = model.state_dict()
+    tensors = {prefix + k: v for k, v in state.items()}
+    missing = sorted(set(tensors) - keys)
+    if missing:
+        raise CheckpointError(f"the sharded checkpoint {Path(ckpt) / SHARDED} does not fit this model's config "
+                              f"(no {missing[0]})")
+    _dcp_load(tensors, ckpt)
+    model.load_state_dict({k[len(prefix):]: v for k, v in tensors.items()})
+    return f"{SHARDED} ({prefix.rstrip('.')})"
 
 
 def _reason(exc: BaseException) -> str:
@@ -165,6 +297,8 @@ def load_optimizer_state(optimizer, ckpt: Path, meta: dict) -> None:
 def load_weights(model, ckpt: Path, prefer_ema: bool = True) -> str:
     """Load EMA weights when present (they are what a run is for), else the raw weights."""
     ckpt = Path(ckpt)
+    if is_sharded_checkpoint(ckpt):  # an FSDP run's: read whole, in this process
+        return _load_sharded_weights(model, ckpt, prefer_ema)
     name = "ema.safetensors" if prefer_ema and (ckpt / "ema.safetensors").exists() else "model.safetensors"
     tensors = read_tensors(ckpt / name)
     try:

@@ -30,6 +30,7 @@ from ..errors import UsageError
 from ..limits import check_training_memory
 from ..runs import read_run
 from ..tokenizers import Tokenizer, train_tokenizer
+from . import distributed
 from .checkpoint import CheckpointError, checkpoint_dir
 from .trainer import TrainResult, train
 
@@ -217,7 +218,29 @@ def check_new_run_dir(run_dir: Path) -> None:
 
 
 def train_run(cfg: Config, run_dir: str | Path, *, progress: bool = True) -> TrainResult:
+    """Train a new run. Under torchrun, rank 0 checks the folder, trains the tokenizer and
+    tokenizes the corpus while the others wait; they then read what it wrote and all train."""
     run_dir = Path(run_dir)
+    world = distributed.join(cfg.train)
+    world.told = False
+    if not world.main:
+        world.listen()  # rank 0 made the run folder, its config, tokenizer and token cache (or failed)
+        return _follow(run_dir, world, progress)
+    try:
+        return _lead(cfg, run_dir, world, progress)
+    except BaseException as exc:
+        if not world.told:
+            world.tell(exc)
+        raise
+
+
+def _follow(run_dir: Path, world, progress: bool, resume: bool = False) -> TrainResult:
+    cfg, tokenizer = read_run(run_dir)
+    return train(cfg, run_dir, load_splits(cfg, tokenizer, run_dir), tokenizer, progress=progress, world=world,
+                 resume=resume)
+
+
+def _lead(cfg: Config, run_dir: Path, world, progress: bool) -> TrainResult:
     if has_checkpoint(run_dir):
         raise CheckpointError(f"{run_dir} already holds a trained run: continue it with --resume or choose another --out")
     check_new_run_dir(run_dir)
@@ -250,16 +273,46 @@ def train_run(cfg: Config, run_dir: str | Path, *, progress: bool = True) -> Tra
 
 
 def _train_from_scratch(cfg: Config, run_dir: Path, progress: bool) -> TrainResult:
+    world = distributed.current()
     tokenizer, splits = prepare_data(cfg, run_dir, progress)
-    return train(cfg, run_dir, splits, tokenizer, progress=progress)
+    if world.distributed:  # the others read the config, tokenizer and token cache written here
+        cfg.save(run_dir / "config.json")
+        tokenizer.save(run_dir / "tokenizer.json")
+        world.tell(None)
+    return train(cfg, run_dir, splits, tokenizer, progress=progress, world=world)
 
 
 RESUMABLE_SECTIONS = ("train",)
 
 
 def resume_run(run_dir: str | Path, overrides: list[str] | None = None, *, progress: bool = True) -> TrainResult:
-    """Continue a run from its last checkpoint; only ``train.*`` settings may change."""
+    """Continue a run from its last checkpoint; only ``train.*`` settings may change. Under
+    torchrun, rank 0 checks the run and saves its config; the others wait, then all resume."""
     run_dir = Path(run_dir)
+    world = distributed.join(_saved_train_config(run_dir))
+    world.told = False
+    if not world.main:
+        world.listen()
+        if has_checkpoint(run_dir):
+            return _follow(run_dir, world, progress, resume=True)
+        return _follow(run_dir, world, progress)  # started again from step 0
+    try:
+        return _resume_lead(run_dir, overrides, progress, world)
+    except BaseException as exc:
+        if not world.told:
+            world.tell(exc)
+        raise
+
+
+def _saved_train_config(run_dir: Path):
+    """The saved run's train section (torchrun's backend and timeout come from it), or the defaults."""
+    try:
+        return Config.load(run_dir / "config.json").train
+    except (ValueError, TypeError, OSError):
+        return Config().train  # read_run on rank 0 names the problem
+
+
+def _resume_lead(run_dir: Path, overrides, progress: bool, world) -> TrainResult:
     if (run_dir / "config.json").is_file() and not has_checkpoint(run_dir) and _logged_past(
             run_dir, _saved_ckpt_every(run_dir)):
         raise CheckpointError(f"{run_dir} has no checkpoint, but its metrics.jsonl goes past a checkpointed step "
@@ -279,5 +332,7 @@ def resume_run(run_dir: str | Path, overrides: list[str] | None = None, *, progr
     apply_overrides(raw, overrides or [], sections=RESUMABLE_SECTIONS)
     cfg = Config.from_dict(raw)
     cfg.save(run_dir / "config.json")  # the run's config says what it now trains with
-    return train(cfg, run_dir, load_splits(cfg, tokenizer, run_dir), tokenizer, resume=True, progress=progress)
+    splits = load_splits(cfg, tokenizer, run_dir)
+    world.tell(None)
+    return train(cfg, run_dir, splits, tokenizer, resume=True, progress=progress, world=world)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -26,17 +27,23 @@ from ..data import Rows, RowSampler, WindowSampler
 from ..errors import TrainingError, UsageError
 from ..fileio import write_atomic
 from ..limits import check_training_memory
+from ..processes.base import RowShard
 from ..runs import build_model
 from ..tokenizers import Tokenizer
+from . import distributed
 from .checkpoint import (
     CheckpointError,
     checkpoint_dir,
+    is_sharded_checkpoint,
     load_optimizer_state,
+    load_sharded,
     load_weights,
     read_state,
     read_tensors,
     save_checkpoint,
+    save_sharded,
 )
+from .distributed import World, gradient_sync, parallelize
 
 VAL_SEED = 1234  # validation windows and noise are the same at every evaluation
 
@@ -80,7 +87,9 @@ def lr_at(step: int, cfg) -> float:
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, world: World | None = None) -> torch.device:
+    if world is not None and world.distributed:  # torchrun: this process's GPU (LOCAL_RANK), or the CPU
+        return world._device
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -154,15 +163,22 @@ def train(
     resume: bool = False,
     until: int | None = None,
     progress: bool = True,
+    world: World | None = None,
 ) -> TrainResult:
     """Train ``cfg`` on token ``splits`` into ``run_dir``. ``until`` stops early at that step
     (as an interruption would), leaving a checkpoint from which ``resume`` continues exactly.
-    Splits are token arrays (random windows) or SFT ``Rows`` (prompt positions fixed)."""
+    Splits are token arrays (random windows) or SFT ``Rows`` (prompt positions fixed).
+
+    Under torchrun (``world``: this process's place, by default ``distributed.current()``) each
+    process trains on its rows of every batch and the run computes what one process computes;
+    rank 0 writes the metrics, the progress bar and (DDP) the checkpoint (see distributed.py)."""
     tc, run_dir = cfg.train, Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    world = world or distributed.current()
+    if world.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     if tc.threads:
         torch.set_num_threads(tc.threads)
-    device = resolve_device(tc.device)
+    device = resolve_device(tc.device, world)
     torch.manual_seed(tc.seed)
     cfg.model.vocab_size = tokenizer.vocab_size
     check_training_memory(cfg, tokenizer.vocab_size, device)  # before a byte of it is allocated
@@ -170,39 +186,46 @@ def train(
     if tc.init and not resume:  # fine-tuning: start from another run's weights
         load_weights(model, checkpoint_dir(Path(tc.init)))
     model.to(device)
+    net = parallelize(model, world, tc.distributed)  # DDP around it, or sharded in place (FSDP)
+    sharded = tc.distributed == "fsdp"  # FSDP runs keep sharded checkpoints, at any number of processes
     optimizer = _make_optimizer(model, tc)
     ema = EMA(model, tc.ema) if tc.ema > 0 else None
     L = cfg.model.context
+    share = world.share(tc.batch_size)
     prompt_drop = 0.0  # prompts are dropped from SFT rows, never the context of an infilling window
     if isinstance(splits["train"], Rows):
-        sampler = RowSampler(splits["train"], tc.batch_size, seed=tc.seed + 1)
+        sampler = RowSampler(splits["train"], tc.batch_size, seed=tc.seed + 1, share=share)
         prompt_drop = tc.prompt_drop
     else:
         fim = (cfg.data.fim_rate, tokenizer.eot_id, tokenizer.pad_id, tokenizer.mask_id)
         sampler = WindowSampler(splits["train"], L, tc.batch_size, seed=tc.seed + 1, fim=fim,
-                                span_rate=cfg.data.infill_rate)
+                                span_rate=cfg.data.infill_rate, rows=share)
     noise_gen = torch.Generator(device=device).manual_seed(tc.seed + 2)
-    val = _validation_batches(splits["val"], L, tc)
+    noise = RowShard(noise_gen, *share, tc.batch_size) if world.distributed else noise_gen
+    val = _validation_batches(splits["val"], L, tc, share)
 
     step, tokens_seen = 0, 0
     metrics_path = run_dir / "metrics.jsonl"
     if resume:
         step, tokens_seen = _restore(run_dir, model, ema, optimizer, sampler, noise_gen)
-        _truncate_metrics(metrics_path, step)
-    else:
+        if world.main:
+            _truncate_metrics(metrics_path, step)
+    elif world.main:
         cfg.save(run_dir / "config.json")
         tokenizer.save(run_dir / "tokenizer.json")
         metrics_path.write_text("")
 
     n_params = model.num_params(non_embedding=False)
-    print(f"textdiffusion: {cfg.process.name} model, {n_params / 1e6:.2f}M parameters "
-          f"({model.num_params() / 1e6:.2f}M non-embedding), {device}", file=sys.stderr)
+    where = f"{device}" if not world.distributed else f"{world.size} processes ({tc.distributed}, {world.backend})"
+    distributed.note(f"textdiffusion: {cfg.process.name} model, {n_params / 1e6:.2f}M parameters "
+                     f"({model.num_params() / 1e6:.2f}M non-embedding), {where}")
 
-    fwd_model = torch.compile(model) if tc.compile else model
+    fwd_model = torch.compile(net) if tc.compile else net
     autocast = autocast_for(tc, device)
     last_step = min(until, tc.max_steps) if until is not None else tc.max_steps
     tokens_per_step = tc.batch_size * tc.grad_accum * L
-    bar = _progress_bar(progress, step, tc.max_steps)
+    bar = _progress_bar(progress and world.main, step, tc.max_steps)
+    say = bar.write if world.main else (lambda line: None)  # tqdm.write prints even from a disabled bar
     train_loss, val_loss = float("nan"), None
     t_start = time.perf_counter()
     train_seconds = 0.0  # time in optimisation steps only (not validation or checkpoints)
@@ -214,24 +237,34 @@ def train(
         return {"data": sampler.gen.get_state(), "noise": noise_gen.get_state(), "torch": torch.get_rng_state()}
 
     def save(rng: dict[str, torch.Tensor]) -> None:
-        bad = next((name for name, p in model.named_parameters() if not torch.isfinite(p).all()), None)
-        if bad is not None:  # a non-finite step is never saved: the checkpoint on disk stays the last good one
-            raise TrainingError(f"the weights became non-finite by step {step} ({bad}): lower train.lr or raise "
-                                f"train.warmup_steps or train.grad_clip (the last checkpoint in {run_dir} is untouched)")
-        save_checkpoint(run_dir, model=model, ema=ema, optimizer=optimizer,
-                        state={"step": step, "tokens_seen": tokens_seen}, rng=rng)
+        bad = next((name for name, p in model.named_parameters() if not torch.isfinite(distributed.local(p)).all()),
+                   None)
+        if world.any(bad is not None)[0]:  # a non-finite step is never saved: the checkpoint on disk stays the last good one
+            raise TrainingError(f"the weights became non-finite by step {step} ({bad or 'in another process'}): lower "
+                                f"train.lr or raise train.warmup_steps or train.grad_clip (the last checkpoint in "
+                                f"{run_dir} is untouched)")
+        state = {"step": step, "tokens_seen": tokens_seen}
+        if sharded:
+            save_sharded(run_dir, model=model, ema=ema, optimizer=optimizer, state=state, rng=rng, world=world)
+        elif world.main:
+            save_checkpoint(run_dir, model=model, ema=ema, optimizer=optimizer, state=state, rng=rng)
+        world.barrier()  # when any process returns, the checkpoint is on disk
 
     saved_step, rng_done = step, rng_state()
-    with open(metrics_path, "a") as metrics, _StopOnSignal() as stop:
+    with open(metrics_path if world.main else os.devnull, "a") as metrics, _StopOnSignal() as stop, \
+            _peers_checked(world):
         while step < last_step:
-            if stop.requested:  # Ctrl-C, SIGTERM, SIGHUP: checkpoint the last completed step, then stop
+            # every process stops at the same step: a signal or the time budget seen by any of them
+            stopping, out_of_time = world.any(stop.requested,
+                                              tc.max_seconds and time.perf_counter() - t_start >= tc.max_seconds)
+            if stopping:  # Ctrl-C, SIGTERM, SIGHUP: checkpoint the last completed step, then stop
                 bar.close()
                 if step > saved_step:
                     metrics.flush()
                     save(rng_done)
                 raise Interrupted(stop.signum)
-            if tc.max_seconds and time.perf_counter() - t_start >= tc.max_seconds:
-                bar.write(f"time budget of {tc.max_seconds:g}s reached at step {step}")
+            if out_of_time:
+                say(f"time budget of {tc.max_seconds:g}s reached at step {step}")
                 if step > saved_step:
                     save(rng_done)
                 break
@@ -241,16 +274,25 @@ def train(
                 group["lr"] = lr
             model.train()
             loss_sum = 0.0
-            for _ in range(tc.grad_accum):
+            for micro in range(tc.grad_accum):
                 batch, fixed, labels = _on_device(sampler.next(), device)
                 drop = tc.cond_drop if labels is not None else prompt_drop
-                batch, labels = drop_condition(batch, fixed, labels, drop, noise_gen, tokenizer.pad_id,
+                batch, labels = drop_condition(batch, fixed, labels, drop, noise, tokenizer.pad_id,
                                                cfg.model.num_labels)
-                net = fwd_model if labels is None else Conditioned(fwd_model, labels)
-                with autocast():
-                    out = process.loss(net, batch, noise_gen, fixed)
-                (out.loss / tc.grad_accum).backward()
-                loss_sum += out.loss.item() / tc.grad_accum
+                called = fwd_model if labels is None else Conditioned(fwd_model, labels)
+                with gradient_sync(net, micro == tc.grad_accum - 1):  # DDP/FSDP: all-reduce on the last only
+                    with autocast():
+                        out = process.loss(called, batch, noise, fixed)
+                    if world.distributed:  # this share's tokens of the whole batch's (DDP/FSDP average over processes)
+                        (tokens,) = world.sum(out.num_tokens)
+                        weight = out.num_tokens / max(tokens, 1.0)
+                        (out.loss * (weight * world.size / tc.grad_accum)).backward()
+                        loss_sum += out.loss.item() * weight / tc.grad_accum
+                    else:
+                        (out.loss / tc.grad_accum).backward()
+                        loss_sum += out.loss.item() / tc.grad_accum
+            if world.distributed:
+                (loss_sum,) = world.sum(loss_sum)
             if not math.isfinite(loss_sum):
                 raise TrainingError(
                     f"loss became {loss_sum} at step {step}: lower train.lr or raise train.warmup_steps "
@@ -275,11 +317,11 @@ def train(
                 _log(metrics, step=step, loss=loss_sum, lr=lr, tokens=tokens_seen, tokens_per_second=tok_s,
                      seconds=elapsed)
             if step % tc.eval_every == 0 or step == tc.max_steps:
-                val_loss = _validate(model, ema, process, val, device, autocast)
+                val_loss = _validate(model, ema, process, val, device, autocast, world, share, tc.batch_size)
                 # the training objective on fixed validation windows; `textdiffusion eval` adds the
                 # reconstruction term that makes the diffusion loss an exact bound
                 _log(metrics, step=step, val_loss=val_loss, val_loss_bits=val_loss / math.log(2))
-                bar.write(f"step {step}: val loss {val_loss:.4f} nats/token ({val_loss / math.log(2):.4f} bits)")
+                say(f"step {step}: val loss {val_loss:.4f} nats/token ({val_loss / math.log(2):.4f} bits)")
             if step % tc.ckpt_every == 0 or step == last_step:
                 metrics.flush()
                 save(rng_done)
@@ -289,6 +331,18 @@ def train(
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _peak_rss_bytes()
     return TrainResult(step, train_loss, val_loss, (step - start_step) * tokens_per_step / max(train_seconds, 1e-9),
                        seconds, peak)
+
+
+@contextlib.contextmanager
+def _peers_checked(world: World):
+    """A collective that failed because another process of the run died (inside DDP's or FSDP's
+    own all-reduce too) is one line (distributed.PeerLost), not a traceback."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if world.distributed and distributed.is_peer_failure(exc):
+            raise distributed.lost(exc) from None
+        raise
 
 
 class Interrupted(KeyboardInterrupt):
@@ -350,18 +404,22 @@ def _on_device(batch, device) -> tuple:
     return parts
 
 
-def _validation_batches(split: np.ndarray | Rows, length: int, tc) -> list:
+def _validation_batches(split: np.ndarray | Rows, length: int, tc, share: tuple[int, int] | None = None) -> list:
+    """This process's rows (``share``) of the fixed validation batches."""
     if isinstance(split, Rows):
-        sampler = RowSampler(split, tc.batch_size, seed=VAL_SEED)
+        sampler = RowSampler(split, tc.batch_size, seed=VAL_SEED, share=share)
     else:
-        sampler = WindowSampler(split, length, tc.batch_size, seed=VAL_SEED, split="validation")
+        sampler = WindowSampler(split, length, tc.batch_size, seed=VAL_SEED, split="validation", rows=share)
     return [sampler.next() for _ in range(tc.eval_batches)]
 
 
 @torch.no_grad()
-def _validate(model, ema, process, batches, device, autocast) -> float:
-    """Mean loss (nats/token) on fixed windows with fixed noise, with EMA weights if enabled."""
+def _validate(model, ema, process, batches, device, autocast, world: World | None = None,
+              share: tuple[int, int] | None = None, batch_size: int = 0) -> float:
+    """Mean loss (nats/token) on fixed windows with fixed noise, with EMA weights if enabled;
+    under torchrun each process scores its rows and the sums are reduced over processes."""
     gen = torch.Generator(device=device).manual_seed(VAL_SEED)
+    noise = RowShard(gen, *share, batch_size) if world is not None and world.distributed else gen
     ctx = ema.applied(model) if ema is not None else contextlib.nullcontext()
     model.eval()
     total, count = 0.0, 0
@@ -370,10 +428,12 @@ def _validate(model, ema, process, batches, device, autocast) -> float:
             tokens, fixed, labels = _on_device(batch, device)
             net = model if labels is None else Conditioned(model, labels)
             with autocast():
-                out = process.loss(net, tokens, gen, fixed)
+                out = process.loss(net, tokens, noise, fixed)
             total += out.loss.item() * out.num_tokens
             count += out.num_tokens
     model.train()
+    if world is not None and world.distributed:
+        total, count = world.sum(total, count)
     return total / max(count, 1)
 
 
@@ -382,6 +442,10 @@ def _restore(run_dir: Path, model, ema, optimizer, sampler, noise_gen) -> tuple[
     run is a CheckpointError naming it (nothing is half-restored: the run is not changed)."""
     ckpt = checkpoint_dir(run_dir)
     state = read_state(ckpt)
+    if is_sharded_checkpoint(ckpt) or distributed.is_sharded(model):
+        load_sharded(ckpt, model, ema, optimizer)
+        _restore_rng(ckpt, sampler, noise_gen)
+        return state["step"], state["tokens_seen"]
     if "optimizer" not in state or not (ckpt / "optimizer.safetensors").exists():
         raise CheckpointError(f"{run_dir} holds weights only (an exported model, or a checkpoint without its "
                               f"optimizer state), so it cannot be resumed: fine-tune it instead with "
@@ -397,6 +461,11 @@ def _restore(run_dir: Path, model, ema, optimizer, sampler, noise_gen) -> tuple[
             raise CheckpointError(f"{ckpt / 'ema.safetensors'} does not fit this model: is it another run's checkpoint?")
         ema.shadow = shadow
     load_optimizer_state(optimizer, ckpt, state["optimizer"])
+    _restore_rng(ckpt, sampler, noise_gen)
+    return state["step"], state["tokens_seen"]
+
+
+def _restore_rng(ckpt: Path, sampler, noise_gen) -> None:
     rng = read_tensors(ckpt / "rng.safetensors")
     try:
         sampler.gen.set_state(rng["data"])
@@ -404,7 +473,6 @@ def _restore(run_dir: Path, model, ema, optimizer, sampler, noise_gen) -> tuple[
         torch.set_rng_state(rng["torch"])
     except (KeyError, RuntimeError, TypeError) as exc:
         raise CheckpointError(f"corrupt checkpoint file {ckpt / 'rng.safetensors'}: {exc}") from None
-    return state["step"], state["tokens_seen"]
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
