@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-TIMING = ("seconds", "tokens_per_second")  # metrics that differ between any two runs
+TIMING = ("seconds", "tokens_per_second", "mfu", "peak_flops")  # metrics that differ between any two runs
 CONFIG = """
 [model]
 n_layer = 1

@@ -180,6 +180,9 @@ class DataConfig:
                "data.infill_rate trains on plain text windows: not with data.sft or data.labels")
 
 
+SDPA_KERNELS = ("auto", "flash", "efficient", "cudnn", "math")  # train.sdpa
+
+
 @dataclass
 class TrainConfig:
     """The optimisation loop."""
@@ -217,6 +220,12 @@ class TrainConfig:
     # FSDP2, parameters, gradients and optimizer state sharded over the processes (sharded checkpoints)
     distributed: str = "ddp"
     dist_timeout: float = 900.0  # seconds a collective waits for a process that does not answer
+    # efficiency options (README "Training on GPUs"): AdamW as one fused kernel (auto = on CUDA)
+    fused_adamw: str = "auto"  # auto | on | off
+    activation_checkpointing: bool = False  # recompute each block's activations in backward: less memory, ~30% more compute
+    sdpa: str = "auto"  # attention kernel: auto (torch picks) | flash | efficient | cudnn | math
+    peak_flops: float = 0.0  # one device's peak FLOP/s for MFU; 0 = the datasheet's (known GPUs) or measured at start
+    tensorboard: str = "auto"  # TensorBoard event files in RUN/tensorboard: auto (when installed) | on | off
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "grad_accum", "max_steps", "eval_every", "ckpt_every", "log_every"):
@@ -234,6 +243,11 @@ class TrainConfig:
         _check(0.0 <= self.prompt_drop < 1.0, "train.prompt_drop must be in [0, 1)")
         _check(self.distributed in ("ddp", "fsdp"), f"train.distributed must be ddp or fsdp; got {self.distributed!r}")
         _check(self.dist_timeout > 0, "train.dist_timeout must be positive (seconds)")
+        for name, allowed in (("fused_adamw", ("auto", "on", "off")), ("tensorboard", ("auto", "on", "off")),
+                              ("sdpa", SDPA_KERNELS)):
+            _check(getattr(self, name) in allowed, f"train.{name} must be one of {', '.join(allowed)}; "
+                                                   f"got {getattr(self, name)!r}")
+        _check(self.peak_flops >= 0, "train.peak_flops must be >= 0 (0 = the datasheet's or measured)")
         _check(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device) is not None,
                f"train.device must be auto, cpu, mps, cuda or cuda:N; got {self.device!r}")
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from ..config import ModelConfig
 from ..errors import UsageError
@@ -311,6 +312,7 @@ class Transformer(nn.Module):
             raise UsageError("model.vocab_size must be set (it comes from the tokenizer)")
         self.cfg = cfg
         self.attn_mode = attn
+        self.checkpointing = False  # train.activation_checkpointing
         causal = attn == "causal"
         # token ids -> vectors, or (continuous inputs) a linear map of the input vectors
         self.embed = nn.Linear(input_dim, cfg.d_model, bias=False) if input_dim else nn.Embedding(cfg.vocab_size, cfg.d_model)
@@ -440,8 +442,12 @@ class Transformer(nn.Module):
             elif self.cfg.time_input == "sigma":  # SEDD: the total noise at mask rate t
                 t = -torch.log1p(-t.float().clamp(max=1.0 - SIGMA_EPS))
             c = F.silu(self.time(t.expand(B) if t.dim() == 0 else t))  # (B, C)
+        recompute = self.checkpointing and self.training and torch.is_grad_enabled() and kv_cache is None
         for i, block in enumerate(self.blocks):
-            x = block(x, cos, sin, i, kv_cache, c, attn_mask)
+            if recompute:  # activation checkpointing: keep each block's input only, recompute the rest in backward
+                x = torch.utils.checkpoint.checkpoint(block, x, cos, sin, i, None, c, attn_mask, use_reentrant=False)
+            else:
+                x = block(x, cos, sin, i, kv_cache, c, attn_mask)
         x = self.norm(x)
         if self.final_ada is not None:
             shift, scale = self.final_ada(c)[:, None, :].chunk(2, dim=-1)

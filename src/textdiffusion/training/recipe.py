@@ -156,7 +156,7 @@ def prepare_data(cfg: Config, run_dir: Path, progress: bool = False) -> tuple[To
     return tokenizer, load_token_splits(cfg.data, tokenizer, run_dir / "tokenizer.json", progress=progress)
 
 
-RUN_FILES = ("config.json", "tokenizer.json", "metrics.jsonl", "labels.json", "checkpoint.tmp")
+RUN_FILES = ("config.json", "tokenizer.json", "metrics.jsonl", "labels.json", "checkpoint.tmp", "tensorboard")
 
 
 def stopped_before_first_checkpoint(run_dir: Path) -> bool:

@@ -24,13 +24,13 @@ import torch
 from ..config import Config
 from ..control.guidance import Conditioned, drop_condition
 from ..data import Rows, RowSampler, WindowSampler
-from ..errors import TrainingError, UsageError
+from ..errors import TrainingError, UsageError, first_line
 from ..fileio import write_atomic
 from ..limits import check_training_memory
 from ..processes.base import RowShard
 from ..runs import build_model
 from ..tokenizers import Tokenizer
-from . import distributed
+from . import distributed, mfu
 from .checkpoint import (
     CheckpointError,
     checkpoint_dir,
@@ -137,12 +137,53 @@ def autocast_for(tc, device: torch.device):
     return contextlib.nullcontext
 
 
-def _make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.AdamW:
+def _make_optimizer(model: torch.nn.Module, cfg, device: torch.device | None = None) -> torch.optim.AdamW:
     # no weight decay on biases, norms and embeddings' 1-d params
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.beta2))
+    fused = cfg.fused_adamw == "on" or (cfg.fused_adamw == "auto" and device is not None and device.type == "cuda")
+    try:  # fused: the whole update in one kernel per device (CUDA; the CPU has one too since torch 2.4)
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.beta2), **({"fused": True} if fused else {}))
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise UsageError(f"train.fused_adamw=on is not supported here ({first_line(exc)[:120]}): use "
+                         f"train.fused_adamw=auto") from None
+
+
+def sdpa_kernel(name: str):
+    """The attention-kernel context of train.sdpa (auto: torch's own choice)."""
+    if name == "auto":
+        return contextlib.nullcontext
+    from torch.nn.attention import SDPBackend
+    from torch.nn.attention import sdpa_kernel as choose
+
+    backend = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+               "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}[name]
+    return lambda: choose([backend])
+
+
+def _no_kernel(exc: BaseException, tc, device) -> UsageError | None:
+    """torch's "No available kernel" for a forced train.sdpa, as the one line that says what to do."""
+    text = str(exc).lower()
+    if tc.sdpa != "auto" and ("no available kernel" in text or "no viable backend" in text):
+        return UsageError(f"train.sdpa={tc.sdpa} has no kernel for this model on {device.type} (flash and cudnn take "
+                          f"no attention mask, which block diffusion and padded rows need; efficient is CUDA "
+                          f"only): use train.sdpa=auto")
+    return None
+
+
+def _tensorboard(tc, run_dir: Path, step: int, world: World):
+    """A SummaryWriter into RUN/tensorboard (rank 0; events after ``step`` dropped on resume), or None."""
+    if tc.tensorboard == "off" or not world.main:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        if tc.tensorboard == "on":
+            raise UsageError("train.tensorboard=on needs the tensorboard package: pip install tensorboard "
+                             "(metrics.jsonl is written either way)") from None
+        return None
+    return SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=step + 1 if step else None)
 
 
 def _peak_rss_bytes() -> int:
@@ -188,8 +229,14 @@ def train(
     model.to(device)
     net = parallelize(model, world, tc.distributed)  # DDP around it, or sharded in place (FSDP)
     sharded = tc.distributed == "fsdp"  # FSDP runs keep sharded checkpoints, at any number of processes
-    optimizer = _make_optimizer(model, tc)
+    optimizer = _make_optimizer(model, tc, device)
     ema = EMA(model, tc.ema) if tc.ema > 0 else None
+    if tc.activation_checkpointing:
+        from ..models.transformer import Transformer
+
+        for m in model.modules():
+            if isinstance(m, Transformer):
+                m.checkpointing = True
     L = cfg.model.context
     share = world.share(tc.batch_size)
     prompt_drop = 0.0  # prompts are dropped from SFT rows, never the context of an infilling window
@@ -222,6 +269,12 @@ def train(
 
     fwd_model = torch.compile(net) if tc.compile else net
     autocast = autocast_for(tc, device)
+    kernel = sdpa_kernel(tc.sdpa)
+    bf16 = autocast is not contextlib.nullcontext
+    peak, peak_source = mfu.device_peak(device, bf16, tc.peak_flops)
+    per_token = mfu.flops_per_token(model, process, L)
+    distributed.note(f"textdiffusion: MFU against {peak / 1e12:.3g} TFLOP/s per device ({peak_source})")
+    board = _tensorboard(tc, run_dir, step, world)
     last_step = min(until, tc.max_steps) if until is not None else tc.max_steps
     tokens_per_step = tc.batch_size * tc.grad_accum * L
     bar = _progress_bar(progress and world.main, step, tc.max_steps)
@@ -251,8 +304,9 @@ def train(
         world.barrier()  # when any process returns, the checkpoint is on disk
 
     saved_step, rng_done = step, rng_state()
+    logged_step, logged_seconds = step, 0.0
     with open(metrics_path if world.main else os.devnull, "a") as metrics, _StopOnSignal() as stop, \
-            _peers_checked(world):
+            _explained(world, tc, device), contextlib.closing(board) if board else contextlib.nullcontext():
         while step < last_step:
             # every process stops at the same step: a signal or the time budget seen by any of them
             stopping, out_of_time = world.any(stop.requested,
@@ -280,7 +334,9 @@ def train(
                 batch, labels = drop_condition(batch, fixed, labels, drop, noise, tokenizer.pad_id,
                                                cfg.model.num_labels)
                 called = fwd_model if labels is None else Conditioned(fwd_model, labels)
-                with gradient_sync(net, micro == tc.grad_accum - 1):  # DDP/FSDP: all-reduce on the last only
+                # DDP/FSDP: all-reduce on the last micro-batch only; the attention kernel also in backward
+                # (activation checkpointing recomputes the forward there)
+                with gradient_sync(net, micro == tc.grad_accum - 1), kernel():
                     with autocast():
                         out = process.loss(called, batch, noise, fixed)
                     if world.distributed:  # this share's tokens of the whole batch's (DDP/FSDP average over processes)
@@ -314,16 +370,28 @@ def train(
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum:.4f}", tok_s=f"{tok_s:,.0f}", refresh=False)
             if step % tc.log_every == 0 or step == last_step:
+                # the rate of the steps since the last log line (the first ones include warm-up)
+                recent = tokens_per_step * (step - logged_step) / max(train_seconds - logged_seconds, 1e-9)
+                used = mfu.mfu(recent, per_token, peak, world.size)
                 _log(metrics, step=step, loss=loss_sum, lr=lr, tokens=tokens_seen, tokens_per_second=tok_s,
-                     seconds=elapsed)
+                     seconds=elapsed, mfu=used, peak_flops=peak)
+                if board is not None:
+                    for key, value in (("loss", loss_sum), ("lr", lr), ("tokens_per_second", recent), ("mfu", used)):
+                        if value is not None:
+                            board.add_scalar(f"train/{key}", value, step)
+                logged_step, logged_seconds = step, train_seconds
             if step % tc.eval_every == 0 or step == tc.max_steps:
                 val_loss = _validate(model, ema, process, val, device, autocast, world, share, tc.batch_size)
                 # the training objective on fixed validation windows; `textdiffusion eval` adds the
                 # reconstruction term that makes the diffusion loss an exact bound
                 _log(metrics, step=step, val_loss=val_loss, val_loss_bits=val_loss / math.log(2))
+                if board is not None:
+                    board.add_scalar("val/loss", val_loss, step)
                 say(f"step {step}: val loss {val_loss:.4f} nats/token ({val_loss / math.log(2):.4f} bits)")
             if step % tc.ckpt_every == 0 or step == last_step:
                 metrics.flush()
+                if board is not None:
+                    board.flush()
                 save(rng_done)
                 saved_step = step
     bar.close()
@@ -334,14 +402,18 @@ def train(
 
 
 @contextlib.contextmanager
-def _peers_checked(world: World):
-    """A collective that failed because another process of the run died (inside DDP's or FSDP's
-    own all-reduce too) is one line (distributed.PeerLost), not a traceback."""
+def _explained(world: World, tc, device):
+    """Errors with a known cause as one line: a collective that failed because another process of
+    the run died (inside DDP's or FSDP's own all-reduce too: distributed.PeerLost), a forced
+    attention kernel that cannot run this model."""
     try:
         yield
     except RuntimeError as exc:
         if world.distributed and distributed.is_peer_failure(exc):
             raise distributed.lost(exc) from None
+        explained = _no_kernel(exc, tc, device)
+        if explained is not None:
+            raise explained from None
         raise
 
 
