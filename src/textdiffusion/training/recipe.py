@@ -221,23 +221,25 @@ def train_run(cfg: Config, run_dir: str | Path, *, progress: bool = True) -> Tra
     """Train a new run. Under torchrun, rank 0 checks the folder, trains the tokenizer and
     tokenizes the corpus while the others wait; they then read what it wrote and all train."""
     run_dir = Path(run_dir)
-    world = distributed.join(cfg.train)
+    return _led(distributed.join(cfg.train), run_dir, progress, lambda world: _lead(cfg, run_dir, world, progress))
+
+
+def _led(world, run_dir: Path, progress: bool, lead) -> TrainResult:
+    """Rank 0 runs ``lead`` (which tells the others once the run folder, config, tokenizer and
+    token cache are written, or tells them the error that stopped it); the others wait, then read
+    the run and train (resuming when rank 0 left a checkpoint to resume from)."""
     world.told = False
     if not world.main:
-        world.listen()  # rank 0 made the run folder, its config, tokenizer and token cache (or failed)
-        return _follow(run_dir, world, progress)
+        world.listen()
+        cfg, tokenizer = read_run(run_dir)
+        return train(cfg, run_dir, load_splits(cfg, tokenizer, run_dir), tokenizer, progress=progress, world=world,
+                     resume=has_checkpoint(run_dir))
     try:
-        return _lead(cfg, run_dir, world, progress)
+        return lead(world)
     except BaseException as exc:
         if not world.told:
             world.tell(exc)
         raise
-
-
-def _follow(run_dir: Path, world, progress: bool, resume: bool = False) -> TrainResult:
-    cfg, tokenizer = read_run(run_dir)
-    return train(cfg, run_dir, load_splits(cfg, tokenizer, run_dir), tokenizer, progress=progress, world=world,
-                 resume=resume)
 
 
 def _lead(cfg: Config, run_dir: Path, world, progress: bool) -> TrainResult:
@@ -289,19 +291,8 @@ def resume_run(run_dir: str | Path, overrides: list[str] | None = None, *, progr
     """Continue a run from its last checkpoint; only ``train.*`` settings may change. Under
     torchrun, rank 0 checks the run and saves its config; the others wait, then all resume."""
     run_dir = Path(run_dir)
-    world = distributed.join(_saved_train_config(run_dir))
-    world.told = False
-    if not world.main:
-        world.listen()
-        if has_checkpoint(run_dir):
-            return _follow(run_dir, world, progress, resume=True)
-        return _follow(run_dir, world, progress)  # started again from step 0
-    try:
-        return _resume_lead(run_dir, overrides, progress, world)
-    except BaseException as exc:
-        if not world.told:
-            world.tell(exc)
-        raise
+    return _led(distributed.join(_saved_train_config(run_dir)), run_dir, progress,
+                lambda world: _resume_lead(run_dir, overrides, progress, world))
 
 
 def _saved_train_config(run_dir: Path):
