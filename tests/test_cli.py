@@ -106,6 +106,34 @@ def test_every_sampler_from_the_command_line(runs, run, sampler, options):
     assert out["tokens_per_second"] > 0
 
 
+@pytest.mark.parametrize("draft", ["masked", "block"])
+def test_speculative_decoding_from_the_command_line(runs, draft):
+    """`generate AR_RUN --sampler speculative --draft RUN` at temperature 0 prints the AR
+    sampler's texts, with its statistics in --json; the Python API takes a loaded drafter; a
+    drafter that is not a diffusion model or not a run is one line."""
+    base, cache = runs
+    common = ["--temperature", "0", "--length", "24", "--num", "2", "--json"]
+    want = json.loads(in_process("generate", "the cat", "--model", base / "ar", *common, env_cache=cache).stdout)
+    r = in_process("generate", "the cat", "--model", base / "ar", "--sampler", "speculative", "--draft", base / draft,
+                   "--draft-len", "4", *common, env_cache=cache)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert got["texts"] == want["texts"] and got["sampler"] == "speculative"
+    assert got["stats"]["target_calls"] <= 2 * 24 and 0 <= got["stats"]["mean_accepted"] <= 4
+    from textdiffusion import Pipeline
+
+    pipe = Pipeline(load_run(base / "ar"))
+    res = pipe.generate("the cat", length=24, num=2, temperature=0.0, sampler="speculative",
+                        draft_run=Pipeline(load_run(base / draft)), draft_len=4)
+    assert res.texts == want["texts"] and res.stats["rounds"] > 0
+    r = in_process("generate", "--model", base / "ar", "--sampler", "speculative", "--draft", base / "uniform", env_cache=cache)
+    assert r.returncode == 2 and "must be a masked or block diffusion model" in r.stderr, r.stderr
+    r = in_process("generate", "--model", base / "ar", "--sampler", "speculative", "--draft", base / "nowhere", env_cache=cache)
+    assert r.returncode == 2 and "not found" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r = in_process("generate", "--model", base / "ar", "--sampler", "speculative", env_cache=cache)
+    assert r.returncode == 2 and "needs a drafter: --draft" in r.stderr
+
+
 def test_sampler_options_are_checked(runs):
     base, cache = runs
     r = in_process("sample", base / "masked", "--sampler", "ancestral", "--threshold", "0.5", env_cache=cache)

@@ -41,6 +41,7 @@ class Result:
     sampler: str
     trace: list[str] = field(default_factory=list)
     fills: list[list[str]] = field(default_factory=list)  # infill / edit: the generated pieces
+    stats: dict = field(default_factory=dict)  # the sampler's own counts (speculative: drafts kept per round, calls)
 
     @property
     def text(self) -> str:
@@ -145,7 +146,7 @@ class Pipeline:
                                            seed=seed, on_step=recorder or on_step, label=label,
                                            guidance=guidance, classifier=classifier, stop_at_eot=stop_at_eot, **options)
         return Result(texts, out.tokens, out.nfe, out.seconds, name,
-                      self._trace(out, recorder, texts, name, steps, seed))
+                      self._trace(out, recorder, texts, name, steps, seed), stats=out.stats)
 
     def infill(self, template: str, *, steps: int | None = None, sampler: str | None = None, num: int = 1,
                seed: int = 0, trace: bool = False, label: str | None = None, guidance: float = 0.0,

@@ -81,8 +81,13 @@ def main(args) -> int:
     if args.json:
         print(json.dumps({"texts": texts, "model": str(run.run_dir), "nfe": out.nfe, "seconds": out.seconds,
                           "tokens_per_second": out.tokens_per_second, "sampler": sampler, "steps": args.steps,
-                          "seed": args.seed, "prompt": prompt}))
+                          "seed": args.seed, "prompt": prompt, **({"stats": out.stats} if out.stats else {})}))
     else:
         print("\n\n".join(texts))
-        print(f"[{sampler}: {out.nfe} network calls, {out.seconds:.2f} s]", file=sys.stderr)
+        extra = ""
+        if "mean_accepted" in out.stats:  # speculative decoding
+            st = out.stats
+            extra = (f"; {st['mean_accepted']:.2f} drafts kept per round, {st['tokens_per_target_call']:.2f} tokens "
+                     f"per AR call, {st['target_calls']} AR + {st['draft_calls']} drafter calls")
+        print(f"[{sampler}: {out.nfe} network calls, {out.seconds:.2f} s{extra}]", file=sys.stderr)
     return 0

@@ -55,6 +55,20 @@ class KVCache:
         if self.pad is not None:
             self.pad = self.pad[rows]
 
+    def row(self, b: int, length: int | None = None) -> KVCache:
+        """Row ``b`` alone, its first ``length`` positions (speculative decoding drops the refused
+        drafts'). Not for a left-padded cache."""
+        return KVCache([k[b : b + 1, :, :length] for k in self.keys], [v[b : b + 1, :, :length] for v in self.values])
+
+    @staticmethod
+    def stack(caches: list[KVCache]) -> KVCache:
+        """Caches of one row each, all of one length, as one batch."""
+        if not caches[0].keys:
+            return KVCache()
+        layers = range(len(caches[0].keys))
+        return KVCache([torch.cat([c.keys[i] for c in caches]) for i in layers],
+                       [torch.cat([c.values[i] for c in caches]) for i in layers])
+
     def join(self, other: KVCache) -> None:
         """Append ``other``'s rows; the shorter side is left-padded (``pad``) to the longer."""
         n, m = self.length, other.length

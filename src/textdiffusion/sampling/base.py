@@ -208,6 +208,7 @@ class State:
     calls: int = 0  # batched network calls so far
     report: bool = True  # build the per-step record (the trace / a hook listens)
     shared: dict = field(default_factory=dict)
+    stats: dict = field(default_factory=dict)  # a sampler's own counts (speculative: accepted drafts)
 
     @property
     def finished(self) -> bool:
@@ -240,7 +241,7 @@ class State:
 
     def generation(self, seconds: float, trace: list[torch.Tensor] | None = None) -> Generation:
         fixed = torch.stack([r.fixed for r in self.rows])
-        return Generation(self.tokens(), self.prompt_length, self.calls, seconds, trace or [], fixed)
+        return Generation(self.tokens(), self.prompt_length, self.calls, seconds, trace or [], fixed, dict(self.stats))
 
     def output(self, changed: dict[Row, torch.Tensor], dists: dict[Row, tuple[int, torch.Tensor]] | None = None,
                block: int | None = None, x0: torch.Tensor | None = None,
@@ -372,6 +373,7 @@ class Generation:
     seconds: float
     trace: list[torch.Tensor] = field(default_factory=list)  # (B, T) after every step, if asked
     fixed: torch.Tensor | None = None  # (B, T) positions kept from the canvas (None: the prompt)
+    stats: dict = field(default_factory=dict)  # the sampler's own counts (speculative: mean accepted drafts, calls)
 
     @property
     def new_tokens(self) -> torch.Tensor:

@@ -21,10 +21,12 @@ from ..errors import UsageError
 
 
 def option(default: Any, doc: str, *, choices: tuple[str, ...] = (), low: float | None = None,
-           high: float | None = None, above: float | None = None, cli: bool = True) -> Any:
+           high: float | None = None, above: float | None = None, cli: bool = True, request: bool = True) -> Any:
     """A field of an ``Options`` dataclass: its default, a one-line doc and what values it takes
-    (``choices``; ``low`` <= value <= ``high``; value > ``above``). ``cli=False``: Python API only."""
-    meta = {"doc": doc, "choices": choices, "low": low, "high": high, "above": above, "cli": cli}
+    (``choices``; ``low`` <= value <= ``high``; value > ``above``). ``cli=False``: Python API only;
+    ``request=False``: a server's requests may not set it (its operator does: a path to load)."""
+    meta = {"doc": doc, "choices": choices, "low": low, "high": high, "above": above, "cli": cli,
+            "request": request}
     return field(default=default, metadata=meta)
 
 
@@ -34,7 +36,7 @@ def flag(name: str) -> str:
 
 
 def _kind(tp) -> type:
-    return {"int": int, "float": float, "str": str, "bool": bool}.get(tp, tp) if isinstance(tp, str) else tp
+    return {"int": int, "float": float, "str": str, "bool": bool, "object": object}.get(tp, tp) if isinstance(tp, str) else tp
 
 
 @dataclass
@@ -125,6 +127,16 @@ class BlockOptions(Options):
                                    "(Fast-dLLM inside the blocks); 0 = off", low=0.0)
 
 
+@dataclass
+class SpeculativeOptions(Options):
+    draft: str = option("", "the masked or block diffusion run (or model directory) that drafts for the AR model",
+                        request=False)
+    draft_len: int = option(8, "tokens drafted per round (K)", low=1)
+    draft_steps: int = option(1, "drafter calls per round: left-to-right chunks of the draft", low=1)
+    draft_run: object = option(None, "a loaded drafter (a run or Pipeline) instead of --draft", cli=False,
+                               request=False)
+
+
 @dataclass(frozen=True)
 class SamplerSpec:
     name: str
@@ -135,6 +147,7 @@ class SamplerSpec:
     fixed: dict = field(default_factory=dict)  # constructor arguments this name implies
     stops_at_eot: bool = False  # takes eot_id: ends early once every row has produced end-of-text
     starts_documents: bool = False  # takes bos_id: an unprompted sample starts after end-of-text
+    takes_tokenizer: bool = False  # checks it against a second model's (the speculative drafter's)
 
     def load(self) -> type:
         module, cls = self.target.split(":")
@@ -169,6 +182,9 @@ SAMPLERS: dict[str, SamplerSpec] = {s.name: s for s in (
                 ".continuous:DDIMSampler"),
     SamplerSpec("ar", ("ar",), "left to right with a KV cache (the AR twin)", ".autoregressive:AutoregressiveSampler",
                 starts_documents=True),
+    SamplerSpec("speculative", ("ar",), "the AR twin's own outputs, drafted --draft-len at a time by a diffusion "
+                "model (--draft) and verified in one call", ".speculative:SpeculativeSampler", SpeculativeOptions,
+                starts_documents=True, takes_tokenizer=True),
 )}
 
 # each process's own sampler: what a run uses when no sampler is named
@@ -193,9 +209,11 @@ def option_fields() -> dict[str, list[tuple[SamplerSpec, dataclasses.Field]]]:
     return out
 
 
-def option_names(cli_only: bool = False) -> tuple[str, ...]:
-    """The sampler-specific option names (block_length, order, ...), in table order."""
-    return tuple(name for name, uses in option_fields().items() if not cli_only or uses[0][1].metadata["cli"])
+def option_names(cli_only: bool = False, requests: bool = False) -> tuple[str, ...]:
+    """The sampler-specific option names (block_length, order, ...), in table order: all of them,
+    those the command line takes (``cli_only``), or those a server's request may set (``requests``)."""
+    return tuple(name for name, uses in option_fields().items()
+                 if (not cli_only or uses[0][1].metadata["cli"]) and (not requests or uses[0][1].metadata["request"]))
 
 
 def option_field(name: str) -> dataclasses.Field:
@@ -260,6 +278,8 @@ def build_sampler(name: str | None, process, tokenizer, **options):
         context["eot_id"] = eot_id
     if s.starts_documents:
         context["bos_id"] = tokenizer.eot_id
+    if s.takes_tokenizer:
+        context["tokenizer"] = tokenizer
     return s.load()(**dataclasses.asdict(opts), **s.fixed, **context)
 
 

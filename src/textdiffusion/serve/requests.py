@@ -37,7 +37,7 @@ UNSUPPORTED = {
     "prediction": (None,), "reasoning_effort": (None,), "web_search_options": (None,), "verbosity": (None,),
 }
 OPENAI_SAMPLING = ("temperature", "top_p")  # OpenAI's own names for shared sampler settings
-DIFFUSION = ("steps", "sampler", "seed", "guidance", "label", "top_k", *option_names())
+DIFFUSION = ("steps", "sampler", "seed", "guidance", "label", "top_k", *option_names(requests=True))
 ENDPOINT_FIELDS = {
     "completions": ("model", "prompt", "suffix", "max_tokens", "n", "stream", "stream_options", "user",
                     *OPENAI_SAMPLING),
@@ -134,7 +134,7 @@ def sampler_settings(body: dict, max_steps: int) -> dict[str, Any]:
     out["sampler"] = sampler
     out["guidance"] = get_float(body, "guidance", 0.0, 1e3, default=0.0)
     out["label"] = get_str(body, "label")
-    for name in (*BASE, *option_names()):
+    for name in (*BASE, *option_names(requests=True)):
         value = body.get(name)
         if value is None:
             out[name] = None

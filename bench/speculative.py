@@ -1,0 +1,89 @@
+"""Benchmark: speculative decoding with a diffusion drafter against the AR twin's KV-cached decoding.
+
+    python bench/speculative.py --target RUN_AR --draft RUN_DIFFUSION [--length 128] [--k 4,8,16]
+
+Batch 1, one thread, the same prompts for every setting (the first lines of held-out text), in
+one process: AR + KV cache, then ``--sampler speculative --draft-len K`` for each K, greedy
+(the tokens must be identical to AR's: checked) and sampled (temperature 1: the AR model's own
+distribution, so only speed and acceptance are reported). Median tokens/s over the prompts,
+each setting's ratio to AR, mean drafts kept per round, tokens per AR call. Writes
+bench/out/speculative.json and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import REPO, cpu_model  # noqa: E402
+
+PROMPTS = ["ROMEO:\n", "First Citizen:\nBefore we proceed", "KING HENRY:\nWhat", "JULIET:\nO ", "MENENIUS:\n"]
+
+
+def timed(sampler, run, ids, length: int, seed: int):
+    out = sampler.generate(run.model, run.process, length=length, prompt=ids, gen=torch.Generator().manual_seed(seed))
+    return out, out.tokens_per_second
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--target", required=True, help="the AR run")
+    p.add_argument("--draft", required=True, help="the masked or block diffusion run (same tokenizer)")
+    p.add_argument("--length", type=int, default=128)
+    p.add_argument("--k", default="4,8,16", help="draft lengths, comma-separated")
+    p.add_argument("--draft-steps", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=str(REPO / "bench" / "out" / "speculative.json"))
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    from textdiffusion.runs import load_run
+    from textdiffusion.sampling import build_sampler
+
+    target, drafter = load_run(args.target), load_run(args.draft)
+    tok = target.tokenizer
+    prompts = [torch.from_numpy(tok.encode(text)) for text in PROMPTS]
+    rows = []
+    for temperature in (0.0, 1.0):
+        ar = build_sampler("ar", target.process, tok, temperature=temperature)
+        timed(ar, target, prompts[0], 16, 0)  # warm-up
+        base = [timed(ar, target, ids, args.length, i) for i, ids in enumerate(prompts)]
+        ar_rate = statistics.median(r for _, r in base)
+        rows.append({"temperature": temperature, "sampler": "ar", "k": None, "tokens_per_second": ar_rate, "ratio": 1.0,
+                     "identical": True})
+        for k in map(int, args.k.split(",")):
+            spec = build_sampler("speculative", target.process, tok, temperature=temperature, draft_run=drafter,
+                                 draft_len=k, draft_steps=min(args.draft_steps, k))
+            timed(spec, target, prompts[0], 16, 0)
+            outs = [timed(spec, target, ids, args.length, i) for i, ids in enumerate(prompts)]
+            rate = statistics.median(r for _, r in outs)
+            same = all(torch.equal(o.tokens, b.tokens) for (o, _), (b, _) in zip(outs, base))
+            stats = [o.stats for o, _ in outs]
+            rows.append({"temperature": temperature, "sampler": "speculative", "k": k, "tokens_per_second": rate,
+                         "ratio": rate / ar_rate, "identical": same if temperature == 0 else None,
+                         "mean_accepted": statistics.mean(s["mean_accepted"] for s in stats),
+                         "tokens_per_target_call": statistics.mean(s["tokens_per_target_call"] for s in stats),
+                         "draft_calls_per_token": statistics.mean(s["draft_calls"] / args.length for s in stats)})
+            print(json.dumps(rows[-1]), file=sys.stderr)
+    record = {"date": datetime.date.today().isoformat(), "machine": cpu_model(), "threads": args.threads,
+              "torch": torch.__version__, "target": args.target, "draft": args.draft, "length": args.length,
+              "prompts": len(prompts), "rows": rows}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(record, indent=2))
+    print("| temperature | sampler | K | tokens/s | vs AR | identical to AR | drafts kept / round | tokens / AR call |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['temperature']:g} | {r['sampler']} | {r['k'] or '-'} | {r['tokens_per_second']:.0f} | "
+              f"{r['ratio']:.2f} | {'-' if r['identical'] is None else 'yes' if r['identical'] else 'NO'} | "
+              f"{r.get('mean_accepted', float('nan')):.2f} | {r.get('tokens_per_target_call', 1.0):.2f} |")
+
+
+if __name__ == "__main__":
+    main()
