@@ -61,12 +61,13 @@ def run(process: str, mode: str, steps: int, data: str, work: Path) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--processes", default="masked,ar", help="comma-separated: masked, ar (default both)")
     p.add_argument("--out", default=str(REPO / "bench" / "out" / "torchrun_cpu.json"))
     args = p.parse_args()
     data = corpus()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for process in ("masked", "ar"):
+        for process in args.processes.split(","):
             rates = {mode: run(process, mode, args.steps, data, Path(tmp)) for mode in ("1x1", "1x2", "2x1")}
             row = {"process": process, **{f"tokens_per_second_{k}": v for k, v in rates.items()},
                    "scaling_efficiency": rates["2x1"] / (2 * rates["1x1"]),
