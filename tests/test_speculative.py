@@ -188,6 +188,9 @@ def test_chunks_go_left_to_right_and_never_cross_a_block():
     assert chunks(5, 7, 3, None) == [(5, 8), (8, 10), (10, 12)]
     assert chunks(5, 6, 1, 4) == [(5, 8), (8, 11)]  # cut at the block boundary 8
     assert chunks(0, 9, 2, 4) == [(0, 4), (4, 5), (5, 8), (8, 9)]
+    # a short last round (fewer positions than --draft-steps): one position a chunk, never an
+    # empty chunk (one at a block boundary looped forever)
+    assert chunks(8, 2, 4, 8) == [(8, 9), (9, 10)]
 
 
 def test_bad_drafters_are_one_line_errors(tmp_path):

@@ -161,7 +161,9 @@ class SpeculativeSampler(Sampler):
 
 def chunks(n: int, k: int, steps: int, block: int | None) -> list[tuple[int, int]]:
     """Positions n..n+k cut into ``steps`` left-to-right chunks of near-even size (earlier ones
-    the larger), each also cut at block boundaries (a block drafter fills one block per call)."""
+    the larger; no more chunks than positions: the last round may be short), each also cut at
+    block boundaries (a block drafter fills one block per call)."""
+    steps = min(steps, k)
     base, extra = divmod(k, steps)
     out, lo = [], n
     for i in range(steps):
