@@ -134,6 +134,36 @@ def test_speculative_decoding_from_the_command_line(runs, draft):
     assert r.returncode == 2 and "needs a drafter: --draft" in r.stderr
 
 
+def test_convert_an_ar_run_into_a_diffusion_model(runs, corpus, tmp_path):
+    """`train --init AR_RUN --process masked` converts the AR twin (its architecture, tokenizer
+    and weights; the logits shift; annealed attention) into an ordinary masked run that samples
+    and evaluates; --process block converts without the shift; anything else is one line."""
+    base, cache = runs
+    out = tmp_path / "converted"
+    r = in_process("train", "--init", base / "ar", "--process", "masked", "--data", corpus, "--out", out,
+                   "--config", TINY, "--set", "train.max_steps=6", "--set", "adapt.anneal_steps=4", "--quiet",
+                   env_cache=cache)
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads((out / "config.json").read_text())
+    ar = json.loads((base / "ar" / "config.json").read_text())
+    assert cfg["process"]["name"] == "masked" and cfg["model"]["logits_shift"] == 1
+    assert {k: v for k, v in cfg["model"].items() if k != "logits_shift"} == {
+        k: v for k, v in ar["model"].items() if k != "logits_shift"}
+    assert cfg["adapt"]["anneal_steps"] == 4
+    r = in_process("sample", out, "--steps", "8", "--length", "16", "--json", env_cache=cache)
+    assert r.returncode == 0 and json.loads(r.stdout)["texts"], r.stderr
+    r = in_process("train", "--init", base / "ar", "--process", "block", "--data", corpus, "--out", tmp_path / "blk",
+                   "--config", TINY, "--set", "train.max_steps=4", "--quiet", env_cache=cache)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "blk" / "config.json").read_text())["model"]["logits_shift"] == 0
+    for init, process, message in [("masked", "block", "drop --process"), ("ar", "uniform", "drop --process"),
+                                   ("ar", "block", "adapt.anneal_steps anneals a masked model")]:
+        extra = ["--set", "adapt.anneal_steps=3"] if "anneal" in message else []
+        r = in_process("train", "--init", base / init, "--process", process, "--data", corpus, "--out",
+                       tmp_path / f"bad-{init}-{process}", "--config", TINY, *extra, "--quiet", env_cache=cache)
+        assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
 def test_sampler_options_are_checked(runs):
     base, cache = runs
     r = in_process("sample", base / "masked", "--sampler", "ancestral", "--threshold", "0.5", env_cache=cache)

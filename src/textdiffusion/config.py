@@ -252,12 +252,33 @@ class TrainConfig:
                f"train.device must be auto, cpu, mps, cuda or cuda:N; got {self.device!r}")
 
 
+CONVERTS = ("masked", "block")  # the processes an AR run converts into (train --init AR_RUN --process NAME)
+
+
+@dataclass
+class AdaptConfig:
+    """AR -> diffusion conversion (``train --init AR_RUN --process masked|block``): how the AR
+    model's weights start their diffusion training."""
+
+    # masked: the attention mask goes from causal to bidirectional over the first anneal_steps
+    # steps, each future position opened with probability step / anneal_steps (DiffuLLaMA); 0 = off
+    anneal_steps: int = 0
+    # masked: position i's logits predict token i + 1, the alignment the AR head was trained with
+    # (Dream, DiffuLLaMA): auto = on for masked; block diffusion keeps its own (no shift)
+    shift: str = "auto"  # auto | on | off
+
+    def __post_init__(self) -> None:
+        _check(self.anneal_steps >= 0, "adapt.anneal_steps must be >= 0 (0 = bidirectional from the start)")
+        _check(self.shift in ("auto", "on", "off"), f"adapt.shift must be auto, on or off; got {self.shift!r}")
+
+
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     process: ProcessConfig = field(default_factory=ProcessConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
 
     def __post_init__(self) -> None:
         if self.model.time_cond is None:
@@ -270,6 +291,10 @@ class Config:
                "data.infill_rate is for diffusion models; the AR twin learns infilling with data.fim_rate")
         _check(not (self.process.name == "block" and self.model.time_cond and self.model.time_input != "zero"),
                "model.time_cond must be false for block diffusion (each block has its own time)")
+        _check(self.adapt.anneal_steps == 0 or self.process.name == "masked",
+               "adapt.anneal_steps anneals a masked model's attention (block diffusion has its block-causal mask)")
+        _check(self.adapt.shift != "on" or self.process.name == "masked",
+               "adapt.shift=on is for masked diffusion (a block model reads its blocks unshifted)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -303,7 +328,8 @@ class Config:
 DERIVED = {"model.vocab_size": "it is the tokenizer's size: set data.vocab_size (BPE) instead",
            "model.num_labels": "it is the number of labels in the data (train --labels)"}
 
-_SECTION_CLASSES = {"model": ModelConfig, "process": ProcessConfig, "data": DataConfig, "train": TrainConfig}
+_SECTION_CLASSES = {"model": ModelConfig, "process": ProcessConfig, "data": DataConfig, "train": TrainConfig,
+                    "adapt": AdaptConfig}
 
 
 def _coerce(value: Any, tp: Any, flag: str) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..config import CONVERTS
 from ..errors import UsageError
 from ..processes.registry import NAMES, help_text
 
@@ -35,7 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "probability train.cond_drop (default 0.1) for classifier-free guidance")
     p.add_argument("--init", metavar="RUN", help="start from this run's weights, tokenizer, model and process "
                                                  "(fine-tuning: a run directory or a shipped model's name, e.g. "
-                                                 "--init english --data my.txt; ./english for a folder of that name)")
+                                                 "--init english --data my.txt; ./english for a folder of that name). "
+                                                 "With an AR run and --process masked or block: convert it into a "
+                                                 "diffusion model (--set adapt.anneal_steps=N, adapt.shift)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -63,9 +66,7 @@ def _main(args) -> int:
             overrides.append(f"data.path={args.data}")
         if args.text_field:
             overrides.append(f"data.text_field={args.text_field}")
-        if args.process:
-            if args.init:
-                raise UsageError("--init takes the model and process of that run: drop --process")
+        if args.process and not args.init:
             overrides.append(f"process.name={args.process}")
         if args.sft:
             overrides.append("data.sft=true")
@@ -77,8 +78,13 @@ def _main(args) -> int:
 
             init = resolve(args.init)
             init_cfg, _ = read_run(init)  # its process, so that the config is checked against it
-            overrides[:0] = [f"process.name={init_cfg.process.name}",
-                             f"model.time_cond={str(init_cfg.model.time_cond).lower()}"]
+            process = init_cfg.process.name
+            if args.process and args.process != process:
+                if process != "ar" or args.process not in CONVERTS:
+                    raise UsageError(f"--init takes the model and process of that run ({process}): drop --process "
+                                     f"(--process {' or '.join(CONVERTS)} converts an AR run into a diffusion model)")
+                process = args.process  # AR -> diffusion conversion: the AR weights, a diffusion objective
+            overrides[:0] = [f"process.name={process}", f"model.time_cond={str(init_cfg.model.time_cond).lower()}"]
             overrides.append(f"train.init={init}")
         cfg = load_config(args.config, overrides)
         result = train_run(cfg, args.out, progress=not args.quiet)

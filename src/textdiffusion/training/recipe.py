@@ -13,7 +13,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from ..config import Config, ConfigError, apply_overrides
+from ..config import CONVERTS, Config, ConfigError, apply_overrides
 from ..data import (
     DataError,
     Rows,
@@ -91,7 +91,8 @@ def finetune_config(cfg: Config, init: str | Path) -> Config:
     checkpoint_dir(init)  # a clear error if it holds no weights
     raw, theirs = cfg.to_dict(), init_cfg.to_dict()
     defaults = Config().to_dict()
-    for section in ("model", "process"):  # set here, but not what the init has: it would be ignored
+    convert = init_cfg.process.name == "ar" and cfg.process.name in CONVERTS
+    for section in ("model",) if convert else ("model", "process"):  # set here, not the init's: it would be ignored
         for key, value in raw[section].items():
             if key in ("vocab_size", "num_labels"):
                 continue
@@ -99,7 +100,11 @@ def finetune_config(cfg: Config, init: str | Path) -> Config:
                 raise ConfigError(f"{section}.{key}={value} cannot change when fine-tuning: --init takes the model "
                                   f"and process of {init} ({section}.{key}={theirs[section][key]}); drop the setting, "
                                   f"or train a new model without --init")
-    raw["model"], raw["process"] = theirs["model"], theirs["process"]
+    if convert:  # AR -> diffusion: the AR model's architecture and weights under this config's process
+        raw["model"] = dict(theirs["model"], logits_shift=int(cfg.adapt.shift == "on" or (
+            cfg.adapt.shift == "auto" and cfg.process.name == "masked")))
+    else:
+        raw["model"], raw["process"] = theirs["model"], theirs["process"]
     if not cfg.data.sft:
         raw["data"]["tokenizer"], raw["data"]["vocab_size"] = theirs["data"]["tokenizer"], theirs["data"]["vocab_size"]
     raw["train"]["init"] = str(init.resolve())

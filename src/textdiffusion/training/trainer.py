@@ -31,6 +31,7 @@ from ..processes.base import RowShard
 from ..runs import build_model
 from ..tokenizers import Tokenizer
 from . import distributed, mfu
+from .adapt import Annealed, annealed_mask
 from .checkpoint import (
     CheckpointError,
     checkpoint_dir,
@@ -334,6 +335,8 @@ def train(
                 batch, labels = drop_condition(batch, fixed, labels, drop, noise, tokenizer.pad_id,
                                                cfg.model.num_labels)
                 called = fwd_model if labels is None else Conditioned(fwd_model, labels)
+                if step < cfg.adapt.anneal_steps:  # AR -> diffusion: causal attention opening up step by step
+                    called = Annealed(called, annealed_mask(step, cfg.adapt.anneal_steps, batch.shape[1], device))
                 # DDP/FSDP: all-reduce on the last micro-batch only; the attention kernel also in backward
                 # (activation checkpointing recomputes the forward there)
                 with gradient_sync(net, micro == tc.grad_accum - 1), kernel():
