@@ -4,7 +4,8 @@ chain of tests/markov.py (true window entropy 1.993 bits/token).
     python bench/convert_markov.py [--steps 100,200]
 
 The AR twin of tests/test_markov.py (2 x 64, context 32, 300 steps), then for each step budget N:
-masked diffusion from scratch and converted from the twin (the logits shift; with and without
+masked diffusion from scratch (with and without the logits shift: the converted model's own
+architecture) and converted from the twin (the logits shift; with and without
 attention annealing over N/2 steps; also a lower learning rate, and no shift), the same
 optimiser, data and schedule. Reports the held-out ELBO in bits/token (4 Monte Carlo draws,
 256 windows) with its standard error. Writes bench/out/convert_markov.json.
@@ -59,13 +60,15 @@ def main() -> None:
         ar = Path(tmp) / "ar"
         train(config("ar", 300), ar, splits, tokenizer(), progress=False)
         for n in map(int, args.steps.split(",")):
-            variants = {"scratch": {}, "converted": {}, "converted, annealed over N/2": {"anneal_steps": n // 2},
+            variants = {"scratch": {}, "scratch, shift": {"logits_shift": 1}, "converted": {},
+                        "converted, annealed over N/2": {"anneal_steps": n // 2},
                         "converted, lr / 3": {"lr": 1e-3}, "converted, no shift": {"shift": "off"}}
             for name, v in variants.items():
                 cfg = config("masked", n)
+                cfg.model.logits_shift = v.get("logits_shift", 0)
                 if "lr" in v:
                     cfg.train.lr, cfg.train.min_lr = v["lr"], v["lr"] / 10
-                if name != "scratch":
+                if name.startswith("converted"):
                     cfg.train.init = str(ar)
                     cfg.adapt.anneal_steps = v.get("anneal_steps", 0)
                     cfg.adapt.shift = v.get("shift", "auto")

@@ -141,9 +141,20 @@ def test_convert_an_ar_run_into_a_diffusion_model(runs, corpus, tmp_path):
     base, cache = runs
     out = tmp_path / "converted"
     r = in_process("train", "--init", base / "ar", "--process", "masked", "--data", corpus, "--out", out,
-                   "--config", TINY, "--set", "train.max_steps=6", "--set", "adapt.anneal_steps=4", "--quiet",
-                   env_cache=cache)
+                   "--config", TINY, "--set", "train.max_steps=1", "--set", "train.lr=1e-9", "--set", "train.min_lr=0",
+                   "--set", "train.ema=0", "--set", "adapt.anneal_steps=4", "--quiet", env_cache=cache)
     assert r.returncode == 0, r.stderr
+    # one step of a vanishing learning rate: the run holds the AR weights, and under step 0's
+    # (causal) mask with the shift it computes the AR model's predictions (catches the init's
+    # weights not loaded, or the shift not set: planted, seen failing)
+    import torch
+
+    from textdiffusion.training.adapt import Annealed, annealed_mask
+
+    conv, twin = load_run(out).model, load_run(base / "ar").model
+    x = torch.randint(0, 20, (2, 40), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(Annealed(conv, annealed_mask(0, 4, 40))(x)[:, 1:], twin(x)[:, :-1], atol=1e-4)
     cfg = json.loads((out / "config.json").read_text())
     ar = json.loads((base / "ar" / "config.json").read_text())
     assert cfg["process"]["name"] == "masked" and cfg["model"]["logits_shift"] == 1
