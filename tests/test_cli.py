@@ -132,6 +132,11 @@ def test_speculative_decoding_from_the_command_line(runs, draft):
     assert r.returncode == 2 and "not found" in r.stderr and "Traceback" not in r.stderr, r.stderr
     r = in_process("generate", "--model", base / "ar", "--sampler", "speculative", env_cache=cache)
     assert r.returncode == 2 and "needs a drafter: --draft" in r.stderr
+    # serve --draft: checked before the server starts (each error ends the command, no port opened)
+    r = in_process("serve", base / draft, "--draft", base / draft, "--port", "0", env_cache=cache)
+    assert r.returncode == 2 and "a drafter speeds up an AR model" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r = in_process("serve", base / "ar", "--draft", base / "uniform", "--port", "0", env_cache=cache)
+    assert r.returncode == 2 and "must be a masked or block diffusion model" in r.stderr, r.stderr
 
 
 def test_convert_an_ar_run_into_a_diffusion_model(runs, corpus, tmp_path):

@@ -417,3 +417,48 @@ def test_metrics_are_prometheus_text(cycle_pipe):
         assert 'textdiffusion_requests_total{endpoint="/v1/completions",status="400"} 1' in text
         assert metric(url, "tokens_total") == 5
         assert "# TYPE textdiffusion_queue_depth gauge" in text
+
+
+def test_an_ar_model_served_with_a_drafter_gives_its_own_texts(small_runs, cycle_dir):
+    """`serve AR_RUN --draft RUN` (``Pipeline.draft_with``): requests that name no sampler are
+    decoded speculatively, the masked drafter proposing and the AR model verifying, and get at
+    temperature 0 exactly the AR sampler's texts, alone, eight at once and streamed; at
+    temperature 1 a seeded request gets the same text alone and among others; /v1/models names the
+    drafter; a request may still ask for plain AR. Catches a server that ignores the drafter
+    (planted: draft_with leaving the default sampler: the usage shows one call per token) and
+    rows of concurrent requests verified against each other's caches (planted: a batch key without
+    the rows' lengths)."""
+    pipe = Pipeline.from_pretrained(small_runs["ar"]).draft_with(cycle_dir, draft_len=4)
+    bodies = [{"prompt": "abcdefgh"[i % 8 :][: 1 + i % 3], "max_tokens": 6 + 2 * i, "temperature": 0, "seed": i}
+              for i in range(8)]
+    with serving(pipe) as url:
+        assert httpx.get(f"{url}/v1/models", timeout=10).json()["data"][0]["draft"] == str(cycle_dir)
+        plain = [httpx.post(f"{url}/v1/completions", json={**b, "sampler": "ar"}, timeout=60).json() for b in bodies]
+        alone = [httpx.post(f"{url}/v1/completions", json=b, timeout=60).json() for b in bodies]
+        assert [a["choices"][0]["text"] for a in alone] == [p["choices"][0]["text"] for p in plain]
+        assert all(a["usage"]["nfe"] < p["usage"]["nfe"] for a, p in zip(alone, plain)), (alone, plain)
+        sampled = [{**b, "temperature": 1.0, "max_tokens": 16} for b in bodies]
+        sampled_alone = [httpx.post(f"{url}/v1/completions", json=b, timeout=60).json()["choices"][0]["text"]
+                         for b in sampled]
+        together: list = [None] * 16
+        barrier = threading.Barrier(16)
+
+        def one(i):
+            barrier.wait(30)
+            body = bodies[i] if i < 8 else sampled[i - 8]
+            together[i] = httpx.post(f"{url}/v1/completions", json=body, timeout=60).json()["choices"][0]["text"]
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert metric(url, "failed_total") == 0
+        assert together == [a["choices"][0]["text"] for a in alone] + sampled_alone
+        shown = []
+        for chunk in client(url).completions.create(model="tiny", prompt="abc", max_tokens=12, temperature=0,
+                                                     stream=True):
+            shown += [(shown[-1] if shown else "") + ch.text for ch in chunk.choices if ch.text]
+        want = httpx.post(f"{url}/v1/completions", json={"prompt": "abc", "max_tokens": 12, "temperature": 0,
+                                                         "sampler": "ar"}, timeout=60).json()["choices"][0]["text"]
+        assert shown[-1] == want and all(want.startswith(s) for s in shown)

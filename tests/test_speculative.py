@@ -223,3 +223,31 @@ def test_a_request_cannot_name_a_drafter_to_load():
         with pytest.raises(BadRequest, match=f"unknown field '{field}'"):
             parse({"prompt": "a", "sampler": "speculative", field: "/etc"}, "completions", context=64, max_steps=64)
     parse({"prompt": "a", "sampler": "speculative", "draft_len": 4}, "completions", context=64, max_steps=64)
+
+
+def test_rows_of_other_settings_stepped_in_one_batch_keep_their_own_tokens():
+    """A server joins the rows of concurrent requests into one batch (``State.join``): rows at
+    the same length are drafted and verified together only when their settings agree. Two
+    requests of the same prompt, one greedy and one at temperature 1, joined, each give what
+    they give alone. Catches a batch key that leaves out the temperature (planted: the sampled
+    rows were verified greedily, or the greedy ones sampled) and samplers that each hold a copy of
+    the drafter (planted: the registry's dataclasses.asdict deep-copying the options: a copy of
+    the drafter's model per request, and no two requests ever batched)."""
+    from textdiffusion.sampling.base import resolve_canvas
+
+    t = tok()
+    target, process = _model("ar", 0, scale=3.0)  # soft enough that sampling and greedy part at once
+    dmodel, dprocess = _model("masked", 3, 3.0)
+    drafter = Drafter(dmodel, dprocess, t)
+    greedy, sampled = (_speculative(drafter, t, temperature=temp, draft_len=4) for temp in (0.0, 1.0))
+    assert greedy.drafter is drafter and sampled.drafter is drafter
+    prompt = torch.tensor([0, 1, 2])
+    alone = [s.generate(target, process, length=20, prompt=prompt, batch_size=2, gen=torch.Generator().manual_seed(i))
+             for i, s in enumerate((greedy, sampled))]
+    states = [s.start(target, process, resolve_canvas(target, prompt, 2, 20, None), None, torch.Generator().manual_seed(i))
+              for i, s in enumerate((greedy, sampled))]
+    states[0].join(states[1])
+    while not states[0].finished:
+        greedy.step(states[0], target)
+    assert torch.equal(states[0].tokens(), torch.cat([a.tokens for a in alone]))
+    assert not torch.equal(alone[0].tokens, alone[1].tokens)  # the two settings do differ

@@ -60,6 +60,7 @@ class Pipeline:
 
         self.defaults = task_defaults(self.card, "generate")
         self.infill_defaults = task_defaults(self.card, "infill")
+        self.drafter = None  # draft_with: the run that drafts for this AR model
 
     # loading and saving ----------------------------------------------------------------------
     @classmethod
@@ -119,6 +120,33 @@ class Pipeline:
     @property
     def config(self):
         return self.run.cfg
+
+    # speculative decoding ----------------------------------------------------------------------
+    def draft_with(self, drafter, draft_len: int = 8, draft_steps: int = 1) -> Pipeline:
+        """Make speculative decoding this AR pipeline's default sampler: ``drafter`` (a run
+        directory, saved pipeline or shipped name, a loaded run, or a Pipeline: a masked or block
+        diffusion model with this model's tokenizer) proposes ``draft_len`` tokens a round in
+        ``draft_steps`` calls, the AR model verifies them; the outputs are the AR model's own.
+        Calls (and a server's requests) that name a sampler still get that one. Returns self."""
+        if self.run.process.name != "ar":
+            raise UsageError(f"a drafter speeds up an AR model; {self.run.run_dir} is a {self.run.process.name!r} "
+                             f"model: serve an AR run (process ar) with --draft, or drop --draft")
+        if isinstance(drafter, (str, Path)):
+            from .sampling.speculative import load_drafter
+
+            drafter = load_drafter(str(drafter))
+        drafter = getattr(drafter, "run", drafter)
+        from .sampling.speculative import SpeculativeSampler
+
+        SpeculativeSampler(draft_run=drafter, draft_len=draft_len, draft_steps=draft_steps,
+                           tokenizer=self.tokenizer)  # checks the drafter now, not at the first call
+        self.drafter = drafter
+        speculative = {"sampler": "speculative", "draft_run": drafter, "draft_len": draft_len, "draft_steps": draft_steps}
+        from .pretrained import BASE_DEFAULTS
+
+        keep = {k: v for k, v in self.defaults.items() if k in BASE_DEFAULTS}  # the card's temperature, top-p, ...
+        self.defaults = {**keep, **speculative}
+        return self
 
     # generation ------------------------------------------------------------------------------
     def generate(self, prompt: str = "", *, length: int | None = None, steps: int | None = None, sampler: str | None = None,

@@ -18,7 +18,8 @@ PARSER = dict(help="serve a model over an OpenAI-compatible HTTP API (needs the 
                           "per denoising step for all of them. Listens on 127.0.0.1 unless --host says otherwise. "
                           "Needs: pip install 'textdiffusion[serve]'.",
               epilog="example:\n  textdiffusion serve english --port 8000\n  curl localhost:8000/v1/completions -H "
-                     "'Content-Type: application/json' -d '{\"prompt\": \"ROMEO:\", \"max_tokens\": 32, \"steps\": 16}'",
+                     "'Content-Type: application/json' -d '{\"prompt\": \"ROMEO:\", \"max_tokens\": 32, \"steps\": 16}'\n"
+                     "  textdiffusion serve runs/english-ar --draft runs/english-block --draft-len 8   # speculative",
               formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
@@ -43,6 +44,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     p.add_argument("--threads", type=NON_NEGATIVE, default=0, help="CPU threads for torch (default 0 = auto)")
+    p.add_argument("--draft", default=None, metavar="RUN",
+                   help="an AR model only: speculative decoding by default, RUN (a masked or block diffusion model "
+                        "with the same tokenizer) drafting and the AR model verifying; the texts are the AR model's "
+                        "own (requests may still name sampler ar)")
+    p.add_argument("--draft-len", type=POSITIVE, default=8, metavar="K", help="tokens drafted per round (default 8)")
+    p.add_argument("--draft-steps", type=POSITIVE, default=1, metavar="N",
+                   help="drafter calls per round, left to right (default 1)")
 
 
 def main(args) -> int:
@@ -58,6 +66,8 @@ def main(args) -> int:
     folder = resolve(args.model)
     run = load(args.model, args.device, args.threads)
     pipe = Pipeline(run, card(folder))
+    if args.draft is not None:
+        pipe.draft_with(load(args.draft, args.device, args.threads), args.draft_len, args.draft_steps)
     name = args.name or (args.model if args.model and "/" not in args.model and not os.path.isdir(args.model)
                          else folder.name) or "english"
     settings = Settings(name=name, scheduler_thread=False, api_key=args.api_key or os.environ.get("TEXTDIFFUSION_API_KEY") or None,

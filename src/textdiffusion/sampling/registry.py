@@ -280,7 +280,9 @@ def build_sampler(name: str | None, process, tokenizer, **options):
         context["bos_id"] = tokenizer.eot_id
     if s.takes_tokenizer:
         context["tokenizer"] = tokenizer
-    return s.load()(**dataclasses.asdict(opts), **s.fixed, **context)
+    # shallow: asdict() would deep-copy an object option (a drafter's whole model, per request)
+    given = {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts)}
+    return s.load()(**given, **s.fixed, **context)
 
 
 def markdown_table() -> str:

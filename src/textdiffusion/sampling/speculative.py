@@ -30,7 +30,7 @@ cropped back to the accepted tokens after each round.
 
 State machine (sampling/base.py): each row has its own AR cache, pending token and statistics; a
 step runs one round for every unfinished row. Rows accept different numbers of tokens, so they
-drift apart: the rows at the same length (of the same request) are stepped together, their
+drift apart: the rows at the same length with the same settings are stepped together, their
 caches stacked for the AR call (``draft_steps`` drafter calls and one AR call per group).
 """
 
@@ -103,13 +103,13 @@ class SpeculativeSampler(Sampler):
         return state
 
     def step(self, state: State, model) -> StepOutput:
-        """One round for every unfinished row; rows at the same length (and of the same request)
-        share their drafter calls and their AR call."""
+        """One round for every unfinished row; rows at the same length with the same settings
+        (of one request or of several a server batches) share their drafter calls and their AR call."""
         changed, dists = {}, {}
         groups: dict = {}
         for r in state.active():
             n = r.data["P"] + r.step  # tokens known
-            groups.setdefault((n, min(r.sampler.draft_len, r.steps - r.step), id(r.sampler)), []).append(r)
+            groups.setdefault((n, min(r.sampler.draft_len, r.steps - r.step), r.sampler.batch_key()), []).append(r)
         for (n, k, _), rows in groups.items():
             smp = rows[0].sampler
             drafts, log_q, calls = smp.propose(torch.stack([r.tokens[:n] for r in rows]), k, [r.gen for r in rows])
@@ -136,6 +136,12 @@ class SpeculativeSampler(Sampler):
                 changed[r], dists[r] = mask, (n, log_p[i, : out.shape[0]])
         state.stats = statistics(state.rows)
         return state.output(changed, dists)
+
+    def batch_key(self) -> tuple:
+        """What rows must share to be drafted and verified in one call: the drafter and the
+        sampling settings (each row still draws with its own generator)."""
+        return (id(self.drafter), self.draft_len, self.draft_steps, self.temperature, self.top_k, self.top_p,
+                tuple(self.banned_ids))
 
     def propose(self, prefix: torch.Tensor, k: int, gens: list) -> tuple[torch.Tensor, torch.Tensor, int]:
         """For (G, n) prefixes: (G, k) drafted tokens, (G, k, V) the log-probabilities each was

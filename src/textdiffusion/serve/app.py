@@ -184,7 +184,8 @@ def create_app(pipe, settings: Settings | None = None):
     def model_card() -> dict:
         return {"id": cfg.name, "object": "model", "created": int(_created(run)), "owned_by": "textdiffusion",
                 "process": run.process.name, "context": context,
-                "chat": bool(run.cfg.data.sft), "labels": list(run.labels or [])}
+                "chat": bool(run.cfg.data.sft), "labels": list(run.labels or []),
+                "draft": None if getattr(pipe, "drafter", None) is None else str(pipe.drafter.run_dir)}
 
     @app.get("/v1/models")
     async def models():
