@@ -17,6 +17,7 @@ import datetime
 import json
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -26,6 +27,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, cpu_model  # noqa: E402
 
 PROMPTS = ["ROMEO:\n", "First Citizen:\nBefore we proceed", "KING HENRY:\nWhat", "JULIET:\nO ", "MENENIUS:\n"]
+
+
+class Clock:
+    """Seconds spent inside a module's forward (the drafter's, the target's)."""
+
+    def __init__(self, module):
+        self.seconds, self.module, self.forward = 0.0, module, module.forward
+
+        def forward(*a, **k):
+            t = time.perf_counter()
+            try:
+                return self.forward(*a, **k)
+            finally:
+                self.seconds += time.perf_counter() - t
+
+        module.forward = forward
 
 
 def timed(sampler, run, ids, length: int, seed: int):
@@ -39,7 +56,7 @@ def main() -> None:
     p.add_argument("--draft", required=True, help="the masked or block diffusion run (same tokenizer)")
     p.add_argument("--length", type=int, default=128)
     p.add_argument("--k", default="4,8,16", help="draft lengths, comma-separated")
-    p.add_argument("--draft-steps", type=int, default=1)
+    p.add_argument("--draft-steps", type=int, default=1, help="drafter calls per round (0: K, one token a call)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(REPO / "bench" / "out" / "speculative.json"))
     args = p.parse_args()
@@ -48,6 +65,7 @@ def main() -> None:
     from textdiffusion.sampling import build_sampler
 
     target, drafter = load_run(args.target), load_run(args.draft)
+    draft_clock, target_clock = Clock(drafter.model), Clock(target.model)
     tok = target.tokenizer
     prompts = [torch.from_numpy(tok.encode(text)) for text in PROMPTS]
     rows = []
@@ -60,9 +78,12 @@ def main() -> None:
                      "identical": True})
         for k in map(int, args.k.split(",")):
             spec = build_sampler("speculative", target.process, tok, temperature=temperature, draft_run=drafter,
-                                 draft_len=k, draft_steps=min(args.draft_steps, k))
+                                 draft_len=k, draft_steps=min(args.draft_steps or k, k))
             timed(spec, target, prompts[0], 16, 0)
+            t0, d0, a0 = time.perf_counter(), draft_clock.seconds, target_clock.seconds
             outs = [timed(spec, target, ids, args.length, i) for i, ids in enumerate(prompts)]
+            wall = time.perf_counter() - t0
+            split = {"drafter_share": (draft_clock.seconds - d0) / wall, "target_share": (target_clock.seconds - a0) / wall}
             rate = statistics.median(r for _, r in outs)
             same = all(torch.equal(o.tokens, b.tokens) for (o, _), (b, _) in zip(outs, base))
             stats = [o.stats for o, _ in outs]
@@ -70,19 +91,23 @@ def main() -> None:
                          "ratio": rate / ar_rate, "identical": same if temperature == 0 else None,
                          "mean_accepted": statistics.mean(s["mean_accepted"] for s in stats),
                          "tokens_per_target_call": statistics.mean(s["tokens_per_target_call"] for s in stats),
-                         "draft_calls_per_token": statistics.mean(s["draft_calls"] / args.length for s in stats)})
+                         "draft_calls_per_token": statistics.mean(s["draft_calls"] / args.length for s in stats),
+                         **split})
             print(json.dumps(rows[-1]), file=sys.stderr)
     record = {"date": datetime.date.today().isoformat(), "machine": cpu_model(), "threads": args.threads,
               "torch": torch.__version__, "target": args.target, "draft": args.draft, "length": args.length,
               "prompts": len(prompts), "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(record, indent=2))
-    print("| temperature | sampler | K | tokens/s | vs AR | identical to AR | drafts kept / round | tokens / AR call |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| temperature | sampler | K | tokens/s | vs AR | identical to AR | drafts kept / round | tokens / AR call "
+          "| time in drafter / AR / the rest |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        split = (f"{r['drafter_share']:.2f} / {r['target_share']:.2f} / {1 - r['drafter_share'] - r['target_share']:.2f}"
+                 if "drafter_share" in r else "-")
         print(f"| {r['temperature']:g} | {r['sampler']} | {r['k'] or '-'} | {r['tokens_per_second']:.0f} | "
               f"{r['ratio']:.2f} | {'-' if r['identical'] is None else 'yes' if r['identical'] else 'NO'} | "
-              f"{r.get('mean_accepted', float('nan')):.2f} | {r.get('tokens_per_target_call', 1.0):.2f} |")
+              f"{r.get('mean_accepted', float('nan')):.2f} | {r.get('tokens_per_target_call', 1.0):.2f} | {split} |")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import torch
 
 from textdiffusion.config import Config, ModelConfig, ProcessConfig
 from textdiffusion.errors import UsageError
+from textdiffusion.models.transformer import RowStore
 from textdiffusion.runs import build_model
 from textdiffusion.sampling import build_sampler
 from textdiffusion.sampling.filters import ban, filter_logits
@@ -251,3 +252,25 @@ def test_rows_of_other_settings_stepped_in_one_batch_keep_their_own_tokens():
         greedy.step(states[0], target)
     assert torch.equal(states[0].tokens(), torch.cat([a.tokens for a in alone]))
     assert not torch.equal(alone[0].tokens, alone[1].tokens)  # the two settings do differ
+
+
+def test_the_block_drafters_cache_is_exact():
+    """A block drafter keeps the keys/values of the blocks before each round's first draft:
+    over rounds that start mid-block, on a block boundary and several blocks on, with chunks
+    crossing blocks, its drafts' distributions are those of a drafter that reads the whole prefix
+    every call. Catches storing a block that still holds drafts (planted: the store reaching to
+    the end of the call: the next round reads refused drafts' keys) and storing the first draft's
+    partly known block (planted: keep = n: those keys were computed beside masked positions)."""
+    t = tok()
+    dmodel, dprocess = _model("block", 4, 3.0)
+    spec = _speculative(Drafter(dmodel, dprocess, t), t, temperature=1.0, draft_len=6, draft_steps=3)
+    seq = torch.randint(0, 8, (2, 30), generator=torch.Generator().manual_seed(0))
+    stores = [RowStore(), RowStore()]
+    for n in (3, 5, 8, 9, 15, 16, 22):
+        gens = [torch.Generator().manual_seed(n + i) for i in range(2)]
+        want = spec.propose(seq[:, :n], 6, gens)
+        gens = [torch.Generator().manual_seed(n + i) for i in range(2)]
+        got = spec.propose(seq[:, :n], 6, gens, stores)
+        assert torch.equal(got[0], want[0]) and got[2] == want[2]
+        torch.testing.assert_close(got[1], want[1], atol=1e-5, rtol=1e-5)
+        assert stores[0].length == (n // 4) * 4  # the finished blocks only

@@ -65,6 +65,8 @@ class KVCache:
         """Caches of one row each, all of one length, as one batch."""
         if not caches[0].keys:
             return KVCache()
+        if len(caches) == 1:  # batch 1: no copy (a call appends to its own lists, not the row's)
+            return KVCache(list(caches[0].keys), list(caches[0].values))
         layers = range(len(caches[0].keys))
         return KVCache([torch.cat([c.keys[i] for c in caches]) for i in layers],
                        [torch.cat([c.values[i] for c in caches]) for i in layers])

@@ -63,11 +63,11 @@ def split_steps(steps: int, num_blocks: int) -> list[int]:
     return [base + (i < extra) for i in range(num_blocks)]
 
 
-def cached_call(model, rows: list[Row], chunks: list[Chunk], inputs: list[torch.Tensor], t) -> list[torch.Tensor]:
+def cached_call(model, stores: list[RowStore], chunks: list[Chunk], inputs: list[torch.Tensor], t) -> list[torch.Tensor]:
     """One network call in which row b runs ``inputs[b]`` as ``chunks[b]`` of its own store."""
     width = max(x.shape[0] for x in inputs)
     batch = torch.stack([torch.nn.functional.pad(x, (0, width - x.shape[0])) for x in inputs])
-    cache = RowCache([r.data["store"] for r in rows], chunks, width, batch.device)
+    cache = RowCache(stores, chunks, width, batch.device)
     out = model(batch, t, kv_cache=cache)
     return [o[: c.n] for o, c in zip(out, chunks)]
 
@@ -214,7 +214,7 @@ class ThresholdSampler(SemiAutoregressiveSampler):
                 chunks.append(Chunk(lo, end - lo, replace=end - lo))
                 inputs.append(r.tokens[lo:end])
                 cuts.append((0, hi - lo))
-        out = cached_call(model, rows, chunks, inputs, t)
+        out = cached_call(model, [r.data["store"] for r in rows], chunks, inputs, t)
         return [o[a:b] for o, (a, b) in zip(out, cuts)]
 
     def _reveal(self, log_p, block, eligible, k, gen, scores=None) -> StepOutput:
@@ -285,7 +285,7 @@ class BlockDiffusionSampler(_BlockwiseBase):
             chunks.append(Chunk(stored, hi - stored, store=(lo // b) * b - stored,
                                 inside=block_causal_mask(hi - stored, b, device, stored)))
             inputs.append(r.tokens[stored:hi])
-        out = cached_call(model, rows, chunks, inputs, None)
+        out = cached_call(model, [r.data["store"] for r in rows], chunks, inputs, None)
         return [o[-(hi - lo):] for o, (lo, hi) in zip(out, spans)]
 
     def step(self, state: State, model) -> StepOutput:

@@ -23,10 +23,11 @@ one-hot, a draft is kept iff it is the AR model's argmax, and the correction is 
 AR sampler's tokens, token for token (up to float rounding of a K-token call against K one-token
 calls, which only matters at exact ties).
 
-Drafters: masked diffusion models (bidirectional; the masked positions read the whole prefix) and
-block diffusion models (block-causal: a chunk never crosses a block boundary). The drafter runs
-the whole prefix each call here (no drafter cache yet); the AR model keeps its exact KV cache,
-cropped back to the accepted tokens after each round.
+Drafters: masked diffusion models (bidirectional; the masked positions read the whole prefix:
+every call runs it) and block diffusion models (block-causal: a chunk never crosses a block
+boundary; each row keeps an exact cache of the drafter's keys/values for the blocks wholly
+before its first draft, which are final, so a call runs only the current block and the draft).
+The AR model keeps its exact KV cache, cropped back to the accepted tokens after each round.
 
 State machine (sampling/base.py): each row has its own AR cache, pending token and statistics; a
 step runs one round for every unfinished row. Rows accept different numbers of tokens, so they
@@ -41,9 +42,10 @@ from pathlib import Path
 import torch
 
 from ..errors import UsageError
-from ..models.transformer import KVCache
+from ..models.transformer import Chunk, KVCache, RowStore
 from ..processes.block import block_causal_mask
 from .base import Canvas, Generators, Row, Sampler, State, StepOutput, require_prompt_canvas
+from .blocks import cached_call
 from .filters import ban, draw_and_rank, filter_logits, sample_categorical, validate_sampling_args
 from .remasking import masked_time
 
@@ -99,7 +101,7 @@ class SpeculativeSampler(Sampler):
         state.calls = int(seq.shape[1] > 1)
         for b, r in enumerate(state.rows):
             r.data.update(kv=kv.row(b), pending=seq[b, -1:].clone(), P=P, rounds=0, accepted=0,
-                          target_calls=state.calls, draft_calls=0)
+                          target_calls=state.calls, draft_calls=0, store=RowStore())
         return state
 
     def step(self, state: State, model) -> StepOutput:
@@ -112,7 +114,8 @@ class SpeculativeSampler(Sampler):
             groups.setdefault((n, min(r.sampler.draft_len, r.steps - r.step), r.sampler.batch_key()), []).append(r)
         for (n, k, _), rows in groups.items():
             smp = rows[0].sampler
-            drafts, log_q, calls = smp.propose(torch.stack([r.tokens[:n] for r in rows]), k, [r.gen for r in rows])
+            drafts, log_q, calls = smp.propose(torch.stack([r.tokens[:n] for r in rows]), k, [r.gen for r in rows],
+                                               [r.data["store"] for r in rows])
             kv = KVCache.stack([r.data["kv"] for r in rows])
             cached = kv.length
             pending = torch.stack([r.data["pending"] for r in rows])
@@ -143,9 +146,11 @@ class SpeculativeSampler(Sampler):
         return (id(self.drafter), self.draft_len, self.draft_steps, self.temperature, self.top_k, self.top_p,
                 tuple(self.banned_ids))
 
-    def propose(self, prefix: torch.Tensor, k: int, gens: list) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def propose(self, prefix: torch.Tensor, k: int, gens: list, stores: list[RowStore] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, int]:
         """For (G, n) prefixes: (G, k) drafted tokens, (G, k, V) the log-probabilities each was
-        drawn from (row i with its own generator), and the drafter calls made."""
+        drawn from (row i with its own generator), and the drafter calls made. ``stores``: each
+        row's cache of a block drafter's finished blocks (None: every call runs the whole prefix)."""
         d = self.drafter
         process, model, (G, n) = d.process, d.model, prefix.shape
         x = torch.cat((prefix, torch.full((G, k), process.mask_id, dtype=torch.long, device=prefix.device)), 1)
@@ -155,7 +160,14 @@ class SpeculativeSampler(Sampler):
         for lo, hi in spans:
             if b:  # block-causal: the chunk's block, its later positions still masked; nothing after it
                 end = min(-(-hi // b) * b, n + k)
-                logits = model(x[:, :end], None, attn_mask=block_causal_mask(end, b, x.device))[:, lo:hi]
+                if stores is None:
+                    logits = model(x[:, :end], None, attn_mask=block_causal_mask(end, b, x.device))[:, lo:hi]
+                else:  # exact: the blocks wholly before the first draft are final; they are stored once
+                    keep, starts = (n // b) * b, [s.length for s in stores]
+                    parts = [Chunk(st, end - st, store=max(keep - st, 0), inside=block_causal_mask(end - st, b, x.device, st))
+                             for st in starts]
+                    out = cached_call(model, stores, parts, [x[i, st:end] for i, st in enumerate(starts)], None)
+                    logits = torch.stack([o[lo - st : hi - st] for o, st in zip(out, starts)])
             else:
                 t = masked_time(process, x, torch.zeros_like(x, dtype=torch.bool))
                 logits = model(x, t)[:, lo:hi]
