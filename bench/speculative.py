@@ -57,6 +57,8 @@ def main() -> None:
     p.add_argument("--length", type=int, default=128)
     p.add_argument("--k", default="4,8,16", help="draft lengths, comma-separated")
     p.add_argument("--draft-steps", type=int, default=1, help="drafter calls per round (0: K, one token a call)")
+    p.add_argument("--draft-confidence", type=float, default=0.0,
+                   help="end a round's draft where the drafter's top probability falls below this (0: off)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(REPO / "bench" / "out" / "speculative.json"))
     args = p.parse_args()
@@ -78,7 +80,8 @@ def main() -> None:
                      "identical": True})
         for k in map(int, args.k.split(",")):
             spec = build_sampler("speculative", target.process, tok, temperature=temperature, draft_run=drafter,
-                                 draft_len=k, draft_steps=min(args.draft_steps or k, k))
+                                 draft_len=k, draft_steps=min(args.draft_steps or k, k),
+                                 draft_confidence=args.draft_confidence)
             timed(spec, target, prompts[0], 16, 0)
             t0, d0, a0 = time.perf_counter(), draft_clock.seconds, target_clock.seconds
             outs = [timed(spec, target, ids, args.length, i) for i, ids in enumerate(prompts)]
@@ -90,24 +93,27 @@ def main() -> None:
             rows.append({"temperature": temperature, "sampler": "speculative", "k": k, "tokens_per_second": rate,
                          "ratio": rate / ar_rate, "identical": same if temperature == 0 else None,
                          "mean_accepted": statistics.mean(s["mean_accepted"] for s in stats),
+                         "mean_drafted": statistics.mean(s["mean_drafted"] for s in stats),
                          "tokens_per_target_call": statistics.mean(s["tokens_per_target_call"] for s in stats),
                          "draft_calls_per_token": statistics.mean(s["draft_calls"] / args.length for s in stats),
                          **split})
             print(json.dumps(rows[-1]), file=sys.stderr)
     record = {"date": datetime.date.today().isoformat(), "machine": cpu_model(), "threads": args.threads,
+              "draft_steps": args.draft_steps, "draft_confidence": args.draft_confidence,
               "torch": torch.__version__, "target": args.target, "draft": args.draft, "length": args.length,
               "prompts": len(prompts), "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(record, indent=2))
-    print("| temperature | sampler | K | tokens/s | vs AR | identical to AR | drafts kept / round | tokens / AR call "
+    print("| temperature | sampler | K | tokens/s | vs AR | identical to AR | drafted / round | kept / round | tokens / AR call "
           "| time in drafter / AR / the rest |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         split = (f"{r['drafter_share']:.2f} / {r['target_share']:.2f} / {1 - r['drafter_share'] - r['target_share']:.2f}"
                  if "drafter_share" in r else "-")
         print(f"| {r['temperature']:g} | {r['sampler']} | {r['k'] or '-'} | {r['tokens_per_second']:.0f} | "
               f"{r['ratio']:.2f} | {'-' if r['identical'] is None else 'yes' if r['identical'] else 'NO'} | "
-              f"{r.get('mean_accepted', float('nan')):.2f} | {r.get('tokens_per_target_call', 1.0):.2f} | {split} |")
+              f"{r.get('mean_drafted', float('nan')):.2f} | {r.get('mean_accepted', float('nan')):.2f} | "
+              f"{r.get('tokens_per_target_call', 1.0):.2f} | {split} |")
 
 
 if __name__ == "__main__":

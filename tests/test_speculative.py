@@ -45,10 +45,10 @@ def _speculative(drafter, tokenizer, **options):
     return build_sampler("speculative", _model("ar", 0)[1], tokenizer, draft_run=drafter, **options)
 
 
-@pytest.mark.parametrize("drafter, draft_len, draft_steps", [
-    (("masked", 1, 1.0), 4, 1), (("masked", 2, 30.0), 3, 2), (("masked", 3, 30.0), 8, 1), (("block", 4, 30.0), 6, 3),
-    (("block", 5, 1.0), 1, 1)])
-def test_greedy_output_is_the_ar_samplers_token_for_token(drafter, draft_len, draft_steps):
+@pytest.mark.parametrize("drafter, draft_len, draft_steps, confidence", [
+    (("masked", 1, 1.0), 4, 1, 0.0), (("masked", 2, 30.0), 3, 2, 0.0), (("masked", 3, 30.0), 8, 1, 0.0),
+    (("block", 4, 30.0), 6, 3, 0.0), (("block", 5, 1.0), 1, 1, 0.0), (("masked", 3, 8.0), 8, 2, 0.6)])
+def test_greedy_output_is_the_ar_samplers_token_for_token(drafter, draft_len, draft_steps, confidence):
     """Greedy speculative decoding returns exactly the AR sampler's tokens, for an untrained
     (near-uniform) drafter and for sharp random ones, masked and block, over several draft
     lengths and chunkings, with and without a prompt, three rows at once. Catches: the KV
@@ -59,13 +59,16 @@ def test_greedy_output_is_the_ar_samplers_token_for_token(drafter, draft_len, dr
     target, process = _model("ar", 0, scale=30.0)
     name, seed, scale = drafter
     dmodel, dprocess = _model(name, seed, scale)
-    spec = _speculative(Drafter(dmodel, dprocess, t), t, temperature=0.0, draft_len=draft_len, draft_steps=draft_steps)
+    spec = _speculative(Drafter(dmodel, dprocess, t), t, temperature=0.0, draft_len=draft_len, draft_steps=draft_steps,
+                        draft_confidence=confidence)
     ar = build_sampler("ar", process, t, temperature=0.0)
     for prompt in (None, torch.tensor([0, 1, 2, 3, 4])):
         want = ar.generate(target, process, length=30, prompt=prompt, batch_size=3, gen=torch.Generator().manual_seed(0))
         got = spec.generate(target, process, length=30, prompt=prompt, batch_size=3, gen=torch.Generator().manual_seed(0))
         assert torch.equal(got.tokens, want.tokens)
         assert got.stats["rounds"] * (1 + got.stats["mean_accepted"]) >= 90  # a round: its kept drafts and one more
+        if confidence:  # a drafter never confident enough: no drafts, every round a plain AR step
+            assert got.stats["mean_drafted"] == 0 and got.stats["draft_calls"] == got.stats["rounds"]
 
 
 class Oracle(torch.nn.Module):
@@ -136,22 +139,27 @@ def _chi_square(counts, exact, n):
     return stat, df * (1 - 2 / (9 * df) + z * math.sqrt(2 / (9 * df))) ** 3
 
 
-@pytest.mark.parametrize("drafter, draft_steps", [(("masked", 1, 1.0), 1), (("masked", 2, 8.0), 2),
-                                                   (("block", 3, 8.0), 1)])
-def test_sampled_continuations_have_exactly_the_ar_models_distribution(drafter, draft_steps):
+@pytest.mark.parametrize("drafter, draft_steps, confidence", [
+    (("masked", 1, 1.0), 1, 0.0), (("masked", 2, 8.0), 2, 0.0), (("block", 3, 8.0), 1, 0.0),
+    (("masked", 2, 16.0), 2, 0.7), (("block", 3, 8.0), 1, 0.5)])
+def test_sampled_continuations_have_exactly_the_ar_models_distribution(drafter, draft_steps, confidence):
     """With temperature 1, 4000 three-token continuations (drafts of 2: rounds that refuse, that
     correct, that keep everything and add the bonus token) follow the AR model's own distribution
     over all 4^3 continuations of a 4-token vocabulary, computed by enumeration: Pearson's
     chi-square below its 0.999 quantile, for a near-uniform drafter and for sharp ones that
     disagree with the target. Catches: the residual taken as p instead of max(0, p - q), the
     acceptance ratio inverted (q / p), and the ratio read from the target's distribution one
-    position off (planted, each seen failing). Not caught: a drafter filling its chunks right to
-    left (the bias it brings is too small for these random drafters to show)."""
+    position off (planted, each seen failing). With --draft-confidence the rounds end their
+    drafts early and the distribution is still the AR model's; catches a cut that reads the drawn
+    token's own probability instead of the drafter's top one (planted: the drafts it keeps are no
+    longer draws from q). Not caught: a drafter filling its chunks right to left (the bias it
+    brings is too small for these random drafters to show)."""
     t = tok("abc")  # a, b, c and end-of-text (mask, pad and unknown are never text)
     target, process = _model("ar", 0, scale=6.0, tokenizer=t)
     name, seed, scale = drafter
     dmodel, dprocess = _model(name, seed, scale, tokenizer=t)
-    spec = _speculative(Drafter(dmodel, dprocess, t), t, temperature=1.0, draft_len=2, draft_steps=draft_steps)
+    spec = _speculative(Drafter(dmodel, dprocess, t), t, temperature=1.0, draft_len=2, draft_steps=draft_steps,
+                        draft_confidence=confidence)
     prompt = torch.tensor([0, 1])
     n, length = 4000, 3
     out = spec.generate(target, process, length=length, prompt=prompt, batch_size=n, gen=torch.Generator().manual_seed(1))
@@ -165,6 +173,8 @@ def test_sampled_continuations_have_exactly_the_ar_models_distribution(drafter, 
     assert stat < limit, (stat, limit)
     # the test is not blind: the drafter's own (one-round) distribution is far from the target's
     assert 0 < out.stats["mean_accepted"] < 2
+    if confidence:  # some rounds end their drafts early (the rounds that draft nothing are plain AR steps)
+        assert 0.1 < out.stats["mean_drafted"] < 1.5, out.stats
 
 
 def test_acceptance_rule_on_a_known_pair():

@@ -133,6 +133,8 @@ class SpeculativeOptions(Options):
                         request=False)
     draft_len: int = option(8, "tokens drafted per round (K)", low=1)
     draft_steps: int = option(1, "drafter calls per round: left-to-right chunks of the draft", low=1)
+    draft_confidence: float = option(0.0, "end a round's draft at the first position where the drafter's top "
+                                     "probability is below this (0: always K)", low=0.0, high=1.0)
     draft_run: object = option(None, "a loaded drafter (a run or Pipeline) instead of --draft", cli=False,
                                request=False)
 

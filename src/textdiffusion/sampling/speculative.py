@@ -58,7 +58,7 @@ class SpeculativeSampler(Sampler):
 
     def __init__(self, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, bos_id: int = 0,
                  banned_ids: tuple[int, ...] = (), draft: str = "", draft_len: int = 8, draft_steps: int = 1,
-                 draft_run=None, tokenizer=None):
+                 draft_confidence: float = 0.0, draft_run=None, tokenizer=None):
         validate_sampling_args(temperature, top_k, top_p)
         if draft_len < 1 or draft_steps < 1:
             raise UsageError("--draft-len and --draft-steps must be at least 1")
@@ -67,7 +67,9 @@ class SpeculativeSampler(Sampler):
                              f"each drafter call fills at least one token")
         self.temperature, self.top_k, self.top_p, self.bos_id = temperature, top_k, top_p, bos_id
         self.banned_ids = list(banned_ids)
-        self.draft_len, self.draft_steps = draft_len, draft_steps
+        if not 0.0 <= draft_confidence <= 1.0:
+            raise UsageError(f"--draft-confidence must be in [0, 1]; got {draft_confidence}")
+        self.draft_len, self.draft_steps, self.draft_confidence = draft_len, draft_steps, draft_confidence
         draft_run = getattr(draft_run, "run", draft_run)  # a Pipeline: its run
         self.drafter = draft_run if draft_run is not None else load_drafter(draft)
         if self.drafter.process.name not in DRAFTERS:
@@ -100,7 +102,7 @@ class SpeculativeSampler(Sampler):
             model(seq[:, :-1], kv_cache=kv)
         state.calls = int(seq.shape[1] > 1)
         for b, r in enumerate(state.rows):
-            r.data.update(kv=kv.row(b), pending=seq[b, -1:].clone(), P=P, rounds=0, accepted=0,
+            r.data.update(kv=kv.row(b), pending=seq[b, -1:].clone(), P=P, rounds=0, accepted=0, drafted=0,
                           target_calls=state.calls, draft_calls=0, store=RowStore())
         return state
 
@@ -114,15 +116,15 @@ class SpeculativeSampler(Sampler):
             groups.setdefault((n, min(r.sampler.draft_len, r.steps - r.step), r.sampler.batch_key()), []).append(r)
         for (n, k, _), rows in groups.items():
             smp = rows[0].sampler
-            drafts, log_q, calls = smp.propose(torch.stack([r.tokens[:n] for r in rows]), k, [r.gen for r in rows],
-                                               [r.data["store"] for r in rows])
+            drafts, log_q, calls, lengths = smp.propose(torch.stack([r.tokens[:n] for r in rows]), k,
+                                                        [r.gen for r in rows], [r.data["store"] for r in rows])
             kv = KVCache.stack([r.data["kv"] for r in rows])
             cached = kv.length
             pending = torch.stack([r.data["pending"] for r in rows])
             logits = model(torch.cat((pending, drafts), 1), kv_cache=kv)  # (G, k + 1, V)
             state.calls += calls + 1
             log_p = filter_logits(ban(logits, smp.banned_ids), smp.temperature, smp.top_k, smp.top_p)
-            verdicts = accept(drafts, log_q, log_p, [r.gen for r in rows])
+            verdicts = accept(drafts, log_q, log_p, [r.gen for r in rows], lengths)
             for i, (r, (kept, new)) in enumerate(zip(rows, verdicts)):
                 d = r.data
                 d["kv"] = kv.row(i, cached + 1 + kept)  # the pending token and the kept drafts
@@ -130,7 +132,7 @@ class SpeculativeSampler(Sampler):
                 r.tokens = r.tokens.clone()
                 r.tokens[n : n + out.shape[0]] = out
                 d["pending"] = out[-1:].clone()
-                d["rounds"], d["accepted"] = d["rounds"] + 1, d["accepted"] + kept
+                d["rounds"], d["accepted"], d["drafted"] = d["rounds"] + 1, d["accepted"] + kept, d["drafted"] + lengths[i]
                 d["draft_calls"], d["target_calls"] = d["draft_calls"] + calls, d["target_calls"] + 1
                 r.step, r.nfe = r.step + out.shape[0], r.nfe + calls + 1
                 r.done = r.step >= r.steps
@@ -143,30 +145,31 @@ class SpeculativeSampler(Sampler):
     def batch_key(self) -> tuple:
         """What rows must share to be drafted and verified in one call: the drafter and the
         sampling settings (each row still draws with its own generator)."""
-        return (id(self.drafter), self.draft_len, self.draft_steps, self.temperature, self.top_k, self.top_p,
-                tuple(self.banned_ids))
+        return (id(self.drafter), self.draft_len, self.draft_steps, self.draft_confidence, self.temperature,
+                self.top_k, self.top_p, tuple(self.banned_ids))
 
     def propose(self, prefix: torch.Tensor, k: int, gens: list, stores: list[RowStore] | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """For (G, n) prefixes: (G, k) drafted tokens, (G, k, V) the log-probabilities each was
-        drawn from (row i with its own generator), and the drafter calls made. ``stores``: each
-        row's cache of a block drafter's finished blocks (None: every call runs the whole prefix)."""
+                ) -> tuple[torch.Tensor, torch.Tensor, int, list[int]]:
+        """For (G, n) prefixes: (G, k') drafted tokens, (G, k', V) the log-probabilities each was
+        drawn from (row i with its own generator), the drafter calls made, and each row's own
+        draft length (k' = the longest: all k without --draft-confidence). ``stores``: each row's
+        cache of a block drafter's finished blocks (None: every call runs the whole prefix)."""
         d = self.drafter
         process, model, (G, n) = d.process, d.model, prefix.shape
         x = torch.cat((prefix, torch.full((G, k), process.mask_id, dtype=torch.long, device=prefix.device)), 1)
         log_q = []
         b = getattr(process, "block_size", None)
-        spans = chunks(n, k, self.draft_steps, b)
+        spans, calls, lengths = chunks(n, k, self.draft_steps, b), 0, [k] * G
         for lo, hi in spans:
             if b:  # block-causal: the chunk's block, its later positions still masked; nothing after it
-                end = min(-(-hi // b) * b, n + k)
+                stop = min(-(-hi // b) * b, n + k)
                 if stores is None:
-                    logits = model(x[:, :end], None, attn_mask=block_causal_mask(end, b, x.device))[:, lo:hi]
+                    logits = model(x[:, :stop], None, attn_mask=block_causal_mask(stop, b, x.device))[:, lo:hi]
                 else:  # exact: the blocks wholly before the first draft are final; they are stored once
                     keep, starts = (n // b) * b, [s.length for s in stores]
-                    parts = [Chunk(st, end - st, store=max(keep - st, 0), inside=block_causal_mask(end - st, b, x.device, st))
-                             for st in starts]
-                    out = cached_call(model, stores, parts, [x[i, st:end] for i, st in enumerate(starts)], None)
+                    parts = [Chunk(st, stop - st, store=max(keep - st, 0),
+                                   inside=block_causal_mask(stop - st, b, x.device, st)) for st in starts]
+                    out = cached_call(model, stores, parts, [x[i, st:stop] for i, st in enumerate(starts)], None)
                     logits = torch.stack([o[lo - st : hi - st] for o, st in zip(out, starts)])
             else:
                 t = masked_time(process, x, torch.zeros_like(x, dtype=torch.bool))
@@ -174,7 +177,23 @@ class SpeculativeSampler(Sampler):
             lq, _ = draw_and_rank(process, logits, self)
             x[:, lo:hi] = torch.stack([sample_categorical(lq[i], g) for i, g in enumerate(gens)])
             log_q.append(lq)
-        return x[:, n:], torch.cat(log_q, 1), len(spans)
+            calls += 1
+            if self.draft_confidence:  # a row's draft ends before its first unconfident position
+                for i, c in enumerate(self._confident(logits)):
+                    if lengths[i] == k and c < hi - lo:
+                        lengths[i] = lo - n + c
+                if all(m < k for m in lengths):  # every row's draft has ended: no later chunk
+                    break
+        m = max(lengths)  # the AR call verifies up to the longest; a row accepts within its own
+        return x[:, n : n + m], torch.cat(log_q, 1)[:, :m], calls, lengths
+
+    def _confident(self, logits: torch.Tensor) -> list[int]:
+        """Per row, how many of a chunk's positions come before the first where the drafter's own
+        top probability is below --draft-confidence. Exact whatever it cuts: it reads the
+        drafter's distributions, never the tokens drawn from them (a draft ended because of its
+        own value would no longer be a draw from q)."""
+        low = ban(logits.float(), self.banned_ids).softmax(-1).amax(-1) < self.draft_confidence  # (G, m)
+        return torch.where(low.any(1), low.int().argmax(1), low.shape[1]).tolist()
 
 
 def chunks(n: int, k: int, steps: int, block: int | None) -> list[tuple[int, int]]:
@@ -195,19 +214,23 @@ def chunks(n: int, k: int, steps: int, block: int | None) -> list[tuple[int, int
     return out
 
 
-def accept(drafts: torch.Tensor, log_q: torch.Tensor, log_p: torch.Tensor, gens: list) -> list[tuple[int, torch.Tensor]]:
+def accept(drafts: torch.Tensor, log_q: torch.Tensor, log_p: torch.Tensor, gens: list,
+           lengths: list[int] | None = None) -> list[tuple[int, torch.Tensor]]:
     """The speculative-sampling rule for G rows: per row (drafts kept, the token after them: at
     the first refusal a draw from the residual max(0, p - q) normalised, else a draw from the
     distribution after the last draft). ``drafts`` (G, k); ``log_q`` (G, k, V) the distributions
-    they were drawn from; ``log_p`` (G, k + 1, V) the target's. Row i draws with ``gens[i]``."""
-    G, k = drafts.shape
+    they were drawn from; ``log_p`` (G, k + 1, V) the target's (position j: after j drafts);
+    ``lengths``: row i's own drafts are its first lengths[i] (default all k). Row i draws with
+    ``gens[i]``."""
+    G, K = drafts.shape
     p, q = log_p.double().exp(), log_q.double().exp()
-    px = p[:, :k].gather(-1, drafts[..., None]).squeeze(-1)  # (G, k)
+    px = p[:, :K].gather(-1, drafts[..., None]).squeeze(-1)  # (G, K)
     qx = q.gather(-1, drafts[..., None]).squeeze(-1)
     out = []
     for i, gen in enumerate(gens):
+        k = K if lengths is None else lengths[i]
         u = torch.rand(k, generator=gen, dtype=torch.float64, device=p.device)
-        refused = (u * qx[i] >= px[i]).nonzero()  # kept iff u < p / q (q > 0: the draft was drawn from it)
+        refused = (u * qx[i, :k] >= px[i, :k]).nonzero()  # kept iff u < p / q (q > 0: the draft was drawn from it)
         if not len(refused):
             out.append((k, sample_categorical(log_p[i, k], gen)))
             continue
@@ -220,13 +243,14 @@ def accept(drafts: torch.Tensor, log_q: torch.Tensor, log_p: torch.Tensor, gens:
 
 
 def statistics(rows: list[Row]) -> dict:
-    """Mean accepted drafts per round, tokens per AR call, drafter and AR calls (all rows)."""
+    """Mean drafts proposed and accepted per round, tokens per AR call, drafter and AR calls (all rows)."""
     d = [r.data for r in rows]
     rounds, kept = sum(x["rounds"] for x in d), sum(x["accepted"] for x in d)
+    proposed = sum(x["drafted"] for x in d)
     tokens = sum(r.step for r in rows)
     target, drafted = sum(x["target_calls"] for x in d), sum(x["draft_calls"] for x in d)
-    return {"rounds": rounds, "mean_accepted": kept / max(rounds, 1), "tokens_per_target_call": tokens / max(target, 1),
-            "target_calls": target, "draft_calls": drafted}
+    return {"rounds": rounds, "mean_accepted": kept / max(rounds, 1), "mean_drafted": proposed / max(rounds, 1),
+            "tokens_per_target_call": tokens / max(target, 1), "target_calls": target, "draft_calls": drafted}
 
 
 _DRAFTERS: dict = {}
