@@ -238,6 +238,24 @@ def _request(i: int) -> dict:
             "seed": i, **options}
 
 
+def all_at_once(url: str, bodies: list[dict]) -> list[str | None]:
+    """Each body posted to /v1/completions from its own thread, all released together (bounded
+    waits); the texts, in order."""
+    texts: list[str | None] = [None] * len(bodies)
+    barrier = threading.Barrier(len(bodies))
+
+    def one(i):
+        barrier.wait(30)
+        texts[i] = httpx.post(f"{url}/v1/completions", json=bodies[i], timeout=60).json()["choices"][0]["text"]
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(bodies))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return texts
+
+
 def test_a_request_gives_the_same_text_alone_and_among_fifteen_others(cycle_pipe):
     """Step-level batching changes nothing a request gets: at temperature 0 each of 16 requests
     of different lengths, steps and samplers is served alone and then all at once from 16
@@ -252,18 +270,7 @@ def test_a_request_gives_the_same_text_alone_and_among_fifteen_others(cycle_pipe
             assert r.status_code == 200, r.text
             alone.append(r.json()["choices"][0]["text"])
         calls_alone = metric(url, "steps_total")
-        together: list[str | None] = [None] * 16
-        barrier = threading.Barrier(16)
-
-        def one(i):
-            barrier.wait(30)
-            together[i] = httpx.post(f"{url}/v1/completions", json=_request(i), timeout=60).json()["choices"][0]["text"]
-
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(16)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
+        together = all_at_once(url, [_request(i) for i in range(16)])
         calls_together = metric(url, "steps_total") - calls_alone
     assert together == alone
     assert len(set(alone)) > 4  # the requests differ
@@ -295,18 +302,7 @@ def test_the_ar_twin_and_the_gaussian_process_batch_too(small_runs, process, sam
                "temperature": 0, "seed": i} for i in range(8)]
     with serving(pipe) as url:
         alone = [httpx.post(f"{url}/v1/completions", json=b, timeout=60).json()["choices"][0]["text"] for b in bodies]
-        together: list = [None] * 8
-        barrier = threading.Barrier(8)
-
-        def one(i):
-            barrier.wait(30)
-            together[i] = httpx.post(f"{url}/v1/completions", json=bodies[i], timeout=60).json()["choices"][0]["text"]
-
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
+        together = all_at_once(url, bodies)
         assert metric(url, "failed_total") == 0
     assert together == alone and len(set(alone)) > 2
 
@@ -440,19 +436,7 @@ def test_an_ar_model_served_with_a_drafter_gives_its_own_texts(small_runs, cycle
         sampled = [{**b, "temperature": 1.0, "max_tokens": 16} for b in bodies]
         sampled_alone = [httpx.post(f"{url}/v1/completions", json=b, timeout=60).json()["choices"][0]["text"]
                          for b in sampled]
-        together: list = [None] * 16
-        barrier = threading.Barrier(16)
-
-        def one(i):
-            barrier.wait(30)
-            body = bodies[i] if i < 8 else sampled[i - 8]
-            together[i] = httpx.post(f"{url}/v1/completions", json=body, timeout=60).json()["choices"][0]["text"]
-
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(16)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
+        together = all_at_once(url, bodies + sampled)
         assert metric(url, "failed_total") == 0
         assert together == [a["choices"][0]["text"] for a in alone] + sampled_alone
         shown = []
