@@ -421,9 +421,8 @@ def test_an_ar_model_served_with_a_drafter_gives_its_own_texts(small_runs, cycle
     temperature 0 exactly the AR sampler's texts, alone, eight at once and streamed; at
     temperature 1 a seeded request gets the same text alone and among others; /v1/models names the
     drafter; a request may still ask for plain AR. Catches a server that ignores the drafter
-    (planted: draft_with leaving the default sampler: the usage shows one call per token) and
-    rows of concurrent requests verified against each other's caches (planted: a batch key without
-    the rows' lengths)."""
+    (planted: draft_with leaving the default sampler: the usage shows one call per token).
+    (Rows of other settings kept apart in one batch: test_speculative.py.)"""
     pipe = Pipeline.from_pretrained(small_runs["ar"]).draft_with(cycle_dir, draft_len=4)
     bodies = [{"prompt": "abcdefgh"[i % 8 :][: 1 + i % 3], "max_tokens": 6 + 2 * i, "temperature": 0, "seed": i}
               for i in range(8)]

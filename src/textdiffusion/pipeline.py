@@ -122,11 +122,12 @@ class Pipeline:
         return self.run.cfg
 
     # speculative decoding ----------------------------------------------------------------------
-    def draft_with(self, drafter, draft_len: int = 8, draft_steps: int = 1) -> Pipeline:
+    def draft_with(self, drafter, draft_len: int = 8, draft_steps: int = 1, draft_confidence: float = 0.0) -> Pipeline:
         """Make speculative decoding this AR pipeline's default sampler: ``drafter`` (a run
         directory, saved pipeline or shipped name, a loaded run, or a Pipeline: a masked or block
         diffusion model with this model's tokenizer) proposes ``draft_len`` tokens a round in
-        ``draft_steps`` calls, the AR model verifies them; the outputs are the AR model's own.
+        ``draft_steps`` calls (ending early where its top probability falls below
+        ``draft_confidence``), the AR model verifies them; the outputs are the AR model's own.
         Calls (and a server's requests) that name a sampler still get that one. Returns self."""
         if self.run.process.name != "ar":
             raise UsageError(f"a drafter speeds up an AR model; {self.run.run_dir} is a {self.run.process.name!r} "
@@ -139,9 +140,10 @@ class Pipeline:
         from .sampling.speculative import SpeculativeSampler
 
         SpeculativeSampler(draft_run=drafter, draft_len=draft_len, draft_steps=draft_steps,
-                           tokenizer=self.tokenizer)  # checks the drafter now, not at the first call
+                           draft_confidence=draft_confidence, tokenizer=self.tokenizer)  # checks the drafter now, not at the first call
         self.drafter = drafter
-        speculative = {"sampler": "speculative", "draft_run": drafter, "draft_len": draft_len, "draft_steps": draft_steps}
+        speculative = {"sampler": "speculative", "draft_run": drafter, "draft_len": draft_len, "draft_steps": draft_steps,
+                       "draft_confidence": draft_confidence}
         from .pretrained import BASE_DEFAULTS
 
         keep = {k: v for k, v in self.defaults.items() if k in BASE_DEFAULTS}  # the card's temperature, top-p, ...

@@ -51,6 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--draft-len", type=POSITIVE, default=8, metavar="K", help="tokens drafted per round (default 8)")
     p.add_argument("--draft-steps", type=POSITIVE, default=1, metavar="N",
                    help="drafter calls per round, left to right (default 1)")
+    p.add_argument("--draft-confidence", type=float, default=0.0, metavar="P",
+                   help="end a round's draft where the drafter's top probability is below P (default 0: off)")
 
 
 def main(args) -> int:
@@ -67,7 +69,8 @@ def main(args) -> int:
     run = load(args.model, args.device, args.threads)
     pipe = Pipeline(run, card(folder))
     if args.draft is not None:
-        pipe.draft_with(load(args.draft, args.device, args.threads), args.draft_len, args.draft_steps)
+        pipe.draft_with(load(args.draft, args.device, args.threads), args.draft_len, args.draft_steps,
+                        args.draft_confidence)
     name = args.name or (args.model if args.model and "/" not in args.model and not os.path.isdir(args.model)
                          else folder.name) or "english"
     settings = Settings(name=name, scheduler_thread=False, api_key=args.api_key or os.environ.get("TEXTDIFFUSION_API_KEY") or None,
