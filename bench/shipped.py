@@ -101,6 +101,7 @@ def main() -> None:
         print(f"{name} AR twin: judge ppl {r['judge_perplexity']:.1f}; real text {rec['real_text_judge_perplexity']:.1f}",
               flush=True)
         record["models"][name] = rec
+    out.mkdir(parents=True, exist_ok=True)
     path = out / "shipped.json"
     if path.exists():  # keep the other models' figures (--models runs one at a time)
         record["models"] = {**json.loads(path.read_text())["models"], **record["models"]}
