@@ -5,8 +5,11 @@
 Batch 1, one thread, the same prompts for every setting (the first lines of held-out text), in
 one process: AR + KV cache, then ``--sampler speculative --draft-len K`` for each K, greedy
 (the tokens must be identical to AR's: checked) and sampled (temperature 1: the AR model's own
-distribution, so only speed and acceptance are reported). Median tokens/s over the prompts,
-each setting's ratio to AR, mean drafts kept per round, tokens per AR call. Writes
+distribution, so only speed and acceptance are reported). Each prompt is decoded by AR and by
+the setting back to back, ``--repeats`` times: the ratio is the median of those A/B pairs (a
+shared machine's speed drifts between minutes; a pair sees the same), tokens/s the median of
+the setting's runs; mean drafts proposed and kept per round, tokens per AR call, and the share
+of the time spent in the drafter's and the AR model's forward passes. Writes
 bench/out/speculative.json and prints a markdown table.
 """
 
@@ -59,6 +62,7 @@ def main() -> None:
     p.add_argument("--draft-steps", type=int, default=1, help="drafter calls per round (0: K, one token a call)")
     p.add_argument("--draft-confidence", type=float, default=0.0,
                    help="end a round's draft where the drafter's top probability falls below this (0: off)")
+    p.add_argument("--repeats", type=int, default=3, help="A/B pairs per prompt and setting (default 3)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(REPO / "bench" / "out" / "speculative.json"))
     args = p.parse_args()
@@ -83,15 +87,24 @@ def main() -> None:
                                  draft_len=k, draft_steps=min(args.draft_steps or k, k),
                                  draft_confidence=args.draft_confidence)
             timed(spec, target, prompts[0], 16, 0)
-            t0, d0, a0 = time.perf_counter(), draft_clock.seconds, target_clock.seconds
-            outs = [timed(spec, target, ids, args.length, i) for i, ids in enumerate(prompts)]
-            wall = time.perf_counter() - t0
-            split = {"drafter_share": (draft_clock.seconds - d0) / wall, "target_share": (target_clock.seconds - a0) / wall}
-            rate = statistics.median(r for _, r in outs)
+            ratios, rates, outs, wall, in_draft, in_target = [], [], [], 0.0, 0.0, 0.0
+            for rep in range(args.repeats):  # each prompt: AR, then speculative, back to back (an A/B pair)
+                for i, ids in enumerate(prompts):
+                    _, ar_now = timed(ar, target, ids, args.length, i)
+                    d1, a1, t0 = draft_clock.seconds, target_clock.seconds, time.perf_counter()
+                    o, r = timed(spec, target, ids, args.length, i)
+                    wall += time.perf_counter() - t0
+                    in_draft, in_target = in_draft + draft_clock.seconds - d1, in_target + target_clock.seconds - a1
+                    ratios.append(r / ar_now)
+                    rates.append(r)
+                    if rep == 0:
+                        outs.append((o, r))
+            split = {"drafter_share": in_draft / wall, "target_share": in_target / wall}
             same = all(torch.equal(o.tokens, b.tokens) for (o, _), (b, _) in zip(outs, base))
             stats = [o.stats for o, _ in outs]
-            rows.append({"temperature": temperature, "sampler": "speculative", "k": k, "tokens_per_second": rate,
-                         "ratio": rate / ar_rate, "identical": same if temperature == 0 else None,
+            rows.append({"temperature": temperature, "sampler": "speculative", "k": k,
+                         "tokens_per_second": statistics.median(rates), "ratio": statistics.median(ratios),
+                         "identical": same if temperature == 0 else None,
                          "mean_accepted": statistics.mean(s["mean_accepted"] for s in stats),
                          "mean_drafted": statistics.mean(s["mean_drafted"] for s in stats),
                          "tokens_per_target_call": statistics.mean(s["tokens_per_target_call"] for s in stats),
@@ -101,7 +114,7 @@ def main() -> None:
     record = {"date": datetime.date.today().isoformat(), "machine": cpu_model(), "threads": args.threads,
               "draft_steps": args.draft_steps, "draft_confidence": args.draft_confidence,
               "torch": torch.__version__, "target": args.target, "draft": args.draft, "length": args.length,
-              "prompts": len(prompts), "rows": rows}
+              "prompts": len(prompts), "repeats": args.repeats, "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(record, indent=2))
     print("| temperature | sampler | K | tokens/s | vs AR | identical to AR | drafted / round | kept / round | tokens / AR call "
