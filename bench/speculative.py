@@ -36,7 +36,7 @@ class Clock:
     """Seconds spent inside a module's forward (the drafter's, the target's)."""
 
     def __init__(self, module):
-        self.seconds, self.module, self.forward = 0.0, module, module.forward
+        self.seconds, self.forward = 0.0, module.forward
 
         def forward(*a, **k):
             t = time.perf_counter()

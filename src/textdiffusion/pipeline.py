@@ -132,15 +132,12 @@ class Pipeline:
         if self.run.process.name != "ar":
             raise UsageError(f"a drafter speeds up an AR model; {self.run.run_dir} is a {self.run.process.name!r} "
                              f"model: serve an AR run (process ar) with --draft, or drop --draft")
-        if isinstance(drafter, (str, Path)):
-            from .sampling.speculative import load_drafter
-
-            drafter = load_drafter(str(drafter))
-        drafter = getattr(drafter, "run", drafter)
         from .sampling.speculative import SpeculativeSampler
 
-        SpeculativeSampler(draft_run=drafter, draft_len=draft_len, draft_steps=draft_steps,
-                           draft_confidence=draft_confidence, tokenizer=self.tokenizer)  # checks the drafter now, not at the first call
+        path = isinstance(drafter, (str, Path))  # the sampler loads it (once per path) and checks it now
+        drafter = SpeculativeSampler(draft=str(drafter) if path else "", draft_run=None if path else drafter,
+                                     draft_len=draft_len, draft_steps=draft_steps, draft_confidence=draft_confidence,
+                                     tokenizer=self.tokenizer).drafter
         self.drafter = drafter
         speculative = {"sampler": "speculative", "draft_run": drafter, "draft_len": draft_len, "draft_steps": draft_steps,
                        "draft_confidence": draft_confidence}
