@@ -58,6 +58,15 @@ def hf_dirs(tmp_path_factory):
         model.eval().save_pretrained(root / name)
         _save_tokenizer(root / name, bpe, eos_token="<|endoftext|>")
         made[name] = model
+    # every embedding row a token of the tokenizer's (no spare row for a mask: conversion adds one)
+    full = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        **dict(small, vocab_size=Tokenizer.from_str(bpe).get_vocab_size()), rope_theta=10000.0))
+    with torch.no_grad():
+        for p in full.parameters():
+            p.mul_(12.0 if p.dim() > 1 else 1.0)
+    full.eval().save_pretrained(root / "llama-full")
+    _save_tokenizer(root / "llama-full", bpe, eos_token="<|endoftext|>")
+    made["llama-full"] = full
     return root, made
 
 
@@ -125,3 +134,66 @@ def test_bert_runs_generate_and_infill(hf_dirs):
     fill = in_process("infill", root / "bert", "the cat [MASK:3] the mat.", "--steps", "3")
     assert fill.returncode == 0, fill.stderr
     assert fill.stdout.startswith("the cat") and fill.stdout.rstrip().endswith("the mat.")
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2", "llama-full"])
+def test_a_causal_lm_converted_starts_as_itself_under_the_shift(hf_dirs, name):
+    """``train --init HF_DIR --process masked``'s starting model: transformers' LLaMA (untied head,
+    a spare embedding row), Qwen2 (tied head) and a LLaMA whose every row is a token (one row
+    added) become our masked model with the logits shift; at annealing step 0 (causal) position
+    i gives transformers' own logits at i - 1, exactly; the mask token is a new id (not
+    end-of-text, not a text token) whose input embedding is the mean of the tokens'. Catches
+    (each planted, seen failing): the mask on end-of-text as the causal LM loader has it, the
+    grown head misaligned (rows prepended), the shift dropped, the mask row left zero."""
+    from textdiffusion.config import Config, ProcessConfig
+    from textdiffusion.runs import build_model
+    from textdiffusion.training.adapt import Annealed, annealed_mask, load_init, read_init
+    from textdiffusion.training.recipe import finetune_config
+
+    root, made = hf_dirs
+    hf = made[name]
+    cfg = finetune_config(Config(process=ProcessConfig(name="masked")), root / name)
+    _, tok = read_init(root / name, cfg.model.context)
+    rows = hf.config.vocab_size
+    assert cfg.process.name == "masked" and cfg.model.logits_shift == 1 and cfg.model.context == 128
+    assert tok.mask_id == tok.base_size and tok.mask_id != tok.eot_id
+    assert cfg.model.vocab_size == tok.vocab_size == max(rows, tok.base_size + 1)
+    model, _ = build_model(cfg, tok)
+    load_init(model, root / name, tok)
+    with torch.no_grad():
+        want = hf(input_ids=IDS).logits
+        got = Annealed(model, annealed_mask(0, 100, cfg.model.context))(IDS)
+        keep = [i for i in range(rows) if i != tok.mask_id]  # a tied head's mask column is the new row's
+        torch.testing.assert_close(got[:, 1:, keep], want[:, :-1, keep], atol=1e-4, rtol=1e-4)
+        mean = hf.get_input_embeddings().weight[: tok.base_size].mean(0)
+        torch.testing.assert_close(model.embed.weight[tok.mask_id], mean)
+
+
+def test_train_init_from_a_causal_lm_folder_gives_an_ordinary_run(hf_dirs, tmp_path):
+    """The command line: a transformers LLaMA folder converted by a few masked-diffusion steps is
+    a run every command reads (generate, eval); a GPT-2 folder (not a layout our Transformer
+    loads) and a window longer than the model's positions are one-line errors before training."""
+    import json
+
+    root, _ = hf_dirs
+    data = tmp_path / "corpus.txt"
+    data.write_text("\n".join(CORPUS * 8))
+    out = tmp_path / "conv"
+    args = ("train", "--init", root / "llama", "--process", "masked", "--data", data, "--quiet",
+            "--set", "model.context=32", "--set", "train.batch_size=4", "--set", "train.eval_every=2",
+            "--set", "train.warmup_steps=1", "--set", "data.val_fraction=0.2")
+    done = in_process(*args, "--out", out, "--set", "train.max_steps=2")
+    assert done.returncode == 0, done.stderr
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["process"]["name"] == "masked" and saved["model"]["logits_shift"] == 1
+    assert saved["model"]["context"] == 32 and saved["model"]["norm"] == "rms"
+    gen = in_process("generate", "--model", out, "the cat", "--length", "6", "--steps", "3", "--seed", "0")
+    assert gen.returncode == 0 and gen.stdout.startswith("the cat"), gen.stderr
+    ev = in_process("eval", out, "--data", data, "--num-samples", "0", "--json")
+    assert ev.returncode == 0, ev.stderr
+    assert json.loads(ev.stdout)["process"] == "masked"
+    for bad, why in (((root / "gpt2", "--process", "masked"), "model_type 'gpt2'"),
+                     ((root / "llama", "--process", "masked", "--set", "model.context=512"), "128 positions")):
+        err = in_process("train", "--init", *bad, "--data", data, "--out", tmp_path / "bad", "--quiet")
+        assert err.returncode != 0 and why in err.stderr and "Traceback" not in err.stderr, err.stderr
+        assert len(err.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()

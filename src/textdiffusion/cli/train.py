@@ -34,11 +34,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labels", action="store_true",
                    help="class-conditional: --data is JSONL of {\"text\", \"label\"}; the label is dropped with "
                         "probability train.cond_drop (default 0.1) for classifier-free guidance")
-    p.add_argument("--init", metavar="RUN", help="start from this run's weights, tokenizer, model and process "
+    p.add_argument("--init", metavar="RUN|HF_DIR", help="start from this run's weights, tokenizer, model and process "
                                                  "(fine-tuning: a run directory or a shipped model's name, e.g. "
                                                  "--init english --data my.txt; ./english for a folder of that name). "
                                                  "With an AR run and --process masked or block: convert it into a "
-                                                 "diffusion model (--set adapt.anneal_steps=N, adapt.shift)")
+                                                 "diffusion model (--set adapt.anneal_steps=N, adapt.shift). Also a local "
+                                                 "transformers LLaMA/Mistral/Qwen2 folder (windows of model.context, "
+                                                 "default 256)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -74,10 +76,10 @@ def _main(args) -> int:
             overrides.append("data.labels=true")
         if args.init:  # a run directory or a shipped model's name (fine-tune the shipped model)
             from ..pretrained import resolve
-            from ..runs import read_run
+            from ..training.adapt import read_init
 
             init = resolve(args.init)
-            init_cfg, _ = read_run(init)  # its process, so that the config is checked against it
+            init_cfg, _ = read_init(init)  # its process, so that the config is checked against it
             process = init_cfg.process.name
             if args.process and args.process != process:
                 if process != "ar" or args.process not in CONVERTS:

@@ -39,3 +39,110 @@ class Annealed:
     def __call__(self, x, t=None, *args, **kwargs):
         T = x.shape[1]
         return self.model(x, t, *args, attn_mask=self.mask[:T, :T], **kwargs)
+
+
+# ---- a transformers causal LM as the starting point (train --init HF_DIR) -------------------------
+# LLaMA, Mistral and Qwen2 folders load natively into our Transformer (models/adapters/qwen2.py), so
+# their weights start a run of ours: AR fine-tuning, or conversion into a diffusion model. A causal
+# LM has no mask token; the run gets one: the first embedding row the tokenizer leaves unused (Qwen2
+# pads its embedding to a multiple of 64), else one row appended. Its input embedding starts as the
+# mean of the real tokens' embeddings (a "some token" input, not a random vector the network never
+# saw); the output head's row for it does not matter (no process predicts the mask).
+
+
+def causal_lm_folder(path) -> bool:
+    """Whether ``path`` is a transformers causal-LM folder (config.json with a CausalLM
+    architecture), not one of our runs."""
+    from pathlib import Path
+
+    from ..models.adapters import detect
+
+    return Path(path).is_dir() and detect(path) == "hf_causal"
+
+
+def read_causal_lm(folder, context: int | None = None):
+    """Our AR run's (Config, Tokenizer) for a LLaMA / Mistral / Qwen2 folder, with a mask token.
+    ``context`` (the training window) defaults to 256 tokens, at most the model's positions."""
+    from pathlib import Path
+
+    from ..config import Config, ProcessConfig
+    from ..errors import CheckpointError, ConfigError
+    from ..models.adapters import hf_config
+    from ..models.adapters.common import tokenizer_of
+    from ..models.adapters.hf_causal import NATIVE, describe
+    from ..models.adapters.hf_masked import special_token
+    from ..models.adapters.qwen2 import model_config
+    from ..tokenizers import HFTokenizer
+
+    folder = Path(folder)
+    raw = hf_config(folder)
+    kind = str(raw.get("model_type", "")).lower()
+    if kind not in NATIVE:
+        raise CheckpointError(f"{folder}: --init trains from transformers {', '.join(NATIVE)} causal LMs (their weights "
+                              f"load into our Transformer); model_type {kind!r} only runs through transformers itself")
+    desc = describe(raw, folder)
+    model = model_config(raw, folder)
+    positions = model.context
+    model.context = context or min(256, positions)
+    if model.context > positions:
+        raise ConfigError(f"model.context={model.context} is longer than {folder}'s {positions} positions: "
+                          f"train on windows of at most {positions} tokens")
+    base = tokenizer_of(folder, desc, model.vocab_size, special_token(folder, "unk_token"))
+    specials = dict(base.specials)
+    specials["mask"] = base.base_size  # the first row past the tokenizer's own tokens
+    model.vocab_size = max(model.vocab_size, base.base_size + 1)
+    tokenizer = HFTokenizer(base._json, specials, model.vocab_size)
+    cfg = Config(model=model, process=ProcessConfig(name="ar"))
+    cfg.data.tokenizer, cfg.data.vocab_size = "bpe", max(260, model.vocab_size)
+    return cfg, tokenizer
+
+
+def load_causal_lm(model, folder, tokenizer) -> str:
+    """The folder's weights into ``model`` (built from ``read_causal_lm``'s config): the embedding
+    (and an untied head) grown to the run's rows, the mask row set to the mean token embedding."""
+    from pathlib import Path
+
+    from ..errors import CheckpointError
+    from ..models.adapters.common import read_mapped
+    from ..models.adapters.qwen2 import rename
+
+    folder = Path(folder)
+    state = read_mapped(folder, rename(folder), None)
+    rows = model.embed.weight.shape[0]
+    embed = state["embed.weight"]
+    text = embed[: tokenizer.base_size].float().mean(0)
+    state["embed.weight"] = _grown(embed, rows)
+    state["embed.weight"][tokenizer.mask_id] = text.to(embed.dtype)
+    if model.cfg.tie_embeddings or "head.weight" not in state:
+        state["head.weight"] = state["embed.weight"]
+    else:
+        state["head.weight"] = _grown(state["head.weight"], rows)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{folder}: the weights do not fit its config.json: {str(exc).splitlines()[0]}") from None
+    return f"hf_causal:{folder.name}"
+
+
+def _grown(weight: torch.Tensor, rows: int) -> torch.Tensor:
+    if weight.shape[0] >= rows:
+        return weight[:rows].clone()
+    return torch.cat([weight, weight.new_zeros(rows - weight.shape[0], weight.shape[1])])
+
+
+def read_init(init, context: int | None = None):
+    """(Config, Tokenizer) of what ``train.init`` names: one of our runs, or a causal-LM folder."""
+    from ..runs import read_run
+
+    return read_causal_lm(init, context) if causal_lm_folder(init) else read_run(init)
+
+
+def load_init(model, init, tokenizer) -> str:
+    """``train.init``'s weights into ``model``: a run's checkpoint, or a causal-LM folder's."""
+    from pathlib import Path
+
+    from .checkpoint import checkpoint_dir, load_weights
+
+    if causal_lm_folder(init):
+        return load_causal_lm(model, init, tokenizer)
+    return load_weights(model, checkpoint_dir(Path(init)))

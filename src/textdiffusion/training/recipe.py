@@ -13,7 +13,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from ..config import CONVERTS, Config, ConfigError, apply_overrides
+from ..config import CONVERTS, Config, ConfigError, ModelConfig, apply_overrides
 from ..data import (
     DataError,
     Rows,
@@ -86,9 +86,13 @@ def finetune_config(cfg: Config, init: str | Path) -> Config:
     (``data.fim_rate`` on a diffusion run, ``data.infill_rate`` on the AR twin, ...) is a
     ConfigError naming it, on the Python path as on the command line (it used to pass and end in a
     non-finite loss)."""
+    from .adapt import causal_lm_folder, read_init
+
     init = Path(init)
-    init_cfg, _ = read_run(init)
-    checkpoint_dir(init)  # a clear error if it holds no weights
+    context = cfg.model.context if cfg.model.context != ModelConfig().context else None
+    init_cfg, _ = read_init(init, context)  # a transformers causal LM: trained on windows of model.context
+    if not causal_lm_folder(init):
+        checkpoint_dir(init)  # a clear error if it holds no weights
     raw, theirs = cfg.to_dict(), init_cfg.to_dict()
     defaults = Config().to_dict()
     convert = init_cfg.process.name == "ar" and cfg.process.name in CONVERTS
@@ -114,7 +118,9 @@ def finetune_config(cfg: Config, init: str | Path) -> Config:
 def adopt_init(cfg: Config) -> Tokenizer:
     """Fine-tuning: the tokenizer of the run in ``train.init`` (``finetune_config`` took its model
     and process)."""
-    _, tokenizer = read_run(Path(cfg.train.init))
+    from .adapt import read_init
+
+    _, tokenizer = read_init(Path(cfg.train.init), cfg.model.context)
     return tokenizer
 
 

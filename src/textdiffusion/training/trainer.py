@@ -226,7 +226,9 @@ def train(
     check_training_memory(cfg, tokenizer.vocab_size, device)  # before a byte of it is allocated
     model, process = build_model(cfg, tokenizer)
     if tc.init and not resume:  # fine-tuning: start from another run's weights
-        load_weights(model, checkpoint_dir(Path(tc.init)))
+        from .adapt import load_init
+
+        load_init(model, tc.init, tokenizer)
     model.to(device)
     net = parallelize(model, world, tc.distributed)  # DDP around it, or sharded in place (FSDP)
     sharded = tc.distributed == "fsdp"  # FSDP runs keep sharded checkpoints, at any number of processes
