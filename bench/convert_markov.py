@@ -1,7 +1,9 @@
 """Benchmark: AR -> masked diffusion conversion against the same model from scratch, on the Markov
-chain of tests/markov.py (true window entropy 1.993 bits/token).
+chain of tests/markov.py (first order: true window entropy 1.993 bits/token; ``--order 2
+--concentration 0.1``: the chain of tests/test_adapt.py's known-answer test, 1.197).
 
-    python bench/convert_markov.py [--steps 100,200]
+    python bench/convert_markov.py [--steps 100,200] [--order 2 --concentration 0.1 --ar-steps 600]
+                                   [--variants scratch,"scratch, shift",converted] [--seed 0]
 
 The AR twin of tests/test_markov.py (2 x 64, context 32, 300 steps), then for each step budget N:
 masked diffusion from scratch (with and without the logits shift: the converted model's own
@@ -32,6 +34,11 @@ CONTEXT = 32
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", default="100,200")
+    p.add_argument("--order", type=int, default=1, help="the chain's order (tokens of context)")
+    p.add_argument("--concentration", type=float, default=0.25, help="Dirichlet concentration of its rows")
+    p.add_argument("--ar-steps", type=int, default=300, help="the AR twin's training steps")
+    p.add_argument("--seed", type=int, default=0, help="training seed (every model)")
+    p.add_argument("--variants", default="", help="comma-separated subset of the variants (default all)")
     p.add_argument("--out", default=str(REPO / "bench" / "out" / "convert_markov.json"))
     args = p.parse_args()
     from textdiffusion.config import Config, ModelConfig, ProcessConfig, TrainConfig
@@ -40,13 +47,14 @@ def main() -> None:
     from textdiffusion.training.recipe import finetune_config
     from textdiffusion.training.trainer import train
 
-    mc = MarkovChain()
-    splits = {"train": mc.sample(100_000, seed=1), "val": mc.sample(20_000, seed=2)}
+    mc = MarkovChain(concentration=args.concentration, order=args.order)
+    size = 100_000 if args.order == 1 else 200_000
+    splits = {"train": mc.sample(size, seed=1), "val": mc.sample(20_000, seed=2)}
 
     def config(process: str, steps: int) -> Config:
         return Config(model=ModelConfig(n_layer=2, n_head=4, d_model=64, context=CONTEXT, time_cond=False),
                       process=ProcessConfig(name=process),
-                      train=TrainConfig(batch_size=64, max_steps=steps, lr=3e-3, min_lr=3e-4, warmup_steps=20,
+                      train=TrainConfig(seed=args.seed, batch_size=64, max_steps=steps, lr=3e-3, min_lr=3e-4, warmup_steps=20,
                                         eval_every=steps, ckpt_every=steps, log_every=50))
 
     def bits(run_dir: Path) -> tuple[float, float]:
@@ -58,12 +66,17 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         ar = Path(tmp) / "ar"
-        train(config("ar", 300), ar, splits, tokenizer(), progress=False)
+        train(config("ar", args.ar_steps), ar, splits, tokenizer(), progress=False)
+        b, _ = bits(ar)
+        rows.append({"steps": args.ar_steps, "model": "AR twin (exact NLL)", "bits_per_token": b, "stderr": 0.0})
+        wanted = [v.strip() for v in args.variants.split(",") if v.strip()]
         for n in map(int, args.steps.split(",")):
             variants = {"scratch": {}, "scratch, shift": {"logits_shift": 1}, "converted": {},
                         "converted, annealed over N/2": {"anneal_steps": n // 2},
                         "converted, lr / 3": {"lr": 1e-3}, "converted, no shift": {"shift": "off"}}
             for name, v in variants.items():
+                if wanted and name not in wanted:
+                    continue
                 cfg = config("masked", n)
                 cfg.model.logits_shift = v.get("logits_shift", 0)
                 if "lr" in v:
@@ -78,7 +91,8 @@ def main() -> None:
                 b, se = bits(out)
                 rows.append({"steps": n, "model": name, "bits_per_token": b, "stderr": se})
                 print(json.dumps(rows[-1]), file=sys.stderr)
-    record = {"date": datetime.date.today().isoformat(), "machine": cpu_model(),
+    record = {"date": datetime.date.today().isoformat(), "machine": cpu_model(), "order": args.order,
+              "concentration": args.concentration, "ar_steps": args.ar_steps, "seed": args.seed,
               "true_bits": mc.window_entropy_bits(CONTEXT), "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(record, indent=2))

@@ -1,4 +1,5 @@
-"""Data with a known answer: a first-order Markov chain whose entropy rate is known exactly."""
+"""Data with a known answer: a Markov chain (first order by default, or of a higher order) whose
+entropy rate is known exactly."""
 
 from __future__ import annotations
 
@@ -12,36 +13,48 @@ ALPHABET = "abcdefgh"
 
 
 class MarkovChain:
-    def __init__(self, num_states: int = 8, concentration: float = 0.25, seed: int = 0):
+    """Token i drawn from P[context], the context being the ``order`` tokens before it (one row
+    of P per context, rows from a Dirichlet of ``concentration``: small = peaked rows)."""
+
+    def __init__(self, num_states: int = 8, concentration: float = 0.25, seed: int = 0, order: int = 1):
         rng = np.random.default_rng(seed)
-        self.P = rng.dirichlet(np.full(num_states, concentration), size=num_states)  # (V, V) rows sum to 1
-        evals, evecs = np.linalg.eig(self.P.T)
+        self.num_states, self.order = num_states, order
+        contexts = num_states ** order
+        self.P = rng.dirichlet(np.full(num_states, concentration), size=contexts)  # (V^k, V) rows sum to 1
+        T = np.zeros((contexts, contexts))  # context -> context: drop the oldest token, append the new one
+        for c in range(contexts):
+            T[c, (c * num_states + np.arange(num_states)) % contexts] += self.P[c]
+        evals, evecs = np.linalg.eig(T.T)
         pi = np.real(evecs[:, np.argmin(np.abs(evals - 1))])
-        self.pi = pi / pi.sum()  # stationary distribution
-        self.num_states = num_states
+        self.pi = pi / pi.sum()  # stationary distribution of the contexts (order 1: of the states)
 
     def entropy_rate_bits(self) -> float:
-        """h = sum_i pi_i H(P_i): the per-token entropy given the previous token."""
+        """h = sum_c pi_c H(P_c): the per-token entropy given the previous ``order`` tokens."""
         rows = [-(p[p > 0] * np.log2(p[p > 0])).sum() for p in self.P]
         return float(self.pi @ np.array(rows))
 
     def window_entropy_bits(self, length: int) -> float:
-        """Per-token entropy of a window of ``length`` tokens with no context: (H(pi) + (L-1) h) / L."""
-        h_pi = float(-(self.pi * np.log2(self.pi)).sum())
-        return (h_pi + (length - 1) * self.entropy_rate_bits()) / length
+        """Per-token entropy of a window of ``length`` tokens with no context:
+        (H(pi) + (L - k) h) / L, pi over the first k = ``order`` tokens."""
+        pi = self.pi[self.pi > 0]
+        h_pi = float(-(pi * np.log2(pi)).sum())
+        return (h_pi + (length - self.order) * self.entropy_rate_bits()) / length
 
     def sample(self, n: int, seed: int) -> np.ndarray:
         rng = np.random.default_rng(seed)
+        V, k = self.num_states, self.order
         cdf = np.cumsum(self.P, axis=1)
         out = np.empty(n, dtype=np.int64)
-        out[0] = rng.choice(self.num_states, p=self.pi)
+        c = int(rng.choice(len(self.pi), p=self.pi))  # the first k tokens, from the stationary distribution
+        out[:k] = [(c // V ** (k - 1 - j)) % V for j in range(k)]
         u = rng.random(n)
-        for i in range(1, n):
-            out[i] = min(int(np.searchsorted(cdf[out[i - 1]], u[i])), self.num_states - 1)
+        for i in range(k, n):
+            out[i] = min(int(np.searchsorted(cdf[c], u[i])), V - 1)
+            c = (c * V + int(out[i])) % len(self.pi)
         return out
 
     def bigram_tv(self, sequences: list[list[int]]) -> float:
-        """Mean total-variation distance between the empirical transition rows of ``sequences``
+        """(First order.) Mean total-variation distance between the empirical transition rows of ``sequences``
         and the true ones, weighted by how often each state occurs (ignores non-state tokens)."""
         counts = np.zeros((self.num_states, self.num_states))
         for seq in sequences:
@@ -56,7 +69,7 @@ class MarkovChain:
         return float((rows * tv).sum() / rows.sum())
 
     def transition_bits(self, sequences: list[list[int]]) -> float:
-        """Mean -log2 P(b | a) under the true chain over the transitions of ``sequences``
+        """(First order.) Mean -log2 P(b | a) under the true chain over the transitions of ``sequences``
         (a transition touching a non-state token counts as a fixed 10-bit penalty)."""
         total, n = 0.0, 0
         for seq in sequences:
