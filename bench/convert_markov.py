@@ -3,7 +3,7 @@ chain of tests/markov.py (first order: true window entropy 1.993 bits/token; ``-
 --concentration 0.1``: the chain of tests/test_adapt.py's known-answer test, 1.197).
 
     python bench/convert_markov.py [--steps 100,200] [--order 2 --concentration 0.1 --ar-steps 600]
-                                   [--variants scratch,"scratch, shift",converted] [--seed 0]
+                                   [--variants "scratch, shift;converted"] [--seed 0]
 
 The AR twin of tests/test_markov.py (2 x 64, context 32, 300 steps), then for each step budget N:
 masked diffusion from scratch (with and without the logits shift: the converted model's own
@@ -38,7 +38,7 @@ def main() -> None:
     p.add_argument("--concentration", type=float, default=0.25, help="Dirichlet concentration of its rows")
     p.add_argument("--ar-steps", type=int, default=300, help="the AR twin's training steps")
     p.add_argument("--seed", type=int, default=0, help="training seed (every model)")
-    p.add_argument("--variants", default="", help="comma-separated subset of the variants (default all)")
+    p.add_argument("--variants", default="", help="a subset of the variants, separated by semicolons (default all)")
     p.add_argument("--out", default=str(REPO / "bench" / "out" / "convert_markov.json"))
     args = p.parse_args()
     from textdiffusion.config import Config, ModelConfig, ProcessConfig, TrainConfig
@@ -69,7 +69,7 @@ def main() -> None:
         train(config("ar", args.ar_steps), ar, splits, tokenizer(), progress=False)
         b, _ = bits(ar)
         rows.append({"steps": args.ar_steps, "model": "AR twin (exact NLL)", "bits_per_token": b, "stderr": 0.0})
-        wanted = [v.strip() for v in args.variants.split(",") if v.strip()]
+        wanted = [v.strip() for v in args.variants.split(";") if v.strip()]
         for n in map(int, args.steps.split(",")):
             variants = {"scratch": {}, "scratch, shift": {"logits_shift": 1}, "converted": {},
                         "converted, annealed over N/2": {"anneal_steps": n // 2},
