@@ -71,10 +71,6 @@ def test_a_converted_ar_model_learns_a_second_order_chain_in_half_the_diffusion_
     On a first-order chain the AR weights do not help (BENCHMARKS.md): a fresh model learns it
     as fast. Catches (each planted, seen failing): the AR weights not loaded (train.init
     ignored), the logits shift left off for a masked conversion (adapt.shift=auto)."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parent))
     from markov import MarkovChain, tokenizer
 
     from textdiffusion.config import TrainConfig
