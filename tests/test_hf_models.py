@@ -49,6 +49,11 @@ def hf_dirs(tmp_path_factory):
     for name, model in (("gpt2", transformers.GPT2LMHeadModel(transformers.GPT2Config(
                             vocab_size=64, n_embd=32, n_layer=2, n_head=4, n_positions=128, eos_token_id=0,
                             bos_token_id=0))),
+                        # not a layout our Transformer loads: it runs through transformers itself
+                        ("gptneo", transformers.GPTNeoForCausalLM(transformers.GPTNeoConfig(
+                            vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
+                            attention_types=[[["global"], 2]], max_position_embeddings=128, eos_token_id=0,
+                            bos_token_id=0))),
                         ("llama", transformers.LlamaForCausalLM(transformers.LlamaConfig(**small, rope_theta=10000.0))),
                         ("qwen2", transformers.Qwen2ForCausalLM(transformers.Qwen2Config(
                             **small, rope_theta=1e6, tie_word_embeddings=True))),
@@ -64,11 +69,14 @@ def hf_dirs(tmp_path_factory):
     return root, made
 
 
-@pytest.mark.parametrize("name", ["bert", "gpt2", "llama", "qwen2"])
+@pytest.mark.parametrize("name", ["bert", "gptneo", "gpt2", "llama", "qwen2"])
 def test_a_transformers_model_gives_its_own_logits_through_our_loader(hf_dirs, name):
-    """BERT and GPT-2 run through transformers; LLaMA and Qwen2 (tied head, GQA, q/k/v biases)
-    load natively into our Transformer, so this compares two implementations: catches a wrong
-    LLaMA/Qwen2 weight map, RoPE theta, the tied head left random, or biases dropped."""
+    """BERT and GPT-Neo run through transformers; GPT-2 (learned positions, Conv1D weights,
+    biases everywhere, tied head), LLaMA and Qwen2 (tied head, GQA, q/k/v biases) load natively
+    into our Transformer, so this compares two implementations: catches a wrong weight map, RoPE
+    theta, the tied head left random, or biases dropped; for GPT-2 (each planted, seen failing)
+    the Conv1D weights not transposed, the positions not added, the output projection's bias
+    dropped."""
     root, made = hf_dirs
     run = load_run(root / name)
     with torch.no_grad():
@@ -80,11 +88,12 @@ def test_a_transformers_model_gives_its_own_logits_through_our_loader(hf_dirs, n
         assert run.process.mask_id == 4 and run.tokenizer.eot_id == 3  # [MASK], [SEP]
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama"])
+@pytest.mark.parametrize("name", ["gptneo", "gpt2", "llama"])
 def test_ar_greedy_decoding_is_transformers_generate(hf_dirs, name):
     """Our AR sampler on a transformers causal LM, greedy, writes the tokens of transformers'
-    own generate(do_sample=False): GPT-2 through its history-carrying cache, LLaMA natively with
-    our KV cache. Catches the history dropped between calls or positions restarting per call."""
+    own generate(do_sample=False): GPT-Neo through its history-carrying cache, GPT-2 and LLaMA
+    natively with our KV cache. Catches the history dropped between calls or positions
+    restarting per call (GPT-2: learned positions indexed from 0 in every cached call)."""
     root, made = hf_dirs
     run = load_run(root / name)
     ids = torch.from_numpy(run.tokenizer.encode("the cat"))[None]
@@ -94,15 +103,17 @@ def test_ar_greedy_decoding_is_transformers_generate(hf_dirs, name):
     assert gen.tokens[0].tolist() == want[0].tolist()
 
 
-def test_rows_of_other_lengths_decode_as_alone_through_transformers(hf_dirs):
+@pytest.mark.parametrize("name", ["gptneo", "gpt2"])
+def test_rows_of_other_lengths_decode_as_alone(hf_dirs, name):
     """Two requests of different prompt lengths joined in one batch (a left-padded cache, as the
-    server batches them) decode what each decodes alone: the padding is masked and each row's
-    positions are its own."""
+    server batches them) decode what each decodes alone, through transformers (GPT-Neo) and
+    natively with learned positions (GPT-2): the padding is masked and each row's positions are
+    its own (GPT-2: catches the position table read at the padded column)."""
     from textdiffusion.sampling import build_sampler
     from textdiffusion.sampling.base import Plan, prompt_canvas
 
     root, _ = hf_dirs
-    run = load_run(root / "gpt2")
+    run = load_run(root / name)
     smp = build_sampler("ar", run.process, run.tokenizer, temperature=0.0)
     alone, plans = [], []
     for text in ("the cat sat", "a"):
@@ -130,11 +141,11 @@ def test_bert_runs_generate_and_infill(hf_dirs):
     assert fill.stdout.startswith("the cat") and fill.stdout.rstrip().endswith("the mat.")
 
 
-@pytest.mark.parametrize("name", ["llama", "qwen2", "llama-full"])
+@pytest.mark.parametrize("name", ["llama", "qwen2", "llama-full", "gpt2"])
 def test_a_causal_lm_converted_starts_as_itself_under_the_shift(hf_dirs, name):
     """``train --init HF_DIR --process masked``'s starting model: transformers' LLaMA (untied head,
-    a spare embedding row), Qwen2 (tied head) and a LLaMA whose every row is a token (one row
-    added) become our masked model with the logits shift; at annealing step 0 (causal) position
+    a spare embedding row), Qwen2 (tied head), a LLaMA whose every row is a token (one row
+    added) and GPT-2 (learned positions: its table cut to the window) become our masked model with the logits shift; at annealing step 0 (causal) position
     i gives transformers' own logits at i - 1 (to 1e-4); the mask token is a new id (not
     end-of-text, not a text token) whose input embedding is zero (a blank input). Catches (each
     planted, seen failing): the mask on end-of-text as the causal LM loader has it, the grown
@@ -164,7 +175,7 @@ def test_a_causal_lm_converted_starts_as_itself_under_the_shift(hf_dirs, name):
 
 def test_train_init_from_a_causal_lm_folder_gives_an_ordinary_run(hf_dirs, tmp_path):
     """The command line: a transformers LLaMA folder converted by a few masked-diffusion steps is
-    a run every command reads (generate, eval); a GPT-2 folder (not a layout our Transformer
+    a run every command reads (generate, eval); a GPT-Neo folder (not a layout our Transformer
     loads) and a window longer than the model's positions are one-line errors before training."""
     import json
 
@@ -185,7 +196,7 @@ def test_train_init_from_a_causal_lm_folder_gives_an_ordinary_run(hf_dirs, tmp_p
     ev = in_process("eval", out, "--data", data, "--num-samples", "0", "--json")
     assert ev.returncode == 0, ev.stderr
     assert json.loads(ev.stdout)["process"] == "masked"
-    for bad, why in (((root / "gpt2", "--process", "masked"), "model_type 'gpt2'"),
+    for bad, why in (((root / "gptneo", "--process", "masked"), "model_type 'gpt_neo'"),
                      ((root / "llama", "--process", "masked", "--set", "model.context=512"), "128 positions")):
         err = in_process("train", "--init", *bad, "--data", data, "--out", tmp_path / "bad", "--quiet")
         assert err.returncode != 0 and why in err.stderr and "Traceback" not in err.stderr, err.stderr

@@ -65,6 +65,8 @@ class ModelConfig:
     n_kv_head: int = 0  # key/value heads (grouped-query attention); 0 = n_head
     qkv_bias: bool = False  # biases on the query/key/value projections (Qwen2, Dream)
     rope_base: float = 10000.0  # RoPE theta (LLaDA 500000, Qwen2/Dream 1000000)
+    positions: str = "rope"  # rope (rotary, on queries and keys) | learned (a table added to the input: GPT-2)
+    proj_bias: bool = False  # a bias on the attention's output projection (GPT-2)
     tie_embeddings: bool = False  # the output head shares the input embedding's weights
     logits_shift: int = 0  # 1: position i's logits predict token i + 1 (Dream); the model shifts them back
     # DiT variants (MDLM): the adaLN conditioning, weight-only norms, biases, a final adaLN
@@ -92,7 +94,9 @@ class ModelConfig:
             self.d_model % self.n_head == 0,
             f"model.d_model ({self.d_model}) must be divisible by model.n_head ({self.n_head})",
         )
-        _check((self.d_model // self.n_head) % 2 == 0, "model.d_model / model.n_head must be even (RoPE)")
+        _check_choice(self.positions, ("rope", "learned"), "model.positions")
+        _check(self.positions != "rope" or (self.d_model // self.n_head) % 2 == 0,
+               "model.d_model / model.n_head must be even (RoPE)")
         _check(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
         _check(self.num_labels >= 0, "model.num_labels must be >= 0")
         _check_choice(self.norm, ("layer", "rms"), "model.norm")

@@ -39,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                  "--init english --data my.txt; ./english for a folder of that name). "
                                                  "With an AR run and --process masked or block: convert it into a "
                                                  "diffusion model (--set adapt.anneal_steps=N, adapt.shift). Also a local "
-                                                 "transformers LLaMA/Mistral/Qwen2 folder (windows of model.context, "
+                                                 "transformers GPT-2/LLaMA/Mistral/Qwen2 folder (windows of model.context, "
                                                  "default 256)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 

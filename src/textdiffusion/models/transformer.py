@@ -1,4 +1,5 @@
-"""The denoiser: a pre-norm transformer with RoPE, SDPA attention and optional adaLN time conditioning.
+"""The denoiser: a pre-norm transformer with RoPE (or GPT-2's learned positions), SDPA attention
+and optional adaLN time conditioning.
 
 It knows nothing about diffusion: tokens (and optionally a time t) in, logits out.
 ``attn="full"`` makes it bidirectional (the diffusion denoiser); ``attn="causal"`` makes the very
@@ -206,7 +207,7 @@ class Attention(nn.Module):
         self.causal = causal
         # one projection for queries, keys and values: (n_head + 2 n_kv_head) * head_dim outputs
         self.qkv = nn.Linear(cfg.d_model, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=cfg.qkv_bias)
-        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.proj_bias)
         self.dropout = cfg.dropout
 
     def _expand(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -225,7 +226,8 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).split((C, kv_width, kv_width), dim=2)
         q = q.view(B, T, self.n_head, D).transpose(1, 2)  # (B, H, T, D)
         k, v = (z.view(B, T, self.n_kv_head, D).transpose(1, 2) for z in (k, v))  # (B, H_kv, T, D)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cos is not None:  # rotary positions (learned ones were added to the input)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if isinstance(kv_cache, RowCache):  # rows at different places, each with its own store
             k, v, mask = kv_cache.assemble(layer, k, v)
             y = F.scaled_dot_product_attention(q, *self._expand(k, v), attn_mask=mask)
@@ -336,12 +338,14 @@ class Transformer(nn.Module):
         self.time = TimeEmbedding(cond, scale=cfg.time_scale) if cfg.time_cond else None
         # class labels (+1: the "no label" of classifier-free guidance), added to every position
         self.label = nn.Embedding(cfg.num_labels + 1, cfg.d_model) if cfg.num_labels else None
+        # learned absolute positions (GPT-2), added to the input; otherwise RoPE in every attention
+        self.pos = nn.Embedding(cfg.context, cfg.d_model) if cfg.positions == "learned" else None
         self.blocks = nn.ModuleList(Block(cfg, causal) for _ in range(cfg.n_layer))
         self.norm = norm_layer(cfg)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.head_bias)
         # DiT's final layer: adaLN shift/scale of the final norm (zero-initialised below)
         self.final_ada = nn.Linear(cond, 2 * cfg.d_model) if cfg.final_ada and cfg.time_cond else None
-        cos, sin = rope_tables(cfg.d_model // cfg.n_head, cfg.context, cfg.rope_base)
+        cos, sin = self._rope_tables()
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init)
@@ -358,9 +362,14 @@ class Transformer(nn.Module):
     def reset_rope(self) -> None:
         """Recompute the RoPE tables (non-persistent buffers: a model built on the meta device, as
         loaders of large checkpoints do, has none until this runs)."""
-        cos, sin = rope_tables(self.cfg.d_model // self.cfg.n_head, self.cfg.context, self.cfg.rope_base)
+        cos, sin = self._rope_tables()
         device = self.head.weight.device
         self.rope_cos, self.rope_sin = cos.to(device), sin.to(device)
+
+    def _rope_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.cfg.positions != "rope":  # empty tables: nothing rotates
+            return torch.zeros(0), torch.zeros(0)
+        return rope_tables(self.cfg.d_model // self.cfg.n_head, self.cfg.context, self.cfg.rope_base)
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -371,7 +380,9 @@ class Transformer(nn.Module):
 
     def num_params(self, non_embedding: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())
-        return n - self.embed.weight.numel() if non_embedding else n
+        if not non_embedding:
+            return n
+        return n - self.embed.weight.numel() - (self.pos.weight.numel() if self.pos is not None else 0)
 
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs (forward + backward) per token: 6N plus attention (PaLM appendix B).
@@ -433,18 +444,23 @@ class Transformer(nn.Module):
         B, T = (tokens if embeds is None else embeds).shape[:2]
         if positions is None and isinstance(kv_cache, RowCache):
             positions = kv_cache.positions
+        start = 0
         if positions is None:
             start = kv_cache.length if kv_cache is not None else 0
-            if start + T > self.rope_cos.shape[0]:
+            if start + T > self.cfg.context:
                 raise UsageError(f"sequence of {start + T} tokens exceeds the model context {self.cfg.context}")
+        elif int(positions.max()) >= self.cfg.context:
+            raise UsageError(f"position {int(positions.max())} exceeds the model context {self.cfg.context}")
+        cos = sin = None
+        if self.pos is None and positions is None:
             cos, sin = self.rope_cos[start : start + T], self.rope_sin[start : start + T]
-        else:
-            if int(positions.max()) >= self.rope_cos.shape[0]:
-                raise UsageError(f"position {int(positions.max())} exceeds the model context {self.cfg.context}")
+        elif self.pos is None:
             cos, sin = self.rope_cos[positions], self.rope_sin[positions]
             if positions.dim() == 2:  # (B, T): each row at its own positions
                 cos, sin = cos[:, None], sin[:, None]
         x = self.embed(tokens) if embeds is None else embeds  # (B, T, C); embeds: inputs already embedded
+        if self.pos is not None:  # learned positions: (T, C), or (B, T, C) for rows at their own
+            x = x + self.pos(torch.arange(start, start + T, device=x.device) if positions is None else positions)
         if self.label is not None:
             if labels is None:
                 labels = torch.full((B,), self.cfg.num_labels, dtype=torch.long, device=x.device)

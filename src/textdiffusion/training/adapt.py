@@ -42,8 +42,8 @@ class Annealed:
 
 
 # ---- a transformers causal LM as the starting point (train --init HF_DIR) -------------------------
-# LLaMA, Mistral and Qwen2 folders load natively into our Transformer (models/adapters/qwen2.py), so
-# their weights start a run of ours: AR fine-tuning, or conversion into a diffusion model. A causal
+# GPT-2, LLaMA, Mistral and Qwen2 folders load natively into our Transformer (models/adapters/gpt2.py,
+# qwen2.py), so their weights start a run of ours: AR fine-tuning, or conversion into a diffusion model. A causal
 # LM has no mask token; the run gets one: the first embedding row the tokenizer leaves unused (Qwen2
 # pads its embedding to a multiple of 64), else one row appended. Its input embedding starts at zero
 # (a blank input: on the second-order Markov chain a zero row converted as well as the AR twin's own
@@ -62,7 +62,7 @@ def causal_lm_folder(path) -> bool:
 
 
 def read_causal_lm(folder, context: int | None = None):
-    """Our AR run's (Config, Tokenizer) for a LLaMA / Mistral / Qwen2 folder, with a mask token.
+    """Our AR run's (Config, Tokenizer) for a GPT-2 / LLaMA / Mistral / Qwen2 folder, with a mask token.
     ``context`` (the training window) defaults to 256 tokens, at most the model's positions."""
     from pathlib import Path
 
@@ -70,9 +70,8 @@ def read_causal_lm(folder, context: int | None = None):
     from ..errors import CheckpointError, ConfigError
     from ..models.adapters import hf_config
     from ..models.adapters.common import tokenizer_of
-    from ..models.adapters.hf_causal import NATIVE, describe
+    from ..models.adapters.hf_causal import NATIVE, describe, layout
     from ..models.adapters.hf_masked import special_token
-    from ..models.adapters.qwen2 import model_config
     from ..tokenizers import HFTokenizer
 
     folder = Path(folder)
@@ -82,7 +81,7 @@ def read_causal_lm(folder, context: int | None = None):
         raise CheckpointError(f"{folder}: --init trains from transformers {', '.join(NATIVE)} causal LMs (their weights "
                               f"load into our Transformer); model_type {kind!r} only runs through transformers itself")
     desc = describe(raw, folder)
-    model = model_config(raw, folder)
+    model = layout(raw).model_config(raw, folder)
     positions = model.context
     model.context = context or min(256, positions)
     if model.context > positions:
@@ -100,15 +99,19 @@ def read_causal_lm(folder, context: int | None = None):
 
 def load_causal_lm(model, folder, tokenizer) -> str:
     """The folder's weights into ``model`` (built from ``read_causal_lm``'s config): the embedding
-    (and an untied head) grown to the run's rows, the mask's input row zero."""
+    (and an untied head) grown to the run's rows, the mask's input row zero, learned positions
+    (GPT-2) cut to the run's window."""
     from pathlib import Path
 
     from ..errors import CheckpointError
+    from ..models.adapters import hf_config
     from ..models.adapters.common import read_mapped
-    from ..models.adapters.qwen2 import rename
+    from ..models.adapters.hf_causal import layout
 
     folder = Path(folder)
-    state = read_mapped(folder, rename(folder), None)
+    state = read_mapped(folder, layout(hf_config(folder)).rename(folder), None)
+    if "pos.weight" in state:
+        state["pos.weight"] = state["pos.weight"][: model.cfg.context].clone()
     rows = model.embed.weight.shape[0]
     state["embed.weight"] = _grown(state["embed.weight"], rows)
     state["embed.weight"][tokenizer.mask_id] = 0.0

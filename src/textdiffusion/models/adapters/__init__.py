@@ -10,6 +10,8 @@ viz, eval) and every sampler that fits runs on a local directory of the real wei
     sedd.py         SEDD's release (the same DiT, no prefix; a log score; its hydra config.json)
     hf_masked.py    any transformers masked LM (BERT, ModernBERT, ...) as an absorbing-diffusion denoiser
     hf_causal.py    any transformers causal LM (LLaMA, Qwen2, GPT-2, ...) as an AR model
+    qwen2.py        the LLaMA / Mistral / Qwen2 layout (Dream's and hf_causal's native models)
+    gpt2.py         GPT-2's layout (learned positions, Conv1D weights: hf_causal's native GPT-2)
     exported.py     our own models saved for transformers (``export --format transformers``)
 
 This module stays import-light (json only): ``detect`` runs before torch loads.

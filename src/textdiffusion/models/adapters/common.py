@@ -65,8 +65,9 @@ def weight_files(folder: Path) -> list[Path]:
 
 def read_mapped(folder: Path, rename: Callable[[str], tuple[str, str] | None], dtype: torch.dtype | None):
     """State dict for our module: each stored tensor under ``rename(key)`` = (our name, part),
-    where part "q"/"k"/"v" are concatenated in that order into our fused projection; rename
-    returning None drops the key (buffers such as rotary tables). Unknown keys are errors."""
+    where part "q"/"k"/"v" are concatenated in that order into our fused projection and part "T"
+    is stored transposed (GPT-2's Conv1D weights, (in, out)); rename returning None drops the key
+    (buffers such as rotary tables). Unknown keys are errors."""
     from safetensors import safe_open
 
     out: dict[str, torch.Tensor] = {}
@@ -82,7 +83,9 @@ def read_mapped(folder: Path, rename: Callable[[str], tuple[str, str] | None], d
                     tensor = f.get_tensor(key)
                     if dtype is not None:
                         tensor = tensor.to(dtype)
-                    if part:
+                    if part == "T":
+                        out[name] = tensor.t().contiguous()
+                    elif part:
                         parts.setdefault(name, {})[part] = tensor
                     else:
                         out[name] = tensor

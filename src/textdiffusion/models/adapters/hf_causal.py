@@ -1,7 +1,7 @@
 """Any transformers causal LM as an AR model beside the diffusion ones (the AR sampler, AR
-comparisons, judges, eval): LLaMA, Mistral and Qwen2 layouts load natively into our Transformer
-(causal, with our KV cache: fast); every other architecture (GPT-2, ...) runs through
-transformers itself, re-reading the whole sequence at each token (no remote code)."""
+comparisons, judges, eval): the GPT-2, LLaMA, Mistral and Qwen2 layouts load natively into our
+Transformer (causal, with our KV cache: fast); every other architecture (GPT-Neo, OPT, ...) runs
+through transformers itself, re-reading the whole sequence at each token (no remote code)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,15 @@ from .common import Descriptor, build_run
 from .hf_masked import key_padding, require_transformers, special_token, transformers_run
 
 CARD = {"description": "a transformers causal LM (autoregressive)", "generate": {"sampler": "ar"}}
-NATIVE = ("llama", "mistral", "qwen2")
+NATIVE = ("gpt2", "llama", "mistral", "qwen2")  # model_types whose weights load into our Transformer
+
+
+def layout(raw: dict):
+    """The adapter module (``model_config``, ``rename``) of a native model_type: GPT-2's or the
+    LLaMA / Qwen2 one."""
+    from . import gpt2, qwen2
+
+    return gpt2 if str(raw.get("model_type", "")).lower() == "gpt2" else qwen2
 
 
 def describe(raw: dict, folder: Path) -> Descriptor:
@@ -71,9 +79,8 @@ def load(folder: Path, device="cpu", dtype: str | None = None, raw: dict | None 
     raw = raw or hf_config(folder)
     desc = describe(raw, folder)
     if str(raw.get("model_type", "")).lower() in NATIVE:
-        from .qwen2 import model_config, rename
-
-        return build_run(folder, desc, model_config(raw, folder), rename(folder), device, dtype,
+        family = layout(raw)
+        return build_run(folder, desc, family.model_config(raw, folder), family.rename(folder), device, dtype,
                          unk_id=special_token(folder, "unk_token"))
     transformers = require_transformers()
     hf = hf_from_pretrained(transformers.AutoModelForCausalLM, folder, dtype)
