@@ -138,7 +138,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(tmp_path):
     line = _one_line(_cli(*args, "--out", tmp_path / "run", limit=64_000, cache=tmp_path / "cache"))
     assert "could not write a checkpoint into" in line and "File too large" in line and "train again" in line
     assert not (tmp_path / "run").exists()
-    line = _one_line(_cli(*args, "--out", tmp_path / "run2", limit=2_000, cache=tmp_path / "cache2"))
+    line = _one_line(_cli(*args, "--out", tmp_path / "run2", limit=6_000, cache=tmp_path / "cache2"))
     assert "could not write the token cache in" in line and "TEXTDIFFUSION_CACHE" in line
     assert not any(p.name.startswith("") and ".tmp" in p.name for p in (tmp_path / "cache2").rglob("*"))
 
