@@ -451,13 +451,14 @@ class Transformer(nn.Module):
                 raise UsageError(f"sequence of {start + T} tokens exceeds the model context {self.cfg.context}")
         elif int(positions.max()) >= self.cfg.context:
             raise UsageError(f"position {int(positions.max())} exceeds the model context {self.cfg.context}")
-        cos = sin = None
-        if self.pos is None and positions is None:
-            cos, sin = self.rope_cos[start : start + T], self.rope_sin[start : start + T]
-        elif self.pos is None:
-            cos, sin = self.rope_cos[positions], self.rope_sin[positions]
-            if positions.dim() == 2:  # (B, T): each row at its own positions
-                cos, sin = cos[:, None], sin[:, None]
+        cos = sin = None  # no rotary tables with learned positions
+        if self.pos is None:
+            if positions is None:
+                cos, sin = self.rope_cos[start : start + T], self.rope_sin[start : start + T]
+            else:
+                cos, sin = self.rope_cos[positions], self.rope_sin[positions]
+                if positions.dim() == 2:  # (B, T): each row at its own positions
+                    cos, sin = cos[:, None], sin[:, None]
         x = self.embed(tokens) if embeds is None else embeds  # (B, T, C); embeds: inputs already embedded
         if self.pos is not None:  # learned positions: (T, C), or (B, T, C) for rows at their own
             x = x + self.pos(torch.arange(start, start + T, device=x.device) if positions is None else positions)
