@@ -6,6 +6,11 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+# Every process a test starts (the CLI, torchrun's workers, bench scripts) imports this checkout's
+# src/, not whichever textdiffusion is installed: a bug planted in src/ must fail the tests that
+# spawn processes too (pyproject's pythonpath does the same for this process).
+SRC = str(Path(__file__).resolve().parent.parent / "src")
+os.environ["PYTHONPATH"] = os.pathsep.join([SRC, *filter(None, [os.environ.get("PYTHONPATH")])])
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 

@@ -28,7 +28,8 @@ LAUNCH_TIMEOUT = 240  # seconds; a launch takes about 10 here
 
 def torchrun(*args, n: int = 2, timeout: float = LAUNCH_TIMEOUT, check: bool = True) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n), *map(str, args)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(JOB.parent)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1",  # the job module beside the code under test (conftest's PYTHONPATH)
+           "PYTHONPATH": os.pathsep.join([str(JOB.parent), os.environ["PYTHONPATH"]])}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if check:
         assert done.returncode == 0, done.stderr[-3000:]
