@@ -58,7 +58,8 @@ def train_one(process: str, s: dict, args, work: Path, tok) -> dict:
     cfg = Config(model=ModelConfig(n_layer=s["n_layer"], n_head=s["n_head"], d_model=s["d_model"],
                                    context=s["context"]),
                  process=ProcessConfig(name=process, **({"block_size": 16} if process == "block" else {})),
-                 train=TrainConfig(batch_size=s["batch"], max_steps=s["steps"], max_seconds=args.train_seconds,
+                 train=TrainConfig(batch_size=s["batch"], max_steps=args.train_steps or s["steps"],
+                                   max_seconds=0.0 if args.train_steps else args.train_seconds,
                                    warmup_steps=10, eval_every=10**9, ckpt_every=10**9, log_every=5,
                                    eval_batches=1, device=args.device, compile=args.compile, seed=0))
     rng = np.random.default_rng(0)
@@ -105,6 +106,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--smoke", action="store_true", help="a tiny model on the CPU for seconds (checks the script)")
     p.add_argument("--train-seconds", type=float, default=None, help="per process (default 100; smoke: 3)")
+    p.add_argument("--train-steps", type=int, default=None,
+                   help="train each process exactly this many steps, with no time budget (the tests: a count, not seconds)")
     p.add_argument("--batch", type=int, default=16, help="training batch (rows of 1024 tokens; default 16)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (adds compile time)")
     p.add_argument("--device", default=None, help="default cuda if available, else cpu")
@@ -132,7 +135,7 @@ def main() -> None:
         "date": datetime.date.today().isoformat(), "device": device, "torch": torch.__version__,
         "python": platform.python_version(), "smoke": args.smoke,
         "model": {k: s[k] for k in ("n_layer", "n_head", "d_model", "context", "vocab")}, "train_batch": s["batch"],
-        "train_seconds_each": args.train_seconds, "compile": args.compile,
+        "train_seconds_each": None if args.train_steps else args.train_seconds, "train_steps": args.train_steps, "compile": args.compile,
         "training": train_rows,
         "diffusion_vs_ar_tokens_per_second": by["masked"]["tokens_per_second"] / by["ar"]["tokens_per_second"],
         "sampling": sampling, "seconds": time.perf_counter() - t0,

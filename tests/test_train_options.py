@@ -144,14 +144,16 @@ def test_mfu_and_tensorboard_follow_the_metrics(splits, tmp_path):
 
 def test_gpu_benchmark_runs_end_to_end_with_smoke(tmp_path):
     """bench/gpu.py --smoke: the prepared GPU script trains, samples and prints its one JSON
-    summary on the CPU in seconds, so it is known to work before a GPU is lent."""
+    summary on the CPU in seconds, so it is known to work before a GPU is lent. Six steps each (a
+    count: a 2-second budget fitted fewer than the five steps that log an MFU on a busy machine)."""
     out = tmp_path / "gpu.json"
-    done = subprocess.run([sys.executable, str(REPO / "bench" / "gpu.py"), "--smoke", "--train-seconds", "2",
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "gpu.py"), "--smoke", "--train-steps", "6",
                            "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert summary == json.loads(out.read_text())
     assert [r["process"] for r in summary["training"]] == ["masked", "ar", "block"]
+    assert [r["steps"] for r in summary["training"]] == [6, 6, 6]
     assert all(r["tokens_per_second"] > 0 and r["mfu"] > 0 for r in summary["training"])
     assert summary["diffusion_vs_ar_tokens_per_second"] > 0
     assert {(r["process"], r["batch"]) for r in summary["sampling"]} == {
