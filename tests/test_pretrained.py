@@ -91,3 +91,25 @@ def test_the_code_model_fills_holes_with_its_card_infill_settings():
     assert out.sampler == "confidence" and out.text.startswith("def area(width, height):\n    return ")
     assert pipe.infill("def f(x):\n    [MASK:6]\n", seed=0).text == pipe.infill("def f(x):\n    [MASK:6]\n", seed=1).text
     assert pipe.generate("def ", length=8, steps=4).sampler == "ancestral"
+
+
+def test_the_readme_prints_what_its_main_command_prints():
+    """The README's "What it prints" block is what its main command prints: the text on standard
+    output exactly, then the stats line on standard error (its seconds vary with the machine).
+    Catches a README left stale by a retrained model or a changed default sampler (it showed a
+    text the command had long stopped printing)."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    from commands import cli
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    command = next(line for line in readme.splitlines() if line.startswith("textdiffusion generate "))
+    printed = readme.split("What it prints", 1)[1].split("```text\n", 1)[1].split("\n```", 1)[0]
+    *text, stats = printed.split("\n")
+    done = cli(*shlex.split(command.split("#")[0])[1:])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "\n".join(text) + "\n"
+    seconds = re.compile(r"[0-9.]+ s\]")
+    assert seconds.sub("N s]", done.stderr.strip().splitlines()[-1]) == seconds.sub("N s]", stats)
