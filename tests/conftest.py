@@ -15,6 +15,14 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
 @pytest.fixture(autouse=True)
+def _torch_threads():
+    """Each test starts at the suite's thread count (Pipeline.from_pretrained picks its own, from the load)."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
 def _token_cache(tmp_path_factory, monkeypatch):
     """Tokenized-corpus cache in a temporary folder: tests never touch ~/.cache."""
     monkeypatch.setenv("TEXTDIFFUSION_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))

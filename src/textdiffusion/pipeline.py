@@ -64,14 +64,22 @@ class Pipeline:
 
     # loading and saving ----------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, name_or_dir: str | Path | None = None, device: str = "cpu") -> Pipeline:
+    def from_pretrained(cls, name_or_dir: str | Path | None = None, device: str = "cpu",
+                        threads: int | None = None) -> Pipeline:
         """Load a shipped model by name (``textdiffusion models`` lists them; None: the default),
-        a run directory, or a directory written by ``save_pretrained``."""
+        a run directory, or a directory written by ``save_pretrained``. ``threads``: torch's CPU
+        threads (a process-wide setting): None picks them as the command line does, the cores not
+        already busy (runtime.auto_threads; torch's own default of one per core ran 3-30x slower on
+        a busy machine), unless OMP_NUM_THREADS is set; 0 is that choice always; N sets N."""
         from .pretrained import card, resolve
         from .runs import load_run
+        from .runtime import api_threads
         from .training.trainer import resolve_device
 
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 0):
+            raise UsageError(f"threads must be a whole number >= 0 (0: the cores not already busy); got {threads!r}")
         folder = resolve(name_or_dir)
+        api_threads(threads)
         return cls(load_run(folder, resolve_device(device)), card(folder))
 
     def save_pretrained(self, directory: str | Path, dtype: str = "float32", card: dict | None = None,

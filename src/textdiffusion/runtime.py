@@ -29,6 +29,17 @@ def auto_threads(cores: int | None = None, load: float | None = None) -> int:
     return max(1, min(cores, cores - int(load + 0.5)))
 
 
+def api_threads(threads: int | None) -> int:
+    """The Python API's thread count (``Pipeline.from_pretrained(threads=)``): ``threads`` if given
+    (0: ``auto_threads()``); None: the load-aware default the command line uses, unless the caller
+    chose already through OMP_NUM_THREADS (then torch keeps what it has). Sets and returns it."""
+    if threads is None and os.environ.get("OMP_NUM_THREADS"):
+        import torch
+
+        return torch.get_num_threads()
+    return set_threads(threads or 0)
+
+
 def set_threads(threads: int = 0) -> int:
     """Give torch ``threads`` CPU threads (0: ``auto_threads()``); returns the number set."""
     import torch
