@@ -72,8 +72,9 @@ def main(argv: list[str] | None = None) -> int:
 
             spec(args.sampler)
         from ..limits import time_limit
+        from ..sampling.registry import options_named
 
-        with time_limit(getattr(args, "max_seconds", None)):
+        with time_limit(getattr(args, "max_seconds", None)), options_named("flag"):
             return args.func(args)
     except KeyboardInterrupt as exc:  # Ctrl-C; in training also SIGTERM and SIGHUP (trainer.Interrupted)
         signum = getattr(exc, "signum", signal.SIGINT)

@@ -42,13 +42,15 @@ def main(args) -> int:
     from ..pipeline import Pipeline
     from ..pretrained import check_settings
     from ..sampling import build_sampler
+    from ..sampling.registry import options_named
 
     pipe = Pipeline.from_pretrained(args.run)
     card = dict(pipe.card)
     for task, items, flag in (("generate", args.default, "--default"), ("infill", args.infill_default, "--infill-default")):
         settings = check_settings({**pipe.card.get(task, {}), **dict(setting(item, flag) for item in items)}, flag)
         options = {k: v for k, v in settings.items() if k not in ("sampler", "steps")}
-        build_sampler(settings.get("sampler"), pipe.run.process, pipe.tokenizer, **options)  # they must fit the run
+        with options_named("name"):  # KEY=VALUE settings: their errors say top_p, as typed
+            build_sampler(settings.get("sampler"), pipe.run.process, pipe.tokenizer, **options)  # they must fit the run
         if settings:
             card[task] = settings
         else:

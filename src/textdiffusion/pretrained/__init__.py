@@ -40,7 +40,7 @@ def _settings() -> tuple[str, ...]:
 def check_settings(settings: dict, where: str) -> dict:
     """Known keys with values of the right kind (a card is edited by hand), else a ValueError;
     with a sampler named, its options are checked as the sampler checks them (sampling/registry.py)."""
-    from ..sampling.registry import SAMPLERS, check_kind, make_options, option_field
+    from ..sampling.registry import SAMPLERS, check_kind, make_options, option_field, options_named
 
     if not isinstance(settings, dict):
         raise UsageError(f"{where}: the generate settings must be a JSON object")
@@ -62,7 +62,8 @@ def check_settings(settings: dict, where: str) -> dict:
         if name not in SAMPLERS:
             raise UsageError(f"{where}: unknown sampler {name!r} (choose {', '.join(SAMPLERS)})")
         try:
-            make_options(name, {k: v for k, v in settings.items() if k not in ("sampler", "steps")})
+            with options_named("name"):  # a card's keys, as written there
+                make_options(name, {k: v for k, v in settings.items() if k not in ("sampler", "steps")})
         except ValueError as exc:
             raise UsageError(f"{where}: {exc}") from None
     return settings

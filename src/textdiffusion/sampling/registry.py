@@ -11,6 +11,8 @@ new file in this package plus one ``SamplerSpec`` entry below (see docs/architec
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import importlib
 import math
@@ -33,6 +35,26 @@ def option(default: Any, doc: str, *, choices: tuple[str, ...] = (), low: float 
 def flag(name: str) -> str:
     """The command-line flag of an option: kv_cache -> --kv-cache."""
     return "--" + name.replace("_", "-")
+
+
+# how an option is named in its error: as the caller wrote it. The command line wraps a command in
+# ``options_named("flag")`` (--top-p); the Python API, requests and model cards use the name (top_p).
+_NAMING: contextvars.ContextVar[str] = contextvars.ContextVar("textdiffusion_option_naming", default="name")
+
+
+def written(name: str) -> str:
+    """Option ``name`` the way the caller wrote it: ``--top-p`` inside ``options_named("flag")``, else ``top_p``."""
+    return flag(name) if _NAMING.get() == "flag" else name
+
+
+@contextlib.contextmanager
+def options_named(style: str):
+    """Within: option errors name options as ``style`` says ("flag": --top-p; "name": top_p)."""
+    token = _NAMING.set(style)
+    try:
+        yield
+    finally:
+        _NAMING.reset(token)
 
 
 def _kind(tp) -> type:
@@ -59,8 +81,9 @@ class Options:
 
 
 def check_value(f: dataclasses.Field, value: Any) -> None:
-    """A ValueError naming the flag unless ``value`` is of the field's kind and range."""
-    meta, name = f.metadata, flag(f.name)
+    """A UsageError naming the option (as the caller wrote it: ``written``) unless ``value`` is of
+    the field's kind and range."""
+    meta, name = f.metadata, written(f.name)
     check_kind(f, value, name)
     if meta.get("choices") and value not in meta["choices"]:
         *rest, last = meta["choices"]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import UsageError
-from ..sampling.registry import BASE, SAMPLERS, flag, option_field, option_names
+from ..sampling.registry import BASE, SAMPLERS, option_field, option_names
 
 
 class BadRequest(UsageError):
@@ -139,12 +139,13 @@ def sampler_settings(body: dict, max_steps: int) -> dict[str, Any]:
         if value is None:
             out[name] = None
             continue
-        from ..sampling.registry import check_value
+        from ..sampling.registry import check_value, options_named
 
         try:
-            check_value(option_field(name), value)
+            with options_named("name"):
+                check_value(option_field(name), value)
         except UsageError as exc:
-            raise BadRequest(str(exc).replace(flag(name), name), name) from None
+            raise BadRequest(str(exc), name) from None
         out[name] = value
     return out
 
