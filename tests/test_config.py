@@ -76,10 +76,14 @@ def test_mistyped_values_name_the_flag(override, message):
 def test_float_options_refuse_nan_and_infinity_by_name(name, value, flag):
     """NaN passes every range check (all comparisons are false) and reached torch as "probability
     tensor contains inf, nan"; --threshold nan was accepted. Each float option refuses NaN and
-    infinities by its flag (issue 21, item 11), and so do config floats and the guidance scale."""
-    from textdiffusion.sampling.registry import make_options
+    infinities by its name as the caller wrote it: the flag on the command line (issue 21, item
+    11), the keyword in Python (issue 38: generate(top_p=2) said "--top-p")."""
+    from textdiffusion.sampling.registry import make_options, options_named
 
-    with pytest.raises(ValueError, match=f"{flag} must be a finite number"):
+    key = next(iter(value))
+    with pytest.raises(ValueError, match=f"^{key} must be a finite number"):
+        make_options(name, value)
+    with options_named("flag"), pytest.raises(ValueError, match=f"^{flag} must be a finite number"):
         make_options(name, value)
 
 

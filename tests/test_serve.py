@@ -445,3 +445,93 @@ def test_an_ar_model_served_with_a_drafter_gives_its_own_texts(small_runs, cycle
         want = httpx.post(f"{url}/v1/completions", json={"prompt": "abc", "max_tokens": 12, "temperature": 0,
                                                          "sampler": "ar"}, timeout=60).json()["choices"][0]["text"]
         assert shown[-1] == want and all(want.startswith(s) for s in shown)
+
+
+@pytest.mark.parametrize("field, value", [("temperature", 1e-320), ("temperature", 1e308), ("temperature", 1e-7)])
+def test_a_finite_but_unusable_number_is_a_400_naming_the_field(cycle_pipe, field, value):
+    """Finite numbers a sampler cannot use are refused before they reach a batch: a temperature
+    that overflows the logits once divided by it (1e-320, 1e308) is a 400 naming the field, through
+    the official client. Catches the range check gone: 1e-320 made every probability NaN and a 500
+    for every request batched with it."""
+    with serving(cycle_pipe) as url:
+        with pytest.raises(openai.BadRequestError) as err:
+            client(url).completions.create(model="tiny", prompt="abc", max_tokens=4, extra_body={field: value})
+    assert err.value.body["param"] == field and f"{field} must be 0 (greedy) or between" in err.value.body["message"] \
+        or f"{field} must be <= " in err.value.body["message"]
+
+
+def test_a_request_that_fails_inside_a_batched_step_fails_alone(cycle_pipe, monkeypatch):
+    """If a request still fails inside a step it shares, only it fails: the batch is put back as it
+    was and each request is stepped alone, so the others are answered (200) with exactly the texts
+    they get alone (sampled at temperature 1: their generators are put back too), and the next
+    steps batch them again. The six requests are queued before the scheduler runs (it is driven
+    here), so they share their first step by construction. A fault is planted for the request
+    with top_k=7 (no real request fails there any more). Catches the old behaviour (every request
+    of the step got the fault's 500) and a retry that does not restore the rows or their
+    generators (the innocent texts differ from alone)."""
+    from textdiffusion.sampling.ancestral import AncestralSampler
+
+    real = AncestralSampler.transition
+
+    def faulty(self, *args, **kwargs):
+        if self.top_k == 7:
+            raise RuntimeError("planted fault")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(AncestralSampler, "transition", faulty)
+    good = [{"prompt": "abc"[: 1 + i % 3], "max_tokens": 6 + i, "seed": i, "temperature": 1.0, "steps": 8,
+             "sampler": "ancestral"} for i in range(5)]
+    bad = {"prompt": "ab", "max_tokens": 6, "seed": 9, "sampler": "ancestral", "steps": 8, "top_k": 7}
+    with serving(cycle_pipe) as url:
+        alone = [client(url).completions.create(model="tiny", **_openai(b)).choices[0].text for b in good]
+    answers: list = [None] * 6
+    with serving(cycle_pipe, scheduler_thread=False) as url:
+        scheduler = url.app.state.scheduler
+        scheduler.bind_here()  # accepts jobs; nothing runs them until drive() below
+
+        def post(i, body):
+            try:
+                answers[i] = client(url).completions.create(model="tiny", **_openai(body)).choices[0].text
+            except openai.APIStatusError as exc:
+                answers[i] = exc.status_code
+
+        threads = [threading.Thread(target=post, args=(i, b)) for i, b in enumerate([*good, bad])]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 60
+        while scheduler.queue_depth < 6:
+            assert time.monotonic() < deadline, "the requests did not arrive"
+            time.sleep(0.02)
+        driver = threading.Thread(target=scheduler.drive, args=(lambda: all(a is not None for a in answers),))
+        driver.start()
+        for t in threads:
+            t.join(60)
+        scheduler.stop()
+        driver.join(30)
+        assert scheduler.stats["failed"] == 1 and scheduler.stats["finished"] == 5
+    assert answers[:5] == alone and answers[5] == 500
+
+
+def _openai(body: dict) -> dict:
+    """A request body as the openai client's keyword arguments (ours in extra_body)."""
+    own = {k: v for k, v in body.items() if k not in ("prompt", "max_tokens", "temperature")}
+    return {"prompt": body["prompt"], "max_tokens": body["max_tokens"], "temperature": body.get("temperature"),
+            "extra_body": own}
+
+
+def test_serve_on_a_port_in_use_is_one_line_and_exit_2(cycle_dir):
+    """``textdiffusion serve`` on a port something already listens on says so in one line and
+    exits 2, before loading the model. Catches the old behaviour: uvicorn logged its bind error,
+    ended its thread, and the command exited 0."""
+    import socket
+
+    from commands import in_process
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = in_process("serve", cycle_dir, "--port", port)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == (f"textdiffusion: error: port {port} on 127.0.0.1 is already in use: stop what "
+                                   f"listens there, or choose another --port")

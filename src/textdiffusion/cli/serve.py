@@ -66,6 +66,7 @@ def main(args) -> int:
     from ..serve.app import Settings, create_app
 
     folder = resolve(args.model)
+    _check_port(args.host, args.port)  # before the model loads: a port in use is one line, at once
     run = load(args.model, args.device, args.threads)
     pipe = Pipeline(run, card(folder))
     if args.draft is not None:
@@ -137,4 +138,35 @@ def serve(app, host: str, port: int, log_level: str, drain_seconds: float) -> st
     finally:
         for sig, handler in before.items():
             signal.signal(sig, handler)
+    if not server.started and not caught:  # uvicorn logged why and ended its thread (it exits 1 alone)
+        raise UsageError(f"the server could not start listening on {host}:{port} (the log line above says why): "
+                         f"choose another --host/--port")
     return caught[0] if caught else None
+
+
+def _check_port(host: str, port: int) -> None:
+    """A one-line error when ``host``:``port`` cannot be listened on (in use, or not this machine's
+    address), before the model's requests could be accepted: uvicorn only logs it, and the
+    command exited 0."""
+    import errno
+    import socket
+
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise UsageError(f"--host {host!r} is not an address of this machine ({exc.strerror})") from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise UsageError(f"port {port} on {host} is already in use: stop what listens there, or choose "
+                                 f"another --port") from None
+            if exc.errno in (errno.EACCES, errno.EPERM):
+                raise UsageError(f"no permission to listen on port {port}: ports below 1024 need root; choose "
+                                 f"another --port") from None
+            raise UsageError(f"cannot listen on {host}:{port} ({exc.strerror}): choose another --host/--port") from None

@@ -50,8 +50,11 @@ def ban(logits: torch.Tensor, ids: list[int]) -> torch.Tensor:
 
 
 def validate_sampling_args(temperature: float, top_k: int, top_p: float) -> None:
+    from .registry import check_temperature
+
     if temperature < 0:
         raise UsageError("temperature must be >= 0")
+    check_temperature(temperature)
     if top_k < 0:
         raise UsageError("top_k must be >= 0 (0 disables)")
     if not 0.0 < top_p <= 1.0:

@@ -61,17 +61,31 @@ def _kind(tp) -> type:
     return {"int": int, "float": float, "str": str, "bool": bool, "object": object}.get(tp, tp) if isinstance(tp, str) else tp
 
 
+# a temperature outside this range (but 0, greedy) is finite yet unusable: logits divided by it
+# overflow float32 (1e-320 made every probability NaN, and failed every request batched with it)
+TEMPERATURE_RANGE = (1e-6, 1e6)
+
+
+def check_temperature(value: float, name: str = "temperature") -> None:
+    """A UsageError unless ``value`` is 0 (greedy) or within TEMPERATURE_RANGE."""
+    low, high = TEMPERATURE_RANGE
+    if value != 0 and not low <= value <= high:
+        raise UsageError(f"{name} must be 0 (greedy) or between {low:g} and {high:g}; got {value!r} "
+                         f"(logits divided by it overflow)")
+
+
 @dataclass
 class Options:
     """The settings every sampler takes; each sampler's ``Options`` adds its own."""
 
-    temperature: float = option(1.0, "softmax temperature; 0 = greedy", low=0.0)
+    temperature: float = option(1.0, "softmax temperature; 0 = greedy", low=0.0, high=TEMPERATURE_RANGE[1])
     top_k: int = option(0, "keep the k most likely tokens; 0 = off", low=0)
     top_p: float = option(1.0, "nucleus sampling mass; 1 = off", above=0.0, high=1.0)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             check_value(f, getattr(self, f.name))
+        check_temperature(self.temperature, written("temperature"))
 
     @classmethod
     def own_fields(cls) -> list[dataclasses.Field]:

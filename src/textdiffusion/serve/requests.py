@@ -139,11 +139,13 @@ def sampler_settings(body: dict, max_steps: int) -> dict[str, Any]:
         if value is None:
             out[name] = None
             continue
-        from ..sampling.registry import check_value, options_named
+        from ..sampling.registry import check_temperature, check_value, options_named
 
         try:
             with options_named("name"):
                 check_value(option_field(name), value)
+                if name == "temperature":
+                    check_temperature(value)
         except UsageError as exc:
             raise BadRequest(str(exc), name) from None
         out[name] = value

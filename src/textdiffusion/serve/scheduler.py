@@ -311,14 +311,14 @@ class Scheduler:
         rows = list(state.rows)
         if rows:
             state.report = any(j.frames for j in group.jobs if j.cancelled is None)
-            out = rows[0].sampler.step(state, group.model)  # (an error fails the group's jobs: _guarded)
-            self.stats["steps"] += 1
-            self.stats["rows_stepped"] += len(rows)
-            self.stats["batch_rows"] = len(rows)
-            index = {id(r): b for b, r in enumerate(rows)}
-            for job in group.jobs:
-                if job.cancelled is None and not job.finished:
-                    self._report(job, out, index)
+            for out, stepped in self._step_rows(group):
+                self.stats["steps"] += 1
+                self.stats["rows_stepped"] += len(stepped)
+                self.stats["batch_rows"] = len(stepped)
+                index = {id(r): b for b, r in enumerate(state.rows) if r in stepped}
+                for job in group.jobs:
+                    if job.cancelled is None and not job.finished:
+                        self._report(job, out, index)
         for job in list(group.jobs):
             if job.cancelled is not None or job.finished:  # (perhaps cancelled while the step ran)
                 for r in job.all_rows():
@@ -333,6 +333,43 @@ class Scheduler:
         state.release()
         if not group.jobs and not state.rows:
             del self._groups[key]
+
+    def _step_rows(self, group: Group) -> list[tuple[Any, list]]:
+        """One step of the group's rows: [(its StepOutput, the rows it stepped)]. Normally one
+        batched call. If it fails with rows of several requests in it, the batch is put back as it
+        was and each request is stepped alone: a request that fails alone fails alone (``_fail``),
+        the others get what they would have got alone (each row has its own generator), and the
+        next step batches them again. A family with a batch-wide cache (the AR twin's KV cache)
+        cannot be stepped in parts: there the error fails the group's requests (``_guarded``)."""
+        state, model = group.state, group.model
+        live = [j for j in group.jobs if j.cancelled is None and not j.finished]
+        before = state.active()
+        if len(live) < 2 or state.shared:
+            return [(state.rows[0].sampler.step(state, model), before)]
+        saved = _snapshot(state)
+        try:
+            return [(state.rows[0].sampler.step(state, model), before)]
+        except Exception:  # noqa: BLE001 (which request? each alone says)
+            _restore(state, saved)
+        outs = []
+        for job in live:
+            mine = {id(r) for r in job.all_rows()}
+            others = [r for r in state.active() if id(r) not in mine]
+            own = [r for r in state.active() if id(r) in mine]
+            if not own:
+                continue
+            alone = _snapshot(state)
+            for r in others:
+                r.done = True
+            try:
+                outs.append((own[0].sampler.step(state, model), own))
+            except Exception as exc:  # noqa: BLE001 (this request's own fault, or its share of a bug)
+                _restore(state, alone)
+                self._fail(job, exc)
+            finally:
+                for r in others:
+                    r.done = False
+        return outs
 
     def _end_cancelled(self, job: Job) -> None:
         """A cancelled job leaves: a timeout is answered (408), a client that went away is not."""
@@ -442,3 +479,19 @@ class Scheduler:
             job.notify(kind, payload)
         except Exception:  # noqa: BLE001 (the web side is gone, e.g. its event loop closed)
             job.finished = True
+
+
+def _snapshot(state) -> dict:
+    """What a step changes in ``state`` and its rows (tokens, counters, per-row extras, generator
+    states), to put back if the step fails part-way."""
+    rows = [(r, r.tokens.clone(), r.step, r.nfe, r.done, r.end, dict(r.data),
+             r.gen.get_state() if r.gen is not None else None) for r in state.rows]
+    return {"rows": rows, "calls": state.calls, "stats": dict(state.stats)}
+
+
+def _restore(state, saved: dict) -> None:
+    for r, tokens, step, nfe, done, end, data, gen in saved["rows"]:
+        r.tokens, r.step, r.nfe, r.done, r.end, r.data = tokens, step, nfe, done, end, data
+        if gen is not None:
+            r.gen.set_state(gen)
+    state.calls, state.stats = saved["calls"], saved["stats"]
