@@ -180,9 +180,15 @@ def save_trace(args, recorder, run, texts: list[str], sampler: str, prompt_lengt
 
 
 def read_text(inline: str | None, file: str | None, what: str) -> str:
+    """The text given inline, in ``file`` or ('-') on standard input; a file or input that is not
+    UTF-8 is a one-line error naming it (whatever the locale: read as bytes, then decoded)."""
+    from ..fileio import read_utf8, utf8_text
+
     if file:
-        return Path(file).read_text(encoding="utf-8")
+        return read_utf8(file, UsageError)
     if inline == "-":
+        if hasattr(sys.stdin, "buffer"):
+            return utf8_text(sys.stdin.buffer.read(), "standard input", UsageError)
         return sys.stdin.read()
     if inline is None:
         raise UsageError(f"give the {what} (or --file)")

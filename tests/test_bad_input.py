@@ -1,0 +1,55 @@
+"""Bad input on the command line and in the API: each is refused in one line that names the
+problem and its fix, exit 2, with nothing left behind; never a traceback, never exit 70 (which
+stays for real bugs). Each test names the defect it reproduces; each failed on the code before
+its fix."""
+
+import pytest
+from commands import in_process
+
+
+def _one_line_error(result) -> str:
+    """The error line of a refused command: exit 2, one line on stderr, no traceback."""
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("textdiffusion: error: "), result.stderr
+    return lines[0]
+
+
+# 1. text files that are not UTF-8 ----------------------------------------------------------------
+
+@pytest.mark.parametrize("content, byte, offset, fix", [
+    (b"caf\xe9 [MASK:3]", "0xe9", 3, "convert it to UTF-8 first, e.g. iconv -f latin1 -t utf-8"),  # Latin-1
+    (b"\x7fELF\x02\x01\x01\x00\x00\x00\x00\xff\xfe", "0xff", 11, "binary (or UTF-16) file: give a UTF-8 text file"),
+])
+@pytest.mark.parametrize("command", ["infill", "edit"])
+def test_a_file_that_is_not_utf8_is_named_with_its_first_bad_byte(cycle_dir, tmp_path, command, content, byte, offset,
+                                                                  fix):
+    """infill --file / edit --file with a Latin-1 or binary file: an uncaught UnicodeDecodeError,
+    exit 70 ("internal error (a bug, not your input)"). Now: the file, the first byte that is not
+    UTF-8, its offset, and the fix (convert it; for a binary file, give text)."""
+    path = tmp_path / "text.txt"
+    path.write_bytes(content)
+    line = _one_line_error(in_process(command, cycle_dir, "--file", path))
+    assert f"{path} is not UTF-8 text (byte {byte} at offset {offset})" in line and fix in line
+
+
+def test_standard_input_that_is_not_utf8_is_refused_in_one_line(cycle_dir):
+    """infill RUN - with Latin-1 on standard input: exit 70 (UnicodeDecodeError) under a UTF-8
+    locale, and under the C locale (surrogate escapes) a puzzling "characters this model's
+    tokenizer cannot spell: U+DCE9". Now: standard input is named, with the fix."""
+    line = _one_line_error(in_process("infill", cycle_dir, "-", stdin=b"caf\xe9 [MASK:3]"))
+    assert "standard input is not UTF-8 text" in line and "0xe9 at offset 3" in line and "iconv" in line
+
+
+@pytest.mark.parametrize("name, content", [("corpus.txt", b"caf\xe9 au lait\n" * 50),
+                                           ("corpus.jsonl", b'{"text": "tea"}\n{"text": "caf\xe9"}\n')])
+def test_training_data_that_is_not_utf8_names_the_fix(tmp_path, name, content):
+    """train --data with a Latin-1 text or JSONL file said only "is not UTF-8 text" (JSONL: "after
+    line 0" for a bad first line, the line before the bad one): no fix, no place. Now: the line
+    or byte offset and how to convert the file; no run directory is created."""
+    path = tmp_path / name
+    path.write_bytes(content)
+    line = _one_line_error(in_process("train", "--data", path, "--out", tmp_path / "run", "--quiet"))
+    where = "line 2" if name.endswith(".jsonl") else "byte 0xe9 at offset 3"
+    assert f"{path} is not UTF-8 text" in line and where in line and "iconv -f latin1 -t utf-8" in line
+    assert not (tmp_path / "run").exists()
