@@ -3,6 +3,8 @@ problem and its fix, exit 2, with nothing left behind; never a traceback, never 
 stays for real bugs). Each test names the defect it reproduces; each failed on the code before
 its fix."""
 
+import json
+
 import pytest
 from commands import in_process
 
@@ -52,4 +54,42 @@ def test_training_data_that_is_not_utf8_names_the_fix(tmp_path, name, content):
     line = _one_line_error(in_process("train", "--data", path, "--out", tmp_path / "run", "--quiet"))
     where = "line 2" if name.endswith(".jsonl") else "byte 0xe9 at offset 3"
     assert f"{path} is not UTF-8 text" in line and where in line and "iconv -f latin1 -t utf-8" in line
+    assert not (tmp_path / "run").exists()
+
+
+# 2. numbers that are not finite ------------------------------------------------------------------
+
+@pytest.mark.parametrize("lr", ["nan", "inf", "-inf", "0", "-1", "1e9"])
+def test_train_classifier_refuses_a_learning_rate_that_is_not_a_positive_finite_number(cycle_dir, tmp_path, lr):
+    """train-classifier --lr nan: torch's "Invalid learning rate: nan" escaped as exit 70; --lr inf
+    and --lr 1e9 trained and saved a classifier of NaN weights (exit 0). Now: refused while the
+    command line is parsed, naming --lr, before any run loads."""
+    data = tmp_path / "labelled.jsonl"
+    data.write_text("".join(json.dumps({"text": "abcdefgh" * 4, "label": str(i % 2)}) + "\n" for i in range(40)))
+    out = tmp_path / "classifier"
+    result = in_process("train-classifier", cycle_dir, "--data", data, "--out", out, f"--lr={lr}", "--steps", "1",
+                        "--quiet")
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert "argument --lr" in last and "positive, finite" in last and "Traceback" not in result.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("setting", ["train.weight_decay=-1", "train.beta2=1.5"])
+def test_train_refuses_an_optimizer_setting_out_of_range(tmp_path, setting):
+    """train --set train.weight_decay=-1 trained (a decay that grows every weight) and --set
+    train.beta2=1.5 failed inside AdamW, blamed on "train.fused_adamw=on is not supported here".
+    (train's other numbers, nan and inf included, were already checked with the config.) Now the
+    config names the key and its range, before anything is written."""
+    from textdiffusion.config import load_config
+    from textdiffusion.errors import ConfigError
+
+    key = setting.partition("=")[0]
+    with pytest.raises(ConfigError, match=key):
+        load_config(None, [setting])
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("abcdefgh " * 300)
+    line = _one_line_error(in_process("train", "--data", corpus, "--out", tmp_path / "run", "--set", setting,
+                                      "--set", "train.max_steps=1", "--quiet"))
+    assert key in line and "must be" in line
     assert not (tmp_path / "run").exists()
