@@ -4,9 +4,14 @@ stays for real bugs). Each test names the defect it reproduces; each failed on t
 its fix."""
 
 import json
+import shutil
 
 import pytest
+import torch
 from commands import in_process
+from safetensors.torch import load_file, save_file
+
+from textdiffusion.errors import CheckpointError
 
 
 def _one_line_error(result) -> str:
@@ -93,3 +98,29 @@ def test_train_refuses_an_optimizer_setting_out_of_range(tmp_path, setting):
                                       "--set", "train.max_steps=1", "--quiet"))
     assert key in line and "must be" in line
     assert not (tmp_path / "run").exists()
+
+
+# 3. weights that are NaN or inf ------------------------------------------------------------------
+
+@pytest.fixture
+def nan_run(cycle_dir, tmp_path):
+    """A copy of the tiny run whose weights are all NaN (a diverged or damaged checkpoint)."""
+    run = shutil.copytree(cycle_dir, tmp_path / "nan-run")
+    for path in (run / "checkpoint").glob("*.safetensors"):
+        if path.name in ("model.safetensors", "ema.safetensors"):
+            save_file({k: torch.full_like(v, float("nan")) for k, v in load_file(str(path)).items()}, str(path))
+    return run
+
+
+def test_a_run_whose_weights_are_nan_is_refused_where_runs_load(nan_run):
+    """sample RUN with a checkpoint of NaN weights: exit 70 (the samplers' "probability tensor
+    contains either inf, nan" from torch). Now: load_run refuses it in one CheckpointError naming
+    the file and the fix, so sample, generate, eval and serve all get it."""
+    from textdiffusion.runs import load_run
+
+    weights = nan_run / "checkpoint" / "model.safetensors"
+    with pytest.raises(CheckpointError, match="hold NaN or inf values") as info:
+        load_run(nan_run)
+    assert str(weights) in str(info.value) and "lower" in str(info.value)
+    line = _one_line_error(in_process("sample", nan_run, "--steps", "2"))
+    assert f"the weights in {weights} hold NaN or inf values" in line and "retrain" in line
