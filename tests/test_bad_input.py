@@ -124,3 +124,16 @@ def test_a_run_whose_weights_are_nan_is_refused_where_runs_load(nan_run):
     assert str(weights) in str(info.value) and "lower" in str(info.value)
     line = _one_line_error(in_process("sample", nan_run, "--steps", "2"))
     assert f"the weights in {weights} hold NaN or inf values" in line and "retrain" in line
+
+
+# 4. evaluation data that holds no text -----------------------------------------------------------
+
+@pytest.mark.parametrize("content", ["", "  \n\n\t \n"])
+def test_eval_on_a_file_without_text_names_the_file(cycle_dir, tmp_path, content):
+    """eval --data EMPTY.txt (or a file of whitespace) said "evaluation split has 1 tokens, fewer
+    than 25": the end-of-text token of an empty document, counted as text. Now: the file holds no
+    text, and what to give instead."""
+    path = tmp_path / "empty.txt"
+    path.write_text(content)
+    line = _one_line_error(in_process("eval", cycle_dir, "--data", path, "--num-samples", "0"))
+    assert f"{path} holds no text" in line and "give" in line and "tokens" not in line
