@@ -137,3 +137,19 @@ def test_eval_on_a_file_without_text_names_the_file(cycle_dir, tmp_path, content
     path.write_text(content)
     line = _one_line_error(in_process("eval", cycle_dir, "--data", path, "--num-samples", "0"))
     assert f"{path} holds no text" in line and "give" in line and "tokens" not in line
+
+
+# 5. viz --trace with a file that is not a trace --------------------------------------------------
+
+@pytest.mark.parametrize("content", ["not json at all", '{"a": 1}', "[1, 2]", None])
+def test_viz_with_a_bad_trace_leaves_no_output_folder(tmp_path, content):
+    """viz --trace FILE --out DIR with FILE not JSON, JSON that is not a trace, or no FILE at all:
+    refused, but DIR was created first and left behind, empty. Now: the trace is read and
+    checked before DIR is made, and the error names FILE."""
+    trace = tmp_path / "trace.json"
+    if content is not None:
+        trace.write_text(content)
+    out = tmp_path / "viz"
+    line = _one_line_error(in_process("viz", "--trace", trace, "--out", out))
+    assert str(trace) in line
+    assert not out.exists()
