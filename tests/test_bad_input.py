@@ -4,6 +4,7 @@ stays for real bugs). Each test names the defect it reproduces; each failed on t
 its fix."""
 
 import json
+import os
 import shutil
 
 import pytest
@@ -153,3 +154,25 @@ def test_viz_with_a_bad_trace_leaves_no_output_folder(tmp_path, content):
     line = _one_line_error(in_process("viz", "--trace", trace, "--out", out))
     assert str(trace) in line
     assert not out.exists()
+
+
+# 6. exported files readable by others ------------------------------------------------------------
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@pytest.mark.parametrize("format", ["transformers", "textdiffusion"])
+def test_exported_files_get_the_umask_permissions(cycle_dir, tmp_path, format):
+    """export --format transformers wrote model.safetensors with mode 0600 (safetensors creates its
+    files readable by the owner only; transformers' save_pretrained writes through it), which
+    locks other users out of a shared model. Now every file of an export has 0666 less the umask."""
+    pytest.importorskip("transformers")
+    out = tmp_path / "export"
+    result = in_process("export", cycle_dir, "--out", out, "--format", format)
+    assert result.returncode == 0, result.stderr
+    expected = 0o666 & ~_umask()
+    modes = {str(f.relative_to(out)): oct(f.stat().st_mode & 0o777) for f in out.rglob("*") if f.is_file()}
+    assert modes and set(modes.values()) == {oct(expected)}, modes

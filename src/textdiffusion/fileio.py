@@ -2,7 +2,7 @@
 as UTF-8, and a file that is not is one line naming it, its first bad byte and the fix. Files
 are written so that a kill, a full disk or a crash mid-write never loses what was there: the new
 content goes to a temporary file beside the old one, is flushed to disk, and replaces it in one
-rename."""
+rename; every file gets the permissions the umask gives (safetensors' own are owner-only)."""
 
 from __future__ import annotations
 
@@ -33,6 +33,15 @@ def utf8_text(raw: bytes, where: str, error: type[TextDiffusionError] = TextDiff
 def read_utf8(path: str | Path, error: type[TextDiffusionError] = TextDiffusionError) -> str:
     """A text file's content as UTF-8 (``utf8_text``), or a one-line ``error`` naming the file."""
     return utf8_text(Path(path).read_bytes(), str(path), error)
+
+
+def umask_mode(path: str | Path) -> None:
+    """Give ``path`` the permissions of any other file the user writes (0666 less the umask):
+    safetensors creates its files readable by the owner only (0600), which locks other users out
+    of a shared model or export."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def write_atomic(path: str | Path, text: str) -> None:

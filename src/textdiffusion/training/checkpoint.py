@@ -37,6 +37,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError, first_line
+from ..fileio import umask_mode
 
 
 def _fsync_dir(path: Path) -> None:
@@ -54,9 +55,7 @@ def write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     """safetensors file with the permissions of any other file written here: safetensors itself
     creates them readable by the owner only (0600), which locks other users out of a shared model."""
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
+    umask_mode(path)
 
 
 
