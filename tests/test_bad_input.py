@@ -176,3 +176,18 @@ def test_exported_files_get_the_umask_permissions(cycle_dir, tmp_path, format):
     expected = 0o666 & ~_umask()
     modes = {str(f.relative_to(out)): oct(f.stat().st_mode & 0o777) for f in out.rglob("*") if f.is_file()}
     assert modes and set(modes.values()) == {oct(expected)}, modes
+
+
+# 7. shipped model names in the API ---------------------------------------------------------------
+
+def test_load_run_takes_a_shipped_model_name():
+    """load_run("english") was refused ("run directory not found: english") although the README
+    says a shipped model's name works wherever a run directory does. An unknown name is a
+    CheckpointError that lists the shipped names."""
+    from textdiffusion.pretrained import resolve
+    from textdiffusion.runs import load_run
+
+    run = load_run("english")
+    assert run.run_dir == resolve("english") and run.process.name == "masked"
+    with pytest.raises(CheckpointError, match="no model named 'klingon'.*english"):
+        load_run("klingon")
