@@ -237,6 +237,8 @@ class TrainConfig:
         _check(0 < self.lr <= MAX_LR, f"train.lr must be positive and at most {MAX_LR:g} (AdamW steps that large "
                                        f"diverge at once; typical: 1e-4 to 1e-2)")
         _check(0 <= self.min_lr <= self.lr, "train.min_lr must be in [0, train.lr]")
+        _check(self.weight_decay >= 0, "train.weight_decay must be >= 0 (0 disables; typical: 0.1)")
+        _check(0 <= self.beta2 < 1, "train.beta2 must be in [0, 1) (typical: 0.95 to 0.999)")
         _check(self.warmup_steps >= 0, "train.warmup_steps must be >= 0")
         _check(0.0 <= self.ema < 1.0, "train.ema must be in [0, 1)")
         _check(self.grad_clip >= 0, "train.grad_clip must be >= 0 (0 disables)")

@@ -21,6 +21,7 @@ import json
 from pathlib import Path
 
 from .errors import UsageError
+from .fileio import umask_mode
 
 MODEL_TYPE = "textdiffusion"
 PREFIX = "denoiser."  # our module's parameters inside the PreTrainedModel
@@ -184,4 +185,7 @@ def save_transformers(run, directory: str | Path, dtype: str = "float32", card: 
         (out / "labels.json").write_text(json.dumps(run.labels))
     if card:
         (out / "card.json").write_text(json.dumps(card, indent=1) + "\n")
+    for f in out.rglob("*"):  # transformers writes its weights through safetensors, which makes them owner-only (0600)
+        if f.is_file():
+            umask_mode(f)
     return out

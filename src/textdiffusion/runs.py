@@ -59,11 +59,18 @@ def portable(cfg):
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu", dtype: str | None = None) -> LoadedRun:
-    """A run directory, a saved model, or a public model's directory (transformers layout: LLaDA,
-    Dream, masked and causal LMs, our own transformers exports; models/adapters). ``dtype``
-    (public models only): the weights' precision, None = as stored."""
-    run_dir = Path(run_dir)
+    """A run directory, a saved model, a shipped model's name (``english``, ``code``: as on the
+    command line, the name wins over a folder of that name, which ``./english`` reads), or a public
+    model's directory (transformers layout: LLaDA, Dream, masked and causal LMs, our own
+    transformers exports; models/adapters). ``dtype`` (public models only): the weights'
+    precision, None = as stored."""
     from .models.adapters import detect, load_adapted
+    from .pretrained import resolve
+
+    try:
+        run_dir = resolve(run_dir)
+    except FileNotFoundError as exc:  # neither a path nor a shipped name: the names it could have been
+        raise CheckpointError(str(exc)) from None
 
     if run_dir.is_dir() and detect(run_dir) is not None:
         return load_adapted(run_dir, device, dtype)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -36,6 +37,22 @@ def positive_seconds(text: str) -> float:
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive, finite number of seconds, got {text!r}")
     return value
+
+
+def positive_number(high: float = math.inf, hint: str = ""):
+    """An argparse type: a finite number in (0, ``high``]; nan, inf, 0 and negative numbers are
+    refused while the command line is parsed, naming the flag (``hint``: what is typical)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not (math.isfinite(value) and 0 < value <= high):
+            limit = f" at most {high:g}" if high < math.inf else ""
+            raise argparse.ArgumentTypeError(f"must be a positive, finite number{limit}{hint}; got {text!r}")
+        return value
+
+    return parse
 
 
 def _sampler_help() -> str:
@@ -180,9 +197,15 @@ def save_trace(args, recorder, run, texts: list[str], sampler: str, prompt_lengt
 
 
 def read_text(inline: str | None, file: str | None, what: str) -> str:
+    """The text given inline, in ``file`` or ('-') on standard input; a file or input that is not
+    UTF-8 is a one-line error naming it (whatever the locale: read as bytes, then decoded)."""
+    from ..fileio import read_utf8, utf8_text
+
     if file:
-        return Path(file).read_text(encoding="utf-8")
+        return read_utf8(file, UsageError)
     if inline == "-":
+        if hasattr(sys.stdin, "buffer"):
+            return utf8_text(sys.stdin.buffer.read(), "standard input", UsageError)
         return sys.stdin.read()
     if inline is None:
         raise UsageError(f"give the {what} (or --file)")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..errors import UsageError
+from ..config import MAX_LR
 from .common import (
     POSITIVE,
+    positive_number,
 )
 
 NAME = "train-classifier"
@@ -23,7 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="classifier directory to create")
     p.add_argument("--steps", type=POSITIVE, default=300, help="optimisation steps (default 300)")
     p.add_argument("--batch-size", type=POSITIVE, default=32, help="documents per step (default 32)")
-    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
+    p.add_argument("--lr", type=positive_number(MAX_LR, " (typical: 1e-4 to 1e-2)"), default=1e-3,
+                   help="peak learning rate (default 1e-3)")
     p.add_argument("--layers", type=POSITIVE, default=None, help="transformer layers (default: the run's)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -32,8 +34,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args) -> int:
     from ..training.classifier import train_classifier
 
-    if args.lr <= 0:
-        raise UsageError(f"--lr must be positive; got {args.lr}")
     info = train_classifier(args.run, args.data, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                             layers=args.layers, seed=args.seed, progress=not args.quiet)
     acc = ", ".join(f"t={t}: {a:.3f}" for t, a in info["val_accuracy_at_t"].items())

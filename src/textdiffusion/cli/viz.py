@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
-from ..errors import UsageError
+from ..errors import UsageError, first_line
 from .common import (
     POSITIVE,
     add_sampling_args,
@@ -66,8 +67,6 @@ def _formats(text: str) -> list[str]:
 
 
 def main(args) -> int:
-    from ..viz.story import check_trace, story
-
     if args.model and args.model_flag and args.model != args.model_flag:
         raise UsageError("give the model once: as MODEL or as --model")
     model = args.model_flag or args.model
@@ -75,7 +74,38 @@ def main(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file: give a folder")
+    trace = _read_trace(args.trace) if args.trace is not None and args.forward is None else None
+    created = next((p for p in reversed([out, *out.parents]) if not p.exists()), None)  # the topmost folder made
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _draw(args, model, formats, out, trace)
+    except BaseException:
+        if created is not None:  # a failure (or Ctrl-C) leaves no folder behind
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+
+
+def _read_trace(path: str) -> dict:
+    """A trace file (generate --trace-out), read and checked before the output folder is made;
+    anything wrong is one line naming the file."""
+    from ..viz.story import check_trace
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"cannot read the trace {path}: {exc.strerror}") from None
+    except ValueError as exc:  # not UTF-8, or not JSON
+        raise UsageError(f"the trace {path} is not JSON ({first_line(exc)}): write one with generate --trace-out "
+                         f"FILE") from None
+    try:
+        return check_trace(data)
+    except UsageError as exc:
+        raise UsageError(f"{path}: {exc}") from None
+
+
+def _draw(args, model, formats: list[str], out: Path, trace: dict | None) -> int:
+    from ..viz.story import story
+
     written: list[Path] = []
     if args.forward is not None:
         from ..viz.forward import TIMES, corruptions
@@ -90,12 +120,7 @@ def main(args) -> int:
                                      title=args.title or f"the forward process on {len(columns['masking'])} tokens"))
         _report(written)
         return 0
-    if args.trace is not None:
-        try:
-            trace = json.loads(Path(args.trace).read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise UsageError(f"cannot read the trace {args.trace}: {exc}") from None
-        check_trace(trace)
+    if trace is not None:
         run = load(model or trace.get("model"), args.device, args.threads)
         main_story = story(trace, run.tokenizer, title=args.title or f"{trace.get('process')} / {trace.get('sampler')}")
     else:

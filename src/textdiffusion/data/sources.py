@@ -33,6 +33,7 @@ import numpy as np
 
 from ..config import DataConfig
 from ..errors import DataError
+from ..fileio import CONVERT, read_utf8
 from ..tokenizers import Tokenizer
 from .encode import encode_stream, peeked
 from .tables import TABLE_SUFFIXES, dataset_rows, is_saved_dataset, table_rows
@@ -89,22 +90,26 @@ def _source_files(path: str, glob: str) -> list[Path]:
 
 
 def _read_text(path: Path) -> str:
-    """UTF-8 text; a leading byte-order mark (Windows editors write one) is not text."""
+    """UTF-8 text; a leading byte-order mark (Windows editors write one) is not text. A file that
+    is not UTF-8 is a DataError naming its first bad byte and the fix."""
     try:
-        return path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        raise DataError(f"{path} is not UTF-8 text") from None
+        return read_utf8(path, DataError)
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror}") from None
 
 
 def _jsonl_documents(f: Path, field: str) -> Iterator[Document]:
-    """One document per line, read a line at a time (constant memory for any file size)."""
-    n = -1
+    """One document per line, read a line at a time (constant memory for any file size). Each
+    line is decoded on its own, so a line that is not UTF-8 is named exactly."""
     try:
-        # newline="\n": split on "\n" only, as JSON strings may hold raw U+2028/U+2029 (and "\r")
-        with f.open(encoding="utf-8-sig", newline="\n") as fh:
-            for n, line in enumerate(fh):
+        # bytes split on b"\n" only, as JSON strings may hold raw U+2028/U+2029 (and "\r")
+        with f.open("rb") as fh:
+            for n, raw in enumerate(fh):
+                try:
+                    line = raw.decode("utf-8-sig" if n == 0 else "utf-8")  # a leading byte-order mark is not text
+                except UnicodeDecodeError:
+                    raise DataError(f"{f} is not UTF-8 text (line {n + 1}): convert it to UTF-8 first, e.g. "
+                                    f"{CONVERT}") from None
                 if not line.strip():
                     continue
                 try:
@@ -116,8 +121,6 @@ def _jsonl_documents(f: Path, field: str) -> Iterator[Document]:
                 if not isinstance(text, str) or not (label is None or isinstance(label, (str, int))):
                     raise DataError(f"{f}:{n + 1}: {field!r} must be a string (and 'label' a string)")
                 yield Document(f"{f.name}:{n}", text, None if label is None else str(label))
-    except UnicodeDecodeError:
-        raise DataError(f"{f} is not UTF-8 text (after line {n + 1})") from None
     except OSError as exc:
         raise DataError(f"cannot read {f}: {exc.strerror}") from None
 

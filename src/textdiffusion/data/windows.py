@@ -89,7 +89,8 @@ def eval_windows(tokens: np.ndarray, length: int, max_windows: int = 0) -> torch
     window is context for the AR twin, the last ``length`` tokens are the ones scored."""
     n = (len(tokens) - 1) // length
     if n <= 0:
-        raise DataError(f"evaluation split has {len(tokens)} tokens, fewer than {length + 1}")
+        raise DataError(f"evaluation split has {len(tokens)} tokens, fewer than one window of {length + 1} (the "
+                        f"model's context + 1): give more text")
     if max_windows:
         n = min(n, max_windows)
     idx = np.arange(n)[:, None] * length + np.arange(length + 1)[None, :]

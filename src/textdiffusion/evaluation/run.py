@@ -54,9 +54,17 @@ def evaluate_run(run, data: str, *, split: str | None = None, discrete_steps: in
         reason = "asked for"
     field = text_field or (run.cfg.data.text_field if own else "text")
     if split == "all":
-        tokens = tok.encode_documents(d.text for d in iter_documents(data, run.cfg.data.glob, text_field=field))
-        if len(tokens) == 0:
-            raise UsageError(f"no text in {data}")
+        has_text = [False]  # any document with more than whitespace (an empty one still gives an end-of-text token)
+
+        def texts():
+            for d in iter_documents(data, run.cfg.data.glob, text_field=field):
+                has_text[0] = has_text[0] or (bool(d.text) and not d.text.isspace())
+                yield d.text
+
+        tokens = tok.encode_documents(texts())
+        if not has_text[0]:
+            raise UsageError(f"{data} holds no text (it is empty or only whitespace): give a file, folder or "
+                             f"dataset with the text to score, e.g. the run's training data")
     else:
         cfg = (dataclasses.replace(run.cfg.data, path=data, text_field=field) if own
                else DataConfig(path=data, glob=run.cfg.data.glob, text_field=field))

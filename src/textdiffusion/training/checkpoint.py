@@ -37,6 +37,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError, first_line
+from ..fileio import umask_mode
 
 
 def _fsync_dir(path: Path) -> None:
@@ -54,9 +55,7 @@ def write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     """safetensors file with the permissions of any other file written here: safetensors itself
     creates them readable by the owner only (0600), which locks other users out of a shared model."""
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
+    umask_mode(path)
 
 
 
@@ -213,6 +212,7 @@ def _load_sharded_weights(model, ckpt: Path, prefer_ema: bool) -> str:
         raise CheckpointError(f"the sharded checkpoint {Path(ckpt) / SHARDED} does not fit this model's config "
                               f"(no {missing[0]})")
     _dcp_load(tensors, ckpt)
+    check_finite(tensors, Path(ckpt) / SHARDED)
     model.load_state_dict({k[len(prefix):]: v for k, v in tensors.items()})
     return f"{SHARDED} ({prefix.rstrip('.')})"
 
@@ -294,13 +294,26 @@ def load_optimizer_state(optimizer, ckpt: Path, meta: dict) -> None:
         raise CheckpointError(f"{path} does not fit this model ({exc}): is it another run's checkpoint?") from None
 
 
+def check_finite(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Refuse weights that hold NaN or inf (a diverged run, a damaged or overflowed file) where
+    they are read, in one pass over them: sampling from them failed deep inside torch
+    ("probability tensor contains either inf, nan"), and training from them diverges at once."""
+    for name, value in tensors.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"the weights in {path} hold NaN or inf values (first in {name}): the run diverged or "
+                                  f"the file is damaged; retrain from an earlier checkpoint, or from scratch with a "
+                                  f"lower train.lr (--set train.lr=...)")
+
+
 def load_weights(model, ckpt: Path, prefer_ema: bool = True) -> str:
-    """Load EMA weights when present (they are what a run is for), else the raw weights."""
+    """Load EMA weights when present (they are what a run is for), else the raw weights; weights
+    holding NaN or inf are a CheckpointError (``check_finite``)."""
     ckpt = Path(ckpt)
     if is_sharded_checkpoint(ckpt):  # an FSDP run's: read whole, in this process
         return _load_sharded_weights(model, ckpt, prefer_ema)
     name = "ema.safetensors" if prefer_ema and (ckpt / "ema.safetensors").exists() else "model.safetensors"
     tensors = read_tensors(ckpt / name)
+    check_finite(tensors, ckpt / name)
     try:
         model.load_state_dict(tensors)
     except RuntimeError as exc:

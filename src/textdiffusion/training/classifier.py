@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from ..config import ModelConfig
+from ..config import MAX_LR, ModelConfig
 from ..data import label_rows, label_windows, labelled_documents
 from ..errors import UsageError, first_line
 from ..models.classifier import NoisyClassifier
@@ -73,6 +73,8 @@ def train_classifier(run_dir: str | Path, data: str, out: str | Path, *, steps: 
                      lr: float = 1e-3, layers: int | None = None, seed: int = 0, progress: bool = True) -> dict:
     """Train and save a classifier of ``run_dir``'s noisy inputs; returns its ``classifier.json``."""
     out = Path(out)
+    if not (math.isfinite(lr) and 0 < lr <= MAX_LR):  # nan failed inside torch; inf trained NaN weights
+        raise UsageError(f"lr must be a positive, finite number at most {MAX_LR:g} (typical: 1e-4 to 1e-2); got {lr}")
     if (out / "classifier.safetensors").exists():
         raise CheckpointError(f"{out} already holds a classifier: choose another --out")
     run = load_run(run_dir)
