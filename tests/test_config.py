@@ -123,3 +123,21 @@ def test_bad_config_files_are_one_line_errors_naming_the_file(tmp_path):
     bom_toml = tmp_path / "bom.toml"
     bom_toml.write_bytes(b"\xef\xbb\xbf[train]\nlr = 0.25\n")
     assert load_config(bom_toml).train.lr == 0.25
+
+
+def test_option_errors_name_the_option_as_the_caller_wrote_it(cycle_dir, tmp_path):
+    """The Python API says top_p, the command line --top-p, export's KEY=VALUE settings top_p.
+    Catches the flag leaking into every caller's message (generate(top_p=2) and export --default
+    top_p=5 both said "--top-p must be <= 1")."""
+    from commands import in_process
+
+    from textdiffusion import Pipeline
+    from textdiffusion.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"^top_p must be <= 1; got 2"):
+        Pipeline.from_pretrained(cycle_dir).generate("ab", top_p=2, length=4, steps=2)
+    done = in_process("export", cycle_dir, "--out", tmp_path / "out", "--default", "top_p=5")
+    assert done.returncode == 2 and done.stderr.strip().endswith(" top_p must be <= 1; got 5"), done.stderr
+    assert not (tmp_path / "out").exists()
+    done = in_process("generate", "--model", cycle_dir, "ab", "--top-p", "2", "--length", "4")
+    assert done.returncode == 2 and done.stderr.strip().endswith("--top-p must be <= 1; got 2.0")

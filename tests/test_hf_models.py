@@ -201,3 +201,34 @@ def test_train_init_from_a_causal_lm_folder_gives_an_ordinary_run(hf_dirs, tmp_p
         err = in_process("train", "--init", *bad, "--data", data, "--out", tmp_path / "bad", "--quiet")
         assert err.returncode != 0 and why in err.stderr and "Traceback" not in err.stderr, err.stderr
         assert len(err.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
+
+
+class _Payload:
+    """A pickle that leaves a marker file when unpickled without weights_only."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_folder_with_only_pickled_weights_is_refused_unopened(hf_dirs, tmp_path):
+    """A transformers folder that holds only pytorch_model.bin (GPT-Neo: the through-transformers
+    path) is refused in one line that says how to convert it, and the file is never unpickled
+    (here it would leave a marker). Catches the old path: transformers' torch.load (weights-only,
+    but an unpickling all the same), ending in exit 70 with torch's advice to retry with
+    weights_only=False; RELIABILITY.md promises no pickle is ever opened."""
+    import pickle
+    import shutil
+
+    root, _ = hf_dirs
+    folder = tmp_path / "neo-bin"
+    shutil.copytree(root / "gptneo", folder)
+    (folder / "model.safetensors").unlink()
+    marker = tmp_path / "unpickled"
+    (folder / "pytorch_model.bin").write_bytes(pickle.dumps(_Payload(marker)))
+    done = in_process("generate", "--model", folder, "the", "--length", "4")
+    assert done.returncode == 2, done.stderr
+    assert "has only pickled weights (.bin/.pt), which textdiffusion never loads: convert them" in done.stderr
+    assert not marker.exists()

@@ -140,6 +140,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(tmp_path):
     assert not (tmp_path / "run").exists()
     line = _one_line(_cli(*args, "--out", tmp_path / "run2", limit=6_000, cache=tmp_path / "cache2"))
     assert "could not write the token cache in" in line and "TEXTDIFFUSION_CACHE" in line
+    assert "the disk is full, or a file size limit was reached" in line  # numpy's short write said only "N requested and M written"
     assert not any(p.name.startswith("") and ".tmp" in p.name for p in (tmp_path / "cache2").rglob("*"))
 
 
@@ -293,3 +294,21 @@ def test_a_failed_start_leaves_the_folder_as_it_was(tmp_path):
     shutil.rmtree(out / "checkpoint")
     with pytest.raises(CheckpointError, match="was checkpoint/ deleted"):
         resume_run(out, progress=False)
+
+
+def test_weights_the_user_cannot_read_are_named_as_unreadable(stopped, tmp_path):
+    """A weights file without read permission was reported as "corrupt checkpoint file ...: No such
+    file or directory" (safetensors says that for EACCES, so the permission branch never ran). As
+    root, file modes do not apply: the command runs without the capabilities that bypass them
+    (setpriv), as a user would meet it."""
+    run = tmp_path / "run"
+    shutil.copytree(stopped / "run", run)
+    for name in ("model.safetensors", "ema.safetensors"):
+        if (checkpoint_dir(run) / name).exists():
+            (checkpoint_dir(run) / name).chmod(0)
+    cmd = [sys.executable, "-m", "textdiffusion", "sample", str(run), "--length", "4", "--steps", "2"]
+    if os.geteuid() == 0:
+        cmd = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", *cmd]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    line = _one_line(done)
+    assert line.startswith("textdiffusion: error: cannot read ") and "permission denied" in line and "chmod" in line, line

@@ -272,7 +272,9 @@ def load_token_splits(data: DataConfig, tokenizer: Tokenizer, tokenizer_file: Pa
             (tmp / "done").write_text(json.dumps({"source": data.path, "dtype": dtype.name}))
         except OSError as exc:  # a full disk: numpy says only "N requested and M written"
             shutil.rmtree(tmp, ignore_errors=True)
-            raise DataError(f"could not write the token cache in {_cache_root()} ({exc.strerror or exc}): free some "
+            # numpy's short write has no errno: "N requested and M written" is a full disk (or a file size limit)
+            reason = exc.strerror or f"the disk is full, or a file size limit was reached: {exc}"
+            raise DataError(f"could not write the token cache in {_cache_root()} ({reason}): free some "
                             f"space, or point TEXTDIFFUSION_CACHE at a folder with room") from None
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

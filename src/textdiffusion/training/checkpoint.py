@@ -251,9 +251,15 @@ def read_tensors(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
     if not path.exists():
         raise CheckpointError(f"checkpoint {path.parent} has no {path.name} (an incomplete or foreign checkpoint)")
     try:
-        return load_file(str(path), device=device)
+        with open(path, "rb"):  # safetensors reports a file it may not read as "No such file or directory"
+            pass
     except PermissionError:
-        raise CheckpointError(f"cannot read {path}: permission denied") from None
+        raise CheckpointError(f"cannot read {path}: permission denied (make it readable: chmod a+r, or run as "
+                              f"its owner)") from None
+    except OSError:
+        pass  # (a folder, say: load_file names it below)
+    try:
+        return load_file(str(path), device=device)
     except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
         raise CheckpointError(f"corrupt checkpoint file {path}: {first_line(exc)}") from None
 

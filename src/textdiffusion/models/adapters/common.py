@@ -143,10 +143,12 @@ def token_id(folder: Path, content: str) -> int | None:
 
 def hf_from_pretrained(auto_cls, folder: Path, dtype: str | None):
     """``auto_cls.from_pretrained`` (transformers' own loading; never remote code), its failure
-    one line naming the folder."""
+    one line naming the folder. Only safetensors weights: a folder with only pickled ones
+    (pytorch_model.bin) is refused before transformers would unpickle it (``weight_files``)."""
+    weight_files(folder)
     try:
         return auto_cls.from_pretrained(str(folder), dtype=DTYPES.get(dtype) if dtype else None,
-                                        trust_remote_code=False)
+                                        trust_remote_code=False, use_safetensors=True)
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{folder}: transformers cannot load it: {str(exc).splitlines()[0]}") from None
 
