@@ -157,3 +157,25 @@ def test_label_windows_pack_each_label_separately():
     text = [[e, *tok.encode("ab").tolist(), e], [e, *tok.encode("cd").tolist(), e], [e, *tok.encode("xy").tolist(), e]]
     assert rows.tokens.tolist() == text and rows.labels.tolist() == [0, 0, 1]
     assert rows.fixed[:, 0].all() and not rows.fixed[:, 1:].any()
+
+
+def test_a_guided_prompt_of_several_rows_is_sampled_with_the_cached_default(cycle_dir):
+    """Prompt guidance with num=3 and the ancestral sampler (the masked default): its cache
+    re-runs only the rows that changed, and the guided wrapper's null positions were (3, T)
+    against a smaller batch: a shape error (a 500 from the server). Known answer: the first row of
+    num=3 is num=1's text (each row has its own generator), and guidance changed the texts."""
+    import copy
+
+    from textdiffusion.loaded import LoadedRun
+    from textdiffusion.pipeline import continue_prompt
+    from textdiffusion.runs import load_run
+
+    run = load_run(cycle_dir)
+    cfg = copy.deepcopy(run.cfg)
+    cfg.data.sft, cfg.train.prompt_drop = True, 0.1  # as a run tuned with prompt dropping claims
+    run = LoadedRun(run.run_dir, cfg, run.tokenizer, run.model, run.process, run.weights)
+    kw = dict(length=12, steps=12, sampler="ancestral", seed=3)
+    _, three, _ = continue_prompt(run, "abc", num=3, guidance=4.0, **kw)
+    _, one, _ = continue_prompt(run, "abc", num=1, guidance=4.0, **kw)
+    _, plain, _ = continue_prompt(run, "abc", num=3, **kw)
+    assert three[0] == one[0] and three != plain

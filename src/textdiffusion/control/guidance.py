@@ -55,6 +55,21 @@ class Conditioned:
     def __getattr__(self, name):  # cfg, parameters(), embeddings(), ... of the wrapped model
         return getattr(self.model, name)
 
+    def _nulls(self, x: torch.Tensor) -> torch.Tensor:
+        """``null_positions`` for the (B, T) rows of this call. Every row's prompt is the same, so
+        a call over some of the rows (a sampler's cache re-runs only the rows that changed) or
+        right-padded wider (rows batched with longer ones) takes the first row's positions; it
+        failed with a shape error for guided requests of n >= 2."""
+        pos = self.null_positions.to(x.device)
+        if pos.shape[0] != x.shape[0]:
+            if not bool((pos == pos[:1]).all()):
+                raise RuntimeError("a guided call over some rows of a batch whose rows have other prompts")
+            pos = pos[:1].expand(x.shape[0], -1)
+        T = x.shape[1]
+        if pos.shape[1] < T:
+            pos = torch.cat([pos, pos.new_zeros(pos.shape[0], T - pos.shape[1])], dim=1)
+        return pos[:, :T]
+
     def _call(self, x, t, args, kwargs, labels):
         if labels is not None:
             kwargs = {**kwargs, "labels": labels}
@@ -72,7 +87,7 @@ class Conditioned:
         if self.null_positions is not None:
             if x.dim() != 2:
                 raise UsageError("prompt guidance needs a discrete model (the Gaussian process takes label guidance)")
-            x_u = torch.where(self.null_positions.to(x.device), torch.full_like(x, self.null_token), x)
+            x_u = torch.where(self._nulls(x), torch.full_like(x, self.null_token), x)
         both_labels = None
         if labels is not None:
             both_labels = torch.cat([labels, torch.full_like(labels, null_label(self.model))])
