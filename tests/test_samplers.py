@@ -161,14 +161,17 @@ def test_readme_sampler_table_is_the_registry():
 
 
 def test_registry_checks_options_naming_the_flag_without_torch():
-    """Options are typed and checked by the registry with the flag in the message, and listing
+    """Options are typed and checked by the registry with the flag in the message on the command
+    line (the option's own name elsewhere), and listing
     samplers or checking a card imports no torch (a fresh interpreter)."""
     import subprocess
     import sys
 
-    from textdiffusion.sampling.registry import make_options
+    from textdiffusion.sampling.registry import make_options, options_named
 
     assert make_options("threshold", {"threshold": 0.5, "kv_cache": None}).kv_cache == "dual"
+    with options_named("name"), pytest.raises(ValueError, match="^kv_cache must be none"):  # the Python API's name
+        make_options("threshold", {"kv_cache": "sideways"})
     for name, given, message in [("threshold", {"kv_cache": "sideways"}, "--kv-cache must be none, prefix or dual"),
                                  ("remdm", {"eta": 2.0}, "--eta must be <= 1"),
                                  ("semi-ar", {"block_length": 0}, "--block-length must be >= 1"),
@@ -176,7 +179,7 @@ def test_registry_checks_options_naming_the_flag_without_torch():
                                  ("ancestral", {"top_p": 0.0}, "--top-p must be > 0"),
                                  ("ancestral", {"threshold": 0.5}, "takes no threshold option"),
                                  ("nope", {}, "unknown sampler")]:
-        with pytest.raises(ValueError, match=message):
+        with options_named("flag"), pytest.raises(ValueError, match=message):  # as the command line names them
             make_options(name, given)
     code = ("import sys; from textdiffusion.sampling import SAMPLERS; from textdiffusion.pretrained import "
             "check_settings; check_settings({'sampler': 'threshold', 'threshold': 0.8}, 'card'); "
