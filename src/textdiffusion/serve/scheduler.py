@@ -315,7 +315,8 @@ class Scheduler:
                 self.stats["steps"] += 1
                 self.stats["rows_stepped"] += len(stepped)
                 self.stats["batch_rows"] = len(stepped)
-                index = {id(r): b for b, r in enumerate(state.rows) if r in stepped}
+                ids = {id(r) for r in stepped}
+                index = {id(r): b for b, r in enumerate(state.rows) if id(r) in ids}
                 for job in group.jobs:
                     if job.cancelled is None and not job.finished:
                         self._report(job, out, index)
