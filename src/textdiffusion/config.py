@@ -51,7 +51,8 @@ class ModelConfig:
     d_model: int = 384
     context: int = 256  # tokens per training window = the longest sequence the model sees
     mlp_ratio: int = 4
-    dropout: float = 0.0
+    dropout: float = 0.0  # residual dropout (after attention and the MLP), and attention's unless attn_dropout is set
+    attn_dropout: float | None = None  # dropout on the attention weights; unset (None) = model.dropout
     # adaLN conditioning on the diffusion time t; unset (None) = the process's default:
     # off for masked (MDLM: not needed at convergence) and AR, on for uniform
     time_cond: bool | None = None
@@ -98,6 +99,8 @@ class ModelConfig:
         _check(self.positions != "rope" or (self.d_model // self.n_head) % 2 == 0,
                "model.d_model / model.n_head must be even (RoPE)")
         _check(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
+        _check(self.attn_dropout is None or 0.0 <= self.attn_dropout < 1.0,
+               "model.attn_dropout must be in [0, 1) (unset: the same as model.dropout)")
         _check(self.num_labels >= 0, "model.num_labels must be >= 0")
         _check_choice(self.norm, ("layer", "rms"), "model.norm")
         _check_choice(self.mlp, ("gelu", "swiglu"), "model.mlp")
@@ -194,6 +197,17 @@ class TrainConfig:
     batch_size: int = 32
     grad_accum: int = 1
     max_steps: int = 2000
+    # passes over the training data instead of max_steps: > 0 sets max_steps to the steps that see
+    # epochs x the training tokens (windows) or rows (SFT, labels); 0 = use max_steps
+    epochs: float = 0.0
+    # early stopping: stop after this many validations in a row without a new best validation loss;
+    # 0 = off. The best weights are kept in RUN/best either way (keep_best)
+    patience: int = 0
+    keep_best: bool = True  # RUN/best: the weights of the lowest validation loss so far (generate RUN --checkpoint best)
+    # input-token corruption: during training, replace this fraction of the network's input tokens
+    # (visible ones; never mask or padding) with random text tokens, targets unchanged. The AR twin's
+    # answer to the random input masking diffusion gets for free (Gao et al. 2025); for every token process
+    input_noise: float = 0.0
     max_seconds: float = 0.0  # wall-clock budget for this invocation; 0 = none (the LR schedule still follows max_steps)
     lr: float = 1e-3
     min_lr: float = 1e-4
@@ -234,6 +248,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("batch_size", "grad_accum", "max_steps", "eval_every", "ckpt_every", "log_every"):
             _check(getattr(self, name) > 0, f"train.{name} must be positive")
+        _check(math.isfinite(self.epochs) and self.epochs >= 0,
+               "train.epochs must be >= 0 (0: train.max_steps steps; e.g. 20 for twenty passes over the data)")
+        _check(self.patience >= 0, "train.patience must be >= 0 (0: no early stopping; e.g. 5 validations)")
+        _check(0.0 <= self.input_noise < 1.0, "train.input_noise must be in [0, 1) (0: off; typical 0.05 to 0.2)")
         _check(0 < self.lr <= MAX_LR, f"train.lr must be positive and at most {MAX_LR:g} (AdamW steps that large "
                                        f"diverge at once; typical: 1e-4 to 1e-2)")
         _check(0 <= self.min_lr <= self.lr, "train.min_lr must be in [0, train.lr]")
@@ -299,6 +317,9 @@ class Config:
                "model.time_cond must be false for block diffusion (each block has its own time)")
         _check(self.adapt.anneal_steps == 0 or self.process.name == "masked",
                "adapt.anneal_steps anneals a masked model's attention (block diffusion has its block-causal mask)")
+        _check(self.train.input_noise == 0 or self.process.name != "gaussian",
+               "train.input_noise replaces input tokens: the gaussian process's inputs are noisy embeddings, use "
+               "model.dropout instead")
         _check(self.adapt.shift != "on" or self.process.name == "masked",
                "adapt.shift=on is for masked diffusion (a block model reads its blocks unshifted)")
 

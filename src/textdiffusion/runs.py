@@ -8,6 +8,8 @@ A run directory holds::
     metrics.jsonl      one JSON object per logged step / validation
     labels.json        class names (runs trained with labels)
     checkpoint/        the latest checkpoint (training/checkpoint.py)
+    best/              the weights of the lowest validation loss, a model folder of its own
+    curves.png         the validation curve, drawn when `textdiffusion train` ends
 """
 
 from __future__ import annotations

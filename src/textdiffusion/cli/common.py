@@ -173,6 +173,22 @@ def setting(item: str, flag: str = "--default") -> tuple[str, object]:
     return key.strip(), value.strip()
 
 
+def add_checkpoint_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", choices=("last", "best"), default="last",
+                   help="which weights of a training run: last (default: the latest checkpoint) or best (the "
+                        "lowest validation loss, RUN/best; the same as giving RUN/best)")
+
+
+def checkpoint_folder(run: str | None, which: str) -> str | None:
+    """``run`` itself (``which`` = last), or its best checkpoint's folder (RUN/best)."""
+    if which == "last":
+        return run
+    from ..pretrained import resolve
+    from ..training.checkpoint import best_dir
+
+    return str(best_dir(resolve(run)))
+
+
 def add_trace_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trace-out", metavar="FILE.json", default=None,
                    help="write every step of every sample as JSON (format textdiffusion.trace/1; docs/trace-format.md)")

@@ -6,6 +6,8 @@ import argparse
 import json
 
 from .common import (
+    add_checkpoint_arg,
+    checkpoint_folder,
     NON_NEGATIVE,
     POSITIVE,
     add_sampling_args,
@@ -37,9 +39,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--length", type=POSITIVE, default=None, help="tokens per sample (default: the context)")
     add_sampling_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_checkpoint_arg(p)
 
 
 def main(args) -> int:
+    args.run = checkpoint_folder(args.run, args.checkpoint)
     from ..evaluation import distinct_n, judge_perplexity, self_bleu, unigram_entropy
     from ..evaluation.run import evaluate_run
 

@@ -6,6 +6,8 @@ import argparse
 import sys
 
 from .common import (
+    add_checkpoint_arg,
+    checkpoint_folder,
     setting,
 )
 
@@ -36,9 +38,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--infill-default", action="append", default=[], metavar="KEY=VALUE",
                    help="a sampling setting for filling holes (generate with [MASK] holes, infill) when not given; "
                         "without any, holes use the --default settings; repeatable")
+    add_checkpoint_arg(p)
 
 
 def main(args) -> int:
+    args.run = checkpoint_folder(args.run, args.checkpoint)
     from ..pipeline import Pipeline
     from ..pretrained import check_settings
     from ..sampling import build_sampler

@@ -8,6 +8,8 @@ import sys
 
 from ..errors import UsageError
 from .common import (
+    add_checkpoint_arg,
+    checkpoint_folder,
     POSITIVE,
     add_sampling_args,
     add_trace_arg,
@@ -44,9 +46,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_trace_arg(p)
     # unset sampling options come from the model's card (textdiffusion models), else the usual defaults
     p.set_defaults(steps=None, temperature=None, top_k=None, top_p=None)
+    add_checkpoint_arg(p)
 
 
 def main(args) -> int:
+    args.model = checkpoint_folder(args.model, args.checkpoint)
     from ..control.templates import has_holes
 
     prompt = unescape(args.prompt, args.raw)

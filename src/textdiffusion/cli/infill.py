@@ -6,6 +6,8 @@ import argparse
 
 from ..errors import UsageError
 from .common import (
+    add_checkpoint_arg,
+    checkpoint_folder,
     POSITIVE,
     add_sampling_args,
     classifier_of,
@@ -38,9 +40,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_sampling_args(p, card=True)
     p.add_argument("--json", action="store_true", help="print one JSON object (texts, fills, nfe, ...)")
     p.set_defaults(steps=None, temperature=None, top_k=None, top_p=None)  # unset: the model card's
+    add_checkpoint_arg(p)
 
 
 def main(args) -> int:
+    args.run = checkpoint_folder(args.run, args.checkpoint)
     from ..control import infill
 
     if args.template is not None and args.file:

@@ -9,6 +9,7 @@ import sys
 
 from ..errors import UsageError
 from .common import NON_NEGATIVE, POSITIVE, load, positive_seconds
+from .common import add_checkpoint_arg, checkpoint_folder
 
 NAME = "serve"
 PARSER = dict(help="serve a model over an OpenAI-compatible HTTP API (needs the serve extra)",
@@ -53,9 +54,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="drafter calls per round, left to right (default 1)")
     p.add_argument("--draft-confidence", type=float, default=0.0, metavar="P",
                    help="end a round's draft where the drafter's top probability is below P (default 0: off)")
+    add_checkpoint_arg(p)
 
 
 def main(args) -> int:
+    args.model = checkpoint_folder(args.model, args.checkpoint)
     try:
         import fastapi  # noqa: F401
         import uvicorn  # noqa: F401

@@ -93,9 +93,33 @@ def _main(args) -> int:
     val = f", val {result.val_loss:.4f} nats/token" if result.val_loss is not None else ""
     if not distributed_main():
         return 0
-    print(f"trained to step {result.step}: loss {result.train_loss:.4f}{val}, "
-          f"{result.tokens_per_second:,.0f} tokens/s; run saved in {args.out}", file=sys.stderr)
+    best = ""
+    if result.best_val_loss is not None:
+        best = f" (best {result.best_val_loss:.4f} at step {result.best_step}{', stopped early' if result.stopped_early else ''})"
+    if result.train_loss != result.train_loss:  # NaN: no step was taken (a resumed run already at its end)
+        print(f"nothing to train: the run is at step {result.step}{best}; run saved in {args.out}", file=sys.stderr)
+    else:
+        print(f"trained to step {result.step}: loss {result.train_loss:.4f}{val}{best}, "
+              f"{result.tokens_per_second:,.0f} tokens/s; run saved in {args.out}", file=sys.stderr)
+    _draw_curves(args.out)
     return 0
+
+
+def _draw_curves(run_dir) -> None:
+    """RUN/curves.png, the run's validation curve (a note instead when matplotlib is missing);
+    nothing for a run with fewer than two validations (no curve to draw)."""
+    from pathlib import Path
+
+    from ..viz.curves import read_curves, write_curves
+
+    try:
+        if len(read_curves(run_dir).val) < 2:
+            return
+        path = write_curves([run_dir], Path(run_dir) / "curves.png", title=Path(run_dir).name)
+    except UsageError as exc:  # matplotlib missing, or nothing logged yet
+        print(f"textdiffusion: no curves.png ({exc})", file=sys.stderr)
+        return
+    print(f"validation curve: {path}", file=sys.stderr)
 
 
 def distributed_main() -> bool:

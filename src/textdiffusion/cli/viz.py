@@ -33,7 +33,8 @@ PARSER = dict(help="pictures of a generation: an HTML player, a GIF, a PNG strip
               epilog="examples:\n  textdiffusion viz english \"ROMEO:\" --steps 32 --out viz\n"
                      "  textdiffusion viz runs/masked \"def \" --ar runs/ar --sampler confidence\n"
                      "  textdiffusion viz --trace t.json --model english\n"
-                     "  textdiffusion viz english --forward \"To be, or not to be, that is the question\"",
+                     "  textdiffusion viz english --forward \"To be, or not to be, that is the question\"\n"
+                     "  textdiffusion viz --curves runs/masked runs/ar --out curves",
               formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
@@ -46,6 +47,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trace", metavar="FILE.json", default=None, help="draw this saved trace instead of generating")
     p.add_argument("--forward", metavar="TEXT", default=None,
                    help="draw the forward corruption of TEXT at t = 0 ... 1 for the three processes")
+    p.add_argument("--curves", nargs="+", metavar="RUN", default=None,
+                   help="draw these training runs' validation curves (bits/token against epochs, best marked) "
+                        "into OUT/curves.png, e.g. a diffusion run and its AR twin")
     p.add_argument("--ar", metavar="RUN", default=None,
                    help="an autoregressive run (the AR twin) decoding the same prompt, shown beside it")
     p.add_argument("--out", default="viz", help="folder for the files (default ./viz)")
@@ -74,6 +78,13 @@ def main(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file: give a folder")
+    if args.curves:
+        if model or args.trace or args.forward:
+            raise UsageError("--curves draws training runs: give no MODEL, --trace or --forward with it")
+        from ..viz.curves import write_curves
+
+        print(write_curves(args.curves, out / "curves.png", title=args.title))
+        return 0
     trace = _read_trace(args.trace) if args.trace is not None and args.forward is None else None
     created = next((p for p in reversed([out, *out.parents]) if not p.exists()), None)  # the topmost folder made
     out.mkdir(parents=True, exist_ok=True)

@@ -208,7 +208,7 @@ class Attention(nn.Module):
         # one projection for queries, keys and values: (n_head + 2 n_kv_head) * head_dim outputs
         self.qkv = nn.Linear(cfg.d_model, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=cfg.qkv_bias)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.proj_bias)
-        self.dropout = cfg.dropout
+        self.dropout = cfg.dropout if cfg.attn_dropout is None else cfg.attn_dropout  # on the attention weights
 
     def _expand(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Key/value heads repeated for their groups of query heads (caches keep them unrepeated)."""

@@ -9,7 +9,11 @@ A run directory holds::
     checkpoint/        the latest checkpoint, replaced atomically:
         model.safetensors      raw weights            ema.safetensors   EMA weights (if enabled)
         optimizer.safetensors  AdamW moments          rng.safetensors   data/noise/torch RNG states
-        state.json             step, tokens seen, optimizer hyper-parameters
+        state.json             step, tokens seen, best validation so far, optimizer hyper-parameters
+    best/              the weights of the lowest validation loss so far (train.keep_best): a saved
+                       model of its own (config.json, tokenizer.json, checkpoint/ with the
+                       validated weights, EMA when enabled, and state.json's step and val_loss),
+                       so every command reads it as ``RUN/best`` or ``RUN --checkpoint best``
 
 A run trained with ``train.distributed = "fsdp"`` keeps its weights, EMA and optimizer state
 sharded instead: ``checkpoint/sharded/`` is a torch.distributed.checkpoint (DCP) written by every
@@ -81,6 +85,43 @@ def save_checkpoint(run_dir: Path, *, model, ema, optimizer, state: dict, rng: d
                 "--resume") if (final / "state.json").exists() else "free some space and train again"
         raise CheckpointError(f"could not write a checkpoint into {run_dir} ({_reason(exc)}); {then}") from None
     _swap_in(run_dir, tmp)
+
+
+def save_best(run_dir: Path, weights: dict[str, torch.Tensor], state: dict) -> None:
+    """Replace ``run_dir/best`` with ``weights`` (what validation scored) and ``state`` (step,
+    val_loss), beside a copy of the run's config, tokenizer and labels: a model folder of its
+    own. Written aside and swapped in like a checkpoint; a failed write keeps the previous best."""
+    run_dir = Path(run_dir)
+    tmp, final, old = run_dir / "best.tmp", run_dir / "best", run_dir / "best.old"
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / "checkpoint").mkdir(parents=True)
+        for name in ("config.json", "tokenizer.json", "labels.json"):
+            if (run_dir / name).exists():
+                shutil.copyfile(run_dir / name, tmp / name)
+        write_safetensors(tmp / "checkpoint" / "model.safetensors", weights)
+        (tmp / "checkpoint" / "state.json").write_text(json.dumps({**state, "inference_only": True, "best": True}))
+        _fsync_tree(tmp)
+    except (OSError, SafetensorError) as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"could not write the best checkpoint into {final} ({_reason(exc)}); free some "
+                              f"space and continue with --resume (the previous best is kept)") from None
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+    tmp.rename(final)
+    _fsync_dir(run_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def best_dir(run_dir: Path) -> Path:
+    """``run_dir/best`` (``best.old`` if a save was cut off mid-swap), or a CheckpointError saying why not."""
+    for name in ("best", "best.old"):
+        d = Path(run_dir) / name
+        if (d / "checkpoint" / "state.json").exists():
+            return d
+    raise CheckpointError(f"{run_dir} has no best checkpoint: it is written at each validation that improves "
+                          f"(train.keep_best, every train.eval_every steps); use --checkpoint last")
 
 
 def _write_rest(tmp: Path, state: dict, rng: dict[str, torch.Tensor], opt_meta) -> None:

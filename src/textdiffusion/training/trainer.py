@@ -2,7 +2,9 @@
 
 AdamW, linear warmup then cosine decay, gradient accumulation and clipping, bf16 autocast on
 CUDA, EMA weights, optional ``torch.compile``, seeded RNGs for data and noise, periodic
-validation, metrics as JSONL, atomic checkpoints, and exact resumption.
+validation, metrics as JSONL, atomic checkpoints, and exact resumption. For many-epoch runs:
+``train.epochs`` instead of ``max_steps``, the best validated weights kept in ``RUN/best``, early
+stopping (``train.patience``) and input-token corruption (``train.input_noise``).
 """
 
 from __future__ import annotations
@@ -41,10 +43,12 @@ from .checkpoint import (
     load_weights,
     read_state,
     read_tensors,
+    save_best,
     save_checkpoint,
     save_sharded,
 )
 from .distributed import World, gradient_sync, parallelize
+from .regularization import NoisyInputs, replacement_ids
 
 VAL_SEED = 1234  # validation windows and noise are the same at every evaluation
 
@@ -110,6 +114,9 @@ class TrainResult:
     tokens_per_second: float  # during optimisation steps (validation and checkpoints excluded)
     seconds: float  # wall clock of the whole call
     peak_memory_bytes: int
+    best_val_loss: float | None = None  # the lowest validation loss of the run (its weights: RUN/best)
+    best_step: int | None = None
+    stopped_early: bool = False  # train.patience validations in a row without a new best
 
 
 def cpu_has_bf16() -> bool:
@@ -253,11 +260,23 @@ def train(
     noise_gen = torch.Generator(device=device).manual_seed(tc.seed + 2)
     noise = RowShard(noise_gen, *share, tc.batch_size) if world.distributed else noise_gen
     val = _validation_batches(splits["val"], L, tc, share)
+    # one epoch = the training rows (SFT, labels) or tokens (windows) once; random windows see
+    # them once on average, so "epoch" counts the data's worth of training seen
+    steps_per_epoch = len(splits["train"]) / (tc.batch_size * tc.grad_accum * (1 if isinstance(sampler, RowSampler) else L))
+    if tc.epochs > 0 and not resume:  # the steps are saved in config.json: a resumed run keeps them
+        tc.max_steps = max(1, math.ceil(tc.epochs * steps_per_epoch))
+    input_gen = None
+    if tc.input_noise > 0:  # each process its own draws
+        input_gen = torch.Generator(device=device).manual_seed(tc.seed + 3 + 7919 * world.rank)
+        replace_by = replacement_ids(cfg.model.vocab_size, (*tokenizer.banned_ids, tokenizer.eot_id))
+        protected = (tokenizer.mask_id, tokenizer.pad_id)
 
     step, tokens_seen = 0, 0
+    best = {"best_val_loss": None, "best_step": None, "evals_since_best": 0}  # in state.json: resumed too
     metrics_path = run_dir / "metrics.jsonl"
     if resume:
-        step, tokens_seen = _restore(run_dir, model, ema, optimizer, sampler, noise_gen)
+        step, tokens_seen, restored = _restore(run_dir, model, ema, optimizer, sampler, noise_gen, input_gen)
+        best.update({k: restored[k] for k in best if k in restored})
         if world.main:
             _truncate_metrics(metrics_path, step)
     elif world.main:
@@ -269,6 +288,12 @@ def train(
     where = f"{device}" if not world.distributed else f"{world.size} processes ({tc.distributed}, {world.backend})"
     distributed.note(f"textdiffusion: {cfg.process.name} model, {n_params / 1e6:.2f}M parameters "
                      f"({model.num_params() / 1e6:.2f}M non-embedding), {where}")
+    if tc.epochs > 0:
+        distributed.note(f"textdiffusion: {tc.epochs:g} epochs = {tc.max_steps:,} steps ({steps_per_epoch:,.1f} per epoch)")
+    keep_best = tc.keep_best and not sharded
+    if tc.keep_best and sharded:
+        distributed.note("textdiffusion: FSDP runs keep no RUN/best yet (train.keep_best is ignored); the last "
+                         "checkpoint is kept as always")
 
     fwd_model = torch.compile(net) if tc.compile else net
     autocast = autocast_for(tc, device)
@@ -290,7 +315,10 @@ def train(
         torch.cuda.reset_peak_memory_stats(device)
 
     def rng_state() -> dict[str, torch.Tensor]:
-        return {"data": sampler.gen.get_state(), "noise": noise_gen.get_state(), "torch": torch.get_rng_state()}
+        state = {"data": sampler.gen.get_state(), "noise": noise_gen.get_state(), "torch": torch.get_rng_state()}
+        if input_gen is not None:
+            state["input_noise"] = input_gen.get_state()
+        return state
 
     def save(rng: dict[str, torch.Tensor]) -> None:
         bad = next((name for name, p in model.named_parameters() if not torch.isfinite(distributed.local(p)).all()),
@@ -299,7 +327,7 @@ def train(
             raise TrainingError(f"the weights became non-finite by step {step} ({bad or 'in another process'}): lower "
                                 f"train.lr or raise train.warmup_steps or train.grad_clip (the last checkpoint in "
                                 f"{run_dir} is untouched)")
-        state = {"step": step, "tokens_seen": tokens_seen}
+        state = {"step": step, "tokens_seen": tokens_seen, **best}
         if sharded:
             save_sharded(run_dir, model=model, ema=ema, optimizer=optimizer, state=state, rng=rng, world=world)
         elif world.main:
@@ -308,6 +336,11 @@ def train(
 
     saved_step, rng_done = step, rng_state()
     logged_step, logged_seconds = step, 0.0
+    stopped_early = bool(tc.patience) and best["evals_since_best"] >= tc.patience
+    if stopped_early and step < last_step:  # resuming a run that had already stopped early
+        say(f"this run stopped early at step {step} (no new best validation loss in {tc.patience} validations; best "
+            f"{best['best_val_loss']:.4f} at step {best['best_step']}): raise train.patience to train on")
+        last_step = step
     with open(metrics_path if world.main else os.devnull, "a") as metrics, _StopOnSignal() as stop, \
             _explained(world, tc, device), contextlib.closing(board) if board else contextlib.nullcontext():
         while step < last_step:
@@ -336,7 +369,9 @@ def train(
                 drop = tc.cond_drop if labels is not None else prompt_drop
                 batch, labels = drop_condition(batch, fixed, labels, drop, noise, tokenizer.pad_id,
                                                cfg.model.num_labels)
-                called = fwd_model if labels is None else Conditioned(fwd_model, labels)
+                net_in = fwd_model if input_gen is None else NoisyInputs(fwd_model, tc.input_noise, replace_by,
+                                                                          protected, input_gen)
+                called = net_in if labels is None else Conditioned(net_in, labels)
                 if step < cfg.adapt.anneal_steps:  # AR -> diffusion: causal attention opening up step by step
                     called = Annealed(called, annealed_mask(step, cfg.adapt.anneal_steps, batch.shape[1], device))
                 # DDP/FSDP: all-reduce on the last micro-batch only; the attention kernel also in backward
@@ -378,8 +413,8 @@ def train(
                 # the rate of the steps since the last log line (the first ones include warm-up)
                 recent = tokens_per_step * (step - logged_step) / max(train_seconds - logged_seconds, 1e-9)
                 used = mfu.mfu(recent, per_token, peak, world.size)
-                _log(metrics, step=step, loss=loss_sum, lr=lr, tokens=tokens_seen, tokens_per_second=tok_s,
-                     seconds=elapsed, mfu=used, peak_flops=peak)
+                _log(metrics, step=step, epoch=round(step / steps_per_epoch, 4), loss=loss_sum, lr=lr,
+                     tokens=tokens_seen, tokens_per_second=tok_s, seconds=elapsed, mfu=used, peak_flops=peak)
                 if board is not None:
                     for key, value in (("loss", loss_sum), ("lr", lr), ("tokens_per_second", recent), ("mfu", used)):
                         if value is not None:
@@ -387,23 +422,43 @@ def train(
                 logged_step, logged_seconds = step, train_seconds
             if step % tc.eval_every == 0 or step == tc.max_steps:
                 val_loss = _validate(model, ema, process, val, device, autocast, world, share, tc.batch_size)
+                note = _track_best(best, val_loss, step)
+                if note == "new best" and keep_best and world.main:
+                    save_best(run_dir, ema.shadow if ema is not None else model.state_dict(),
+                              {"step": step, "val_loss": val_loss, "epoch": round(step / steps_per_epoch, 4)})
                 # the training objective on fixed validation windows; `textdiffusion eval` adds the
                 # reconstruction term that makes the diffusion loss an exact bound
-                _log(metrics, step=step, val_loss=val_loss, val_loss_bits=val_loss / math.log(2))
+                _log(metrics, step=step, epoch=round(step / steps_per_epoch, 4), val_loss=val_loss,
+                     val_loss_bits=val_loss / math.log(2), best_val_loss=best["best_val_loss"])
                 if board is not None:
                     board.add_scalar("val/loss", val_loss, step)
-                say(f"step {step}: val loss {val_loss:.4f} nats/token ({val_loss / math.log(2):.4f} bits)")
-            if step % tc.ckpt_every == 0 or step == last_step:
+                say(f"step {step}: val loss {val_loss:.4f} nats/token ({val_loss / math.log(2):.4f} bits; {note})")
+                if tc.patience and best["evals_since_best"] >= tc.patience:
+                    stopped_early = True
+                    say(f"early stop at step {step}: no new best validation loss in {tc.patience} validations "
+                        f"(best {best['best_val_loss']:.4f} at step {best['best_step']}, kept in {run_dir / 'best'})")
+            if step % tc.ckpt_every == 0 or step == last_step or stopped_early:
                 metrics.flush()
                 if board is not None:
                     board.flush()
                 save(rng_done)
                 saved_step = step
+            if stopped_early:
+                break
     bar.close()
     seconds = time.perf_counter() - t_start
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _peak_rss_bytes()
     return TrainResult(step, train_loss, val_loss, (step - start_step) * tokens_per_step / max(train_seconds, 1e-9),
-                       seconds, peak)
+                       seconds, peak, best["best_val_loss"], best["best_step"], stopped_early)
+
+
+def _track_best(best: dict, val_loss: float, step: int) -> str:
+    """Record a validation in ``best`` (lowest loss, its step, validations since); say how it compares."""
+    if best["best_val_loss"] is None or val_loss < best["best_val_loss"]:
+        best.update(best_val_loss=val_loss, best_step=step, evals_since_best=0)
+        return "new best"
+    best["evals_since_best"] += 1
+    return f"best {best['best_val_loss']:.4f} at step {best['best_step']}"
 
 
 @contextlib.contextmanager
@@ -514,15 +569,16 @@ def _validate(model, ema, process, batches, device, autocast, world: World | Non
     return total / max(count, 1)
 
 
-def _restore(run_dir: Path, model, ema, optimizer, sampler, noise_gen) -> tuple[int, int]:
-    """Everything a checkpoint holds, back in place; any file missing, damaged or from another
-    run is a CheckpointError naming it (nothing is half-restored: the run is not changed)."""
+def _restore(run_dir: Path, model, ema, optimizer, sampler, noise_gen, input_gen=None) -> tuple[int, int, dict]:
+    """Everything a checkpoint holds, back in place; (step, tokens seen, the whole state.json).
+    Any file missing, damaged or from another run is a CheckpointError naming it (nothing is
+    half-restored: the run is not changed)."""
     ckpt = checkpoint_dir(run_dir)
     state = read_state(ckpt)
     if is_sharded_checkpoint(ckpt) or distributed.is_sharded(model):
         load_sharded(ckpt, model, ema, optimizer)
-        _restore_rng(ckpt, sampler, noise_gen)
-        return state["step"], state["tokens_seen"]
+        _restore_rng(ckpt, sampler, noise_gen, input_gen)
+        return state["step"], state["tokens_seen"], state
     if "optimizer" not in state or not (ckpt / "optimizer.safetensors").exists():
         raise CheckpointError(f"{run_dir} holds weights only (an exported model, or a checkpoint without its "
                               f"optimizer state), so it cannot be resumed: fine-tune it instead with "
@@ -538,16 +594,18 @@ def _restore(run_dir: Path, model, ema, optimizer, sampler, noise_gen) -> tuple[
             raise CheckpointError(f"{ckpt / 'ema.safetensors'} does not fit this model: is it another run's checkpoint?")
         ema.shadow = shadow
     load_optimizer_state(optimizer, ckpt, state["optimizer"])
-    _restore_rng(ckpt, sampler, noise_gen)
-    return state["step"], state["tokens_seen"]
+    _restore_rng(ckpt, sampler, noise_gen, input_gen)
+    return state["step"], state["tokens_seen"], state
 
 
-def _restore_rng(ckpt: Path, sampler, noise_gen) -> None:
+def _restore_rng(ckpt: Path, sampler, noise_gen, input_gen=None) -> None:
     rng = read_tensors(ckpt / "rng.safetensors")
     try:
         sampler.gen.set_state(rng["data"])
         noise_gen.set_state(rng["noise"])
         torch.set_rng_state(rng["torch"])
+        if input_gen is not None and "input_noise" in rng:  # (a run that turns input_noise on at resume starts it fresh)
+            input_gen.set_state(rng["input_noise"])
     except (KeyError, RuntimeError, TypeError) as exc:
         raise CheckpointError(f"corrupt checkpoint file {ckpt / 'rng.safetensors'}: {exc}") from None
 
