@@ -21,8 +21,8 @@ def test_every_puzzle_has_exactly_one_solution_the_stored_one():
     """Each generated puzzle, at 22-26 givens where careless blanking often leaves several
     solutions, has exactly one (the solver finds no second one), that solution is the stored grid,
     the grid is a valid Sudoku keeping every given, and the number of givens is in the asked
-    range. Catches blanking without the uniqueness check (planted: 'keep the blank' always; 21 of
-    the 30 puzzles had two solutions or more)."""
+    range. Catches blanking without the uniqueness check (planted: 'keep the blank' always; all 30 of
+    the puzzles had two solutions or more)."""
     pairs = sudoku.make_puzzles(7, 30, (22, 26))
     assert len(pairs) == 30
     for puzzle, solution in pairs:
@@ -98,8 +98,7 @@ def quick(tmp_path_factory):
     data = next(out.glob("data-*"))
     made = (data / "train.jsonl").stat().st_mtime_ns
     refused = bench("--steps", "4")
-    resumed = bench("--steps", "4", "--resume")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    resumed = bench("--steps", "4", "--resume")  # (checked by the test of reruns)
     return {"out": out, "first": first, "refused": refused, "resumed": resumed, "data": data, "made": made}
 
 
@@ -108,8 +107,8 @@ def test_quick_run_trains_both_twins_and_writes_table_plot_and_trace(quick):
     90 network calls and each diffusion order at 90 and 12, the plot is a PNG, and the trace of
     one held-out solve is a valid trace with one position decided per network call (a 9x9 board
     filled in 90 calls), beside the AR twin's, in the player. Counts steps and calls, never
-    seconds. Catches an evaluation that ignored --calls (planted: steps=None for every sampler;
-    the rows read 90 calls each)."""
+    seconds. Catches an evaluation that ignored --calls (planted: every diffusion row run at the
+    first of --calls; the 12-call rows read 90)."""
     from textdiffusion.sampling.trace import SCHEMA
 
     out = quick["out"]
@@ -140,11 +139,12 @@ def test_rerun_refuses_without_resume_and_continues_with_it(quick):
     checkpoints (metrics logged from step 3 on, not again from 1), and the cached data is reused,
     not made again. Catches a rerun that trains from scratch over the old run (planted: the
     --resume branch dropped, the train CLI refused the run folder and the bench stopped)."""
-    refused = quick["refused"]
+    refused, resumed = quick["refused"], quick["resumed"]
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert refused.returncode == 1
     assert "--resume" in refused.stderr.strip().splitlines()[-1] and "Traceback" not in refused.stderr
-    assert "continuing from step 2 to 4" in quick["resumed"].stderr
-    assert "making" not in quick["resumed"].stderr
+    assert "continuing from step 2 to 4" in resumed.stderr
+    assert "making" not in resumed.stderr
     assert (quick["data"] / "train.jsonl").stat().st_mtime_ns == quick["made"]
     for twin in ("masked", "ar"):
         steps = [json.loads(line).get("step") for line in (quick["out"] / twin / "metrics.jsonl").read_text().splitlines()
@@ -156,9 +156,11 @@ def test_generation_rows_are_the_rows_each_twin_was_trained_on(quick):
     """The canvas a held-out puzzle is solved on, with the true solution written into its free
     positions, is token for token the training row the twin learned from (data.sft_rows): the AR
     twin reads the row less its last token, the masked model the row less its first (its loss
-    drops it). And the scorer calls the true solution solved and a board with two cells swapped
-    not. Catches a masked canvas that starts with end-of-text as the chat template's does
-    (planted: the masked model got the AR twin's canvas; the rows were shifted by one)."""
+    drops it). And the scorer calls the true solution solved, and not a board with any one cell
+    wrong. Catches a masked canvas that starts with end-of-text as the chat template's does
+    (planted: the masked model got the AR twin's canvas; the rows were shifted by one), and cells
+    read one position off (planted: CELLS without the board's leading newline; a wrong last cell
+    of a row passed as solved)."""
     import torch
 
     import planning
@@ -179,10 +181,10 @@ def test_generation_rows_are_the_rows_each_twin_was_trained_on(quick):
         assert filled[0].tolist() == (row[:-1] if twin == "ar" else row[1:]).tolist(), twin
         assert not canvas.fixed[0, start : start + planning.RESPONSE].any()
         assert canvas.fixed[0, :start].all() and canvas.fixed[0, start + planning.RESPONSE :].all()
-        swapped = list(want)
-        a, b = planning.CELLS[0], planning.CELLS[1]
-        if solution[0] != solution[1]:
-            swapped[a], swapped[b] = swapped[b], swapped[a]
-        solved, right, blanks = planning.score(tok, [(puzzle, solution)] * 2, [want, swapped])
-        assert solved == [True, False]
-        assert blanks == 2 * puzzle.count(".")
+        boards = [solution]  # the solution, then each cell in turn given another digit
+        boards += [solution[:k] + str(int(solution[k]) % 9 + 1) + solution[k + 1 :] for k in range(81)]
+        rows = [tok.encode(planning.board(b)).tolist() for b in boards]
+        solved, right, blanks = planning.score(tok, [(puzzle, solution)] * len(rows), rows)
+        assert solved == [True] + [False] * 81
+        n = puzzle.count(".")
+        assert blanks == 82 * n and right == n + sum(n - (puzzle[k] == ".") for k in range(81))
