@@ -3,7 +3,7 @@ Autoregression: Discrete Diffusion for Complex Reasoning and Planning": left to 
 wrong order for a puzzle, and a masked diffusion model that fills the easiest cells first solves
 far more of them than an AR model of the same size).
 
-    python bench/planning.py                  # data, both twins, evaluation (about 2 h of training on 2 cores)
+    python bench/planning.py                  # data, both twins, evaluation (about 2.5 h on 2 CPU cores)
     python bench/planning.py --resume         # continue stopped trainings from their checkpoints, then evaluate
     python bench/planning.py --quick          # the whole pipeline in a couple of minutes (a tiny model, 4 steps)
 
@@ -48,7 +48,8 @@ SAMPLERS = ("confidence", "margin", "entropy")
 RESPONSE = 90  # positions of a board's text: a newline, then 9 rows of 9 cells with a newline between rows
 CELLS = [1 + r * 10 + c for r in range(9) for c in range(9)]  # a cell's position in that text
 TRACE_STEPS = RESPONSE  # the solve shown in the player: one position per network call
-FULL = dict(train_puzzles=50_000, test_puzzles=256, layers=4, width=192, heads=6, steps=2400, batch_size=64,
+# sized for 2 CPU cores: about an hour of training per twin (docs/planning.md)
+FULL = dict(train_puzzles=50_000, test_puzzles=128, layers=4, width=192, heads=6, steps=2200, batch_size=32,
             calls=(90, 45, 23, 12), eval_batch=64)
 QUICK = dict(train_puzzles=96, test_puzzles=6, layers=1, width=32, heads=2, steps=4, batch_size=8,
              calls=(90, 12), eval_batch=8)
