@@ -140,7 +140,7 @@ def make_data(out: Path, seed: int, train: int, test: int, givens: tuple[int, in
         f"{workers} processes)")
     start = time.perf_counter()
     splits = sudoku.make_splits(seed, train, test, givens, workers,
-                                progress=lambda done, n: say(f"  {done:,}/{n:,} training puzzles"))
+                                progress=lambda done, n: done % 5000 or say(f"  {done:,}/{n:,} training puzzles"))
     for split, pairs in splits.items():
         lines = [json.dumps({"prompt": board(p), "response": board(s)}) for p, s in pairs]
         (folder / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
@@ -307,7 +307,7 @@ def evaluate(runs: dict[str, Path], data: Path, args, say) -> dict:
     rows = []
     for twin, sampler, calls in plan:
         run = loaded[twin]
-        solved, right, blanks, nfe, seconds, per_puzzle = [], 0, 0, 0, 0.0, []
+        solved, right, blanks, nfe, seconds = [], 0, 0, 0, 0.0
         for i in range(0, len(pairs), args.eval_batch):
             chunk = pairs[i : i + args.eval_batch]
             t0 = time.perf_counter()
@@ -419,4 +419,8 @@ def plot(r: dict, path: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        raise SystemExit("bench/planning.py: stopped; rerun with --resume to continue the trainings from their "
+                         "last checkpoints") from None

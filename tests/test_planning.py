@@ -161,9 +161,9 @@ def test_generation_rows_are_the_rows_each_twin_was_trained_on(quick):
     (planted: the masked model got the AR twin's canvas; the rows were shifted by one), and cells
     read one position off (planted: CELLS without the board's leading newline; a wrong last cell
     of a row passed as solved)."""
+    import planning
     import torch
 
-    import planning
     from textdiffusion.data import Pair, sft_rows
     from textdiffusion.runs import load_run
 
