@@ -68,10 +68,16 @@ class Log:
     def __init__(self, path: Path):
         self.path = path
 
-    def __call__(self, message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
+    def __call__(self, message: str, screen: bool = True) -> None:
+        if screen:
+            print(message, file=sys.stderr, flush=True)
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(f"{datetime.datetime.now().isoformat(timespec='seconds')} {message}\n")
+
+    def fail(self, message: str) -> SystemExit:
+        """The error to raise, logged (SystemExit puts it on the screen)."""
+        self(message, screen=False)
+        return SystemExit(message)
 
 
 def main() -> None:
@@ -185,8 +191,8 @@ def train_twin(twin: str, out: Path, data: Path, args, say) -> Path:
         wanted = {**model, "data": str((data / "train.jsonl").resolve()), "process": twin}
         diff = [f"{k}={saved[k]} (asked {wanted[k]})" for k in wanted if saved[k] != wanted[k]]
         if diff:
-            raise SystemExit(f"{run} holds a run of other settings: {', '.join(diff)}; give another --out or "
-                             f"remove {run}")
+            raise say.fail(f"{run} holds a run of other settings: {', '.join(diff)}; give another --out or "
+                           f"remove {run}")
     step = read_state(run / "checkpoint")["step"] if (run / "checkpoint" / "state.json").exists() else None
     if step is not None and step >= args.steps:
         say(f"{twin}: trained to step {step} already")
@@ -195,8 +201,9 @@ def train_twin(twin: str, out: Path, data: Path, args, say) -> Path:
     sets = recipe(args.steps, args.batch_size)
     if (run / "config.json").exists():
         if not args.resume:
-            where = f"at step {step}" if step is not None else "before its first checkpoint"
-            raise SystemExit(f"{run} holds a training stopped {where} of {args.steps}: rerun with --resume to continue it")
+            where = f"trained to step {step}" if step is not None else "stopped before its first checkpoint"
+            raise say.fail(f"{run} holds a run {where}, short of --steps {args.steps}: rerun with --resume to "
+                           f"continue it")
         cmd = ["train", "--out", run, "--resume", *quiet, "--set", f"train.max_steps={args.steps}"]
         say(f"{twin}: continuing from step {step or 0} to {args.steps}")
     else:
@@ -208,8 +215,8 @@ def train_twin(twin: str, out: Path, data: Path, args, say) -> Path:
     start = time.perf_counter()
     done = subprocess.run([str(EXE), *map(str, cmd)])
     if done.returncode:
-        raise SystemExit(f"{twin}: textdiffusion train stopped (exit {done.returncode}); rerun with --resume to "
-                         f"continue from its last checkpoint")
+        raise say.fail(f"{twin}: textdiffusion train stopped (exit {done.returncode}); rerun with --resume to "
+                       f"continue from its last checkpoint")
     summary = training_summary(run)
     say(f"{twin}: step {summary['step']}, loss {summary['loss']:.4f}, val {summary['val_loss']:.4f} nats/token, "
         f"{summary['tokens_per_second']:,.0f} tokens/s, {time.perf_counter() - start:.0f} s this time")
