@@ -1,0 +1,433 @@
+"""Benchmark: planning, on Sudoku. Masked diffusion against its AR twin (Ye et al. 2024, "Beyond
+Autoregression: Discrete Diffusion for Complex Reasoning and Planning": left to right is the
+wrong order for a puzzle, and a masked diffusion model that fills the easiest cells first solves
+far more of them than an AR model of the same size).
+
+    python bench/planning.py                  # data, both twins, evaluation (about 2.5 h on 2 CPU cores)
+    python bench/planning.py --resume         # continue stopped trainings from their checkpoints, then evaluate
+    python bench/planning.py --quick          # the whole pipeline in a couple of minutes (a tiny model, 4 steps)
+
+Data (bench/sudoku.py): seeded 9x9 puzzles with exactly one solution (--givens, default 30-40
+givens), training and held-out sets sharing no solution grid, cached in --out. Both twins train
+on the same instruction-tuning rows (``train --sft``: JSONL of {"prompt": puzzle, "response":
+solution}, each board as 9 lines of 9 characters, ``.`` for a blank; character tokenizer), with
+the same backbone, steps, batch and learning-rate schedule: ``--process masked`` and ``--process
+ar``. The AR twin writes the whole solution row by row, its best order short of being taught a
+solver's order (docs/planning.md says why).
+
+Evaluation on the held-out puzzles, greedy (temperature 0): the diffusion model with the
+confidence, margin and entropy orders at 90, 45, 23 and 12 network calls (the 90 positions of a
+board's text, 1, 2, about 4 and about 8 per call), the AR twin with its KV cache (90 calls). Reported: the
+fraction of puzzles solved (every cell right) and the accuracy on the blank cells. Written to
+--out: results.md (the table, machine, date), results.json, accuracy.png (accuracy against
+network calls), trace.json (one held-out solve by the diffusion model, trace format v1, and the
+AR twin's on the same puzzle in trace-ar.json) and player.html (the two, side by side, in the trace
+player: the board fills in out of order on the left, row by row on the right). Progress goes to
+the screen and to --out/planning.log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import sudoku  # noqa: E402
+from common import EXE, REPO, cpu_model, train_overrides  # noqa: E402
+
+SAMPLERS = ("confidence", "margin", "entropy")
+RESPONSE = 90  # positions of a board's text: a newline, then 9 rows of 9 cells with a newline between rows
+CELLS = [1 + r * 10 + c for r in range(9) for c in range(9)]  # a cell's position in that text
+TRACE_STEPS = RESPONSE  # the solve shown in the player: one position per network call
+# sized for 2 CPU cores: about an hour of training per twin (docs/planning.md)
+FULL = dict(train_puzzles=50_000, test_puzzles=128, layers=4, width=192, heads=6, steps=2200, batch_size=32,
+            calls=(90, 45, 23, 12), eval_batch=64)
+QUICK = dict(train_puzzles=96, test_puzzles=6, layers=1, width=32, heads=2, steps=4, batch_size=8,
+             calls=(90, 12), eval_batch=8)
+
+
+def board(cells: str) -> str:
+    """A board as both twins read (the puzzle) and write it (the solution): a newline, so that
+    the board starts on a line of its own after the chat template's "User: " or "Assistant: ",
+    then ``sudoku.board_text``'s 9 lines."""
+    return "\n" + sudoku.board_text(cells)
+
+
+class Log:
+    """Lines to the screen (stderr) and, with the time, to --out/planning.log."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __call__(self, message: str, screen: bool = True) -> None:
+        if screen:
+            print(message, file=sys.stderr, flush=True)
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(f"{datetime.datetime.now().isoformat(timespec='seconds')} {message}\n")
+
+    def fail(self, message: str) -> SystemExit:
+        """The error to raise, logged (SystemExit puts it on the screen)."""
+        self(message, screen=False)
+        return SystemExit(message)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=None, help="folder for data, runs and results (default bench/out/planning, "
+                                               "bench/out/planning-quick with --quick)")
+    p.add_argument("--quick", action="store_true", help="a tiny model, data and training: checks the pipeline runs")
+    p.add_argument("--resume", action="store_true", help="continue trainings that stopped before --steps")
+    p.add_argument("--seed", type=int, default=0, help="the data set's seed (default 0)")
+    p.add_argument("--givens", type=sudoku.parse_givens, default=(30, 40), help="LO-HI givens per puzzle (default 30-40)")
+    p.add_argument("--train-puzzles", type=int, help=f"training puzzles (default {FULL['train_puzzles']})")
+    p.add_argument("--test-puzzles", type=int, help=f"held-out puzzles (default {FULL['test_puzzles']})")
+    p.add_argument("--layers", type=int, help=f"transformer layers of both twins (default {FULL['layers']})")
+    p.add_argument("--width", type=int, help=f"d_model of both twins (default {FULL['width']})")
+    p.add_argument("--heads", type=int, help=f"attention heads (default {FULL['heads']})")
+    p.add_argument("--steps", type=int, help=f"optimisation steps of each twin (default {FULL['steps']})")
+    p.add_argument("--batch-size", type=int, help=f"training rows per step (default {FULL['batch_size']})")
+    p.add_argument("--calls", help="the diffusion samplers' network calls, comma-separated (default 90,45,23,12)")
+    p.add_argument("--eval-batch", type=int, help=f"held-out puzzles per generate call (default {FULL['eval_batch']})")
+    p.add_argument("--workers", type=int, default=0, help="processes making puzzles (default: one per core)")
+    args = p.parse_args()
+    preset = QUICK if args.quick else FULL
+    for key, value in preset.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    if isinstance(args.calls, str):
+        try:
+            args.calls = tuple(int(c) for c in args.calls.split(","))
+        except ValueError:
+            p.error(f"--calls takes whole numbers separated by commas (e.g. 90,45,23,12); got {args.calls!r}")
+    for name in ("train_puzzles", "test_puzzles", "layers", "width", "heads", "steps", "batch_size", "eval_batch"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if any(not 1 <= c <= RESPONSE for c in args.calls):
+        p.error(f"--calls must each be in 1..{RESPONSE} (the positions of a board)")
+    if args.width % args.heads or (args.width // args.heads) % 2:
+        p.error(f"--width ({args.width}) must be an even multiple of --heads ({args.heads}): RoPE needs an even head size")
+    out = Path(args.out or REPO / "bench" / "out" / ("planning-quick" if args.quick else "planning"))
+    out.mkdir(parents=True, exist_ok=True)
+    say = Log(out / "planning.log")
+    say(f"bench/planning.py {' '.join(sys.argv[1:])}")
+    workers = args.workers or len(os.sched_getaffinity(0))
+    data = make_data(out, args.seed, args.train_puzzles, args.test_puzzles, args.givens, workers, say)
+    runs = {twin: train_twin(twin, out, data, args, say) for twin in ("masked", "ar")}
+    results = evaluate(runs, data, args, say)
+    results["training"] = {twin: training_summary(run) for twin, run in runs.items()}
+    results["data"] = json.loads((data / "meta.json").read_text())
+    results["settings"] = {k: getattr(args, k) for k in ("layers", "width", "heads", "steps", "batch_size", "seed")}
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "results.md").write_text(markdown(results) + "\n")
+    plot(results, out / "accuracy.png")
+    write_traces(runs, data, results, out, say)
+    print(markdown(results))
+    say(f"wrote {out / 'results.md'}, {out / 'accuracy.png'}, {out / 'player.html'}")
+
+
+# -- data -----------------------------------------------------------------------------------------
+
+def make_data(out: Path, seed: int, train: int, test: int, givens: tuple[int, int], workers: int, say) -> Path:
+    """The JSONL files of both splits, made once per setting (a folder named by it) and reused."""
+    folder = out / f"data-seed{seed}-givens{givens[0]}-{givens[1]}-train{train}-test{test}"
+    if (folder / "meta.json").exists():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    say(f"making {train:,} training and {test:,} held-out puzzles ({givens[0]}-{givens[1]} givens, seed {seed}, "
+        f"{workers} processes)")
+    start = time.perf_counter()
+    splits = sudoku.make_splits(seed, train, test, givens, workers,
+                                progress=lambda done, n: done % 5000 or say(f"  {done:,}/{n:,} training puzzles"))
+    for split, pairs in splits.items():
+        lines = [json.dumps({"prompt": board(p), "response": board(s)}) for p, s in pairs]
+        (folder / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    test_pairs = splits["test"]
+    meta = {"seed": seed, "givens": list(givens), "train": len(splits["train"]), "test": len(test_pairs),
+            "mean_givens_test": sum(81 - p.count(".") for p, _ in test_pairs) / len(test_pairs),
+            "singles_solvable_test": sum(sudoku.singles_solvable(p) for p, _ in test_pairs) / len(test_pairs),
+            "seconds": round(time.perf_counter() - start, 1)}
+    (folder / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")  # last: its presence means done
+    say(f"  done in {meta['seconds']:.0f} s; {meta['singles_solvable_test']:.0%} of the held-out puzzles are solved "
+        f"by naked and hidden singles alone")
+    return folder
+
+
+def read_pairs(path: Path) -> list[tuple[str, str]]:
+    out = []
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        out.append((sudoku.cells_of(row["prompt"][1:]), sudoku.cells_of(row["response"][1:])))
+    return out
+
+
+# -- training -------------------------------------------------------------------------------------
+
+def context_length() -> int:
+    """Tokens a training row feeds the model: the templated prompt, the board, end-of-text."""
+    from textdiffusion.data import chat_prompt
+
+    return len(chat_prompt(board("." * 81))) + RESPONSE + 1
+
+
+def train_twin(twin: str, out: Path, data: Path, args, say) -> Path:
+    """Train (or continue, or reuse) the ``twin`` run in ``out``; returns its folder."""
+    from textdiffusion.config import Config
+    from textdiffusion.training.checkpoint import read_state
+
+    run = out / twin
+    model = {"n_layer": args.layers, "d_model": args.width, "n_head": args.heads, "context": context_length()}
+    if (run / "config.json").exists():
+        cfg = Config.load(run / "config.json")
+        saved = {**{k: getattr(cfg.model, k) for k in model}, "data": cfg.data.path, "process": cfg.process.name}
+        wanted = {**model, "data": str((data / "train.jsonl").resolve()), "process": twin}
+        diff = [f"{k}={saved[k]} (asked {wanted[k]})" for k in wanted if saved[k] != wanted[k]]
+        if diff:
+            raise say.fail(f"{run} holds a run of other settings: {', '.join(diff)}; give another --out or "
+                           f"remove {run}")
+    step = read_state(run / "checkpoint")["step"] if (run / "checkpoint" / "state.json").exists() else None
+    if step is not None and step >= args.steps:
+        say(f"{twin}: trained to step {step} already")
+        return run
+    quiet = [] if sys.stderr.isatty() else ["--quiet"]
+    sets = recipe(args.steps, args.batch_size)
+    if (run / "config.json").exists():
+        if not args.resume:
+            where = f"trained to step {step}" if step is not None else "stopped before its first checkpoint"
+            raise say.fail(f"{run} holds a run {where}, short of --steps {args.steps}: rerun with --resume to "
+                           f"continue it")
+        cmd = ["train", "--out", run, "--resume", *quiet, "--set", f"train.max_steps={args.steps}"]
+        say(f"{twin}: continuing from step {step or 0} to {args.steps}")
+    else:
+        cmd = ["train", "--sft", "--data", data / "train.jsonl", "--out", run, "--process", twin, *quiet,
+               "--set", "data.tokenizer=char", "--set", "data.val_fraction=0.01",
+               *[x for k, v in model.items() for x in ("--set", f"model.{k}={v}")], *sets]
+        say(f"{twin}: training {args.steps} steps of batch {args.batch_size}")
+    say("  textdiffusion " + " ".join(map(str, cmd)))
+    start = time.perf_counter()
+    done = subprocess.run([str(EXE), *map(str, cmd)])
+    if done.returncode:
+        raise say.fail(f"{twin}: textdiffusion train stopped (exit {done.returncode}); rerun with --resume to "
+                       f"continue from its last checkpoint")
+    summary = training_summary(run)
+    say(f"{twin}: step {summary['step']}, loss {summary['loss']:.4f}, val {summary['val_loss']:.4f} nats/token, "
+        f"{summary['tokens_per_second']:,.0f} tokens/s, {time.perf_counter() - start:.0f} s this time")
+    return run
+
+
+def recipe(steps: int, batch_size: int) -> list[str]:
+    """--set flags of both twins' training: the benchmarks' recipe (common.train_overrides: its
+    learning rate, warm-up and schedule) run for a number of steps, not seconds, validated ten
+    times on 4 batches."""
+    mine = {"train.eval_every": max(steps // 10, 1), "train.eval_batches": 4, "train.log_every": 10}
+    sets = train_overrides(0, steps, batch_size)  # (max_seconds 0: no time budget)
+    pairs = [sets[i + 1] for i in range(0, len(sets), 2) if sets[i + 1].split("=")[0] not in mine]
+    return [x for kv in [*pairs, *(f"{k}={v}" for k, v in mine.items())] for x in ("--set", kv)]
+
+
+def training_summary(run: Path) -> dict:
+    """The last logged step and validation of a run (its metrics.jsonl)."""
+    last, val = {}, {}
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if "val_loss" in rec:
+            val = rec
+        elif "loss" in rec:
+            last = rec
+    return {"step": last.get("step"), "loss": last.get("loss"), "val_loss": val.get("val_loss"),
+            "tokens_per_second": last.get("tokens_per_second"), "train_seconds": last.get("seconds")}
+
+
+# -- evaluation -----------------------------------------------------------------------------------
+
+def canvas_for(run, puzzles: list[str]):
+    """The rows to generate, as each twin was trained on them (data.rows.sft_rows): the AR twin
+    reads [end-of-text, templated prompt] and writes the board; the masked model reads the
+    templated prompt, the board to fill (90 free positions) and the end-of-text after it, fixed
+    (the diffusion loss drops a row's first token, so it never saw the leading end-of-text)."""
+    import torch
+
+    from textdiffusion.data import chat_prompt
+    from textdiffusion.sampling.base import HOLE, Canvas
+
+    tok = run.tokenizer
+    prompts = [tok.encode_exact(chat_prompt(board(p)), "the puzzle").tolist() for p in puzzles]
+    if run.process.name == "ar":
+        rows = [[tok.eot_id, *ids, *[HOLE] * RESPONSE] for ids in prompts]
+        free_from, free_to = len(rows[0]) - RESPONSE, len(rows[0])
+    else:
+        rows = [[*ids, *[HOLE] * RESPONSE, tok.eot_id] for ids in prompts]
+        free_from, free_to = len(prompts[0]), len(prompts[0]) + RESPONSE
+    tokens = torch.tensor(rows)
+    fixed = torch.ones_like(tokens, dtype=torch.bool)
+    fixed[:, free_from:free_to] = False
+    return Canvas(tokens, fixed), free_from
+
+
+def solve(run, sampler: str, calls: int | None, puzzles: list[str], on_step=None):
+    """Greedy generations of the boards of ``puzzles``: (the response token rows, network calls)."""
+    import torch
+
+    from textdiffusion.sampling import build_sampler
+    from textdiffusion.sampling.base import Plan, resolve_canvas
+
+    canvas, start = canvas_for(run, puzzles)
+    smp = build_sampler(sampler, run.process, run.tokenizer, temperature=0.0)
+    plan = Plan(smp, run.model, run.process, resolve_canvas(run.model, None, len(puzzles), None, canvas),
+                calls, torch.Generator().manual_seed(0))
+    out = plan.generate(on_step)
+    return out.tokens[:, start : start + RESPONSE].tolist(), out.nfe, out
+
+
+def score(tok, pairs: list[tuple[str, str]], rows: list[list[int]]) -> tuple[list[bool], int, int]:
+    """(solved per puzzle, blank cells right, blank cells): a puzzle is solved when all 81 cells
+    hold the solution's digits (one solution: a valid grid keeping the givens is that one)."""
+    solved, right, blanks = [], 0, 0
+    for (puzzle, solution), row in zip(pairs, rows):
+        want = tok.encode(board(solution)).tolist()
+        ok = [row[i] == want[i] for i in CELLS]
+        solved.append(all(ok))
+        for k, good in enumerate(ok):
+            if puzzle[k] == ".":
+                blanks += 1
+                right += good
+    return solved, right, blanks
+
+
+def evaluate(runs: dict[str, Path], data: Path, args, say) -> dict:
+    import torch
+
+    from textdiffusion.runs import load_run
+
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    pairs = read_pairs(data / "test.jsonl")
+    loaded = {twin: load_run(run) for twin, run in runs.items()}
+    plan = [("ar", "ar", None)] + [("masked", s, c) for s in SAMPLERS for c in args.calls]
+    rows = []
+    for twin, sampler, calls in plan:
+        run = loaded[twin]
+        solved, right, blanks, nfe, seconds = [], 0, 0, 0, 0.0
+        for i in range(0, len(pairs), args.eval_batch):
+            chunk = pairs[i : i + args.eval_batch]
+            t0 = time.perf_counter()
+            tokens, nfe, _ = solve(run, sampler, calls, [p for p, _ in chunk])
+            seconds += time.perf_counter() - t0
+            s, r, b = score(run.tokenizer, chunk, tokens)
+            solved += s
+            right, blanks = right + r, blanks + b
+        n = len(solved)
+        rate = sum(solved) / n
+        row = {"model": twin, "sampler": sampler, "calls": nfe, "solved": rate,
+               "solved_se": math.sqrt(rate * (1 - rate) / n), "cell_accuracy": right / blanks, "puzzles": n,
+               "seconds_per_puzzle": seconds / n, "solved_each": [int(x) for x in solved]}
+        rows.append(row)
+        say(f"{twin} {sampler} {nfe} calls: solved {sum(solved)}/{n} ({rate:.3f}), blank cells {right / blanks:.3f}")
+    return {"date": datetime.date.today().isoformat(), "cpu_model": cpu_model(),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+            "params": {twin: sum(p.numel() for p in run.model.parameters()) for twin, run in loaded.items()},
+            "rows": rows}
+
+
+# -- the trace of one solve -------------------------------------------------------------------------
+
+def write_traces(runs: dict[str, Path], data: Path, results: dict, out: Path, say) -> None:
+    """One held-out puzzle solved by the masked model (confidence order, one position per call;
+    the first puzzle it solves, else the first) and by the AR twin: trace.json, trace-ar.json and
+    player.html (the two side by side)."""
+    from textdiffusion.runs import load_run
+    from textdiffusion.sampling.trace import TraceRecorder
+    from textdiffusion.viz.player import player_html
+    from textdiffusion.viz.story import story
+
+    pairs = read_pairs(data / "test.jsonl")
+    best = next((r for r in results["rows"] if r["sampler"] == "confidence" and r["calls"] == TRACE_STEPS), None)
+    k = best["solved_each"].index(1) if best and 1 in best["solved_each"] else 0
+    puzzle, _ = pairs[k]
+    stories = {}
+    for twin, sampler, calls in (("masked", "confidence", TRACE_STEPS), ("ar", "ar", None)):
+        run = load_run(runs[twin])
+        recorder = TraceRecorder(run.process.mask_id, rows=1)
+        tokens, _, gen = solve(run, sampler, calls, [puzzle], recorder)
+        board = run.tokenizer.decode(tokens[0])
+        fixed = gen.fixed[0].nonzero().flatten().tolist() if gen.fixed is not None else None
+        trace = recorder.to_dict(texts=[board], sampler=sampler, process=run.process.name,
+                                 prompt_length=gen.prompt_length, model=str(runs[twin]), steps=calls, seed=0,
+                                 fixed=fixed)
+        path = out / ("trace.json" if twin == "masked" else "trace-ar.json")
+        path.write_text(json.dumps(trace) + "\n")
+        stories[twin] = story(trace, run.tokenizer, title=f"{twin}: {sampler}")
+    (out / "player.html").write_text(player_html(stories["masked"], stories["ar"],
+                                                 title=f"held-out Sudoku {k}: masked diffusion (confidence) "
+                                                       f"and the AR twin"), encoding="utf-8")
+    say(f"trace of held-out puzzle {k}: {out / 'trace.json'} (and trace-ar.json, player.html)")
+
+
+# -- output ---------------------------------------------------------------------------------------
+
+def markdown(r: dict) -> str:
+    d, s, tr = r["data"], r["settings"], r["training"]
+    params = r["params"]["masked"]
+    lines = [f"Machine: {r['cpu_model']} ({r['machine']}). Date: {r['date']}.",
+             f"Data: {d['train']:,} training puzzles, {d['test']} held-out ({d['givens'][0]}-{d['givens'][1]} givens, "
+             f"mean {d['mean_givens_test']:.1f}; {d['singles_solvable_test']:.0%} solvable by singles alone), seed "
+             f"{d['seed']}. Both twins: {s['layers']} x {s['width']}, {s['heads']} heads, {params / 1e6:.2f}M "
+             f"parameters, {s['steps']} steps of batch {s['batch_size']}.",
+             "Training: " + "; ".join(
+                 f"{twin} step {t['step']}, val {t['val_loss']:.4f} nats/token, {t['tokens_per_second']:,.0f} tokens/s"
+                 for twin, t in tr.items() if t["val_loss"] is not None) + ".",
+             "Greedy decoding; solved = every cell right; cell accuracy over the blank cells.", "",
+             "| model | sampler | network calls | solved | blank-cell accuracy | s / puzzle |",
+             "|---|---|---|---|---|---|"]
+    for x in r["rows"]:
+        lines.append(f"| {x['model']} | {x['sampler']} | {x['calls']} | {x['solved']:.3f} ± {x['solved_se']:.3f} | "
+                     f"{x['cell_accuracy']:.3f} | {x['seconds_per_puzzle']:.3f} |")
+    return "\n".join(lines)
+
+
+def plot(r: dict, path: Path) -> None:
+    """Solved fraction and blank-cell accuracy against network calls, a line per diffusion order."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for ax, key, label in ((axes[0], "solved", "held-out puzzles solved"), (axes[1], "cell_accuracy",
+                                                                             "blank-cell accuracy")):
+        for sampler in SAMPLERS:
+            pts = sorted((x["calls"], x[key]) for x in r["rows"] if x["sampler"] == sampler)
+            ax.plot([c for c, _ in pts], [v for _, v in pts], marker="o", label=f"masked diffusion, {sampler}")
+        for x in r["rows"]:
+            if x["model"] == "ar":
+                ax.scatter([x["calls"]], [x[key]], marker="*", s=220, color="black", zorder=5,
+                           label="AR twin (row by row)")
+        ax.set_xscale("log")
+        ticks = sorted({x["calls"] for x in r["rows"]})
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
+        ax.set_xlabel("network calls per puzzle (log)")
+        ax.set_ylabel(label)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=8, loc="best")
+    fig.suptitle(f"Sudoku, {r['data']['test']} held-out puzzles: masked diffusion vs its AR twin "
+                 f"({r['cpu_model']}, {r['date']})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        raise SystemExit("bench/planning.py: stopped; rerun with --resume to continue the trainings from their "
+                         "last checkpoints") from None
