@@ -38,7 +38,7 @@ diffusion model gets hundreds of epochs at the smallest size within the budget.
 Budget (printed at the start; ``--plan`` prints only that): 2 threads a run, one run at a time.
 Measured in the pilot on this project's 2-core AMD EPYC (AVX2, no native bf16: float32), under a
 load average of about 9 from other work: 569 training tokens/s for this model (269 for the English
-4 x 256), 945 tokens a CPU-second; the plan assumes 2,500 tokens/s on an idle machine until this
+4 x 256), about 900 tokens a CPU-second; the plan assumes 2,500 tokens/s on an idle machine until this
 grid's own finished runs give the measured rate. Caps: the AR twin 40 epochs (it stops after 6
 validations, one an epoch, without a new best), the diffusion model 300 / 100 / 40 epochs at 20k /
 60k / 200k tokens (6-8M training tokens a run; stopped after 12 of its 60 validations without a
