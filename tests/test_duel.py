@@ -160,6 +160,7 @@ def test_sampler_draws_texts_as_often_as_duel_says(order, steps, prompt, options
     p = [] if prompt is None else prompt
     x, fixed = every_text(4, p)
     law = duel_log_likelihood(model, process, x, sampler, steps, fixed).exp().numpy()
+    assert abs(law.sum() - 1) < 1e-5
     out = sampler.generate(model, process, length=4, steps=steps, batch_size=N,
                            prompt=None if prompt is None else torch.tensor(prompt), gen=torch.Generator().manual_seed(0))
     assert out.nfe <= steps
