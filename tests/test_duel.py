@@ -46,12 +46,13 @@ class CanvasTable(nn.Module):
     the whole canvas z_b. Called like the project's Transformer (``model(x, t)``; ``cfg``; one
     parameter for the device); ``calls`` counts forward passes."""
 
-    def __init__(self, vocab_size: int, context: int = 8, scale: float = 1.0, seed: int = 0, rows: int = 4099):
+    def __init__(self, vocab_size: int, context: int = 8, scale: float = 1.0, slope: float = 3.0, seed: int = 0,
+                 rows: int = 4099):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
         self.cfg = ModelConfig(n_layer=1, n_head=1, d_model=2, context=context, vocab_size=vocab_size, time_cond=True)
         self.register_buffer("A", scale * torch.randn(rows, context, vocab_size, generator=g, dtype=torch.float64))
-        self.register_buffer("B", scale * torch.randn(rows, context, vocab_size, generator=g, dtype=torch.float64))
+        self.register_buffer("B", slope * torch.randn(rows, context, vocab_size, generator=g, dtype=torch.float64))
         self.anchor = nn.Parameter(torch.zeros(()), requires_grad=False)
         self.calls = 0
 
@@ -124,7 +125,7 @@ def test_duel_sums_to_one_with_the_sampler_filters(options):
     filtering the distribution DUEL scores with the sampler's top-k but ranking the positions by
     the unfiltered one (greedy ranks by the raw model: for the others they are the same)."""
     torch.set_num_threads(1)
-    model, process = CanvasTable(TOK.vocab_size, scale=2.0, seed=1), masked_process(TOK)
+    model, process = CanvasTable(TOK.vocab_size, scale=2.0, slope=2.0, seed=1), masked_process(TOK)
     for order in DETERMINISTIC_ORDERS:
         sampler = build_sampler(order, process, TOK, **options)
         for length, steps, prompt in [(4, 4, []), (4, 3, []), (4, 2, [1])]:
