@@ -100,9 +100,9 @@ def test_duel_sums_to_one_over_every_text(order, network):
     Caught, planted in evaluation/duel.py: ranking the positions by the probability of the text's
     own token there (the ``confidence`` rule with x as the candidate: sums 0.6 to 17); scoring
     with the process's probabilities without the sampler's banned ids (pad and unknown keep
-    mass: sums 0.001 to 0.65); the reveal count one step ahead (``step + 1``: a call short).
-    Not caught here, by design: pseudo-likelihood (a product of marginals sums to one too; the
-    next two tests catch it)."""
+    mass: sums 0.001 to 0.65); the reveal count one step ahead (``step + 1``: 3 calls for 4
+    steps). Not caught here, by design: pseudo-likelihood (a product of marginals sums to one
+    too; the frequency and chain-rule tests catch it)."""
     torch.set_num_threads(1)  # tiny tensors: a second thread only waits (the suite restores it)
     if network == "table":
         model, process = CanvasTable(TOK.vocab_size), masked_process(TOK)
@@ -124,7 +124,8 @@ def test_duel_sums_to_one_over_every_text(order, network):
 def test_duel_sums_to_one_with_the_sampler_filters(options):
     """The filters are the sampler's own (temperature, top-k, top-p, greedy; the cosine and Dream
     reveal counts): q still sums to one, and greedy gives one text all of it. Caught, planted:
-    ranking by the text's own token (sums up to 19); no banned ids (sums down to 0)."""
+    ranking by the text's own token (sums 2.6 to 19); no banned ids (sums down to 0); the
+    ``confidence`` order let through as deterministic (it fails: it needs the draw)."""
     torch.set_num_threads(1)
     model, process = CanvasTable(TOK.vocab_size, scale=2.0, slope=2.0, seed=1), masked_process(TOK)
     for order in DETERMINISTIC_ORDERS:
@@ -155,13 +156,13 @@ def test_sampler_draws_texts_as_often_as_duel_says(order, steps, prompt, options
     """The real sampler (its public ``generate``, N draws, seed 0) against DUEL's law of the same
     sampler: TV <= mean + 6 SD of the TV of N draws from DUEL's law itself (``reference_tv``;
     limits 0.04 to 0.09), every sample one of the enumerated texts. Caught, planted (TV against
-    its limit): DUEL scoring every position from the all-mask canvas (pseudo-likelihood: 0.79 to
-    0.99, every configuration); DUEL calling the network at t = 1 instead of the sampler's time
-    input (0.27 to 0.95, every one); DUEL's time input counting the prompt as free (0.128 / 0.069
-    and 0.124 / 0.081, the prompted one-per-step ones); DUEL's reveal count one step ahead
-    (0.55 to 1.0, every one); DUEL ranking by the unfiltered distribution (top-p 0.7: 1.0 / 0.04);
-    the top-prob sampler ranking by the drawn token's probability (LLaDA's confidence: 0.21 / 0.08
-    and 0.32 / 0.09 at temperature 2)."""
+    its limit): DUEL scoring every position from the all-mask canvas (pseudo-likelihood: 0.56 to
+    1.0, every configuration); DUEL calling the network at t = 1 instead of the sampler's time
+    input (0.21 to 0.95, every one); DUEL's time input counting the prompt as free (0.128 / 0.069,
+    0.124 / 0.081, 0.121 / 0.101: the prompted ones without top-p); DUEL's reveal count one step
+    ahead (0.55 to 1.0, every one); DUEL ranking by the unfiltered distribution (top-p 0.7: 1.0 /
+    0.04); the top-prob sampler ranking by the drawn token's probability (LLaDA's confidence:
+    0.21 / 0.08 and 0.32 / 0.09 at temperature 2, 0.077 / 0.054 and 0.078 / 0.051 sharper)."""
     torch.set_num_threads(1)
     model, process = CanvasTable(TOK.vocab_size), masked_process(TOK)
     sampler = build_sampler(order, process, TOK, **options)
@@ -183,10 +184,10 @@ def test_one_token_per_step_is_the_chain_rule():
     exactly) and one token per step, DUEL's log q(x) is the chain's own log P(x) = log pi(x_1) +
     sum log P(x_i, x_(i+1)), for left-to-right (the chain rule, as the AR twin scores) and every
     other order (exact conditionals make every one-at-a-time order exact); two tokens per step it
-    is not: KL(P || q) = E_P[log P - log q] > 0 over every sequence. Caught, planted:
-    pseudo-likelihood (every position scored from the all-mask canvas: log q off by 2.1 nats);
-    reading the network's distribution before the banned ids are removed (no difference here: the
-    denoiser bans them itself; the enumeration test catches that one)."""
+    is not: KL(P || q) = E_P[log P - log q] = 0.71 to 0.74 nats over every sequence (> 0.01).
+    Caught, planted: pseudo-likelihood (every position scored from the all-mask canvas: log q off
+    by up to 4.1 nats); the reveal count one step ahead. Not caught here: ranking by the text's own
+    token (with exact conditionals every order, even one that peeks at x, gives P(x))."""
     chain = MarkovChain(num_states=3, concentration=0.5, seed=3)
     tok = letters()
     process = masked_process(tok)
@@ -232,8 +233,9 @@ def test_eval_prints_duel_beside_the_elbo(greek_runs):
     separate keys: DUEL's bits/token are the library's on the same windows (the first 4, context
     64: 64 network calls in one batch), its bits/byte divide the same bits by the bytes the scored
     text counts (UTF-8: two a Greek letter), and the ELBO's keys are unchanged. Caught, planted:
-    bits/byte over the token count (1.8x too many bits/byte); DUEL scoring each window with its
-    leading context token (65 tokens a window)."""
+    bytes counted as tokens in ``window_report`` (bits/byte = bits/token); DUEL scoring each
+    window with its leading context token (65 tokens a window); the reveal count one step ahead
+    (fewer network calls than the context)."""
     from textdiffusion.data import eval_windows
     from textdiffusion.runs import load_run
 
@@ -270,8 +272,8 @@ def test_eval_prints_duel_beside_the_elbo(greek_runs):
 def test_eval_duel_for_other_runs_and_orders(greek_runs):
     """An AR run's NLL is exact already: --likelihood duel says so and gives the same figure; a
     uniform run, the confidence sampler (its order depends on its draws) and greedy decoding are
-    one-line errors naming the fix. Caught, planted: check_likelihood letting the confidence
-    order through (DUEL then scores a different sampler than the one named)."""
+    one-line errors naming the fix. Caught, planted: check_likelihood sending AR runs to the
+    masked path (refused: "this one is ar")."""
     base = greek_runs
     common = ("--data", base / "held_out.txt", "--num-samples", "0", "--max-windows", "2", "--likelihood", "duel")
     r = in_process("eval", base / "ar", *common, "--json", env_cache=base / "cache")
@@ -292,7 +294,8 @@ def test_eval_duel_for_other_runs_and_orders(greek_runs):
 
 
 def test_duel_refuses_what_it_cannot_score():
-    """The library refuses a sampler whose order depends on its draws, and a masked canvas to score."""
+    """The library refuses a sampler whose order depends on its draws, and a masked canvas to score.
+    Caught, planted: ``confidence`` among DETERMINISTIC_ORDERS (a TypeError deep inside instead)."""
     model, process = CanvasTable(TOK.vocab_size), masked_process(TOK)
     x, _ = every_text(3)
     for name in ("confidence", "random", "ancestral"):
