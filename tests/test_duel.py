@@ -303,3 +303,17 @@ def test_duel_refuses_what_it_cannot_score():
             duel_log_likelihood(model, process, x, build_sampler(name, process, TOK))
     with pytest.raises(UsageError, match="holds the mask token"):
         duel_log_likelihood(model, process, torch.full((1, 3), TOK.mask_id), build_sampler("margin", process, TOK))
+
+
+def test_left_to_right_reveals_the_leftmost_masked_positions():
+    """The left-to-right sampler reveals the free positions in reading order, k a step, whatever the
+    network prefers (after a prompt; two per step here). Caught, planted: the score's sign flipped
+    (+position: the rightmost first)."""
+    model, process = CanvasTable(TOK.vocab_size), masked_process(TOK)
+    out = build_sampler("left-to-right", process, TOK).generate(
+        model, process, length=6, steps=3, batch_size=4, prompt=torch.tensor([1]), trace=True,
+        gen=torch.Generator().manual_seed(0))
+    assert len(out.trace) == 3
+    for i, x in enumerate(out.trace):
+        revealed = x[:, 1:] != process.mask_id
+        assert torch.equal(revealed, (torch.arange(6) < 2 * (i + 1)).expand(4, 6)), (i, revealed)

@@ -124,7 +124,7 @@ def check_kind(f: dataclasses.Field, value: Any, name: str) -> None:
         raise UsageError(f"{name} must be {what}; got {value!r}")
 
 
-ORDERS = ("confidence", "margin", "entropy", "random", "top-prob", "left-to-right")  # remasking orders (remasking.py)
+ORDERS = ("confidence", "margin", "entropy", "random")  # remasking orders (most confident first, ...)
 # the orders that are a function of the canvas alone (not of the draws): DUEL's exact likelihood
 # (evaluation/duel.py) is the probability of a text under a sampler with one of them
 DETERMINISTIC_ORDERS = ("top-prob", "left-to-right", "margin", "entropy")
