@@ -42,7 +42,13 @@ from ..data import eval_windows
 from ..errors import UsageError
 from ..sampling.filters import draw_and_rank
 from ..sampling.registry import ABSORBING, DETERMINISTIC_ORDERS
-from ..sampling.remasking import RemaskingSampler, masked_time, order_scores, reveal_count, top_k_mask
+from ..sampling.remasking import (
+    RemaskingSampler,
+    masked_time,
+    order_scores,
+    reveal_count,
+    top_k_mask,
+)
 from .likelihood import LikelihoodReport, window_report
 
 
