@@ -41,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "NLL, exact already). Cost: one network call per step, i.e. per token of the context at one "
                         "token per step, for every --batch-size windows (1,024 calls per 16 windows of a 1,024-token "
                         "context), against 2 x --mc-samples for the ELBO; hence --duel-windows")
-    g.add_argument("--duel-order", default="top-prob", metavar="ORDER",
+    g.add_argument("--duel-order", default=None, metavar="ORDER",
                    help="the sampler DUEL scores, one whose order does not depend on its draws: top-prob (highest "
                         "top-1 probability first: DUEL's confidence; default), left-to-right, margin or entropy "
                         "(not confidence: it ranks by the token it drew). With --temperature, --top-k, --top-p and "

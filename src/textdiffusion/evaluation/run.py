@@ -33,7 +33,7 @@ def is_training_data(given: str, recorded: str) -> bool:
 
 def evaluate_run(run, data: str, *, split: str | None = None, discrete_steps: int | None = None, mc_samples: int = 4,
                  batch_size: int = 16, max_windows: int = 256, seed: int = 0, text_field: str | None = None,
-                 likelihood: str = "elbo", duel_order: str = "top-prob", duel_steps: int | None = None,
+                 likelihood: str = "elbo", duel_order: str | None = None, duel_steps: int | None = None,
                  duel_windows: int = DUEL_WINDOWS, duel_sampling: dict | None = None, progress: bool = False) -> dict:
     """Likelihood of ``run`` on ``data``: by default its held-out ``val`` split when ``data`` is
     what the run was trained on (the same split the run held out), else ``all`` of it. The result
@@ -43,7 +43,7 @@ def evaluate_run(run, data: str, *, split: str | None = None, discrete_steps: in
     column with the text (default: the run's own, else ``text``).
 
     ``likelihood="duel"`` adds ``duel``: DUEL's exact likelihood (evaluation/duel.py) of the first
-    ``duel_windows`` windows under the ``duel_order`` sampler with ``duel_sampling`` (temperature,
+    ``duel_windows`` windows under the ``duel_order`` sampler (default top-prob) with ``duel_sampling`` (temperature,
     top_k, top_p, schedule) in ``duel_steps`` steps (default: one token per step, the context's
     length in network calls per ``batch_size`` windows), beside the ELBO of the same windows; for
     an AR run, its exact NLL (already exact). ``progress``: a bar of network calls on stderr."""
@@ -93,7 +93,7 @@ def evaluate_run(run, data: str, *, split: str | None = None, discrete_steps: in
     if likelihood == "duel":
         if duel_sampler is None:  # the AR twin: its NLL is exact already
             result["duel"] = {"order": "left-to-right", "steps": run.cfg.model.context, **report.to_dict(),
-                              "note": AR_NOTE + ("" if duel_order == "left-to-right" else
+                              "note": AR_NOTE + ("" if duel_order in (None, "left-to-right") else
                                                  f" (it decodes left to right only, not {duel_order})")}
         else:
             result["duel"] = _duel(run, np.asarray(tokens), duel_sampler, duel_steps, duel_windows, batch_size,
@@ -101,11 +101,12 @@ def evaluate_run(run, data: str, *, split: str | None = None, discrete_steps: in
     return result
 
 
-def check_likelihood(run, likelihood: str, order: str, sampling: dict):
-    """The DUEL sampler of ``run`` (None for an AR run, whose NLL is exact), or a UsageError
-    naming what does not fit, before any text is read."""
+def check_likelihood(run, likelihood: str, order: str | None, sampling: dict):
+    """The DUEL sampler of ``run`` (``order``, default top-prob; None for an AR run, whose NLL is
+    exact), or a UsageError naming what does not fit, before any text is read."""
     from ..sampling.registry import ABSORBING, DETERMINISTIC_ORDERS, build_sampler
 
+    order = order or "top-prob"
     if likelihood not in ("elbo", "duel"):
         raise UsageError(f"--likelihood must be elbo or duel; got {likelihood!r}")
     if run.process.name == "ar":

@@ -12,10 +12,10 @@ masked position, then keeps the k highest-scoring ones):
     top-prob       the top-1 probability of the position (DUEL's "confidence")
     left-to-right  the leftmost masked positions first
 
-``margin``, ``entropy``, ``top-prob`` and ``left-to-right`` are DETERMINISTIC: which positions a
-step reveals is a function of the canvas alone (and the network's output on it), never of the
-draws, so the sampler's probability of a text is exact and computable (DUEL, Turok et al. 2026:
-evaluation/duel.py). ``confidence`` ranks by the token it drew, and ``random`` by a coin: their
+``margin``, ``entropy``, ``top-prob`` and ``left-to-right`` are deterministic
+(``registry.DETERMINISTIC_ORDERS``): which positions a step reveals is a function of the canvas
+alone (and the network's output on it), never of the draws, so the sampler's probability of a
+text is exact and computable (DUEL, Turok et al. 2026: evaluation/duel.py). ``confidence`` ranks by the token it drew, and ``random`` by a coin: their
 order depends on the draw.
 
 How many per step (``schedule``):
@@ -44,17 +44,15 @@ from ..errors import UsageError
 from .ancestral import AncestralSampler
 from .base import Canvas, Generators, Sampler, State, StepOutput, padded_call
 from .filters import draw_and_rank, sample_categorical, validate_sampling_args
-from .registry import DETERMINISTIC_ORDERS
 
 STRATEGIES = ("confidence", "margin", "entropy", "random", "top-prob", "left-to-right")
-DETERMINISTIC = DETERMINISTIC_ORDERS  # the order is a function of the canvas alone
 REVEAL_SCHEDULES = ("linear", "cosine", "dream")
 
 
 def order_scores(log_p: torch.Tensor, candidate: torch.Tensor | None, strategy: str,
                  gen: torch.Generator | None = None) -> torch.Tensor:
-    """(B, T) how much each position wants to be revealed now (higher first). The DETERMINISTIC
-    strategies read ``log_p`` only (``candidate`` may be None)."""
+    """(B, T) how much each position wants to be revealed now (higher first). The deterministic
+    strategies (``registry.DETERMINISTIC_ORDERS``) read ``log_p`` only (``candidate`` may be None)."""
     if strategy == "top-prob":
         return log_p.max(-1).values
     if strategy == "left-to-right":  # minus the position (exact in float32 up to 2^24 positions)
