@@ -185,7 +185,7 @@ def test_registry_checks_options_naming_the_flag_without_torch():
             "check_settings; check_settings({'sampler': 'threshold', 'threshold': 0.8}, 'card'); "
             "print(len(SAMPLERS), 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert out.stdout.split() == ["15", "False"], out.stderr
+    assert out.stdout.split() == ["17", "False"], out.stderr
 
 
 def test_every_process_answers_the_protocol():

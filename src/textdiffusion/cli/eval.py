@@ -18,7 +18,8 @@ from .common import (
 NAME = "eval"
 PARSER = dict(help="held-out likelihood bound, sample quality and speed",
               description="Evaluate a run: ELBO (diffusion) or exact NLL (AR) in bits/token and "
-                          "bits/byte, then sample quality (judge perplexity, entropy) and speed.")
+                          "bits/byte, with --likelihood duel also the exact likelihood of a masked run's "
+                          "sampler (DUEL), then sample quality (judge perplexity, entropy) and speed.")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -35,6 +36,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mc-samples", type=POSITIVE, default=4, help="Monte Carlo draws of t per window (default 4)")
     p.add_argument("--max-windows", type=NON_NEGATIVE, default=256, help="cap on scored windows; 0 = all (default 256)")
     p.add_argument("--batch-size", type=POSITIVE, default=16, help="windows per forward pass (default 16)")
+    g = p.add_argument_group("exact likelihood of a masked run's sampler (DUEL, arXiv:2603.01367)")
+    g.add_argument("--likelihood", choices=("elbo", "duel"), default="elbo",
+                   help="elbo (default): the ELBO bound (AR runs: their exact NLL). duel: also DUEL's exact "
+                        "log-likelihood of the --duel-order sampler (masked and sedd-absorb runs; AR runs: their "
+                        "NLL, exact already). Cost: one network call per step, i.e. per token of the context at one "
+                        "token per step, for every --batch-size windows (1,024 calls per 16 windows of a 1,024-token "
+                        "context), against 2 x --mc-samples for the ELBO; hence --duel-windows")
+    g.add_argument("--duel-order", default=None, metavar="ORDER",
+                   help="the sampler DUEL scores, one whose order does not depend on its draws: top-prob (highest "
+                        "top-1 probability first: DUEL's confidence; default), left-to-right, margin or entropy "
+                        "(not confidence: it ranks by the token it drew). With --temperature, --top-k, --top-p and "
+                        "--schedule as given")
+    g.add_argument("--duel-steps", type=POSITIVE, default=None, metavar="N",
+                   help="its steps (network calls per batch of windows; default: the context, one token per step); "
+                        "fewer reveal ceil(masked / steps left) per step (--schedule linear)")
+    g.add_argument("--duel-windows", type=NON_NEGATIVE, default=16, metavar="N",
+                   help="windows DUEL scores, the first of those the ELBO scores (default 16; 0 = all)")
     p.add_argument("--num-samples", type=NON_NEGATIVE, default=8, help="samples for quality and speed (default 8; 0 = skip)")
     p.add_argument("--length", type=POSITIVE, default=None, help="tokens per sample (default: the context)")
     add_sampling_args(p)
@@ -51,7 +69,7 @@ def main(args) -> int:
     result = {"run": str(args.run), **evaluate_run(run, args.data, split=args.split, discrete_steps=args.discrete_steps,
                                                    mc_samples=args.mc_samples, batch_size=args.batch_size,
                                                    max_windows=args.max_windows, seed=args.seed,
-                                                   text_field=args.text_field)}
+                                                   text_field=args.text_field, **duel_arguments(args))}
     if args.num_samples > 0:
         out, texts, sampler = generate_texts(run, args, "", args.num_samples, args.length)
         token_lists = out.new_tokens.tolist()
@@ -72,6 +90,8 @@ def main(args) -> int:
         print(f"{args.run} on {args.data} [{result['split']}: {result['split_reason']}]: "
               f"{result['bits_per_token']:.4f} ± {result['stderr_bits_per_token']:.4f} bits/token, "
               f"{result['bits_per_byte']:.4f} bits/byte ({kind}, {result['num_tokens']:,} tokens)")
+        if "duel" in result:
+            print(duel_line(result["duel"]))
         if "nfe" in result:
             line = (f"samples ({result['sampler']}, {args.steps} steps): {result['nfe']} network calls, "
                     f"{result['tokens_per_second']:,.0f} tokens/s, unigram entropy {result['unigram_entropy']:.3f} bits, "
@@ -82,3 +102,29 @@ def main(args) -> int:
                 line += f", judge perplexity {result['judge_perplexity']:.3f}"
             print(line)
     return 0
+
+
+def duel_arguments(args) -> dict:
+    """evaluate_run's DUEL settings from the command line (none unless --likelihood duel)."""
+    if args.likelihood != "duel":
+        return {}
+    return dict(likelihood="duel", duel_order=args.duel_order, duel_steps=args.duel_steps,
+                duel_windows=args.duel_windows, progress=True,
+                duel_sampling=dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                                   schedule=args.schedule))
+
+
+def duel_line(d: dict) -> str:
+    """The DUEL line of the text output (beside the ELBO line above it)."""
+    if "note" in d:
+        return f"DUEL: {d['note']}"
+    how = "one token per step" if d["steps"] >= d["num_tokens"] // max(d["num_windows"], 1) else \
+        f"{d['steps']} steps, {d['schedule']} schedule"
+    filters = [f"temperature {d['temperature']:g}"] if d["temperature"] != 1 else []
+    filters += [f"top-k {d['top_k']}"] if d["top_k"] else []
+    filters += [f"top-p {d['top_p']:g}"] if d["top_p"] < 1 else []
+    return (f"DUEL exact log-likelihood of the {d['order']} sampler ({', '.join([how, *filters])}): "
+            f"{d['bits_per_token']:.4f} ± {d['stderr_bits_per_token']:.4f} bits/token, {d['bits_per_byte']:.4f} "
+            f"bits/byte ({d['num_tokens']:,} tokens in {d['num_windows']} windows, {d['network_calls']:,} network "
+            f"calls; ELBO bound on these windows: {d['elbo_bits_per_token']:.4f} bits/token, "
+            f"{d['elbo_bits_per_byte']:.4f} bits/byte)")

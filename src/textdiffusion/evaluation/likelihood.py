@@ -47,15 +47,22 @@ def evaluate_likelihood(model, process, tokens: np.ndarray, token_bytes: np.ndar
         per_window.append(est.double().mean(0).cpu())
         if progress is not None:
             progress(len(batch))
-    nats = torch.cat(per_window)  # (N,)
-    scored = windows[:, 1:]
+    return window_report(torch.cat(per_window), windows[:, 1:], token_bytes, samples, exact)
+
+
+def window_report(nats: torch.Tensor, scored: torch.Tensor, token_bytes: np.ndarray, mc_samples: int,
+                  exact: bool) -> LikelihoodReport:
+    """The report of ``nats`` (N,) per window over the ``scored`` (N, L) tokens: bits/token, and
+    bits/byte over the bytes those tokens' text counts (``token_bytes``: end-of-text and unknown
+    tokens count none)."""
     n_tokens = scored.numel()
-    n_bytes = int(token_bytes[scored.numpy()].sum())
+    context = scored.shape[1]
+    n_bytes = int(token_bytes[scored.cpu().numpy()].sum())
     total_bits = float(nats.sum()) / math.log(2)
     # standard error of the mean over windows, scaled to per token
     se = float(nats.std(unbiased=True)) / math.sqrt(len(nats)) / context / math.log(2) if len(nats) > 1 else float("nan")
     return LikelihoodReport(total_bits / n_tokens, total_bits / max(n_bytes, 1), se, n_tokens, n_bytes,
-                            len(nats), samples, exact)
+                            len(nats), mc_samples, exact)
 
 
 @torch.no_grad()

@@ -125,6 +125,9 @@ def check_kind(f: dataclasses.Field, value: Any, name: str) -> None:
 
 
 ORDERS = ("confidence", "margin", "entropy", "random")  # remasking orders (most confident first, ...)
+# the orders that are a function of the canvas alone (not of the draws): DUEL's exact likelihood
+# (evaluation/duel.py) is the probability of a text under a sampler with one of them
+DETERMINISTIC_ORDERS = ("top-prob", "left-to-right", "margin", "entropy")
 
 
 @dataclass
@@ -205,7 +208,9 @@ SAMPLERS: dict[str, SamplerSpec] = {s.name: s for s in (
       for name, doc in (("confidence", "most confident tokens first, an even share per step"),
                         ("margin", "largest top-1/top-2 probability gap first"),
                         ("entropy", "lowest-entropy positions first"),
-                        ("random", "a random order, an even share per step"))),
+                        ("random", "a random order, an even share per step"),
+                        ("top-prob", "highest top-1 probability first (a fixed order: DUEL's confidence)"),
+                        ("left-to-right", "leftmost masked positions first, an even share per step"))),
     SamplerSpec("remdm", ("masked",), "ReMDM: ancestral steps that may re-mask decoded tokens (--eta)",
                 ".remasking:ReMDMSampler", ReMDMOptions),
     SamplerSpec("semi-ar", ABSORBING, "blocks left to right (--block-length), remasking inside each (--order)",

@@ -5,10 +5,18 @@ already decoded.
 Order strategies (``RemaskingSampler(strategy=...)``; each step samples a candidate for every
 masked position, then keeps the k highest-scoring ones):
 
-    confidence   probability of the sampled candidate (LLaDA's low-confidence remasking)
-    margin       gap between the two most likely tokens (top-1 minus top-2 probability)
-    entropy      negative entropy of the position's distribution (most certain first)
-    random       a random order (the same number per step as the others)
+    confidence     probability of the sampled candidate (LLaDA's low-confidence remasking)
+    margin         gap between the two most likely tokens (top-1 minus top-2 probability)
+    entropy        negative entropy of the position's distribution (most certain first)
+    random         a random order (the same number per step as the others)
+    top-prob       the top-1 probability of the position (DUEL's "confidence")
+    left-to-right  the leftmost masked positions first
+
+``margin``, ``entropy``, ``top-prob`` and ``left-to-right`` are deterministic
+(``registry.DETERMINISTIC_ORDERS``): which positions a step reveals is a function of the canvas
+alone (and the network's output on it), never of the draws, so the sampler's probability of a
+text is exact and computable (DUEL, Turok et al. 2026: evaluation/duel.py). ``confidence`` ranks by the token it drew, and ``random`` by a coin: their
+order depends on the draw.
 
 How many per step (``schedule``):
 
@@ -37,13 +45,18 @@ from .ancestral import AncestralSampler
 from .base import Canvas, Generators, Sampler, State, StepOutput, padded_call
 from .filters import draw_and_rank, sample_categorical, validate_sampling_args
 
-STRATEGIES = ("confidence", "margin", "entropy", "random")
+STRATEGIES = ("confidence", "margin", "entropy", "random", "top-prob", "left-to-right")
 REVEAL_SCHEDULES = ("linear", "cosine", "dream")
 
 
-def order_scores(log_p: torch.Tensor, candidate: torch.Tensor, strategy: str,
+def order_scores(log_p: torch.Tensor, candidate: torch.Tensor | None, strategy: str,
                  gen: torch.Generator | None = None) -> torch.Tensor:
-    """(B, T) how much each position wants to be revealed now (higher first)."""
+    """(B, T) how much each position wants to be revealed now (higher first). The deterministic
+    strategies (``registry.DETERMINISTIC_ORDERS``) read ``log_p`` only (``candidate`` may be None)."""
+    if strategy == "top-prob":
+        return log_p.max(-1).values
+    if strategy == "left-to-right":  # minus the position (exact in float32 up to 2^24 positions)
+        return -torch.arange(log_p.shape[-2], device=log_p.device, dtype=torch.float32).expand(log_p.shape[:-1])
     if strategy == "confidence":
         return log_p.gather(-1, candidate[..., None]).squeeze(-1)
     if strategy == "margin":
