@@ -3,6 +3,7 @@ and the training settings every model of a comparison gets (same backbone, same 
 
 from __future__ import annotations
 
+import datetime
 import os
 import platform
 import subprocess
@@ -59,3 +60,22 @@ def cpu_model() -> str:
     return platform.processor()
 
 
+class Log:
+    """A benchmark's lines: to the screen (stderr) and, with the time, to its log file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __call__(self, message: str, screen: bool = True) -> None:
+        if screen:
+            print(message, file=sys.stderr, flush=True)
+        self.raw(f"{datetime.datetime.now().isoformat(timespec='seconds')} {message}\n")
+
+    def raw(self, text: str) -> None:
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(text)
+
+    def fail(self, message: str) -> SystemExit:
+        """The error to raise, logged (SystemExit puts it on the screen)."""
+        self(message, screen=False)
+        return SystemExit(message)

@@ -42,7 +42,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import sudoku  # noqa: E402
-from common import EXE, REPO, cpu_model, train_overrides  # noqa: E402
+from common import EXE, REPO, Log, cpu_model, train_overrides  # noqa: E402
 
 SAMPLERS = ("confidence", "margin", "entropy")
 RESPONSE = 90  # positions of a board's text: a newline, then 9 rows of 9 cells with a newline between rows
@@ -60,24 +60,6 @@ def board(cells: str) -> str:
     the board starts on a line of its own after the chat template's "User: " or "Assistant: ",
     then ``sudoku.board_text``'s 9 lines."""
     return "\n" + sudoku.board_text(cells)
-
-
-class Log:
-    """Lines to the screen (stderr) and, with the time, to --out/planning.log."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def __call__(self, message: str, screen: bool = True) -> None:
-        if screen:
-            print(message, file=sys.stderr, flush=True)
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(f"{datetime.datetime.now().isoformat(timespec='seconds')} {message}\n")
-
-    def fail(self, message: str) -> SystemExit:
-        """The error to raise, logged (SystemExit puts it on the screen)."""
-        self(message, screen=False)
-        return SystemExit(message)
 
 
 def main() -> None:

@@ -75,7 +75,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import EXE, REPO, cpu_model  # noqa: E402
+from common import EXE, REPO, Log, cpu_model  # noqa: E402
 
 CORPUS = REPO.parent / "shared" / "data" / "shakespeare_complete_modern.txt"
 # BPE-4096 trained on a 400,029-character prefix of the corpus cut it into 123k tokens (the pilot)
@@ -103,27 +103,6 @@ GRID_KEYS = ("corpus", "sizes", "sweep_sizes", "settings", "ar_epochs", "diffusi
              "warmup", "mc_samples")
 EVAL_BATCHES = 4  # validation windows during training: 4 batches (128 windows of 128 tokens in the grid)
 CKPT_EVERY = 100  # steps between checkpoints (Ctrl-C and SIGTERM checkpoint the last step anyway)
-
-
-class Log:
-    """Lines to the screen (stderr) and, with the time, to --out/scarce.log."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def __call__(self, message: str, screen: bool = True) -> None:
-        if screen:
-            print(message, file=sys.stderr, flush=True)
-        self.raw(f"{datetime.datetime.now().isoformat(timespec='seconds')} {message}\n")
-
-    def raw(self, text: str) -> None:
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(text)
-
-    def fail(self, message: str) -> SystemExit:
-        """The error to raise, logged (SystemExit puts it on the screen)."""
-        self(message, screen=False)
-        return SystemExit(message)
 
 
 class Stop(Exception):

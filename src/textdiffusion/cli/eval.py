@@ -6,11 +6,11 @@ import argparse
 import json
 
 from .common import (
-    add_checkpoint_arg,
-    checkpoint_folder,
     NON_NEGATIVE,
     POSITIVE,
+    add_checkpoint_arg,
     add_sampling_args,
+    checkpoint_folder,
     generate_texts,
     load,
 )

@@ -8,11 +8,11 @@ import sys
 
 from ..errors import UsageError
 from .common import (
-    add_checkpoint_arg,
-    checkpoint_folder,
     POSITIVE,
+    add_checkpoint_arg,
     add_sampling_args,
     add_trace_arg,
+    checkpoint_folder,
     classifier_of,
     generate_texts,
     load,

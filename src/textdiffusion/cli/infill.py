@@ -6,10 +6,10 @@ import argparse
 
 from ..errors import UsageError
 from .common import (
-    add_checkpoint_arg,
-    checkpoint_folder,
     POSITIVE,
+    add_checkpoint_arg,
     add_sampling_args,
+    checkpoint_folder,
     classifier_of,
     load,
     print_control,

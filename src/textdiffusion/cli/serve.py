@@ -8,8 +8,14 @@ import os
 import sys
 
 from ..errors import UsageError
-from .common import NON_NEGATIVE, POSITIVE, load, positive_seconds
-from .common import add_checkpoint_arg, checkpoint_folder
+from .common import (
+    NON_NEGATIVE,
+    POSITIVE,
+    add_checkpoint_arg,
+    checkpoint_folder,
+    load,
+    positive_seconds,
+)
 
 NAME = "serve"
 PARSER = dict(help="serve a model over an OpenAI-compatible HTTP API (needs the serve extra)",

@@ -68,7 +68,7 @@ def save_checkpoint(run_dir: Path, *, model, ema, optimizer, state: dict, rng: d
     file size limit, a read-only folder) is a CheckpointError naming the folder; the previous
     checkpoint stays in place and the half-written one is removed."""
     run_dir = Path(run_dir)
-    tmp, final = run_dir / "checkpoint.tmp", run_dir / "checkpoint"
+    tmp = run_dir / "checkpoint.tmp"
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -81,10 +81,15 @@ def save_checkpoint(run_dir: Path, *, model, ema, optimizer, state: dict, rng: d
         _fsync_tree(tmp)
     except (OSError, SafetensorError) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        then = ("the previous checkpoint is kept: free some space (or fix the folder's permissions) and continue with "
-                "--resume") if (final / "state.json").exists() else "free some space and train again"
-        raise CheckpointError(f"could not write a checkpoint into {run_dir} ({_reason(exc)}); {then}") from None
+        raise _write_failed(run_dir, run_dir, exc) from None
     _swap_in(run_dir, tmp)
+
+
+def _write_failed(run_dir: Path, folder: Path, exc: BaseException) -> CheckpointError:
+    """A checkpoint write into ``folder`` that failed, as one line: the reason and what to do."""
+    then = ("the previous checkpoint is kept: free some space (or fix the folder's permissions) and continue with "
+            "--resume") if (run_dir / "checkpoint" / "state.json").exists() else "free some space and train again"
+    return CheckpointError(f"could not write a checkpoint into {folder} ({_reason(exc)}); {then}")
 
 
 def save_best(run_dir: Path, weights: dict[str, torch.Tensor], state: dict) -> None:
@@ -92,7 +97,7 @@ def save_best(run_dir: Path, weights: dict[str, torch.Tensor], state: dict) -> N
     val_loss), beside a copy of the run's config, tokenizer and labels: a model folder of its
     own. Written aside and swapped in like a checkpoint; a failed write keeps the previous best."""
     run_dir = Path(run_dir)
-    tmp, final, old = run_dir / "best.tmp", run_dir / "best", run_dir / "best.old"
+    tmp, final = run_dir / "best.tmp", run_dir / "best"
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         (tmp / "checkpoint").mkdir(parents=True)
@@ -104,14 +109,8 @@ def save_best(run_dir: Path, weights: dict[str, torch.Tensor], state: dict) -> N
         _fsync_tree(tmp)
     except (OSError, SafetensorError) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise CheckpointError(f"could not write the best checkpoint into {final} ({_reason(exc)}); free some "
-                              f"space and continue with --resume (the previous best is kept)") from None
-    if final.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        final.rename(old)
-    tmp.rename(final)
-    _fsync_dir(run_dir)
-    shutil.rmtree(old, ignore_errors=True)
+        raise _write_failed(run_dir, final, exc) from None  # (the previous best stays in place)
+    _swap_in(run_dir, tmp, "best")
 
 
 def best_dir(run_dir: Path) -> Path:
@@ -138,8 +137,10 @@ def _fsync_tree(folder: Path) -> None:
         _fsync_dir(d)
 
 
-def _swap_in(run_dir: Path, tmp: Path) -> None:
-    final, old = run_dir / "checkpoint", run_dir / "checkpoint.old"
+def _swap_in(run_dir: Path, tmp: Path, name: str = "checkpoint") -> None:
+    """``tmp`` becomes ``run_dir/name``; the previous one is renamed to ``name.old`` first and
+    removed last, so a crash at any moment leaves one of them complete."""
+    final, old = run_dir / name, run_dir / f"{name}.old"
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)
         final.rename(old)
