@@ -115,8 +115,12 @@ def test_flops_per_token_and_the_datasheet_peaks():
 
 def test_mfu_and_tensorboard_follow_the_metrics(splits, tmp_path):
     """Every logged step has its MFU against train.peak_flops, and the TensorBoard event file
-    holds the same losses as metrics.jsonl, once per step after a resume (the events logged
-    past the checkpoint are dropped with the metrics)."""
+    holds the same values as metrics.jsonl, once per step after a resume (the events logged
+    past the checkpoint are dropped with the metrics).
+
+    Bug caught: a resume that appends a new event file with purge_step (as SummaryWriter offers)
+    -- TensorBoard reads files in name order, and a resume in the same second whose writer count
+    went from 9 to 10 sorts before the file it replaces, so steps 5 and 6 vanished in CI."""
     import shutil
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -134,12 +138,16 @@ def test_mfu_and_tensorboard_follow_the_metrics(splits, tmp_path):
     logged = [r for r in records if "loss" in r]
     assert [r["step"] for r in logged] == list(range(1, 7))
     assert all(r["peak_flops"] == 1e12 and 0 < r["mfu"] < 1 for r in logged)
-    board = EventAccumulator(str(tmp_path / "tensorboard"))
+    files = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(files) == 1  # rebuilt from metrics.jsonl: no reading order can bring back stale events
+    board = EventAccumulator(str(files[0]))
     board.Reload()
-    events = sorted(board.Scalars("train/loss"), key=lambda e: e.step)  # two files: before and after the resume
+    events = board.Scalars("train/loss")
     assert [e.step for e in events] == list(range(1, 7))
     assert [e.value for e in events] == pytest.approx([r["loss"] for r in logged], rel=1e-6)
-    assert sorted(e.step for e in board.Scalars("val/loss")) == [3, 6]
+    speed = [e.value for e in board.Scalars("train/tokens_per_second")]
+    assert speed == pytest.approx([r["tokens_per_second"] for r in logged], rel=1e-6)
+    assert [e.step for e in board.Scalars("val/loss")] == [3, 6]
 
 
 def test_gpu_benchmark_runs_end_to_end_with_smoke(tmp_path):

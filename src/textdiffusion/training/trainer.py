@@ -180,8 +180,16 @@ def _no_kernel(exc: BaseException, tc, device) -> UsageError | None:
     return None
 
 
-def _tensorboard(tc, run_dir: Path, step: int, world: World):
-    """A SummaryWriter into RUN/tensorboard (rank 0; events after ``step`` dropped on resume), or None."""
+# metrics.jsonl key -> TensorBoard tag: the board mirrors the metrics file, so a resume can rebuild it
+BOARD_TAGS = {"loss": "train/loss", "lr": "train/lr", "tokens_per_second": "train/tokens_per_second",
+              "mfu": "train/mfu", "val_loss": "val/loss"}
+
+
+def _tensorboard(tc, run_dir: Path, step: int, world: World, metrics_path: Path):
+    """A SummaryWriter into RUN/tensorboard (rank 0), or None. On resume the folder is rebuilt from
+    metrics.jsonl (already cut back to ``step``): one event file, so no reader can see a stale
+    event file after a fresh one (TensorBoard orders files by name, and a resume in the same second
+    can sort before the file it replaces)."""
     if tc.tensorboard == "off" or not world.main:
         return None
     try:
@@ -191,7 +199,21 @@ def _tensorboard(tc, run_dir: Path, step: int, world: World):
             raise UsageError("train.tensorboard=on needs the tensorboard package: pip install tensorboard "
                              "(metrics.jsonl is written either way)") from None
         return None
-    return SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=step + 1 if step else None)
+    folder = run_dir / "tensorboard"
+    if step:
+        for old in folder.glob("events.out.tfevents.*"):
+            old.unlink()
+    board = SummaryWriter(log_dir=str(folder))
+    if step and metrics_path.exists():
+        for line in metrics_path.read_text().splitlines():
+            _to_board(board, json.loads(line))
+    return board
+
+
+def _to_board(board, record: dict) -> None:
+    for key, tag in BOARD_TAGS.items():
+        if record.get(key) is not None:
+            board.add_scalar(tag, record[key], record["step"])
 
 
 def _peak_rss_bytes() -> int:
@@ -302,7 +324,7 @@ def train(
     peak, peak_source = mfu.device_peak(device, bf16, tc.peak_flops)
     per_token = mfu.flops_per_token(model, process, L)
     distributed.note(f"textdiffusion: MFU against {peak / 1e12:.3g} TFLOP/s per device ({peak_source})")
-    board = _tensorboard(tc, run_dir, step, world)
+    board = _tensorboard(tc, run_dir, step, world, metrics_path)
     last_step = min(until, tc.max_steps) if until is not None else tc.max_steps
     tokens_per_step = tc.batch_size * tc.grad_accum * L
     bar = _progress_bar(progress and world.main, step, tc.max_steps)
@@ -413,12 +435,8 @@ def train(
                 # the rate of the steps since the last log line (the first ones include warm-up)
                 recent = tokens_per_step * (step - logged_step) / max(train_seconds - logged_seconds, 1e-9)
                 used = mfu.mfu(recent, per_token, peak, world.size)
-                _log(metrics, step=step, epoch=round(step / steps_per_epoch, 4), loss=loss_sum, lr=lr,
+                _log(metrics, board, step=step, epoch=round(step / steps_per_epoch, 4), loss=loss_sum, lr=lr,
                      tokens=tokens_seen, tokens_per_second=tok_s, seconds=elapsed, mfu=used, peak_flops=peak)
-                if board is not None:
-                    for key, value in (("loss", loss_sum), ("lr", lr), ("tokens_per_second", recent), ("mfu", used)):
-                        if value is not None:
-                            board.add_scalar(f"train/{key}", value, step)
                 logged_step, logged_seconds = step, train_seconds
             if step % tc.eval_every == 0 or step == tc.max_steps:
                 val_loss = _validate(model, ema, process, val, device, autocast, world, share, tc.batch_size)
@@ -428,10 +446,8 @@ def train(
                               {"step": step, "val_loss": val_loss, "epoch": round(step / steps_per_epoch, 4)})
                 # the training objective on fixed validation windows; `textdiffusion eval` adds the
                 # reconstruction term that makes the diffusion loss an exact bound
-                _log(metrics, step=step, epoch=round(step / steps_per_epoch, 4), val_loss=val_loss,
+                _log(metrics, board, step=step, epoch=round(step / steps_per_epoch, 4), val_loss=val_loss,
                      val_loss_bits=val_loss / math.log(2), best_val_loss=best["best_val_loss"])
-                if board is not None:
-                    board.add_scalar("val/loss", val_loss, step)
                 say(f"step {step}: val loss {val_loss:.4f} nats/token ({val_loss / math.log(2):.4f} bits; {note})")
                 if tc.patience and best["evals_since_best"] >= tc.patience:
                     stopped_early = True
@@ -525,8 +541,11 @@ def _progress_bar(enabled: bool, initial: int, total: int):
                 file=sys.stderr, mininterval=0.2 if interactive else 10.0)
 
 
-def _log(fh, **record) -> None:
+def _log(fh, board, **record) -> None:
+    """One record into metrics.jsonl and the same values into TensorBoard (when on)."""
     fh.write(json.dumps(record) + "\n")
+    if board is not None:
+        _to_board(board, record)
 
 
 def _on_device(batch, device) -> tuple:
