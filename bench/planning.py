@@ -1,29 +1,36 @@
-"""Benchmark: planning, on Sudoku. Masked diffusion against its AR twin (Ye et al. 2024, "Beyond
-Autoregression: Discrete Diffusion for Complex Reasoning and Planning": left to right is the
-wrong order for a puzzle, and a masked diffusion model that fills the easiest cells first solves
-far more of them than an AR model of the same size).
+"""Benchmark: planning. Masked diffusion against its AR twin on two tasks of the family of Ye et
+al. 2024 ("Beyond Autoregression: Discrete Diffusion for Complex Reasoning and Planning": left to
+right is the wrong order for a puzzle, and a masked diffusion model that fills the easiest
+positions first solves far more of them than an AR model of the same size).
 
-    python bench/planning.py                  # data, both twins, evaluation (about 2.5 h on 2 CPU cores)
+    python bench/planning.py                  # Sudoku: data, both twins, evaluation (about 2.5 h on 2 CPU cores)
+    python bench/planning.py --task star      # path-star graphs (about 1.5 h on 2 CPU cores)
     python bench/planning.py --resume         # continue stopped trainings from their checkpoints, then evaluate
     python bench/planning.py --quick          # the whole pipeline in a couple of minutes (a tiny model, 4 steps)
 
-Data (bench/sudoku.py): seeded 9x9 puzzles with exactly one solution (--givens, default 30-40
-givens), training and held-out sets sharing no solution grid, cached in --out. Both twins train
-on the same instruction-tuning rows (``train --sft``: JSONL of {"prompt": puzzle, "response":
-solution}, each board as 9 lines of 9 characters, ``.`` for a blank; character tokenizer), with
-the same backbone, steps, batch and learning-rate schedule: ``--process masked`` and ``--process
-ar``. The AR twin writes the whole solution row by row, its best order short of being taught a
-solver's order (docs/planning.md says why).
+Tasks (--task):
+* ``sudoku`` (bench/sudoku.py): seeded 9x9 puzzles with exactly one solution (--givens, default
+  30-40 givens), training and held-out sets sharing no solution grid. Each board is 9 lines of 9
+  characters, ``.`` for a blank. Scored: puzzles solved (every cell right), and the accuracy on
+  the blank cells.
+* ``star`` (bench/path_star.py): path-star graphs, a start with --degree arms of --arm nodes, the
+  edges listed in a random order, and the path from the start to a goal to write. The one hard
+  step is the first one (which arm?); backward from the goal every step is a lookup. Scored: paths
+  exactly right, and the accuracy of the first step out of the start (chance: 1 / --degree).
 
-Evaluation on the held-out puzzles, greedy (temperature 0): the diffusion model with the
-confidence, margin and entropy orders at 90, 45, 23 and 12 network calls (the 90 positions of a
-board's text, 1, 2, about 4 and about 8 per call), the AR twin with its KV cache (90 calls). Reported: the
-fraction of puzzles solved (every cell right) and the accuracy on the blank cells. Written to
---out: results.md (the table, machine, date), results.json, accuracy.png (accuracy against
-network calls), trace.json (one held-out solve by the diffusion model, trace format v1, and the
-AR twin's on the same puzzle in trace-ar.json) and player.html (the two, side by side, in the trace
-player: the board fills in out of order on the left, row by row on the right). Progress goes to
-the screen and to --out/planning.log.
+Both twins train on the same instruction-tuning rows (``train --sft``: JSONL of {"prompt",
+"response"}; character tokenizer), with the same backbone, steps, batch and learning-rate
+schedule: ``--process masked`` and ``--process ar``. The AR twin writes the answer in its natural
+order (row by row; start to goal), its best order short of being taught a solver's
+(docs/planning.md says why). Data is cached in --out, named by its settings.
+
+Evaluation on the held-out set, greedy (temperature 0): the diffusion model with the confidence,
+margin and entropy orders (and, on path-star graphs, left to right: the AR twin's order, as a
+control) at --calls network calls, the AR twin with its KV cache (one call per position). Written
+to --out: results.md (the table, machine, date), results.json, accuracy.png (accuracy against
+network calls), trace.json (one held-out solve by the diffusion model, trace format v1, one
+position a call, and the AR twin's in trace-ar.json) and player.html (the two side by side in the
+trace player). Progress goes to the screen and to --out/planning.log.
 """
 
 from __future__ import annotations
@@ -41,18 +48,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import path_star  # noqa: E402
 import sudoku  # noqa: E402
 from common import EXE, REPO, Log, cpu_model, train_overrides  # noqa: E402
 
-SAMPLERS = ("confidence", "margin", "entropy")
-RESPONSE = 90  # positions of a board's text: a newline, then 9 rows of 9 cells with a newline between rows
-CELLS = [1 + r * 10 + c for r in range(9) for c in range(9)]  # a cell's position in that text
-TRACE_STEPS = RESPONSE  # the solve shown in the player: one position per network call
-# sized for 2 CPU cores: about an hour of training per twin (docs/planning.md)
-FULL = dict(train_puzzles=50_000, test_puzzles=128, layers=4, width=192, heads=6, steps=2200, batch_size=32,
-            calls=(90, 45, 23, 12), eval_batch=64)
-QUICK = dict(train_puzzles=96, test_puzzles=6, layers=1, width=32, heads=2, steps=4, batch_size=8,
-             calls=(90, 12), eval_batch=8)
+ORDERS = ("confidence", "margin", "entropy")
 
 
 def board(cells: str) -> str:
@@ -62,29 +62,148 @@ def board(cells: str) -> str:
     return "\n" + sudoku.board_text(cells)
 
 
+class Sudoku:
+    """9x9 Sudoku: a board's text is 90 positions (a newline, 9 rows of 9 cells, a newline
+    between rows)."""
+
+    name, item, items, partial = "sudoku", "puzzle", "puzzles", "blank-cell accuracy"
+    response = 90
+    cells = [1 + r * 10 + c for r in range(9) for c in range(9)]  # a cell's position in a board's text
+    samplers = ORDERS
+    # sized for 2 CPU cores: about an hour of training per twin (docs/planning.md)
+    full = dict(train_puzzles=50_000, test_puzzles=128, layers=4, width=192, heads=6, steps=2200, batch_size=32,
+                calls=(90, 45, 23, 12), eval_batch=64)
+    quick = dict(train_puzzles=96, test_puzzles=6, layers=1, width=32, heads=2, steps=4, batch_size=8,
+                 calls=(90, 12), eval_batch=8)
+
+    def __init__(self, args):
+        self.givens = args.givens
+
+    def folder(self, seed: int, train: int, test: int) -> str:
+        return f"data-seed{seed}-givens{self.givens[0]}-{self.givens[1]}-train{train}-test{test}"
+
+    def make(self, seed: int, train: int, test: int, workers: int, say) -> tuple[dict, dict]:
+        """(split -> [(prompt text, response text)], facts for results.md)."""
+        g = self.givens
+        say(f"making {train:,} training and {test:,} held-out puzzles ({g[0]}-{g[1]} givens, seed {seed}, "
+            f"{workers} processes)")
+        splits = sudoku.make_splits(seed, train, test, g, workers,
+                                    progress=lambda done, n: done % 5000 or say(f"  {done:,}/{n:,} training puzzles"))
+        held = splits["test"]
+        meta = {"givens": list(g), "mean_givens_test": sum(81 - p.count(".") for p, _ in held) / len(held),
+                "singles_solvable_test": sum(sudoku.singles_solvable(p) for p, _ in held) / len(held)}
+        say(f"  {meta['singles_solvable_test']:.0%} of the held-out puzzles are solved by naked and hidden singles "
+            f"alone")
+        return {k: [(board(p), board(s)) for p, s in v] for k, v in splits.items()}, meta
+
+    def describe(self, d: dict) -> str:
+        return (f"{d['train']:,} training puzzles, {d['test']} held-out ({d['givens'][0]}-{d['givens'][1]} givens, "
+                f"mean {d['mean_givens_test']:.1f}; {d['singles_solvable_test']:.0%} solvable by singles alone), "
+                f"seed {d['seed']}")
+
+    def score(self, tok, pairs: list[tuple[str, str]], rows: list[list[int]]) -> tuple[list[bool], int, int]:
+        """(solved per puzzle, blank cells right, blank cells): a puzzle is solved when all 81 cells
+        hold the solution's digits (one solution: a valid grid keeping the givens is that one)."""
+        solved, right, blanks = [], 0, 0
+        for (prompt, response), row in zip(pairs, rows):
+            puzzle, want = sudoku.cells_of(prompt[1:]), tok.encode(response).tolist()
+            ok = [row[i] == want[i] for i in self.cells]
+            solved.append(all(ok))
+            for k, good in enumerate(ok):
+                if puzzle[k] == ".":
+                    blanks += 1
+                    right += good
+        return solved, right, blanks
+
+
+class Star:
+    """Path-star graphs: the answer is the path's --arm + 1 letters."""
+
+    name, item, items, partial = "star", "graph", "graphs", "first-step accuracy"
+    samplers = (*ORDERS, "left-to-right")
+    # sized for 2 CPU cores: about 40 minutes of training per twin (docs/planning.md)
+    full = dict(train_puzzles=50_000, test_puzzles=512, layers=4, width=128, heads=4, steps=3000, batch_size=64,
+                calls=None, eval_batch=128)
+    quick = dict(train_puzzles=96, test_puzzles=6, layers=1, width=32, heads=2, steps=4, batch_size=8,
+                 calls=None, eval_batch=8)
+
+    def __init__(self, args):
+        self.degree, self.arm = args.degree, args.arm
+        self.response = args.arm + 1
+
+    def default_calls(self) -> tuple[int, ...]:
+        return tuple(sorted({self.response, (self.response + 1) // 2, 1}, reverse=True))
+
+    def folder(self, seed: int, train: int, test: int) -> str:
+        return f"data-star-seed{seed}-degree{self.degree}-arm{self.arm}-train{train}-test{test}"
+
+    def make(self, seed: int, train: int, test: int, workers: int, say) -> tuple[dict, dict]:
+        say(f"making {train:,} training and {test:,} held-out path-star graphs (degree {self.degree}, arm "
+            f"{self.arm}, seed {seed})")
+        return path_star.make_splits(seed, train, test, self.degree, self.arm), {"degree": self.degree,
+                                                                                   "arm": self.arm}
+
+    def describe(self, d: dict) -> str:
+        return (f"{d['train']:,} training graphs, {d['test']} held-out (a start with {d['degree']} arms of "
+                f"{d['arm']} nodes; chance on the first step {1 / d['degree']:.2f}), seed {d['seed']}")
+
+    def score(self, tok, pairs: list[tuple[str, str]], rows: list[list[int]]) -> tuple[list[bool], int, int]:
+        """(path exactly right per graph, first steps right, graphs): in a tree the path is the one
+        answer; the first step out of the start is the hard one."""
+        solved, first = [], 0
+        for (_, response), row in zip(pairs, rows):
+            want = tok.encode(response).tolist()
+            solved.append(row == want)
+            first += row[1] == want[1]
+        return solved, first, len(pairs)
+
+
+TASKS = {"sudoku": Sudoku, "star": Star}
+
+
 def main() -> None:
+    sd, st = Sudoku.full, Star.full
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default=None, help="folder for data, runs and results (default bench/out/planning, "
-                                               "bench/out/planning-quick with --quick)")
+    p.add_argument("--task", choices=sorted(TASKS), default="sudoku", help="the planning task (default sudoku)")
+    p.add_argument("--out", default=None, help="folder for data, runs and results (default bench/out/planning for "
+                                               "Sudoku, bench/out/planning-star; -quick added with --quick)")
     p.add_argument("--quick", action="store_true", help="a tiny model, data and training: checks the pipeline runs")
     p.add_argument("--resume", action="store_true", help="continue trainings that stopped before --steps")
     p.add_argument("--seed", type=int, default=0, help="the data set's seed (default 0)")
-    p.add_argument("--givens", type=sudoku.parse_givens, default=(30, 40), help="LO-HI givens per puzzle (default 30-40)")
-    p.add_argument("--train-puzzles", type=int, help=f"training puzzles (default {FULL['train_puzzles']})")
-    p.add_argument("--test-puzzles", type=int, help=f"held-out puzzles (default {FULL['test_puzzles']})")
-    p.add_argument("--layers", type=int, help=f"transformer layers of both twins (default {FULL['layers']})")
-    p.add_argument("--width", type=int, help=f"d_model of both twins (default {FULL['width']})")
-    p.add_argument("--heads", type=int, help=f"attention heads (default {FULL['heads']})")
-    p.add_argument("--steps", type=int, help=f"optimisation steps of each twin (default {FULL['steps']})")
-    p.add_argument("--batch-size", type=int, help=f"training rows per step (default {FULL['batch_size']})")
-    p.add_argument("--calls", help="the diffusion samplers' network calls, comma-separated (default 90,45,23,12)")
-    p.add_argument("--eval-batch", type=int, help=f"held-out puzzles per generate call (default {FULL['eval_batch']})")
+    p.add_argument("--givens", type=sudoku.parse_givens, default=(30, 40),
+                   help="sudoku: LO-HI givens per puzzle (default 30-40)")
+    p.add_argument("--degree", type=int, default=4, help="star: arms out of the start (default 4)")
+    p.add_argument("--arm", type=int, default=4, help="star: nodes on each arm (default 4)")
+    p.add_argument("--train-puzzles", type=int, help=f"training puzzles or graphs (default {sd['train_puzzles']:,}; "
+                                                     f"star {st['train_puzzles']:,})")
+    p.add_argument("--test-puzzles", type=int, help=f"held-out puzzles or graphs (default {sd['test_puzzles']}; "
+                                                    f"star {st['test_puzzles']})")
+    p.add_argument("--layers", type=int, help=f"transformer layers of both twins (default {sd['layers']}; "
+                                              f"star {st['layers']})")
+    p.add_argument("--width", type=int, help=f"d_model of both twins (default {sd['width']}; star {st['width']})")
+    p.add_argument("--heads", type=int, help=f"attention heads (default {sd['heads']}; star {st['heads']})")
+    p.add_argument("--steps", type=int, help=f"optimisation steps of each twin (default {sd['steps']}; "
+                                             f"star {st['steps']})")
+    p.add_argument("--batch-size", type=int, help=f"training rows per step (default {sd['batch_size']}; "
+                                                  f"star {st['batch_size']})")
+    p.add_argument("--calls", help="the diffusion samplers' network calls, comma-separated (default 90,45,23,12; "
+                                   "star: every position, half of them, 1)")
+    p.add_argument("--eval-batch", type=int, help=f"held-out rows per generate call (default {sd['eval_batch']}; "
+                                                  f"star {st['eval_batch']})")
     p.add_argument("--workers", type=int, default=0, help="processes making puzzles (default: one per core)")
     args = p.parse_args()
-    preset = QUICK if args.quick else FULL
+    if args.task == "star":
+        try:
+            path_star.make_graph(__import__("random").Random(0), args.degree, args.arm)
+        except ValueError as exc:
+            p.error(f"--degree/--arm: {exc}")
+    task = TASKS[args.task](args)
+    preset = task.quick if args.quick else task.full
     for key, value in preset.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
+    if args.calls is None:
+        args.calls = task.default_calls()
     if isinstance(args.calls, str):
         try:
             args.calls = tuple(int(c) for c in args.calls.split(","))
@@ -93,71 +212,66 @@ def main() -> None:
     for name in ("train_puzzles", "test_puzzles", "layers", "width", "heads", "steps", "batch_size", "eval_batch"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
-    if any(not 1 <= c <= RESPONSE for c in args.calls):
-        p.error(f"--calls must each be in 1..{RESPONSE} (the positions of a board)")
+    if any(not 1 <= c <= task.response for c in args.calls):
+        p.error(f"--calls must each be in 1..{task.response} (the positions of an answer)")
     if args.width % args.heads or (args.width // args.heads) % 2:
         p.error(f"--width ({args.width}) must be an even multiple of --heads ({args.heads}): RoPE needs an even head size")
-    out = Path(args.out or REPO / "bench" / "out" / ("planning-quick" if args.quick else "planning"))
+    name = "planning" + ("-star" if args.task == "star" else "") + ("-quick" if args.quick else "")
+    out = Path(args.out or REPO / "bench" / "out" / name)
     out.mkdir(parents=True, exist_ok=True)
     say = Log(out / "planning.log")
     say(f"bench/planning.py {' '.join(sys.argv[1:])}")
     workers = args.workers or len(os.sched_getaffinity(0))
-    data = make_data(out, args.seed, args.train_puzzles, args.test_puzzles, args.givens, workers, say)
+    data = make_data(task, out, args.seed, args.train_puzzles, args.test_puzzles, workers, say)
     runs = {twin: train_twin(twin, out, data, args, say) for twin in ("masked", "ar")}
-    results = evaluate(runs, data, args, say)
+    results = evaluate(task, runs, data, args, say)
     results["training"] = {twin: training_summary(run) for twin, run in runs.items()}
     results["data"] = json.loads((data / "meta.json").read_text())
-    results["settings"] = {k: getattr(args, k) for k in ("layers", "width", "heads", "steps", "batch_size", "seed")}
+    results["settings"] = {k: getattr(args, k) for k in ("task", "layers", "width", "heads", "steps", "batch_size",
+                                                         "seed")}
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "results.md").write_text(markdown(results) + "\n")
-    plot(results, out / "accuracy.png")
-    write_traces(runs, data, results, out, say)
-    print(markdown(results))
+    (out / "results.md").write_text(markdown(task, results) + "\n")
+    plot(task, results, out / "accuracy.png")
+    write_traces(task, runs, data, results, out, say)
+    print(markdown(task, results))
     say(f"wrote {out / 'results.md'}, {out / 'accuracy.png'}, {out / 'player.html'}")
 
 
 # -- data -----------------------------------------------------------------------------------------
 
-def make_data(out: Path, seed: int, train: int, test: int, givens: tuple[int, int], workers: int, say) -> Path:
+def make_data(task, out: Path, seed: int, train: int, test: int, workers: int, say) -> Path:
     """The JSONL files of both splits, made once per setting (a folder named by it) and reused."""
-    folder = out / f"data-seed{seed}-givens{givens[0]}-{givens[1]}-train{train}-test{test}"
+    folder = out / task.folder(seed, train, test)
     if (folder / "meta.json").exists():
         return folder
     folder.mkdir(parents=True, exist_ok=True)
-    say(f"making {train:,} training and {test:,} held-out puzzles ({givens[0]}-{givens[1]} givens, seed {seed}, "
-        f"{workers} processes)")
     start = time.perf_counter()
-    splits = sudoku.make_splits(seed, train, test, givens, workers,
-                                progress=lambda done, n: done % 5000 or say(f"  {done:,}/{n:,} training puzzles"))
+    splits, facts = task.make(seed, train, test, workers, say)
     for split, pairs in splits.items():
-        lines = [json.dumps({"prompt": board(p), "response": board(s)}) for p, s in pairs]
+        lines = [json.dumps({"prompt": prompt, "response": response}) for prompt, response in pairs]
         (folder / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
-    test_pairs = splits["test"]
-    meta = {"seed": seed, "givens": list(givens), "train": len(splits["train"]), "test": len(test_pairs),
-            "mean_givens_test": sum(81 - p.count(".") for p, _ in test_pairs) / len(test_pairs),
-            "singles_solvable_test": sum(sudoku.singles_solvable(p) for p, _ in test_pairs) / len(test_pairs),
+    meta = {"task": task.name, "seed": seed, "train": len(splits["train"]), "test": len(splits["test"]), **facts,
             "seconds": round(time.perf_counter() - start, 1)}
     (folder / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")  # last: its presence means done
-    say(f"  done in {meta['seconds']:.0f} s; {meta['singles_solvable_test']:.0%} of the held-out puzzles are solved "
-        f"by naked and hidden singles alone")
+    say(f"  data made in {meta['seconds']:.0f} s")
     return folder
 
 
 def read_pairs(path: Path) -> list[tuple[str, str]]:
-    out = []
-    for line in path.read_text().splitlines():
-        row = json.loads(line)
-        out.append((sudoku.cells_of(row["prompt"][1:]), sudoku.cells_of(row["response"][1:])))
-    return out
+    """The (prompt, response) texts of a split's JSONL."""
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return [(row["prompt"], row["response"]) for row in rows]
 
 
 # -- training -------------------------------------------------------------------------------------
 
-def context_length() -> int:
-    """Tokens a training row feeds the model: the templated prompt, the board, end-of-text."""
+def context_length(data: Path) -> int:
+    """Tokens a training row feeds the model: the templated prompt, the answer, end-of-text (every
+    row of a task has the same length)."""
     from textdiffusion.data import chat_prompt
 
-    return len(chat_prompt(board("." * 81))) + RESPONSE + 1
+    prompt, response = read_pairs(data / "test.jsonl")[0]
+    return len(chat_prompt(prompt)) + len(response) + 1
 
 
 def train_twin(twin: str, out: Path, data: Path, args, say) -> Path:
@@ -166,7 +280,7 @@ def train_twin(twin: str, out: Path, data: Path, args, say) -> Path:
     from textdiffusion.training.checkpoint import read_state
 
     run = out / twin
-    model = {"n_layer": args.layers, "d_model": args.width, "n_head": args.heads, "context": context_length()}
+    model = {"n_layer": args.layers, "d_model": args.width, "n_head": args.heads, "context": context_length(data)}
     if (run / "config.json").exists():
         cfg = Config.load(run / "config.json")
         saved = {**{k: getattr(cfg.model, k) for k in model}, "data": cfg.data.path, "process": cfg.process.name}
@@ -230,61 +344,46 @@ def training_summary(run: Path) -> dict:
 
 # -- evaluation -----------------------------------------------------------------------------------
 
-def canvas_for(run, puzzles: list[str]):
+def canvas_for(run, prompts: list[str], response: int):
     """The rows to generate, as each twin was trained on them (data.rows.sft_rows): the AR twin
-    reads [end-of-text, templated prompt] and writes the board; the masked model reads the
-    templated prompt, the board to fill (90 free positions) and the end-of-text after it, fixed
-    (the diffusion loss drops a row's first token, so it never saw the leading end-of-text)."""
+    reads [end-of-text, templated prompt] and writes the answer; the masked model reads the
+    templated prompt, the answer's ``response`` free positions and the end-of-text after them,
+    fixed (the diffusion loss drops a row's first token, so it never saw the leading end-of-text)."""
     import torch
 
     from textdiffusion.data import chat_prompt
     from textdiffusion.sampling.base import HOLE, Canvas
 
     tok = run.tokenizer
-    prompts = [tok.encode_exact(chat_prompt(board(p)), "the puzzle").tolist() for p in puzzles]
+    ids = [tok.encode_exact(chat_prompt(p), "the prompt").tolist() for p in prompts]
     if run.process.name == "ar":
-        rows = [[tok.eot_id, *ids, *[HOLE] * RESPONSE] for ids in prompts]
-        free_from, free_to = len(rows[0]) - RESPONSE, len(rows[0])
+        rows = [[tok.eot_id, *x, *[HOLE] * response] for x in ids]
+        free_from, free_to = len(rows[0]) - response, len(rows[0])
     else:
-        rows = [[*ids, *[HOLE] * RESPONSE, tok.eot_id] for ids in prompts]
-        free_from, free_to = len(prompts[0]), len(prompts[0]) + RESPONSE
+        rows = [[*x, *[HOLE] * response, tok.eot_id] for x in ids]
+        free_from, free_to = len(ids[0]), len(ids[0]) + response
     tokens = torch.tensor(rows)
     fixed = torch.ones_like(tokens, dtype=torch.bool)
     fixed[:, free_from:free_to] = False
     return Canvas(tokens, fixed), free_from
 
 
-def solve(run, sampler: str, calls: int | None, puzzles: list[str], on_step=None):
-    """Greedy generations of the boards of ``puzzles``: (the response token rows, network calls)."""
+def solve(run, sampler: str, calls: int | None, prompts: list[str], response: int, on_step=None):
+    """Greedy answers to ``prompts``: (the answers' token rows, network calls, the generation)."""
     import torch
 
     from textdiffusion.sampling import build_sampler
     from textdiffusion.sampling.base import Plan, resolve_canvas
 
-    canvas, start = canvas_for(run, puzzles)
+    canvas, start = canvas_for(run, prompts, response)
     smp = build_sampler(sampler, run.process, run.tokenizer, temperature=0.0)
-    plan = Plan(smp, run.model, run.process, resolve_canvas(run.model, None, len(puzzles), None, canvas),
+    plan = Plan(smp, run.model, run.process, resolve_canvas(run.model, None, len(prompts), None, canvas),
                 calls, torch.Generator().manual_seed(0))
     out = plan.generate(on_step)
-    return out.tokens[:, start : start + RESPONSE].tolist(), out.nfe, out
+    return out.tokens[:, start : start + response].tolist(), out.nfe, out
 
 
-def score(tok, pairs: list[tuple[str, str]], rows: list[list[int]]) -> tuple[list[bool], int, int]:
-    """(solved per puzzle, blank cells right, blank cells): a puzzle is solved when all 81 cells
-    hold the solution's digits (one solution: a valid grid keeping the givens is that one)."""
-    solved, right, blanks = [], 0, 0
-    for (puzzle, solution), row in zip(pairs, rows):
-        want = tok.encode(board(solution)).tolist()
-        ok = [row[i] == want[i] for i in CELLS]
-        solved.append(all(ok))
-        for k, good in enumerate(ok):
-            if puzzle[k] == ".":
-                blanks += 1
-                right += good
-    return solved, right, blanks
-
-
-def evaluate(runs: dict[str, Path], data: Path, args, say) -> dict:
+def evaluate(task, runs: dict[str, Path], data: Path, args, say) -> dict:
     import torch
 
     from textdiffusion.runs import load_run
@@ -292,26 +391,27 @@ def evaluate(runs: dict[str, Path], data: Path, args, say) -> dict:
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     pairs = read_pairs(data / "test.jsonl")
     loaded = {twin: load_run(run) for twin, run in runs.items()}
-    plan = [("ar", "ar", None)] + [("masked", s, c) for s in SAMPLERS for c in args.calls]
+    plan = [("ar", "ar", None)] + [("masked", s, c) for s in task.samplers for c in args.calls]
     rows = []
     for twin, sampler, calls in plan:
         run = loaded[twin]
-        solved, right, blanks, nfe, seconds = [], 0, 0, 0, 0.0
+        solved, right, total, nfe, seconds = [], 0, 0, 0, 0.0
         for i in range(0, len(pairs), args.eval_batch):
             chunk = pairs[i : i + args.eval_batch]
             t0 = time.perf_counter()
-            tokens, nfe, _ = solve(run, sampler, calls, [p for p, _ in chunk])
+            tokens, nfe, _ = solve(run, sampler, calls, [p for p, _ in chunk], task.response)
             seconds += time.perf_counter() - t0
-            s, r, b = score(run.tokenizer, chunk, tokens)
+            s, r, t = task.score(run.tokenizer, chunk, tokens)
             solved += s
-            right, blanks = right + r, blanks + b
+            right, total = right + r, total + t
         n = len(solved)
         rate = sum(solved) / n
         row = {"model": twin, "sampler": sampler, "calls": nfe, "solved": rate,
-               "solved_se": math.sqrt(rate * (1 - rate) / n), "cell_accuracy": right / blanks, "puzzles": n,
+               "solved_se": math.sqrt(rate * (1 - rate) / n), "cell_accuracy": right / total, "puzzles": n,
                "seconds_per_puzzle": seconds / n, "solved_each": [int(x) for x in solved]}
         rows.append(row)
-        say(f"{twin} {sampler} {nfe} calls: solved {sum(solved)}/{n} ({rate:.3f}), blank cells {right / blanks:.3f}")
+        say(f"{twin} {sampler} {nfe} calls: solved {sum(solved)}/{n} ({rate:.3f}), {task.partial} "
+            f"{right / total:.3f}")
     return {"date": datetime.date.today().isoformat(), "cpu_model": cpu_model(),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
             "params": {twin: sum(p.numel() for p in run.model.parameters()) for twin, run in loaded.items()},
@@ -320,9 +420,9 @@ def evaluate(runs: dict[str, Path], data: Path, args, say) -> dict:
 
 # -- the trace of one solve -------------------------------------------------------------------------
 
-def write_traces(runs: dict[str, Path], data: Path, results: dict, out: Path, say) -> None:
-    """One held-out puzzle solved by the masked model (confidence order, one position per call;
-    the first puzzle it solves, else the first) and by the AR twin: trace.json, trace-ar.json and
+def write_traces(task, runs: dict[str, Path], data: Path, results: dict, out: Path, say) -> None:
+    """One held-out example solved by the masked model (confidence order, one position per call;
+    the first one it solves, else the first) and by the AR twin: trace.json, trace-ar.json and
     player.html (the two side by side)."""
     from textdiffusion.runs import load_run
     from textdiffusion.sampling.trace import TraceRecorder
@@ -330,43 +430,42 @@ def write_traces(runs: dict[str, Path], data: Path, results: dict, out: Path, sa
     from textdiffusion.viz.story import story
 
     pairs = read_pairs(data / "test.jsonl")
-    best = next((r for r in results["rows"] if r["sampler"] == "confidence" and r["calls"] == TRACE_STEPS), None)
+    best = next((r for r in results["rows"] if r["sampler"] == "confidence" and r["calls"] == task.response), None)
     k = best["solved_each"].index(1) if best and 1 in best["solved_each"] else 0
-    puzzle, _ = pairs[k]
+    prompt, _ = pairs[k]
     stories = {}
-    for twin, sampler, calls in (("masked", "confidence", TRACE_STEPS), ("ar", "ar", None)):
+    for twin, sampler, calls in (("masked", "confidence", task.response), ("ar", "ar", None)):
         run = load_run(runs[twin])
         recorder = TraceRecorder(run.process.mask_id, rows=1)
-        tokens, _, gen = solve(run, sampler, calls, [puzzle], recorder)
-        board = run.tokenizer.decode(tokens[0])
+        tokens, _, gen = solve(run, sampler, calls, [prompt], task.response, recorder)
+        answer = run.tokenizer.decode(tokens[0])
         fixed = gen.fixed[0].nonzero().flatten().tolist() if gen.fixed is not None else None
-        trace = recorder.to_dict(texts=[board], sampler=sampler, process=run.process.name,
+        trace = recorder.to_dict(texts=[answer], sampler=sampler, process=run.process.name,
                                  prompt_length=gen.prompt_length, model=str(runs[twin]), steps=calls, seed=0,
                                  fixed=fixed)
         path = out / ("trace.json" if twin == "masked" else "trace-ar.json")
         path.write_text(json.dumps(trace) + "\n")
         stories[twin] = story(trace, run.tokenizer, title=f"{twin}: {sampler}")
+    title = {"sudoku": f"held-out Sudoku {k}", "star": f"held-out path-star graph {k}"}[task.name]
     (out / "player.html").write_text(player_html(stories["masked"], stories["ar"],
-                                                 title=f"held-out Sudoku {k}: masked diffusion (confidence) "
-                                                       f"and the AR twin"), encoding="utf-8")
-    say(f"trace of held-out puzzle {k}: {out / 'trace.json'} (and trace-ar.json, player.html)")
+                                                 title=f"{title}: masked diffusion (confidence) and the AR twin"),
+                                     encoding="utf-8")
+    say(f"trace of held-out {task.item} {k}: {out / 'trace.json'} (and trace-ar.json, player.html)")
 
 
 # -- output ---------------------------------------------------------------------------------------
 
-def markdown(r: dict) -> str:
-    d, s, tr = r["data"], r["settings"], r["training"]
+def markdown(task, r: dict) -> str:
+    s, tr = r["settings"], r["training"]
     params = r["params"]["masked"]
     lines = [f"Machine: {r['cpu_model']} ({r['machine']}). Date: {r['date']}.",
-             f"Data: {d['train']:,} training puzzles, {d['test']} held-out ({d['givens'][0]}-{d['givens'][1]} givens, "
-             f"mean {d['mean_givens_test']:.1f}; {d['singles_solvable_test']:.0%} solvable by singles alone), seed "
-             f"{d['seed']}. Both twins: {s['layers']} x {s['width']}, {s['heads']} heads, {params / 1e6:.2f}M "
-             f"parameters, {s['steps']} steps of batch {s['batch_size']}.",
+             f"Data: {task.describe(r['data'])}. Both twins: {s['layers']} x {s['width']}, {s['heads']} heads, "
+             f"{params / 1e6:.2f}M parameters, {s['steps']} steps of batch {s['batch_size']}.",
              "Training: " + "; ".join(
                  f"{twin} step {t['step']}, val {t['val_loss']:.4f} nats/token, {t['tokens_per_second']:,.0f} tokens/s"
                  for twin, t in tr.items() if t["val_loss"] is not None) + ".",
-             "Greedy decoding; solved = every cell right; cell accuracy over the blank cells.", "",
-             "| model | sampler | network calls | solved | blank-cell accuracy | s / puzzle |",
+             f"Greedy decoding; solved = the whole answer right; {task.partial}.", "",
+             f"| model | sampler | network calls | solved | {task.partial} | s / {task.item} |",
              "|---|---|---|---|---|---|"]
     for x in r["rows"]:
         lines.append(f"| {x['model']} | {x['sampler']} | {x['calls']} | {x['solved']:.3f} ± {x['solved_se']:.3f} | "
@@ -374,33 +473,34 @@ def markdown(r: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(r: dict, path: Path) -> None:
-    """Solved fraction and blank-cell accuracy against network calls, a line per diffusion order."""
+def plot(task, r: dict, path: Path) -> None:
+    """Solved fraction and the partial score against network calls, a line per diffusion order."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-    for ax, key, label in ((axes[0], "solved", "held-out puzzles solved"), (axes[1], "cell_accuracy",
-                                                                             "blank-cell accuracy")):
-        for sampler in SAMPLERS:
+    for ax, key, label in ((axes[0], "solved", f"held-out {task.items} solved"),
+                           (axes[1], "cell_accuracy", task.partial)):
+        for sampler in task.samplers:
             pts = sorted((x["calls"], x[key]) for x in r["rows"] if x["sampler"] == sampler)
             ax.plot([c for c, _ in pts], [v for _, v in pts], marker="o", label=f"masked diffusion, {sampler}")
         for x in r["rows"]:
             if x["model"] == "ar":
                 ax.scatter([x["calls"]], [x[key]], marker="*", s=220, color="black", zorder=5,
-                           label="AR twin (row by row)")
+                           label="AR twin (left to right)")
         ax.set_xscale("log")
         ticks = sorted({x["calls"] for x in r["rows"]})
         ax.set_xticks(ticks, [str(t) for t in ticks])
         ax.minorticks_off()
-        ax.set_xlabel("network calls per puzzle (log)")
+        ax.set_xlabel(f"network calls per {task.item} (log)")
         ax.set_ylabel(label)
         ax.set_ylim(-0.02, 1.02)
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=8, loc="best")
-    fig.suptitle(f"Sudoku, {r['data']['test']} held-out puzzles: masked diffusion vs its AR twin "
+    name = {"sudoku": "Sudoku", "star": "Path-star graphs"}[task.name]
+    fig.suptitle(f"{name}, {r['data']['test']} held-out {task.items}: masked diffusion vs its AR twin "
                  f"({r['cpu_model']}, {r['date']})", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

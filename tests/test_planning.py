@@ -2,6 +2,7 @@
 puzzle has one solution, the stored one; a seed names a data set; the splits share no grid; the
 script runs end to end in --quick mode, resumes its trainings, and scores and shows a solve."""
 
+import argparse
 import json
 import subprocess
 import sys
@@ -168,23 +169,122 @@ def test_generation_rows_are_the_rows_each_twin_was_trained_on(quick):
     from textdiffusion.runs import load_run
 
     pairs = planning.read_pairs(quick["data"] / "test.jsonl")
-    puzzle, solution = pairs[0]
+    prompt, response = pairs[0]
+    puzzle, solution = sudoku.cells_of(prompt[1:]), sudoku.cells_of(response[1:])
+    task = planning.Sudoku(argparse.Namespace(givens=(30, 40)))
+    assert task.response == len(response) == 90
     for twin in ("masked", "ar"):
         run = load_run(quick["out"] / twin)
         tok = run.tokenizer
-        canvas, start = planning.canvas_for(run, [puzzle])
+        canvas, start = planning.canvas_for(run, [prompt], task.response)
         filled = canvas.tokens.clone()
         want = tok.encode(planning.board(solution)).tolist()
-        filled[0, start : start + planning.RESPONSE] = torch.tensor(want)
+        filled[0, start : start + task.response] = torch.tensor(want)
         rows = sft_rows([Pair("x", planning.board(puzzle), planning.board(solution))], tok, run.cfg.model.context)
         row = torch.from_numpy(rows.tokens[0])
         assert filled[0].tolist() == (row[:-1] if twin == "ar" else row[1:]).tolist(), twin
-        assert not canvas.fixed[0, start : start + planning.RESPONSE].any()
-        assert canvas.fixed[0, :start].all() and canvas.fixed[0, start + planning.RESPONSE :].all()
+        assert not canvas.fixed[0, start : start + task.response].any()
+        assert canvas.fixed[0, :start].all() and canvas.fixed[0, start + task.response :].all()
         boards = [solution]  # the solution, then each cell in turn given another digit
         boards += [solution[:k] + str(int(solution[k]) % 9 + 1) + solution[k + 1 :] for k in range(81)]
         rows = [tok.encode(planning.board(b)).tolist() for b in boards]
-        solved, right, blanks = planning.score(tok, [(puzzle, solution)] * len(rows), rows)
+        solved, right, blanks = task.score(tok, [(prompt, response)] * len(rows), rows)
         assert solved == [True] + [False] * 81
         n = puzzle.count(".")
         assert blanks == 82 * n and right == n + sum(n - (puzzle[k] == ".") for k in range(81))
+
+
+# -- path-star graphs (bench/path_star.py, bench/planning.py --task star) -----------------------------
+
+import path_star  # noqa: E402
+
+
+def _walk(prompt: str) -> dict[str, list[str]]:
+    edges = prompt.split(" | ")[0].split()
+    out: dict[str, list[str]] = {}
+    for e in edges:
+        out.setdefault(e[0], []).append(e[1])
+    return out
+
+
+def test_path_star_answer_is_the_path_from_start_to_goal():
+    """Each graph is a start with `degree` arms of `arm` distinct nodes (every other node has one
+    way out, the goal none), and the stored answer is the one walk from the start that reaches the
+    goal, following listed edges; a path that leaves the goal's arm, or stops short, is not an
+    answer. Catches a goal taken from another arm than the path (planted: the goal always the end
+    of arms[0]; the first graph whose path was another arm failed)."""
+    pairs = path_star.make_splits(3, 200, 0, 4, 4)["train"]
+    for prompt, path in pairs:
+        out = _walk(prompt)
+        start, goal = prompt.split(" | ")[1].split(">")
+        assert len(out[start]) == 4 and sum(map(len, out.values())) == 16
+        assert len({n for e in prompt.split(" | ")[0].split() for n in e}) == 17
+        assert goal not in out and all(len(v) == 1 for k, v in out.items() if k != start)
+        walks = []
+        for first in out[start]:  # follow each arm to its end
+            walk = [start, first]
+            while walk[-1] in out:
+                walk.append(out[walk[-1]][0])
+            walks.append("".join(walk))
+        assert [w for w in walks if w[-1] == goal] == [path] and len(path) == 5
+        assert path_star.follows_edges(prompt, path)
+        other = next(w for w in walks if w != path)
+        assert not path_star.follows_edges(prompt, other) and not path_star.follows_edges(prompt, path[:-1])
+        assert not path_star.follows_edges(prompt, path[0] + other[1] + path[2:])
+
+
+def test_path_star_seed_names_the_graphs_and_splits_share_none():
+    """The same seed gives the same graphs and another seed others; held-out graphs (an edge set
+    and a question, in any listing order) never appear in training, and each split has the asked
+    number. Catches the split's name left out of a graph's seed (planted: the training stream began
+    with the 50 held-out graphs; the dedup hid it inside one call, but a training set made alone
+    held them all)."""
+    one = path_star.make_splits(5, 300, 50, 3, 3)
+    assert one == path_star.make_splits(5, 300, 50, 3, 3)
+    assert one["train"] != path_star.make_splits(6, 300, 50, 3, 3)["train"]
+    train, test = one["train"], one["test"]
+    assert len(train) == 300 and len(test) == 50
+    assert not {path_star.key(p) for p, _ in train} & {path_star.key(p) for p, _ in test}
+    assert len({path_star.key(p) for p, _ in train}) == 300
+    assert sum(path_star.key(p) in {path_star.key(q) for q, _ in test}
+               for p, _ in path_star.make_splits(5, 300, 0, 3, 3)["train"]) == 0
+
+
+@pytest.fixture(scope="module")
+def star(tmp_path_factory):
+    out = tmp_path_factory.mktemp("star")
+    done = subprocess.run([sys.executable, str(BENCH / "planning.py"), "--task", "star", "--quick", "--degree", "3",
+                           "--arm", "3", "--test-puzzles", "4", "--steps", "2", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+def test_star_quick_run_scores_paths_and_traces_one_position_a_call(star):
+    """--task star --quick runs end to end: the AR twin at one call per position, the four masked
+    orders (left to right among them) at every position, half of them and one call, the trace one
+    position a call over the 4 letters of a path; and the scorer calls the stored path solved and
+    any path with one letter changed not, counting first steps apart. Catches a scorer that reads
+    only the path's ends (planted: solved = first and last letters right; the middle-letter
+    changes passed)."""
+    import planning
+
+    from textdiffusion.runs import load_run
+
+    results = json.loads((star / "results.json").read_text())
+    calls = [(r["model"], r["sampler"], r["calls"]) for r in results["rows"]]
+    assert calls == [("ar", "ar", 4)] + [("masked", s, c) for s in ("confidence", "margin", "entropy", "left-to-right")
+                                         for c in (4, 2, 1)]
+    assert "first-step accuracy" in (star / "results.md").read_text()
+    trace = json.loads((star / "trace.json").read_text())
+    assert [f["nfe"] for f in trace["frames"]] == [1, 2, 3, 4]
+    assert all(len(f["rows"][0]["decided"]) == 1 for f in trace["frames"])
+    data = next(star.glob("data-star-*"))
+    pairs = planning.read_pairs(data / "test.jsonl")
+    prompt, path = pairs[0]
+    task = planning.Star(argparse.Namespace(degree=3, arm=3))
+    tok = load_run(star / "masked").tokenizer
+    letters = sorted(set(path_star.NODES) - set(path))
+    wrong = [path[:k] + letters[k] + path[k + 1 :] for k in range(4)]
+    solved, first, n = task.score(tok, [(prompt, path)] * 5, [tok.encode(x).tolist() for x in [path, *wrong]])
+    assert solved == [True, False, False, False, False] and n == 5 and first == 4  # wrong[1] misses the first step
