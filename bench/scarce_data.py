@@ -8,6 +8,7 @@ overfits after 10-15 epochs while the diffusion model keeps improving for hundre
     python bench/scarce_data.py --resume        # continue it (after Ctrl-C, a kill, a reboot)
     python bench/scarce_data.py --plan          # the runs and the budget only (seconds)
     python bench/scarce_data.py --quick         # the whole pipeline in a couple of minutes (tiny model)
+    python bench/scarce_data.py --gpu --corpus shakespeare.txt   # the grid sized for one GPU (the GPU preset)
 
 Data: Shakespeare's complete works (``--corpus``, ../shared/data/shakespeare_complete_modern.txt).
 Held out: the corpus's standard validation split (its last 5 %, cut at the next newline), the same
@@ -97,6 +98,13 @@ FULL = dict(sizes=[20, 60, 200], sweep_sizes=None, settings=["base", "drop", "st
 QUICK = dict(sizes=[2], sweep_sizes=None, settings=["base"], ar_epochs=[2], diffusion_epochs=[3], ar_patience=0,
              diffusion_patience=0, diffusion_evals=3, layers=1, width=32, heads=2, context=32, batch_size=8,
              vocab=300, warmup=4, mc_samples=1, rate=20000.0)
+# the same question where the papers ask it, for one GPU (--gpu): sizes up to the corpus's 1.2M training
+# tokens, a model of 8 x 512 (about 29M parameters with BPE 4096), epochs into the hundreds; about
+# 0.5-1 GPU-hour on an H100 at the measured 40 % MFU, if every run went to its cap
+GPU = dict(sizes=[100, 300, 1000], sweep_sizes=None, settings=["base", "drop", "strong"], ar_epochs=[60],
+           diffusion_epochs=[800, 400, 200], ar_patience=8, diffusion_patience=15, diffusion_evals=80,
+           layers=8, width=512, heads=8, context=256, batch_size=64, vocab=4096, warmup=100, mc_samples=8,
+           rate=400_000.0)
 # the settings that make a grid: a --resume with other values is refused (its runs would not compare)
 GRID_KEYS = ("corpus", "sizes", "sweep_sizes", "settings", "ar_epochs", "diffusion_epochs", "ar_patience",
              "diffusion_patience", "diffusion_evals", "layers", "width", "heads", "context", "batch_size", "vocab",
@@ -147,6 +155,8 @@ def parse_args() -> argparse.Namespace:
                                                "bench/out/scarce-quick with --quick)")
     p.add_argument("--resume", action="store_true", help="continue the grid in --out (finished runs are skipped)")
     p.add_argument("--plan", action="store_true", help="prepare the data, print the runs and the budget, and stop")
+    p.add_argument("--gpu", action="store_true", help="the grid sized for one GPU (sizes 100k-1M tokens, 8 x 512, "
+                                                    "hundreds of epochs; --corpus where ../shared does not travel)")
     p.add_argument("--quick", action="store_true", help="a tiny model, one size, both twins, one setting, a few "
                                                         "steps: checks the pipeline end to end")
     p.add_argument("--corpus", default=str(CORPUS), help="the text file (default the Shakespeare corpus)")
@@ -179,11 +189,14 @@ def parse_args() -> argparse.Namespace:
                                               f"are measured (default {FULL['rate']:g}: the docstring's Budget)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads of each training and evaluation (default 2)")
     args = p.parse_args()
-    preset = QUICK if args.quick else FULL
+    if args.quick and args.gpu:
+        p.error("--quick and --gpu are two presets: give one")
+    preset = QUICK if args.quick else GPU if args.gpu else FULL
     for key, value in preset.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
-    args.out = args.out or str(REPO / "bench" / "out" / ("scarce-quick" if args.quick else "scarce"))
+    name = "scarce-quick" if args.quick else "scarce-gpu" if args.gpu else "scarce"
+    args.out = args.out or str(REPO / "bench" / "out" / name)
     args.corpus = str(Path(args.corpus).resolve())
     if not Path(args.corpus).is_file():
         p.error(f"--corpus {args.corpus}: no such file")

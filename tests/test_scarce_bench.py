@@ -101,3 +101,19 @@ def test_quick_grid_runs_and_resume_trains_nothing_again(tmp_path):
         "2k-ar-base": (1, 1), "2k-diffusion-base": (1, 2)}
     assert final["2k-diffusion-base"]["eval"] == runs["2k-diffusion-base"]["eval"]  # the same weights, seed, score
     assert "textdiffusion train" not in rescored.stderr
+
+
+def test_the_gpu_preset_is_its_own_grid(tmp_path):
+    """--gpu plans the grid for one GPU (sizes from 100k tokens up, a wider model), and --gpu with
+    --quick is one line naming both, exit 2.
+    Catches the preset read but not applied (planted: preset = QUICK if args.quick else FULL; the
+    CPU grid's sizes were planned, and its 60k was the size refused)."""
+    both = _bench("--gpu", "--quick", "--out", str(tmp_path / "x"))
+    assert both.returncode == 2 and "--quick and --gpu" in both.stderr and "Traceback" not in both.stderr
+    assert not (tmp_path / "x").exists()
+    corpus = _corpus(tmp_path / "verse.txt")
+    # the pseudo-verse holds about 21k tokens: the preset's first size (100k) is refused by name (the CPU
+    # grid's 20k would fit, and its 60k would be the one named)
+    plan = _bench("--gpu", "--plan", "--corpus", str(corpus), "--out", str(tmp_path / "gpu"))
+    assert plan.returncode != 0 and "Traceback" not in plan.stderr
+    assert "--sizes 100:" in plan.stderr.strip().splitlines()[-1], plan.stderr[-2000:]
