@@ -41,6 +41,7 @@ import json
 import math
 import os
 import platform
+import random
 import subprocess
 import sys
 import time
@@ -194,7 +195,7 @@ def main() -> None:
     args = p.parse_args()
     if args.task == "star":
         try:
-            path_star.make_graph(__import__("random").Random(0), args.degree, args.arm)
+            path_star.make_graph(random.Random(0), args.degree, args.arm)
         except ValueError as exc:
             p.error(f"--degree/--arm: {exc}")
     task = TASKS[args.task](args)

@@ -74,10 +74,13 @@ def test_splits_share_no_puzzle_and_no_solution_grid():
 
 
 def test_bad_settings_are_one_line_errors(tmp_path):
-    """Givens outside 17-80, a width the heads do not divide into even halves, a step count
-    outside 1..90: one line naming the option, exit 2, nothing trained."""
+    """Givens outside 17-80, a width the heads do not divide into even halves, a call count
+    outside 1..90 (1..5 for a path of 4 arms' 4 nodes), a graph of more than 52 nodes: one line
+    naming the option, exit 2, nothing trained."""
     for args, words in ((["--givens", "10-20"], "--givens"), (["--width", "30", "--heads", "4"], "--width"),
-                        (["--calls", "120"], "--calls"), (["--calls", "9x"], "--calls")):
+                        (["--calls", "120"], "--calls"), (["--calls", "9x"], "--calls"),
+                        (["--task", "star", "--degree", "20", "--arm", "3"], "--degree"),
+                        (["--task", "star", "--calls", "6"], "--calls")):
         done = subprocess.run([sys.executable, str(BENCH / "planning.py"), "--quick", "--out", str(tmp_path / "x"),
                                *args], capture_output=True, text=True, timeout=300)
         assert done.returncode == 2, done.stderr
