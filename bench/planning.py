@@ -122,7 +122,7 @@ class Star:
 
     name, item, items, partial = "star", "graph", "graphs", "first-step accuracy"
     samplers = (*ORDERS, "left-to-right")
-    # sized for 2 CPU cores: about 40 minutes of training per twin (docs/planning.md)
+    # sized for 2 CPU cores: the pilot trained each twin in about 70 min on one thread beside other work
     full = dict(train_puzzles=50_000, test_puzzles=512, layers=4, width=128, heads=4, steps=3000, batch_size=64,
                 calls=None, eval_batch=128)
     quick = dict(train_puzzles=96, test_puzzles=6, layers=1, width=32, heads=2, steps=4, batch_size=8,
