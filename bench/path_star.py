@@ -63,8 +63,8 @@ def make_splits(seed: int, train: int, test: int, degree: int, arm: int) -> dict
         while len(pairs) < count:
             prompt, path = make_graph(random.Random(f"{seed}:{split}:{k}"), degree, arm)
             k += 1
-            if key(prompt) not in seen:
-                seen.add(key(prompt))
+            if (graph := key(prompt)) not in seen:
+                seen.add(graph)
                 pairs.append((prompt, path))
         out[split] = pairs
     return out

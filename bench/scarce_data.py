@@ -99,8 +99,8 @@ QUICK = dict(sizes=[2], sweep_sizes=None, settings=["base"], ar_epochs=[2], diff
              diffusion_patience=0, diffusion_evals=3, layers=1, width=32, heads=2, context=32, batch_size=8,
              vocab=300, warmup=4, mc_samples=1, rate=20000.0)
 # the same question where the papers ask it, for one GPU (--gpu): sizes up to the corpus's 1.2M training
-# tokens, a model of 8 x 512 (about 29M parameters with BPE 4096), epochs into the hundreds; about
-# 0.5-1 GPU-hour on an H100 at the measured 40 % MFU, if every run went to its cap
+# tokens, a model of 8 x 512 (about 29M parameters with BPE 4096), epochs into the hundreds; 0.7 h if
+# every run went to its cap at the assumed rate of 400k tokens/s (not measured: no GPU was lent)
 GPU = dict(sizes=[100, 300, 1000], sweep_sizes=None, settings=["base", "drop", "strong"], ar_epochs=[60],
            diffusion_epochs=[800, 400, 200], ar_patience=8, diffusion_patience=15, diffusion_evals=80,
            layers=8, width=512, heads=8, context=256, batch_size=64, vocab=4096, warmup=100, mc_samples=8,
