@@ -2,6 +2,7 @@
 
     python bench/gpu.py                 # on a CUDA machine: under 8 minutes on one H100/H200
     python bench/gpu.py --smoke         # anywhere (CPU): a tiny model for seconds, to know it runs
+    python bench/gpu.py --scarce --corpus FILE [--resume]   # the scarce-data grid sized for one GPU
 
 Trains a GPT-2-small-sized model (12 layers x 768, context 1024, vocabulary 50,304: GPT-2's,
 padded to a multiple of 64) on random tokens (throughput does not depend on the text) with the
@@ -13,6 +14,10 @@ twin with its KV cache, block diffusion with its exact cache, and Fast-dLLM thre
 with the dual cache on the masked model. Prints one JSON summary (and writes it to ``--out``).
 
 Goals on an H100/H200: MFU >= 45 % in bf16, diffusion tokens/s >= 0.95x the AR twin's.
+
+``--scarce`` is the other GPU run: ``bench/scarce_data.py --gpu`` (diffusion against its
+regularized AR twin at 100k-1M unique tokens, hundreds of epochs), with every further argument
+passed on to it. ``../shared`` does not travel to the GPU machine: copy the corpus and name it.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -112,6 +118,12 @@ def main() -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the model (adds compile time)")
     p.add_argument("--device", default=None, help="default cuda if available, else cpu")
     p.add_argument("--out", default=str(REPO / "bench" / "out" / "gpu.json"))
+    p.add_argument("--scarce", action="store_true", help="run the scarce-data grid sized for one GPU instead "
+                                                         "(bench/scarce_data.py --gpu; the other arguments "
+                                                         "go to that script: --corpus, --resume, --plan, --out ...)")
+    if "--scarce" in sys.argv[1:]:  # every other argument (--out included) belongs to scarce_data.py
+        script = str(Path(__file__).resolve().parent / "scarce_data.py")
+        os.execv(sys.executable, [sys.executable, script, "--gpu", *(a for a in sys.argv[1:] if a != "--scarce")])
     args = p.parse_args()
     args.device = args.device or ("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     if args.train_seconds is None:

@@ -105,9 +105,10 @@ def test_quick_grid_runs_and_resume_trains_nothing_again(tmp_path):
 
 def test_the_gpu_preset_is_its_own_grid(tmp_path):
     """--gpu plans the grid for one GPU (sizes from 100k tokens up, a wider model), and --gpu with
-    --quick is one line naming both, exit 2.
+    --quick is one line naming both, exit 2; ``bench/gpu.py --scarce`` is the same grid.
     Catches the preset read but not applied (planted: preset = QUICK if args.quick else FULL; the
-    CPU grid's sizes were planned, and its 60k was the size refused)."""
+    CPU grid's sizes were planned, and its 60k was the size refused), and gpu.py handing on
+    without --gpu (planted: the same 60k refusal)."""
     both = _bench("--gpu", "--quick", "--out", str(tmp_path / "x"))
     assert both.returncode == 2 and "--quick and --gpu" in both.stderr and "Traceback" not in both.stderr
     assert not (tmp_path / "x").exists()
@@ -117,3 +118,7 @@ def test_the_gpu_preset_is_its_own_grid(tmp_path):
     plan = _bench("--gpu", "--plan", "--corpus", str(corpus), "--out", str(tmp_path / "gpu"))
     assert plan.returncode != 0 and "Traceback" not in plan.stderr
     assert "--sizes 100:" in plan.stderr.strip().splitlines()[-1], plan.stderr[-2000:]
+    via = subprocess.run([sys.executable, str(REPO / "bench" / "gpu.py"), "--scarce", "--plan", "--corpus",
+                          str(corpus), "--out", str(tmp_path / "gpu2")], capture_output=True, text=True, timeout=900)
+    assert via.returncode == plan.returncode and "Traceback" not in via.stderr
+    assert via.stderr.strip().splitlines()[-1] == plan.stderr.strip().splitlines()[-1]
