@@ -249,3 +249,67 @@ def test_join_refuses_another_family():
         c = build_sampler("confidence", proc, tokenizer()).start(model, proc, _canvas(PROMPT, 4), 4)
     with pytest.raises(ValueError, match="cannot join"):
         a.join(c)
+
+
+# each family's first entry in FAMILIES, a second sampler of its family with other options (row B: another
+# temperature, top-k, top-p and transition or cache) and a third (C) that steps the batch without owning a row
+_OTHER = dict(temperature=0.8, top_k=6, top_p=0.9)
+_DECOY = dict(temperature=1.7, top_k=2, top_p=0.5)
+OWN_OPTIONS = [
+    ("masked", ("ancestral", {}), ("remdm", {"eta": 0.3, **_OTHER}), ("remdm", {"eta": 0.9, **_DECOY}), True),
+    ("masked", ("remdm", {"eta": 0.2}), ("ancestral", _OTHER), ("ancestral", {"cache": False, **_DECOY}), False),
+    ("masked", ("confidence", {"schedule": "cosine"}), ("margin", {"schedule": "linear", **_OTHER}),
+     ("entropy", {"schedule": "dream", **_DECOY}), True),
+    ("masked", ("semi-ar", {"block_length": 4}), ("semi-ar", {"block_length": 4, "order": "margin", **_OTHER}),
+     ("semi-ar", {"block_length": 4, "order": "random", **_DECOY}), False),
+    ("masked", ("threshold", {"block_length": 4, "kv_cache": "none", "threshold": 0.6}),
+     ("threshold", {"block_length": 4, "kv_cache": "dual", "threshold": 0.2, **_OTHER}),
+     ("threshold", {"block_length": 4, "kv_cache": "prefix", "threshold": 0.95, **_DECOY}), False),
+    ("masked", ("threshold", {"block_length": 4, "kv_cache": "dual", "threshold": 0.2}),
+     ("threshold", {"block_length": 4, "kv_cache": "none", "threshold": 0.5, **_OTHER}),
+     ("threshold", {"block_length": 4, "kv_cache": "prefix", "threshold": 0.95, **_DECOY}), False),
+    ("uniform", ("euler", {}), ("ancestral", _OTHER), ("tau-leaping", _DECOY), True),
+    ("sedd-absorb", ("ancestral", {}), ("euler", _OTHER), ("ancestral", _DECOY), True),
+    ("gaussian", ("ddpm", {}), ("ddim", _OTHER), ("ddpm", _DECOY), True),
+    ("block", ("block", {"kv_cache": "none"}), ("block", {"kv_cache": "exact", "order": "confidence",
+                                                          "threshold": 0.5, **_OTHER}),
+     ("block", {"kv_cache": "none", "order": "ancestral", **_DECOY}), False),
+    ("ar", ("ar", {}), ("ar", _OTHER), ("ar", _DECOY), False),
+]
+
+
+@pytest.mark.parametrize("process, a, b, c, time_cond", OWN_OPTIONS,
+                         ids=[f"{p}-{a[0]}-{'-'.join(f'{k}={v}' for k, v in a[1].items())}" for p, a, *_ in OWN_OPTIONS])
+def test_each_row_keeps_its_own_options_whoever_steps_it(process, a, b, c, time_cond):
+    """Row A and a longer row B that joins two steps late, of one family but other options
+    (temperature, top-k, top-p, and the transition, order, schedule or cache), are stepped by a
+    third sampler C of the family that owns neither row and has options of its own: each row
+    gives exactly the tokens it gives alone (the server steps a batch with one sampler object;
+    each row's options must come from the row). Catches a family's ``step`` reading ``self`` for
+    an option that is the row's (planted: the ancestral family's filter from ``self``; the
+    threshold family's cache mode from ``self``, which made a joined dual-cache row run without
+    its cache, and a no-cache row run another's), and per-call state kept on a sampler object."""
+    model, proc = _model(process, time_cond)
+    smp_a, smp_b, smp_c = (build_sampler(n, proc, tokenizer(), **o) for n, o in (a, b, c))
+    long_canvas, long_steps = _canvas([3], FREE + 6), STEPS + 2
+    with _float64(), torch.no_grad():
+        hook_a, hook_b = _Steps(), _Steps()
+        alone_a = smp_a.generate(model, proc, canvas=_canvas(PROMPT, FREE), steps=STEPS, gen=_gens([11]),
+                                 on_step=hook_a).tokens[0]
+        alone_b = smp_b.generate(model, proc, canvas=long_canvas, steps=long_steps, gen=_gens([21]),
+                                 on_step=hook_b).tokens[0]
+        state = smp_a.start(model, proc, _canvas(PROMPT, FREE), STEPS, _gens([11]))
+        state.report = True
+        first, second = [], []
+        for _ in range(2):
+            first.append(_dists(smp_c.step(state, model), 0))
+        state.join(smp_b.start(model, proc, long_canvas, long_steps, _gens([21])))
+        while not state.finished:
+            out = smp_c.step(state, model)
+            first.append(_dists(out, 0))
+            second.append(_dists(out, 1))
+    assert torch.equal(state.rows[0].tokens, alone_a), "row A, stepped by C"
+    assert torch.equal(state.rows[1].tokens, alone_b), "row B, joined late and stepped by C"
+    _same_dists([d for d in first if d], [d for d in hook_a if d], "row A, stepped by C")
+    _same_dists([d for d in second if d], [d for d in hook_b if d], "row B, joined late and stepped by C")
+    assert not torch.equal(alone_a[len(PROMPT):], alone_b[1 : 1 + FREE])  # the rows are not one text

@@ -81,13 +81,6 @@ def test_top_k_top_p_on_the_drawn_rows_only_give_the_same_samples(name):
     assert not torch.equal(a.tokens, loose.generate(model, objective, gen=torch.Generator().manual_seed(5), **kw).tokens)
 
 
-def test_transition_before_set_timesteps_raises():
-    model, objective = _model()
-    sampler = build_sampler("ancestral", objective, tokenizer())
-    with pytest.raises(RuntimeError, match="set_timesteps"):
-        sampler.transition(torch.zeros(1, 2, 12), torch.zeros(1, 2, dtype=torch.long), 1.0, 0.5, objective)
-
-
 def test_kv_cache_decoding_matches_full_recompute():
     model, _ = _model("ar")
     x = torch.randint(0, 8, (2, 20))

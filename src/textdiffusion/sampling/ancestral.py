@@ -47,6 +47,8 @@ class AncestralSampler(Sampler):
         self.timesteps: torch.Tensor | None = None
 
     def set_timesteps(self, num_steps: int, t_start: float = 1.0) -> None:
+        """For a loop of your own over ``transition`` (diffusers' form): the grid in ``timesteps``.
+        ``start``/``step`` never read it (each row keeps its own grid)."""
         self.timesteps = time_grid(num_steps, t_start)
 
     def transition(self, log_p_x0: torch.Tensor, x_t: torch.Tensor, t: float, s: float, process,
@@ -56,8 +58,6 @@ class AncestralSampler(Sampler):
         (the prompt) are kept. ``log_p_x0``: (B, T, V) filtered log-probabilities of x0, or, with
         ``row_filter`` (masked models only), log-probabilities whose rows the filter finishes
         where a token is drawn."""
-        if self.timesteps is None:
-            raise RuntimeError("call set_timesteps(num_steps) before transition()")
         extra = {"row_filter": row_filter} if row_filter is not None else {}
         x_s, x0_pred = self._transition(process)(log_p_x0, x_t, t, s, gen, **extra)
         if fixed is not None:
@@ -80,9 +80,9 @@ class AncestralSampler(Sampler):
     # state machine -------------------------------------------------------------------------
     def start(self, model, process, canvas: Canvas, steps: int, gen: Generators = None) -> State:
         state = self._rows(process, canvas, steps, gen)
-        self.set_timesteps(steps, canvas.t_start)
+        grid = time_grid(steps, canvas.t_start)  # the row's, never the sampler object's: it keeps no call's state
         for row in state.rows:
-            row.data["grid"] = self.timesteps
+            row.data["grid"] = grid
             row.done = self._unmasked(row, process)  # an edit whose span drew no mask: nothing to do
         return state
 

@@ -196,8 +196,9 @@ class ThresholdSampler(SemiAutoregressiveSampler):
     def _block_logits(self, state: State, model, rows: list[Row]) -> list[torch.Tensor]:
         """The first call of a row's block is a full pass that refreshes its store; later calls
         run only its window (prefix: the block and what follows; dual: the block) against it.
-        Rows with ``kv_cache="none"`` recompute everything (all rows of a state share a family)."""
-        if self.cache == "none":
+        A row with ``kv_cache="none"`` runs a full pass every call (in the same call as the
+        cached rows: each row's cache mode is its own, whichever sampler steps the batch)."""
+        if all(r.sampler.cache == "none" for r in rows):
             return super()._block_logits(state, model, rows)
         process = state.process
         t = torch.cat([masked_time(process, r.tokens[None], r.fixed[None]) for r in rows])
@@ -205,8 +206,8 @@ class ThresholdSampler(SemiAutoregressiveSampler):
         for r in rows:
             lo, hi = r.data["bounds"][r.data["bi"]]
             store = r.data["store"]
-            if r.data["j"] == 0:  # refresh: one full pass records every position's keys/values
-                chunks.append(Chunk(0, r.length, replace=store.length, store=-1))
+            if r.data["j"] == 0 or r.sampler.cache == "none":  # a full pass; a cached row's refreshes its store
+                chunks.append(Chunk(0, r.length, replace=store.length, store=0 if r.sampler.cache == "none" else -1))
                 inputs.append(r.tokens)
                 cuts.append((lo, hi))
             else:
@@ -270,7 +271,7 @@ class BlockDiffusionSampler(_BlockwiseBase):
         b = state.process.block_size
         device = rows[0].tokens.device
         spans = [r.data["bounds"][r.data["bi"]] for r in rows]
-        if not self.cache:
+        if not any(r.sampler.cache for r in rows):
             causal = block_causal_mask(max(h for _, h in spans), b, device)
 
             def call(x, mask):
@@ -280,10 +281,10 @@ class BlockDiffusionSampler(_BlockwiseBase):
             full = padded_call(call, [r.tokens[:h] for r, (_, h) in zip(rows, spans)])
             return [f[lo:h] for f, (lo, h) in zip(full, spans)]
         chunks, inputs = [], []
-        for r, (lo, hi) in zip(rows, spans):
+        for r, (lo, hi) in zip(rows, spans):  # a row without the cache (its own option) stores nothing
             stored = r.data["store"].length
-            chunks.append(Chunk(stored, hi - stored, store=(lo // b) * b - stored,
-                                inside=block_causal_mask(hi - stored, b, device, stored)))
+            keep = (lo // b) * b - stored if r.sampler.cache else 0
+            chunks.append(Chunk(stored, hi - stored, store=keep, inside=block_causal_mask(hi - stored, b, device, stored)))
             inputs.append(r.tokens[stored:hi])
         out = cached_call(model, [r.data["store"] for r in rows], chunks, inputs, None)
         return [o[-(hi - lo):] for o, (lo, hi) in zip(out, spans)]

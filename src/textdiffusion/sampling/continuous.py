@@ -40,26 +40,26 @@ class ContinuousSampler(Sampler):
         self.timesteps: torch.Tensor | None = None
 
     def set_timesteps(self, num_steps: int, t_start: float = 1.0) -> None:
+        """For a loop of your own over ``transition``: the grid in ``timesteps`` (``start`` and
+        ``step`` never read it)."""
         self.timesteps = time_grid(num_steps, t_start)
 
     def transition(self, logits: torch.Tensor, z_t: torch.Tensor, t: float, s: float, process,
                    embeddings: torch.Tensor, gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One move z_t -> z_s from the network's (banned) logits at t. Returns (z_s, x_hat)."""
-        if self.timesteps is None:
-            raise RuntimeError("call set_timesteps(num_steps) before transition()")
         x_hat = process.x0_estimate(logits, embeddings)
         return process.reverse_step(x_hat, z_t, t, s, gen, deterministic=self.deterministic), x_hat
 
     def start(self, model, process, canvas: Canvas, steps: int, gen: Generators = None) -> State:
         state = self._rows(process, canvas, steps, gen, draw=False)
-        self.set_timesteps(steps, canvas.t_start)
+        grid = time_grid(steps, canvas.t_start)  # the rows', never the sampler object's
         embeddings = model.embeddings()  # (V, d)
         for r in state.rows:
             e_clean = embeddings[r.tokens.clamp_min(0)][None]  # (1, T, d): fixed text (and an edit's span)
             z = process.prior((1, r.length), r.tokens.device, r.gen)
             if r.t_start < 1.0:  # an edit: the span starts from its text, noised to t_start
                 z = process.corrupt(e_clean, torch.full((1,), r.t_start, device=z.device), r.gen)
-            r.data.update(grid=self.timesteps, z=z[0], e_clean=e_clean, x_sc=None, canvas=r.tokens)
+            r.data.update(grid=grid, z=z[0], e_clean=e_clean, x_sc=None, canvas=r.tokens)
             r.tokens = torch.where(r.fixed, r.tokens, torch.full_like(r.tokens, -1))
         return state
 

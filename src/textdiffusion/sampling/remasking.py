@@ -192,8 +192,6 @@ class ReMDMSampler(AncestralSampler):
     def transition(self, log_p_x0: torch.Tensor, x_t: torch.Tensor, t: float, s: float, process,
                    gen: torch.Generator | None = None, fixed: torch.Tensor | None = None,
                    row_filter=None) -> StepOutput:
-        if self.timesteps is None:
-            raise RuntimeError("call set_timesteps(num_steps) before transition()")
         if process.mask_id is None:
             raise UsageError(f"ReMDM needs a masked model; this one is {process.name!r}")
         reveal, remask = self.probabilities(process, t, s)
