@@ -551,3 +551,44 @@ def test_serve_on_a_port_in_use_is_one_line_and_exit_2(cycle_dir):
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip() == (f"textdiffusion: error: port {port} on 127.0.0.1 is already in use: stop what "
                                    f"listens there, or choose another --port")
+
+
+def test_a_guided_request_never_shares_a_plain_requests_call(cycle_dir):
+    """The scheduler batches rows of one sampler family and one network: a guided request (its
+    own wrapped network) steps in a call of its own, while two plain requests share theirs. Known
+    answer: submitted together, each request's text is its text alone, and the scheduler took
+    exactly 2 x 12 group steps (12 shared by the plain pair, 12 for the guided one). Catches a
+    group keyed by the family alone (planted: the guided rows ran in the plain rows' call, through
+    the plain network, and gave the plain text in 12 steps)."""
+    import copy
+
+    from textdiffusion.loaded import LoadedRun
+    from textdiffusion.pipeline import prompt_task
+    from textdiffusion.runs import load_run
+    from textdiffusion.serve.scheduler import Job, Scheduler
+
+    run = load_run(cycle_dir)
+    cfg = copy.deepcopy(run.cfg)
+    cfg.data.sft, cfg.train.prompt_drop = True, 0.1  # prompt guidance needs a run that learned to drop it
+    run = LoadedRun(run.run_dir, cfg, run.tokenizer, run.model, run.process, run.weights)
+    kinds = {"plain": {"seed": 3}, "other": {"seed": 4}, "guided": {"seed": 3, "guidance": 4.0}}
+
+    def serve(names):
+        sched, texts = Scheduler(run, max_batch=8), {}
+        sched.bind_here()
+        for name in names:
+            task = prompt_task(run, "abc", length=12, steps=12, sampler="confidence", temperature=0.8, **kinds[name])
+            sched.submit(Job(task, lambda kind, payload, name=name: texts.__setitem__(name, (kind, payload))))
+        sched.drive(until=lambda: len(texts) == len(names))
+        assert all(kind == "done" for kind, _ in texts.values()), texts
+        return {n: payload[0].texts[0] for n, (_, payload) in texts.items()}, sched.stats["steps"]
+
+    alone = {}
+    for name in kinds:
+        text, steps = serve([name])
+        alone[name] = text[name]
+        assert steps == 12
+    together, steps = serve(list(kinds))
+    assert together == alone
+    assert alone["guided"] != alone["plain"]  # guidance changed the text
+    assert steps == 24, steps
