@@ -288,7 +288,10 @@ def test_each_row_keeps_its_own_options_whoever_steps_it(process, a, b, c, time_
     each row's options must come from the row). Catches a family's ``step`` reading ``self`` for
     an option that is the row's (planted: the ancestral family's filter from ``self``; the
     threshold family's cache mode from ``self``, which made a joined dual-cache row run without
-    its cache, and a no-cache row run another's), and per-call state kept on a sampler object."""
+    its cache, and a no-cache row run another's), and per-call state kept on a sampler object.
+    (tests/test_blind_spots.py joins many options into the first row's sampler and compares
+    tokens; this one compares every step's distribution, which is what caught the cache modes:
+    an approximate cache seldom changes a draw.)"""
     model, proc = _model(process, time_cond)
     smp_a, smp_b, smp_c = (build_sampler(n, proc, tokenizer(), **o) for n, o in (a, b, c))
     long_canvas, long_steps = _canvas([3], FREE + 6), STEPS + 2
