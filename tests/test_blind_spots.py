@@ -6,7 +6,7 @@
 * a guided request (its own wrapped network) and a plain one served at once must each get what
   they get alone (they must not share a network call);
 * the sampling memory estimate must agree with the bytes a real sampling call allocates, and
-  with the logits it must hold;
+  with the logits it must hold; the training estimate counts the parameters of the real module;
 * a masked model's stream commits only decided tokens: the ids committed at every report hold no
   mask id and are a prefix of the final answer.
 """
@@ -294,6 +294,38 @@ def test_the_sampling_memory_estimate_matches_what_sampling_allocates():
         assert peak >= exact, (name, peak, exact)  # the measurement sees the logits
         assert estimate / 3 <= peak <= 3 * estimate, (name, peak, estimate)
 
+
+
+# (process, model settings): our models and the variants the public-checkpoint adapters set
+VARIANTS = [
+    ("masked", {}), ("masked", {"time_cond": True}), ("masked", {"num_labels": 3, "mlp_ratio": 2}),
+    ("ar", {"tie_embeddings": True}), ("uniform", {"time_cond": True, "num_labels": 2}),
+    ("sedd-absorb", {"time_cond": True, "cond_dim": 16, "ada_norm_weight": True, "norm_bias": False,
+                     "mlp_bias": True, "final_ada": True, "head_bias": True}),
+    ("masked", {"norm": "rms", "mlp": "swiglu", "mlp_hidden": 40, "n_kv_head": 1, "qkv_bias": True}),
+    ("ar", {"positions": "learned", "proj_bias": True, "tie_embeddings": True}),
+    ("gaussian", {"time_cond": True}), ("gaussian-sc", {"time_cond": True}),
+]
+
+
+@pytest.mark.parametrize("process, settings", VARIANTS, ids=[f"{p}-{'-'.join(s) or 'plain'}" for p, s in VARIANTS])
+def test_the_training_memory_counts_the_parameters_of_the_real_module(process, settings):
+    """The parameters behind the training-memory estimate (``limits.training_memory``) equal the
+    parameters of the network ``build_model`` makes, for our models and the public models'
+    variants (RMSNorm, SwiGLU, grouped-query attention, learned positions, tied embeddings, the
+    DiT variants, labels, the Gaussian embedding denoiser with self-conditioning).
+    Catches a count that drifts from the module (planted: the hand-written layout formula it
+    replaced, which counted a label table for unlabelled models and missed the adaLN variants:
+    off on 9 of the 10)."""
+    from textdiffusion.limits import training_memory
+
+    name = "gaussian" if process == "gaussian-sc" else process
+    cfg = Config(model=ModelConfig(n_layer=2, n_head=2, d_model=32, context=32, **settings),
+                 process=ProcessConfig(name=name, **({"self_cond": True} if process == "gaussian-sc" else {})))
+    cfg.model.vocab_size = tokenizer().vocab_size
+    model, _ = build_model(cfg, tokenizer())
+    real = sum(p.numel() for p in model.parameters())
+    assert training_memory(cfg, tokenizer().vocab_size)["_params"] == real
 
 # 4. a stream commits decided tokens only ----------------------------------------------------------
 

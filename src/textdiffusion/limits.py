@@ -1,5 +1,6 @@
 """Sizes checked before they are allocated: the memory a training run or a sampling request
-implies, estimated from the config (no tensor is made), against what the machine has; and the
+implies, estimated from the config (nothing is allocated: parameters are counted on the meta
+device), against what the machine has; and the
 time a sampling request implies, projected from its first step.
 
 The estimates are deliberately simple (float32 weights, gradients, AdamW's two moments, EMA,
@@ -84,18 +85,6 @@ def available_memory(device=None) -> int | None:
         return None
 
 
-def parameter_count(model_cfg, vocab_size: int, input_dim: int | None = None) -> int:
-    """Parameters of the transformer a ModelConfig describes (models/transformer.py), from the
-    config alone."""
-    d, r, n = model_cfg.d_model, model_cfg.mlp_ratio, model_cfg.n_layer
-    per_layer = 4 * d * d + 2 * r * d * d + 4 * d
-    if model_cfg.time_cond:
-        per_layer += 6 * d * d + 6 * d
-    embed = (input_dim or vocab_size) * d
-    time = (256 * d + d + d * d + d) if model_cfg.time_cond else 0
-    return n * per_layer + embed + vocab_size * d + time + (model_cfg.num_labels + 1) * d + 2 * d
-
-
 def _activations_per_token(model_cfg, vocab_size: int, training: bool) -> float:
     """Bytes per token of the activations one forward keeps (training: what backward needs;
     sampling: the widest layer and the logits with their softmax)."""
@@ -111,9 +100,11 @@ def _activations_per_token(model_cfg, vocab_size: int, training: bool) -> float:
 
 def training_memory(cfg, vocab_size: int) -> dict[str, int]:
     """Estimated peak bytes of a training run, by part."""
+    from .models import parameter_count
+
     tc, L = cfg.train, cfg.model.context
-    input_dim = cfg.process.embed_dim * (2 if cfg.process.self_cond else 1) if cfg.process.name == "gaussian" else None
-    params = parameter_count(cfg.model, vocab_size, input_dim) + (vocab_size * cfg.process.embed_dim if input_dim else 0)
+    embed_dim = cfg.process.embed_dim if cfg.process.name == "gaussian" else None
+    params = parameter_count(cfg.model, vocab_size, embed_dim, cfg.process.self_cond)
     copies = 4 + (1 if tc.ema > 0 else 0)  # weights, gradients, two AdamW moments, EMA
     return {
         "weights and optimizer state": params * FLOAT * copies,
