@@ -31,6 +31,26 @@ def test_generate_infill_edit(cycle_dir):
     assert edited.text[:2] == "ab" and edited.text[5:] == "fgh" and len(edited.text) == 8
 
 
+
+def test_each_request_checks_its_memory_once(cycle_dir, monkeypatch):
+    """A generate, infill or edit call estimates its sampling memory once, before its canvas is
+    made (the check is a refusal's only chance to come before the allocation; a second and third
+    one only cost). Counted with a spy on the one estimate every request goes through.
+    Catches a builder that checks the request and then hands the canvas to a path that checks it
+    again (planted: prompt_task's check_request before resolve_canvas(canvas), and Plan.generate
+    resolving its already-checked canvas: 2-3 checks each)."""
+    import textdiffusion.sampling.base as base
+
+    counted = []
+    real = base.check_sampling_memory
+    monkeypatch.setattr(base, "check_sampling_memory", lambda model, *a: (counted.append(a), real(model, *a))[1])
+    pipe = Pipeline.from_pretrained(cycle_dir)
+    for call in (lambda: pipe.generate("abc", length=6, steps=3), lambda: pipe.generate("abc", length=6, steps=3, num=2),
+                 lambda: pipe.infill("ab[MASK:3]fgh", steps=3), lambda: pipe.edit("abcdefgh", (2, 5), steps=3)):
+        counted.clear()
+        call()
+        assert len(counted) == 1, counted
+
 def test_score_prefers_real_structure(cycle_dir):
     pipe = Pipeline.from_pretrained(cycle_dir)
     text = "abcdefghabcdefgh"

@@ -296,7 +296,7 @@ def prompt_task(run, prompt: str = "", *, length: int | None = None, steps: int 
     from .control.filling import ControlResult, Task
     from .control.guidance import guided_model
     from .sampling import build_sampler
-    from .sampling.base import Plan, check_request, prompt_canvas, resolve_canvas
+    from .sampling.base import Plan, resolve_canvas
 
     tok = run.tokenizer
     ids = torch.from_numpy(tok.encode_exact(prompt, "the prompt")) if prompt else None
@@ -304,13 +304,11 @@ def prompt_task(run, prompt: str = "", *, length: int | None = None, steps: int 
     if length is None:
         length = max(1, min(128, run.cfg.model.context - p_len))
     smp = build_sampler(sampler, run.process, tok, eot_id=tok.eot_id if stop_at_eot else None, **options)
-    check_request(run.model, num, p_len, length)  # before the guidance mask below is made
+    canvas = resolve_canvas(run.model, ids, num, length, None)  # checked before it (or the mask below) is made
     positions = torch.zeros(num, p_len + length, dtype=torch.bool)
     positions[:, :p_len] = True  # prompt guidance: the unconditional pass sees no prompt
     model = guided_model(run, label, guidance, positions, classifier)
-    device = next(run.model.parameters()).device
-    gen = torch.Generator(device=device).manual_seed(seed)
-    canvas = resolve_canvas(run.model, None, num, None, prompt_canvas(ids, num, length, device))
+    gen = torch.Generator(device=canvas.tokens.device).manual_seed(seed)
     plan = Plan(smp, model, run.process, canvas, steps, gen)
 
     def finish(outs):

@@ -13,8 +13,8 @@ import torch
 
 from ..data import chat_prompt
 from ..errors import UsageError
-from ..sampling.base import Generation, Plan, check_request, prompt_canvas, resolve_canvas
-from .filling import ControlResult, Task, _device, _generator, _sampler
+from ..sampling.base import Generation, Plan, resolve_canvas
+from .filling import ControlResult, Task, _generator, _sampler
 from .guidance import guided_model
 
 MIN_RESPONSE = 8  # tokens a response gets at least
@@ -54,13 +54,11 @@ def chat_task(run, message: str, history: list[tuple[str, str]] | None = None, *
     if length > room:
         raise UsageError(f"prompt ({len(ids)} tokens) plus length ({length}) exceeds the model context ({context} tokens)")
     smp = _sampler(run, sampler, {**options, "eot_id": tok.eot_id})
-    check_request(run.model, num, len(ids), length)
-    canvas = prompt_canvas(torch.tensor(ids), num, length, _device(run))
+    canvas = resolve_canvas(run.model, torch.tensor(ids), num, length, None)  # checked before it is made
     prompt = canvas.fixed.clone()
     prompt[:, 0] = False  # as in training: the leading end-of-text is never dropped
     model = guided_model(run, None, guidance, prompt)
-    plan = Plan(smp, model, run.process, resolve_canvas(run.model, None, num, None, canvas), steps,
-                _generator(run, seed))
+    plan = Plan(smp, model, run.process, canvas, steps, _generator(run, seed))
 
     def finish(outs: list[Generation]) -> ControlResult:
         out = outs[0]

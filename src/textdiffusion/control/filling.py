@@ -22,7 +22,7 @@ import torch
 
 from ..errors import UsageError
 from ..sampling import build_sampler
-from ..sampling.base import Generation, Plan, check_request, prompt_canvas, resolve_canvas
+from ..sampling.base import Generation, Plan, resolve_canvas
 from .guidance import guided_model
 from .scoring import sequence_bits
 from .templates import Hole, Template
@@ -96,8 +96,7 @@ def _fim_plan(run, template: Template, *, num: int, sampler, seed: int):
     tok = run.tokenizer
     ids, healed = fim_prompt(template, tok)
     n = template.holes[0].low
-    check_request(run.model, num, len(ids), n)
-    canvas = resolve_canvas(run.model, None, num, None, prompt_canvas(torch.tensor(ids), num, n, _device(run)))
+    canvas = resolve_canvas(run.model, torch.tensor(ids), num, n, None)  # checked before it is made
     plan = Plan(sampler, run.model, run.process, canvas, None, _generator(run, seed))
 
     def finish(out: Generation):

@@ -329,6 +329,13 @@ class Sampler:
         """Generate from a canvas (or [prompt | length free positions] x batch_size) in ``steps``
         steps: ``start``, then ``step`` until every row is done."""
         canvas = resolve_canvas(model, prompt, batch_size, length, canvas)
+        return self.run(model, process, canvas, steps, gen, on_step, trace)
+
+    @torch.no_grad()
+    def run(self, model, process, canvas: Canvas, steps: int | None, gen: Generators = None,
+            on_step: OnStep | None = None, trace: bool = False) -> Generation:
+        """``generate`` on a canvas already checked against the model (``resolve_canvas``; a
+        ``Plan`` holds one): ``start``, then ``step`` until every row is done."""
         state = self.start(model, process, canvas, steps, gen)
         state.report = on_step is not None or trace
         states: list[torch.Tensor] = []
@@ -361,8 +368,7 @@ class Plan:
         return self.sampler.start(self.model, self.process, self.canvas, self.steps, self.gen)
 
     def generate(self, on_step: OnStep | None = None, trace: bool = False) -> Generation:
-        return self.sampler.generate(self.model, self.process, steps=self.steps, canvas=self.canvas, gen=self.gen,
-                                     on_step=on_step, trace=trace)
+        return self.sampler.run(self.model, self.process, self.canvas, self.steps, self.gen, on_step, trace)
 
 
 @dataclass
