@@ -31,7 +31,7 @@ import public_dit as pd  # noqa: E402
 import public_models as pm  # noqa: E402
 from common import cpu_model  # noqa: E402
 
-from textdiffusion.pipeline import continue_prompt  # noqa: E402
+from textdiffusion.control.continuation import continue_prompt  # noqa: E402
 from textdiffusion.runs import load_run  # noqa: E402
 
 PROMPT = "the cat sat on the"

@@ -15,8 +15,8 @@ from public_models import (
     make_llada,
 )
 
+from textdiffusion.control.continuation import continue_prompt
 from textdiffusion.models.transformer import Chunk, RowCache, RowStore
-from textdiffusion.pipeline import continue_prompt
 from textdiffusion.runs import load_run
 
 

@@ -10,7 +10,7 @@ import torch
 from commands import in_process
 from public_dit import block_causal, make_bd3lm, make_mdlm, make_sedd, mdlm_forward, sedd_forward
 
-from textdiffusion.pipeline import continue_prompt
+from textdiffusion.control.continuation import continue_prompt
 from textdiffusion.runs import load_run
 
 

@@ -166,8 +166,8 @@ def test_a_guided_prompt_of_several_rows_is_sampled_with_the_cached_default(cycl
     num=3 is num=1's text (each row has its own generator), and guidance changed the texts."""
     import copy
 
+    from textdiffusion.control.continuation import continue_prompt
     from textdiffusion.loaded import LoadedRun
-    from textdiffusion.pipeline import continue_prompt
     from textdiffusion.runs import load_run
 
     run = load_run(cycle_dir)

@@ -10,7 +10,7 @@ from commands import in_process
 from public_models import CORPUS, tiny_tokenizer
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
-from textdiffusion.pipeline import continue_prompt
+from textdiffusion.control.continuation import continue_prompt
 from textdiffusion.runs import load_run
 
 IDS = torch.tensor([[7, 9, 14, 3, 22, 40, 7, 7, 31, 12], [8, 12, 25, 11, 19, 44, 10, 6, 38, 13]])

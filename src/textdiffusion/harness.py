@@ -83,8 +83,8 @@ class TextDiffusionLM(LM):
         return ll, se, greedy
 
     def _greedy_by_sampling(self, head: list[int], cont: list[int]) -> bool:
+        from .control.continuation import prompt_task
         from .errors import UsageError
-        from .pipeline import prompt_task
 
         try:
             res = prompt_task(self.run, self.run.tokenizer.decode(head), length=len(cont), steps=len(cont),

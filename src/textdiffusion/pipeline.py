@@ -165,6 +165,7 @@ class Pipeline:
         sampler's own (``sampling.registry.SAMPLERS[name].options``: block_length, threshold, ...;
         checked there, an option the sampler does not take is an error). Settings not given
         come from the model's card (``self.defaults``), else 64 steps of the run's own sampler."""
+        from .control.continuation import continue_prompt
         from .control.templates import has_holes
 
         _check_args(prompt=(prompt, "text"), length=(length, "count?"), steps=(steps, "count?"), num=(num, "count"),
@@ -275,48 +276,3 @@ def _check_args(**args) -> None:
                 isinstance(value, (tuple, list)) and len(value) == 2
                 and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
             raise UsageError(f"{name} must be a (start, end) pair of character offsets; got {value!r}")
-
-
-def continue_prompt(run, prompt: str = "", *, length: int | None = None, steps: int = 64, sampler: str | None = None,
-                    num: int = 1, seed: int = 0, trace: bool = False, on_step=None, label: str | None = None,
-                    guidance: float = 0.0, classifier=None, stop_at_eot: bool = False, **options):
-    """What ``Pipeline.generate`` and ``textdiffusion generate/sample/eval`` run: (the sampler's
-    Generation, the decoded texts, the sampler's name). With ``stop_at_eot`` each text ends at its
-    first end-of-text (variable length); the samplers that can stop early do."""
-    res = prompt_task(run, prompt, length=length, steps=steps, sampler=sampler, num=num, seed=seed, label=label,
-                      guidance=guidance, classifier=classifier, stop_at_eot=stop_at_eot, **options).run(on_step, trace)
-    return res.generation, res.texts, res.sampler
-
-
-def prompt_task(run, prompt: str = "", *, length: int | None = None, steps: int = 64, sampler: str | None = None,
-                num: int = 1, seed: int = 0, label: str | None = None, guidance: float = 0.0, classifier=None,
-                stop_at_eot: bool = False, **options):
-    """``continue_prompt`` prepared (a ``control.filling.Task``): its plan, and the finish whose
-    ControlResult holds the texts (prompt included) and, in ``fills``, each continuation alone."""
-    from .control.filling import ControlResult, Task
-    from .control.guidance import guided_model
-    from .sampling import build_sampler
-    from .sampling.base import Plan, resolve_canvas
-
-    tok = run.tokenizer
-    ids = torch.from_numpy(tok.encode_exact(prompt, "the prompt")) if prompt else None
-    p_len = 0 if ids is None else len(ids)
-    if length is None:
-        length = max(1, min(128, run.cfg.model.context - p_len))
-    smp = build_sampler(sampler, run.process, tok, eot_id=tok.eot_id if stop_at_eot else None, **options)
-    canvas = resolve_canvas(run.model, ids, num, length, None)  # checked before it (or the mask below) is made
-    positions = torch.zeros(num, p_len + length, dtype=torch.bool)
-    positions[:, :p_len] = True  # prompt guidance: the unconditional pass sees no prompt
-    model = guided_model(run, label, guidance, positions, classifier)
-    gen = torch.Generator(device=canvas.tokens.device).manual_seed(seed)
-    plan = Plan(smp, model, run.process, canvas, steps, gen)
-
-    def finish(outs):
-        out = outs[0]
-        rows = out.tokens.tolist()
-        if stop_at_eot:
-            rows = [r[: p_len + r[p_len:].index(tok.eot_id)] if tok.eot_id in r[p_len:] else r for r in rows]
-        return ControlResult([tok.decode(r) for r in rows], [[tok.decode(r[p_len:])] for r in rows], out, smp.name,
-                             out.nfe, out.seconds)
-
-    return Task([plan], finish)

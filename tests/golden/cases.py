@@ -28,7 +28,7 @@ from markov import MarkovChain, tokenizer  # noqa: E402
 
 from textdiffusion.config import Config, ModelConfig, ProcessConfig, TrainConfig  # noqa: E402
 from textdiffusion.control import edit, infill  # noqa: E402
-from textdiffusion.pipeline import continue_prompt  # noqa: E402
+from textdiffusion.control.continuation import continue_prompt  # noqa: E402
 from textdiffusion.runs import load_run  # noqa: E402
 from textdiffusion.training.trainer import train  # noqa: E402
 

@@ -106,7 +106,7 @@ def sampler_options(args) -> dict:
 
 
 def generate_texts(run, args, prompt: str, num: int, length: int | None, on_step=None):
-    from ..pipeline import continue_prompt
+    from ..control.continuation import continue_prompt
 
     return continue_prompt(run, prompt, length=length, steps=args.steps, sampler=args.sampler, num=num,
                            seed=args.seed, on_step=on_step, label=args.label, guidance=args.guidance,

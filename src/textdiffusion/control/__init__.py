@@ -1,4 +1,5 @@
-"""Control: templates and edit spans (templates.py, no torch), infilling (filling.py), span
+"""Control: templates and edit spans (templates.py, no torch), continuing a prompt
+(continuation.py), infilling (filling.py), span
 editing (editing.py), the bits of a text (scoring.py), chat with instruction-tuned runs
 (dialogue.py), labels and classifier-free guidance (guidance.py). The torch-bound parts load on
 first use."""
@@ -11,6 +12,7 @@ from .templates import Hole, Template, has_holes, split_marked
 
 _LAZY = {"chat": ".dialogue", "conversation": ".dialogue", "Conditioned": ".guidance", "guided_model": ".guidance",
          "ControlResult": ".filling", "infill": ".filling", "edit": ".editing",
+         "continue_prompt": ".continuation", "prompt_task": ".continuation",
          "sequence_bits": ".scoring"}
 
 

@@ -385,12 +385,12 @@ def NOTHING_COMMITTED(ids: list[int]) -> str:
 
 def build_task(pipe, p: Parsed):
     """The task a request asks for, how its committed ids become text, and the seed it uses."""
+    from ..control.continuation import prompt_task
     from ..control.dialogue import chat_task
     from ..control.dialogue import reply as chat_reply
     from ..control.editing import edit_task
     from ..control.filling import infill_task
     from ..control.templates import Hole, Template
-    from ..pipeline import prompt_task
 
     run, tok = pipe.run, pipe.tokenizer
     s = dict(p.settings)
