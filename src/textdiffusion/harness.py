@@ -56,7 +56,7 @@ class TextDiffusionLM(LM):
 
     @property
     def exact(self) -> bool:
-        return self.run.process.name == "ar"
+        return self.run.process.exact_likelihood
 
     # scoring ---------------------------------------------------------------------------------
     def _pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:

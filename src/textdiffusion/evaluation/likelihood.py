@@ -37,7 +37,7 @@ def evaluate_likelihood(model, process, tokens: np.ndarray, token_bytes: np.ndar
     device = next(model.parameters()).device
     windows = eval_windows(tokens, context, max_windows)  # (N, context + 1)
     gen = torch.Generator(device=device).manual_seed(seed)
-    exact = process.name == "ar"
+    exact = process.exact_likelihood
     samples = 1 if exact else mc_samples
     per_window = []  # nats per window, averaged over Monte Carlo draws
     model.eval()
@@ -72,7 +72,7 @@ def sequence_nll(model, process, ids: torch.Tensor, bos_id: int, mc_samples: int
     device = next(model.parameters()).device
     window = torch.cat([torch.tensor([bos_id]), ids.long().cpu()])[None].to(device)  # (1, L + 1)
     gen = torch.Generator(device=device).manual_seed(seed)
-    samples = 1 if process.name == "ar" else mc_samples
+    samples = 1 if process.exact_likelihood else mc_samples
     return float(process.nelbo(model, window, gen, num_samples=samples).double().mean())
 
 
@@ -103,7 +103,7 @@ def continuation_logprob(run, head: list[int], cont: list[int], *, mc_samples: i
     fixed = torch.zeros_like(window, dtype=torch.bool)
     fixed[:, : 1 + len(head)] = True
     gen = torch.Generator(device=device).manual_seed(seed)
-    draws = 1 if process.name == "ar" else mc_samples
+    draws = 1 if process.exact_likelihood else mc_samples
     model.eval()
     nats = []
     for start in range(0, draws, MC_BATCH):

@@ -109,7 +109,7 @@ def check_likelihood(run, likelihood: str, order: str | None, sampling: dict):
     order = order or "top-prob"
     if likelihood not in ("elbo", "duel"):
         raise UsageError(f"--likelihood must be elbo or duel; got {likelihood!r}")
-    if run.process.name == "ar":
+    if run.process.exact_likelihood:  # its NLL is exact already
         return None
     if run.process.name not in ABSORBING:
         raise UsageError(f"--likelihood duel is for masked diffusion runs ({', '.join(ABSORBING)}) and AR runs; "

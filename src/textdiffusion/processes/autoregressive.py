@@ -23,6 +23,7 @@ class AutoregressiveObjective:
     mask_id = None
     block_size = None
     supports_cache = False
+    exact_likelihood = True  # nelbo is the exact NLL (the chain rule, one pass)
     draws_revealed_only = False
     attn = "causal"
 

@@ -31,14 +31,16 @@ class Objective(Protocol):
     ``loss`` (backpropagated) and ``nelbo`` (a true bound). Capabilities are attributes, so the
     samplers ask instead of probing: ``mask_id`` (the absorbing state, None if tokens never
     mask), ``block_size`` (block diffusion, else None), ``supports_cache`` (an unchanged x_t
-    needs no new network call) and ``draws_revealed_only`` (the reverse step draws values only
-    where tokens unmask, so top-k/top-p need filter only those rows)."""
+    needs no new network call), ``draws_revealed_only`` (the reverse step draws values only
+    where tokens unmask, so top-k/top-p need filter only those rows) and ``exact_likelihood``
+    (``nelbo`` is the exact NLL, not a bound: one draw scores a text; the AR twin)."""
 
     name: str
     mask_id: int | None
     block_size: int | None
     supports_cache: bool
     draws_revealed_only: bool
+    exact_likelihood: bool
 
     def loss(self, model, batch: torch.Tensor, gen: torch.Generator | None = None,
              fixed: torch.Tensor | None = None) -> LossOutput:

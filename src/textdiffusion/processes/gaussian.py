@@ -45,6 +45,7 @@ class GaussianProcess:
     block_size = None
     draws_revealed_only = False
     supports_cache = False  # the state is continuous: every step changes it
+    exact_likelihood = False
 
     @classmethod
     def from_config(cls, p, tokenizer) -> GaussianProcess:

@@ -56,6 +56,7 @@ class ScoreEntropyProcess:
         self.mask_id = mask_id if kind == "absorb" else None
         self.supports_cache = kind == "absorb"
         self.block_size = None
+        self.exact_likelihood = False
         self.draws_revealed_only = False  # the analytic step may draw every position (SEDD's own draw)
 
     def prior(self, shape, device=None, gen=None):

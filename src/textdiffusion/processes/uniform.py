@@ -51,6 +51,7 @@ class UniformProcess:
     block_size = None
     draws_revealed_only = False
     supports_cache = False  # tokens move at every step: there is nothing to reuse
+    exact_likelihood = False
 
     @classmethod
     def from_config(cls, p, tokenizer) -> UniformProcess:
