@@ -101,9 +101,11 @@ def _activations_per_token(model_cfg, vocab_size: int, training: bool) -> float:
 def training_memory(cfg, vocab_size: int) -> dict[str, int]:
     """Estimated peak bytes of a training run, by part."""
     from .models import parameter_count
+    from .processes.registry import PROCESSES
 
     tc, L = cfg.train, cfg.model.context
-    embed_dim = cfg.process.embed_dim if cfg.process.name == "gaussian" else None
+    spec = PROCESSES.get(cfg.process.name)  # (an unknown name is refused where the run is built)
+    embed_dim = cfg.process.embed_dim if spec is not None and spec.backbone == "embedding" else None
     params = parameter_count(cfg.model, vocab_size, embed_dim, cfg.process.self_cond)
     copies = 4 + (1 if tc.ema > 0 else 0)  # weights, gradients, two AdamW moments, EMA
     return {

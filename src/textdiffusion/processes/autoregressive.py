@@ -24,6 +24,7 @@ class AutoregressiveObjective:
     block_size = None
     supports_cache = False
     exact_likelihood = True  # nelbo is the exact NLL (the chain rule, one pass)
+    continuous = False
     draws_revealed_only = False
     attn = "causal"
 

@@ -33,7 +33,9 @@ class Objective(Protocol):
     mask), ``block_size`` (block diffusion, else None), ``supports_cache`` (an unchanged x_t
     needs no new network call), ``draws_revealed_only`` (the reverse step draws values only
     where tokens unmask, so top-k/top-p need filter only those rows) and ``exact_likelihood``
-    (``nelbo`` is the exact NLL, not a bound: one draw scores a text; the AR twin)."""
+    (``nelbo`` is the exact NLL, not a bound: one draw scores a text; the AR twin) and
+    ``continuous`` (x_t is a noisy vector per position, not a token: the Gaussian process, whose
+    network reads embeddings)."""
 
     name: str
     mask_id: int | None
@@ -41,6 +43,7 @@ class Objective(Protocol):
     supports_cache: bool
     draws_revealed_only: bool
     exact_likelihood: bool
+    continuous: bool
 
     def loss(self, model, batch: torch.Tensor, gen: torch.Generator | None = None,
              fixed: torch.Tensor | None = None) -> LossOutput:

@@ -46,6 +46,7 @@ class GaussianProcess:
     draws_revealed_only = False
     supports_cache = False  # the state is continuous: every step changes it
     exact_likelihood = False
+    continuous = True  # x_t is noisy embeddings; the network reads vectors
 
     @classmethod
     def from_config(cls, p, tokenizer) -> GaussianProcess:

@@ -57,6 +57,7 @@ class ScoreEntropyProcess:
         self.supports_cache = kind == "absorb"
         self.block_size = None
         self.exact_likelihood = False
+        self.continuous = False
         self.draws_revealed_only = False  # the analytic step may draw every position (SEDD's own draw)
 
     def prior(self, shape, device=None, gen=None):

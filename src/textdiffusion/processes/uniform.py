@@ -52,6 +52,7 @@ class UniformProcess:
     draws_revealed_only = False
     supports_cache = False  # tokens move at every step: there is nothing to reuse
     exact_likelihood = False
+    continuous = False
 
     @classmethod
     def from_config(cls, p, tokenizer) -> UniformProcess:

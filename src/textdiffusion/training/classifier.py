@@ -38,7 +38,7 @@ GUIDABLE = tuple(s.name for s in PROCESSES.values() if s.guidable)  # processes 
 def noisy_inputs(run, x0: torch.Tensor, t: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
     """What the run's denoiser reads at time t: token ids x_t, or scaled noisy embeddings."""
     process = run.process
-    if process.name == "gaussian":
+    if process.continuous:
         with torch.no_grad():
             e0 = run.model.embeddings()[x0]
         return process.corrupt(e0, t, gen) * process.input_scale(t).float().view(-1, 1, 1)
@@ -66,7 +66,7 @@ def _config(run, layers: int | None) -> ModelConfig:
 
 
 def _input_dim(run) -> int | None:
-    return run.process.embed_dim if run.process.name == "gaussian" else None
+    return run.process.embed_dim if run.process.continuous else None
 
 
 def train_classifier(run_dir: str | Path, data: str, out: str | Path, *, steps: int = 300, batch_size: int = 32,
@@ -137,7 +137,7 @@ def evaluate_accuracy(run, model: NoisyClassifier, rows, t: float, seed: int = 0
 
 
 def _clean(run, x0):
-    return noisy_inputs(run, x0, torch.zeros(len(x0))) if run.process.name == "gaussian" else x0
+    return noisy_inputs(run, x0, torch.zeros(len(x0))) if run.process.continuous else x0
 
 
 def load_classifier(path: str | Path, device="cpu") -> LoadedClassifier:
@@ -146,7 +146,7 @@ def load_classifier(path: str | Path, device="cpu") -> LoadedClassifier:
         info = json.loads((path / "classifier.json").read_text())
         cfg = ModelConfig(**info["model"])
         input_dim = None
-        if info["process"] == "gaussian":
+        if PROCESSES[info["process"]].backbone == "embedding":  # (KeyError: an unknown process, reported below)
             input_dim = json.loads((Path(info["diffusion_run"]) / "config.json").read_text())["process"]["embed_dim"]
         model = NoisyClassifier(cfg, len(info["labels"]), input_dim)
         model.load_state_dict(load_file(str(path / "classifier.safetensors")))

@@ -42,7 +42,7 @@ def corruptions(run, text: str, times: list[float] = TIMES, seed: int = 0) -> di
 
     masked, uniform = _process("masked", tok), _process("uniform", tok)
     gauss = _process("gaussian", tok)
-    if run.process.name == "gaussian":
+    if run.process.continuous:
         table = run.model.embeddings().detach().float()
     else:
         g = torch.Generator().manual_seed(1234)
