@@ -551,4 +551,3 @@ def test_serve_on_a_port_in_use_is_one_line_and_exit_2(cycle_dir):
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip() == (f"textdiffusion: error: port {port} on 127.0.0.1 is already in use: stop what "
                                    f"listens there, or choose another --port")
-

@@ -32,7 +32,7 @@ class Objective(Protocol):
     samplers ask instead of probing: ``mask_id`` (the absorbing state, None if tokens never
     mask), ``block_size`` (block diffusion, else None), ``supports_cache`` (an unchanged x_t
     needs no new network call), ``draws_revealed_only`` (the reverse step draws values only
-    where tokens unmask, so top-k/top-p need filter only those rows) and ``exact_likelihood``
+    where tokens unmask, so top-k/top-p need filter only those rows), ``exact_likelihood``
     (``nelbo`` is the exact NLL, not a bound: one draw scores a text; the AR twin) and
     ``continuous`` (x_t is a noisy vector per position, not a token: the Gaussian process, whose
     network reads embeddings)."""

@@ -322,7 +322,6 @@ class Sampler:
             rows.append(Row(x, canvas.fixed[b], steps, self, g, canvas.t_start))
         return State(rows, process, canvas.prompt_length, self.family)
 
-    @torch.no_grad()
     def generate(self, model, process, *, length: int | None = None, steps: int | None = None, batch_size: int = 1,
                  prompt: torch.Tensor | None = None, gen: Generators = None,
                  on_step: OnStep | None = None, trace: bool = False, canvas: Canvas | None = None) -> Generation:
