@@ -8,7 +8,8 @@
 * the sampling memory estimate must agree with the bytes a real sampling call allocates, and
   with the logits it must hold; the training estimate counts the parameters of the real module;
 * a masked model's stream commits only decided tokens: the ids committed at every report hold no
-  mask id and are a prefix of the final answer.
+  mask id and are a prefix of the final answer; and whether a decided token may still change
+  (what the server streams on) is what each process and sampler claims.
 """
 
 from __future__ import annotations
@@ -370,3 +371,37 @@ def test_a_masked_models_stream_commits_no_masked_position(cycle_dir):
             assert len(ids) >= len(before), f"{body}: the committed prefix shrank"
         early += any(len(ids) < len(final) for ids in commits)
     assert early, "no stream committed anything before its end: the check above saw no masked position"
+
+
+# (process, sampler, options): whether a decided token may still change is a claim of the process
+# (``keeps_decided``) and the sampler (``remasks``); the server streams on it (serve/reporter.py)
+DECIDED = [("masked", "ancestral", {}), ("masked", "confidence", {}), ("masked", "remdm", {"eta": 0.9}),
+           ("block", "block", {}), ("sedd-absorb", "ancestral", {}), ("ar", "ar", {}),
+           ("uniform", "ancestral", {}), ("sedd-uniform", "ancestral", {}), ("gaussian", "ddpm", {})]
+
+
+@pytest.mark.parametrize("process,sampler,options", DECIDED, ids=[f"{p}-{s}" for p, s, _ in DECIDED])
+def test_what_a_process_and_sampler_claim_about_decided_tokens_holds(process, sampler, options):
+    """Generate 12 tokens in 8 steps from a random model, 4 rows, keeping every step's canvas: a
+    pair whose ``process.keeps_decided and not sampler.remasks`` is true never changes a decided
+    token (neither a mask id nor negative) at a later step; a pair whose claim is false does, at
+    some step (so the server, which streams decided tokens early only when the claim holds, would
+    have streamed a token that later changed). Catches a wrong capability: planted, ReMDM without
+    ``remasks = True`` (its tokens are re-masked) and the uniform process with ``keeps_decided =
+    True`` (its tokens are replaced)."""
+    model, proc = _random_model(process, sharpen=1.0)
+    s = build_sampler(sampler, proc, tokenizer(), **options)
+    with _float64():  # (the Gaussian prior in the model's dtype)
+        gen = s.generate(model, proc, length=12, steps=8, batch_size=4, gen=torch.Generator().manual_seed(0),
+                         trace=True)
+    undecided = {-1, proc.mask_id}
+    changed = 0
+    for before, after in zip(gen.trace, gen.trace[1:]):
+        decided = torch.tensor([[t not in undecided for t in row] for row in before.tolist()])
+        changed += int((decided & (before != after[:, : before.shape[1]])).sum())  # (the AR twin's canvas grows)
+    claim = proc.keeps_decided and not s.remasks
+    assert len(gen.trace) >= 4, f"{len(gen.trace)} steps recorded: too few to see a change"
+    if claim:
+        assert changed == 0, f"{process}/{sampler} claims decided tokens are final, but {changed} changed later"
+    else:
+        assert changed > 0, f"{process}/{sampler} claims decided tokens may change, but none did in {len(gen.trace)} steps"

@@ -25,6 +25,7 @@ class AutoregressiveObjective:
     supports_cache = False
     exact_likelihood = True  # nelbo is the exact NLL (the chain rule, one pass)
     continuous = False
+    keeps_decided = True  # a generated token is final
     draws_revealed_only = False
     attn = "causal"
 

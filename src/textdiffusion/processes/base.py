@@ -35,7 +35,9 @@ class Objective(Protocol):
     where tokens unmask, so top-k/top-p need filter only those rows), ``exact_likelihood``
     (``nelbo`` is the exact NLL, not a bound: one draw scores a text; the AR twin) and
     ``continuous`` (x_t is a noisy vector per position, not a token: the Gaussian process, whose
-    network reads embeddings)."""
+    network reads embeddings) and ``keeps_decided`` (a token the reverse step has decided never
+    changes again: absorbing processes and the AR twin, so a server may stream it before the last
+    step; uniform and Gaussian processes revise every token until the end)."""
 
     name: str
     mask_id: int | None
@@ -44,6 +46,7 @@ class Objective(Protocol):
     draws_revealed_only: bool
     exact_likelihood: bool
     continuous: bool
+    keeps_decided: bool
 
     def loss(self, model, batch: torch.Tensor, gen: torch.Generator | None = None,
              fixed: torch.Tensor | None = None) -> LossOutput:

@@ -47,6 +47,7 @@ class GaussianProcess:
     supports_cache = False  # the state is continuous: every step changes it
     exact_likelihood = False
     continuous = True  # x_t is noisy embeddings; the network reads vectors
+    keeps_decided = False  # every position moves until the last step
 
     @classmethod
     def from_config(cls, p, tokenizer) -> GaussianProcess:

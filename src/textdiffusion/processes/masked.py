@@ -60,6 +60,7 @@ class MaskedProcess:
     supports_cache = True  # x_t only changes where a token unmasks: an unchanged x_t needs no new call
     exact_likelihood = False  # nelbo is a bound, estimated by Monte Carlo over t
     continuous = False
+    keeps_decided = True  # an unmasked token is absorbed: it never changes again
 
     def prior(self, shape: tuple[int, ...], device=None, gen: torch.Generator | None = None) -> torch.Tensor:
         """x_1: every position is [MASK] (``gen`` is unused: the prior is deterministic)."""

@@ -58,6 +58,7 @@ class ScoreEntropyProcess:
         self.block_size = None
         self.exact_likelihood = False
         self.continuous = False
+        self.keeps_decided = kind == "absorb"
         self.draws_revealed_only = False  # the analytic step may draw every position (SEDD's own draw)
 
     def prior(self, shape, device=None, gen=None):

@@ -53,6 +53,7 @@ class UniformProcess:
     supports_cache = False  # tokens move at every step: there is nothing to reuse
     exact_likelihood = False
     continuous = False
+    keeps_decided = False  # every token may be replaced until the last step
 
     @classmethod
     def from_config(cls, p, tokenizer) -> UniformProcess:

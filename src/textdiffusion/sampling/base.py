@@ -295,6 +295,7 @@ class Sampler:
 
     name = "sampler"
     family = "sampler"  # samplers of one family can batch their rows together
+    remasks = False  # may a decided token be masked again (ReMDM)? Then nothing is final before the end
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

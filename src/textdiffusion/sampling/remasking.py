@@ -173,6 +173,7 @@ class ReMDMSampler(AncestralSampler):
 
     name = "remdm"
     stop_when_unmasked = False
+    remasks = True  # a decoded token may be re-masked: nothing is final before the last step
 
     def __init__(self, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                  banned_ids: tuple[int, ...] = (), eta: float = 0.04):

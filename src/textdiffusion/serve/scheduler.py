@@ -45,17 +45,6 @@ class Cancelled(TextDiffusionError):
     """The client went away."""
 
 
-EARLY_COMMITS = ("masked", "sedd-absorb", "block", "ar")  # processes whose decided tokens are final ...
-REMASKING = ("remdm",)  # ... unless the sampler may re-mask them
-
-
-def commits_early(process: str, sampler: str) -> bool:
-    """Are a token's decided values final before the last step? For absorbing processes (and the
-    AR twin) a decided token never changes, except under a sampler that re-masks (ReMDM); the
-    uniform, score-entropy uniform and Gaussian processes revise every token until the end."""
-    return process in EARLY_COMMITS and sampler not in REMASKING
-
-
 @dataclass(eq=False)
 class Job:
     """One request in the scheduler. ``notify(kind, payload)`` is called from the scheduler
@@ -395,7 +384,7 @@ class Scheduler:
         job.steps = max(r.step for r in job.all_rows())
         if job.first_commit is not None and not job.watch:
             return
-        early = commits_early(self.run.process.name, mine[0].sampler.name)
+        early = self.run.process.keeps_decided and not mine[0].sampler.remasks
         grew = False
         for k, r in enumerate(job.all_rows()):
             ids = self._committed(job, k, r, early)
