@@ -183,10 +183,10 @@ def _prompt_dropping(run):
 
 
 def _request(pipe, body: dict, commit: bool = False):
-    """The task the server builds for a /v1/completions ``body`` (serve/app.py ``build_task``),
+    """The task the server builds for a /v1/completions ``body`` (serve/tasks.py ``build_task``),
     and (``commit``) the function its committed ids become text by."""
-    from textdiffusion.serve.app import build_task
     from textdiffusion.serve.requests import parse
+    from textdiffusion.serve.tasks import build_task
 
     task, text_of, _ = build_task(pipe, parse(body, "completions", context=pipe.run.cfg.model.context, max_steps=1000))
     return (task, text_of) if commit else task
@@ -199,9 +199,9 @@ def test_a_guided_request_never_shares_a_plain_requests_network_call(cycle_dir):
     each gets exactly the text it gets alone. Alone, every guided text differs from the plain
     text of its seed (checked), so a guided request stepped with the plain network (or the
     reverse) gets the other's text.
-    Catches: the scheduler grouping rows by sampler family only (planted: ``key =
-    (state.family,)`` instead of ``(state.family, id(plan.model))`` in serve/scheduler.py
-    ``_start``: a guided request's rows stepped with a plain request's network, or the reverse)."""
+    Catches: the scheduler grouping rows by sampler family only (planted: ``(state.family,)``
+    instead of ``(state.family, id(plan.model))`` in serve/batch.py ``group_key``: a guided
+    request's rows stepped with a plain request's network, or the reverse)."""
     from textdiffusion import Pipeline
     from textdiffusion.runs import load_run
 
@@ -339,8 +339,8 @@ def test_a_masked_models_stream_commits_no_masked_position(cycle_dir):
     a prefix of the final answer's generated ids; and the stream committed something before the
     end (a report with an unfinished, growing prefix), so there was a masked position to miss.
     Catches: the committed prefix counting a position that still holds the mask id (planted:
-    ``if t < 0:`` instead of ``if t < 0 or t == self.mask_id:`` in serve/scheduler.py
-    ``_committed``)."""
+    ``if t < 0:`` instead of ``if t < 0 or t == self.mask_id:`` in serve/reporter.py
+    ``Reporter.committed``)."""
     from textdiffusion import Pipeline
 
     pipe = Pipeline.from_pretrained(cycle_dir)

@@ -510,7 +510,7 @@ def test_a_request_that_fails_inside_a_batched_step_fails_alone(cycle_pipe, monk
             t.join(60)
         scheduler.stop()
         driver.join(30)
-        assert scheduler.stats["failed"] == 1 and scheduler.stats["finished"] == 5
+        assert scheduler.metrics.totals["failed"] == 1 and scheduler.metrics.totals["finished"] == 5
     assert answers[:5] == alone and answers[5] == 500
 
 

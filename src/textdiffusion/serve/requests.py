@@ -48,6 +48,8 @@ ENDPOINT_FIELDS = {
     "edit": ("model", "text", "span", "strength", "n", "stream", "stream_options", "user", *OPENAI_SAMPLING),
 }
 MAX_N = 16
+ENDPOINTS = {"/v1/completions": "completions", "/v1/chat/completions": "chat", "/v1/fim/completions": "fim",
+             "/v1/infill": "infill", "/v1/edit": "edit"}  # POST path -> the endpoint its body is parsed as
 
 
 @dataclass
