@@ -225,6 +225,21 @@ def test_bad_drafters_are_one_line_errors(tmp_path):
         build_sampler("speculative", dprocess, t)
 
 
+def test_a_shared_drafter_is_never_moved_to_another_device():
+    """A drafter run given loaded (``Pipeline.draft_with``, a server's ``--draft``) is shared by
+    every request: an AR model on another device is refused in one line naming both devices, and
+    the drafter stays where it is (the meta device stands in for a GPU here). Catches the old
+    ``drafter.model.to(device)`` in ``start``, which moved the shared model under every other
+    request (planted: it then fails on meta's missing data, or moves it)."""
+    t = tok()
+    ar_model, ar_process = _model("ar", 0)
+    dmodel, dprocess = _model("masked", 1)
+    spec = _speculative(Drafter(dmodel.to("meta"), dprocess, t), t)
+    with pytest.raises(UsageError, match="the drafter is on meta and the AR model on cpu: load the drafter on cpu"):
+        spec.generate(ar_model, ar_process, prompt=torch.tensor([1, 2]), length=6)
+    assert next(dmodel.parameters()).device.type == "meta"
+
+
 def test_a_request_cannot_name_a_drafter_to_load():
     """A server's requests may not set --draft (a path the server would load) or a loaded
     drafter: the field is unknown to them (the operator's side)."""

@@ -71,6 +71,7 @@ class SpeculativeSampler(Sampler):
             raise UsageError(f"--draft-confidence must be in [0, 1]; got {draft_confidence}")
         self.draft_len, self.draft_steps, self.draft_confidence = draft_len, draft_steps, draft_confidence
         draft_run = getattr(draft_run, "run", draft_run)  # a Pipeline: its run
+        self.draft = draft  # the drafter's path ("" when a loaded run is given)
         self.drafter = draft_run if draft_run is not None else load_drafter(draft)
         if self.drafter.process.name not in DRAFTERS:
             raise UsageError(f"the drafter must be a masked or block diffusion model; {draft or 'the one given'} "
@@ -92,8 +93,7 @@ class SpeculativeSampler(Sampler):
             raise UsageError(f"prompt plus length ({total} tokens) exceeds the drafter's context "
                              f"({drafter.model.cfg.context} tokens)")
         device = canvas.tokens.device
-        if next(drafter.model.parameters()).device != device:
-            drafter.model.to(device)
+        drafter = self.drafter_on(device)
         state = self._rows(process, canvas, total - P, gen, draw=False)
         B = canvas.tokens.shape[0]
         seq = canvas.tokens[:, :P] if P else torch.full((B, 1), self.bos_id, dtype=torch.long, device=device)
@@ -103,7 +103,7 @@ class SpeculativeSampler(Sampler):
         state.calls = int(seq.shape[1] > 1)
         for b, r in enumerate(state.rows):
             r.data.update(kv=kv.row(b), pending=seq[b, -1:].clone(), P=P, rounds=0, accepted=0, drafted=0,
-                          target_calls=state.calls, draft_calls=0, store=RowStore())
+                          target_calls=state.calls, draft_calls=0, store=RowStore(), drafter=drafter)
         return state
 
     def step(self, state: State, model) -> StepOutput:
@@ -113,11 +113,13 @@ class SpeculativeSampler(Sampler):
         groups: dict = {}
         for r in state.active():
             n = r.data["P"] + r.step  # tokens known
-            groups.setdefault((n, min(r.sampler.draft_len, r.steps - r.step), r.sampler.batch_key()), []).append(r)
-        for (n, k, _), rows in groups.items():
+            key = (n, min(r.sampler.draft_len, r.steps - r.step), id(r.data["drafter"]), r.sampler.batch_key())
+            groups.setdefault(key, []).append(r)
+        for (n, k, _, _), rows in groups.items():
             smp = rows[0].sampler
             drafts, log_q, calls, lengths = smp.propose(torch.stack([r.tokens[:n] for r in rows]), k,
-                                                        [r.gen for r in rows], [r.data["store"] for r in rows])
+                                                        [r.gen for r in rows], [r.data["store"] for r in rows],
+                                                        rows[0].data["drafter"])
             kv = KVCache.stack([r.data["kv"] for r in rows])
             cached = kv.length
             pending = torch.stack([r.data["pending"] for r in rows])
@@ -142,19 +144,31 @@ class SpeculativeSampler(Sampler):
         state.stats = statistics(state.rows)
         return state.output(changed, dists)
 
+    def drafter_on(self, device):
+        """The drafter on ``device``: the one given or loaded if it is there; else, for a drafter
+        named by its path, its copy loaded there (``load_drafter``: once per path and device). A
+        drafter shared by others is never moved: one given loaded on another device is refused."""
+        if next(self.drafter.model.parameters()).device == torch.device(device):
+            return self.drafter
+        if not self.draft:
+            raise UsageError(f"the drafter is on {next(self.drafter.model.parameters()).device} and the AR model on "
+                             f"{device}: load the drafter on {device}")
+        return load_drafter(self.draft, device)
+
     def batch_key(self) -> tuple:
-        """What rows must share to be drafted and verified in one call: the drafter and the
-        sampling settings (each row still draws with its own generator)."""
-        return (id(self.drafter), self.draft_len, self.draft_steps, self.draft_confidence, self.temperature,
+        """What rows must share to be drafted and verified in one call (with the drafter itself,
+        which each row keeps): the sampling settings (each row still draws with its own generator)."""
+        return (self.draft_len, self.draft_steps, self.draft_confidence, self.temperature,
                 self.top_k, self.top_p, tuple(self.banned_ids))
 
-    def propose(self, prefix: torch.Tensor, k: int, gens: list, stores: list[RowStore] | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor, int, list[int]]:
+    def propose(self, prefix: torch.Tensor, k: int, gens: list, stores: list[RowStore] | None = None,
+                drafter=None) -> tuple[torch.Tensor, torch.Tensor, int, list[int]]:
         """For (G, n) prefixes: (G, k') drafted tokens, (G, k', V) the log-probabilities each was
         drawn from (row i with its own generator), the drafter calls made, and each row's own
         draft length (k' = the longest: all k without --draft-confidence). ``stores``: each row's
-        cache of a block drafter's finished blocks (None: every call runs the whole prefix)."""
-        d = self.drafter
+        cache of a block drafter's finished blocks (None: every call runs the whole prefix);
+        ``drafter``: the run that drafts (default: this sampler's own)."""
+        d = drafter or self.drafter
         process, model, (G, n) = d.process, d.model, prefix.shape
         x = torch.cat((prefix, torch.full((G, k), process.mask_id, dtype=torch.long, device=prefix.device)), 1)
         log_q = []
@@ -256,17 +270,17 @@ def statistics(rows: list[Row]) -> dict:
 _DRAFTERS: dict = {}
 
 
-def load_drafter(path: str):
-    """The drafter run at ``path`` (loaded once per process and path: a server builds a sampler
-    per request)."""
+def load_drafter(path: str, device="cpu"):
+    """The drafter run at ``path`` on ``device`` (loaded once per process, path and device: a
+    server builds a sampler per request; a model on one device is never moved to another)."""
     if not path:
         raise UsageError("the speculative sampler needs a drafter: --draft RUN_OR_MODEL_DIR (a masked or block "
                          "diffusion model with the AR model's tokenizer)")
     from ..runs import load_run
 
-    key = str(Path(path).resolve())
+    key = (str(Path(path).resolve()), str(torch.device(device)))
     if key not in _DRAFTERS:
-        _DRAFTERS[key] = load_run(path)
+        _DRAFTERS[key] = load_run(path, device)
     return _DRAFTERS[key]
 
 
