@@ -1,6 +1,22 @@
 """Run a callback the moment another package is imported (now, if it already is), without
 importing it ourselves: ``import textdiffusion`` registers with transformers and lm_eval this
-way and stays light for users who never touch either."""
+way and stays light for users who never touch either.
+
+This is the one thing ``import textdiffusion`` does beyond defining names (a finder at the front
+of ``sys.meta_path`` per package not yet imported, which removes itself when that package loads),
+and it stays because neither library offers another way in today:
+
+* lm_eval's own command line (``lm_eval --model textdiffusion``) resolves ``--model`` against its
+  registry before any code of ours runs; lm-eval 0.4.13, the newest release, has no plugin entry
+  point for models (upstream PR #4013 adds one, unreleased), so our model must register when its
+  registry is imported. ``textdiffusion lm-eval`` registers explicitly and needs no hook.
+* transformers' Auto classes find a custom ``model_type`` only if it was registered
+  (``AutoConfig.register``) in this process, or through remote code (``trust_remote_code``): an
+  export that runs without textdiffusion is issue 43's; until then ``import textdiffusion`` in
+  either order with transformers makes ``AutoModel.from_pretrained`` read our exports.
+
+Both orders are tested (tests/test_hf.py, tests/test_harness.py): textdiffusion first (the finder
+fires when the other loads) and second (the callback runs at once)."""
 
 from __future__ import annotations
 
