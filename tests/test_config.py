@@ -31,6 +31,28 @@ def test_bad_values_name_the_flag(override, message):
         load_config(None, [override])
 
 
+# (process, a setting that is for some processes only, its message): refused on that process,
+# accepted on the one it is for
+PROCESS_ONLY = [
+    ("masked", "data.fim_rate=0.5", "fim_rate is for the AR twin", "ar"),
+    ("ar", "data.infill_rate=0.5", "infill_rate is for diffusion models", "masked"),
+    ("ar", "model.time_cond=true", "time_cond must be false for the AR twin", "masked"),
+    ("gaussian", "train.input_noise=0.1", "input_noise replaces input tokens", "uniform"),
+    ("masked", "process.self_cond=true", "self_cond is for the gaussian process only", "gaussian"),
+]
+
+
+@pytest.mark.parametrize("process, override, message, fits", PROCESS_ONLY)
+def test_settings_for_some_processes_are_checked_by_what_each_process_is(process, override, message, fits):
+    """The checks ask the process's registry entry (its backbone: causal for the AR twin,
+    embedding for the Gaussian process), not its name: each refuses on a process it is not for
+    and accepts on the one it is. Catches a check asking the wrong fact (planted: ``backbone !=
+    "causal"`` for the fim_rate check, and ``== "causal"`` for input noise)."""
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [f"process.name={process}", override])
+    load_config(None, [f"process.name={fits}", override])
+
+
 def test_a_config_file_cannot_set_what_the_data_decides(tmp_path):
     """A TOML [model] vocab_size was silently replaced by the tokenizer's size: refused, naming
     the file and what to set instead."""

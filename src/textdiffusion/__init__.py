@@ -24,15 +24,15 @@ def load_run(run_dir, device="cpu"):
 def _hook_others() -> None:
     """Our config and model join transformers' Auto classes when transformers is imported, and
     our model lm_eval's registry (``--model textdiffusion``) when lm_eval's registry is."""
-    from .hf import register_when_imported
-    from .hooks import when_imported
+    from .integrations.hf import register_when_imported
+    from .integrations.hooks import when_imported
 
     register_when_imported()
     when_imported("lm_eval.api.registry", _register_lm_eval)
 
 
 def _register_lm_eval() -> None:
-    from .harness import register
+    from .integrations.harness import register
 
     register()
 

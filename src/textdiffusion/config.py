@@ -146,7 +146,8 @@ class ProcessConfig:
         _check_choice(self.schedule, SCHEDULES, "process.schedule")
         _check(self.embed_dim > 0, "process.embed_dim must be positive")
         _check(self.logsnr_min < self.logsnr_max, "process.logsnr_min must be below process.logsnr_max")
-        _check(not self.self_cond or self.name == "gaussian", "process.self_cond is for the gaussian process only")
+        _check(not self.self_cond or PROCESS_SPECS[self.name].backbone == "embedding",
+               "process.self_cond is for the gaussian process only")
         _check(self.block_size > 0, "process.block_size must be positive")
 
 
@@ -307,17 +308,18 @@ class Config:
     def __post_init__(self) -> None:
         if self.model.time_cond is None:
             self.model.time_cond = PROCESS_SPECS[self.process.name].time_cond
-        _check(not (self.process.name == "ar" and self.model.time_cond),
+        backbone = PROCESS_SPECS[self.process.name].backbone  # causal: the AR twin; embedding: Gaussian
+        _check(not (backbone == "causal" and self.model.time_cond),
                "model.time_cond must be false for the AR twin (--process ar has no diffusion time)")
-        _check(self.data.fim_rate == 0 or self.process.name == "ar",
+        _check(self.data.fim_rate == 0 or backbone == "causal",
                "data.fim_rate is for the AR twin (--process ar): diffusion models infill without it")
-        _check(self.data.infill_rate == 0 or self.process.name != "ar",
+        _check(self.data.infill_rate == 0 or backbone != "causal",
                "data.infill_rate is for diffusion models; the AR twin learns infilling with data.fim_rate")
         _check(not (self.process.name == "block" and self.model.time_cond and self.model.time_input != "zero"),
                "model.time_cond must be false for block diffusion (each block has its own time)")
         _check(self.adapt.anneal_steps == 0 or self.process.name == "masked",
                "adapt.anneal_steps anneals a masked model's attention (block diffusion has its block-causal mask)")
-        _check(self.train.input_noise == 0 or self.process.name != "gaussian",
+        _check(self.train.input_noise == 0 or backbone != "embedding",
                "train.input_noise replaces input tokens: the gaussian process's inputs are noisy embeddings, use "
                "model.dropout instead")
         _check(self.adapt.shift != "on" or self.process.name == "masked",

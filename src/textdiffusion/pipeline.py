@@ -71,16 +71,9 @@ class Pipeline:
         threads (a process-wide setting): None picks them as the command line does, the cores not
         already busy (runtime.auto_threads; torch's own default of one per core ran 3-30x slower on
         a busy machine), unless OMP_NUM_THREADS is set; 0 is that choice always; N sets N."""
-        from .pretrained import card, resolve
-        from .runs import load_run
-        from .runtime import api_threads
-        from .training.trainer import resolve_device
+        from .runs import load_named
 
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 0):
-            raise UsageError(f"threads must be a whole number >= 0 (0: the cores not already busy); got {threads!r}")
-        folder = resolve(name_or_dir)
-        api_threads(threads)
-        return cls(load_run(folder, resolve_device(device)), card(folder))
+        return cls(*load_named(name_or_dir, device, threads))
 
     def save_pretrained(self, directory: str | Path, dtype: str = "float32", card: dict | None = None,
                         format: str = "textdiffusion") -> Path:
@@ -88,13 +81,13 @@ class Pipeline:
         (float32, bfloat16 or float16), in a directory ``from_pretrained`` and every command read.
         ``card`` (default: this pipeline's own card, if any) becomes card.json: a
         ``description`` and the ``generate`` settings used when a call names none.
-        ``format="transformers"``: a directory transformers' Auto classes load too (textdiffusion/hf.py)."""
+        ``format="transformers"``: a directory transformers' Auto classes load too (textdiffusion/integrations/hf.py)."""
         if dtype not in DTYPES:
             raise UsageError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
         if format not in ("textdiffusion", "transformers"):
             raise UsageError(f"format must be textdiffusion or transformers; got {format!r}")
         if format == "transformers":
-            from .hf import save_transformers
+            from .integrations.hf import save_transformers
 
             return save_transformers(self.run, directory, dtype, card if card is not None else self.card)
         out = Path(directory)
@@ -137,7 +130,7 @@ class Pipeline:
         ``draft_steps`` calls (ending early where its top probability falls below
         ``draft_confidence``), the AR model verifies them; the outputs are the AR model's own.
         Calls (and a server's requests) that name a sampler still get that one. Returns self."""
-        if self.run.process.name != "ar":
+        if not self.run.process.left_to_right:
             raise UsageError(f"a drafter speeds up an AR model; {self.run.run_dir} is a {self.run.process.name!r} "
                              f"model: serve an AR run (process ar) with --draft, or drop --draft")
         from .sampling.speculative import SpeculativeSampler

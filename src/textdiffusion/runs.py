@@ -25,7 +25,7 @@ from .loaded import DTYPES, LoadedRun, build_model
 from .tokenizers import Tokenizer, load_tokenizer
 from .training.checkpoint import checkpoint_dir, load_weights
 
-__all__ = ["DTYPES", "LoadedRun", "build_model", "load_run", "portable", "read_run"]
+__all__ = ["DTYPES", "LoadedRun", "build_model", "load_named", "load_run", "portable", "read_run"]
 
 
 def read_run(run_dir: str | Path) -> tuple[Config, Tokenizer]:
@@ -85,3 +85,19 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", dtype: str
     weights = load_weights(model, checkpoint_dir(run_dir))
     model.to(device).eval()
     return LoadedRun(run_dir, cfg, tokenizer, model, process, weights)
+
+
+def load_named(name_or_dir: str | Path | None = None, device: str = "cpu", threads: int | None = None) -> tuple[LoadedRun, dict]:
+    """(the run, its card) for a shipped model's name (None: the default), a run directory or a
+    saved model, on ``device`` ("auto": a GPU if there is one), with torch's CPU threads set as
+    ``threads`` asks (``runtime.api_threads``): what ``Pipeline.from_pretrained`` and lm_eval's
+    model load."""
+    from .errors import UsageError
+    from .pretrained import card, resolve
+    from .runtime import api_threads, resolve_device
+
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 0):
+        raise UsageError(f"threads must be a whole number >= 0 (0: the cores not already busy); got {threads!r}")
+    folder = resolve(name_or_dir)
+    api_threads(threads)
+    return load_run(folder, resolve_device(device)), card(folder)

@@ -47,3 +47,24 @@ def set_threads(threads: int = 0) -> int:
     n = threads or auto_threads()
     torch.set_num_threads(n)
     return n
+
+
+def resolve_device(name: str, world=None):
+    """The torch device ``name`` asks for ("auto": a GPU if there is one; cpu, cuda, cuda:N), in
+    one line if it is unknown or absent; under torchrun (``world``, training/distributed.py) this
+    process's own."""
+    import torch
+
+    from .errors import UsageError
+
+    if world is not None and world.distributed:  # torchrun: this process's GPU (LOCAL_RANK), or the CPU
+        return world._device
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device {name} asked for, but CUDA is not available here")
+    return device

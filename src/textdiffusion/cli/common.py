@@ -116,8 +116,8 @@ def generate_texts(run, args, prompt: str, num: int, length: int | None, on_step
 def classifier_of(args):
     if not getattr(args, "classifier", None):
         return None
+    from ..runtime import resolve_device
     from ..training.classifier import load_classifier
-    from ..training.trainer import resolve_device
 
     return load_classifier(args.classifier, resolve_device(args.device))
 
@@ -133,8 +133,7 @@ def load(run_dir: str | None, device: str, threads: int = 0):
 
         raise CheckpointError(f"run directory not found: {folder}")
     from ..runs import load_run
-    from ..runtime import set_threads
-    from ..training.trainer import resolve_device
+    from ..runtime import resolve_device, set_threads
 
     set_threads(threads)
     return load_run(folder, resolve_device(device))

@@ -27,7 +27,7 @@ def main(args) -> int:
     from ..errors import TextDiffusionError, UsageError, first_line
 
     try:
-        from ..harness import main as harness_main
+        from ..integrations.harness import main as harness_main
     except ImportError:
         raise UsageError("lm-eval needs lm-evaluation-harness: pip install 'textdiffusion[hf]'") from None
     try:

@@ -146,7 +146,7 @@ def _draw(args, model, formats: list[str], out: Path, trace: dict | None) -> int
     ar_story = None
     if args.ar is not None:
         ar_run = load(args.ar, args.device, args.threads)
-        if ar_run.process.name != "ar":
+        if not ar_run.process.left_to_right:
             raise UsageError(f"--ar {args.ar} is a {ar_run.process.name} run: give an autoregressive one (--process ar)")
         if ar_run.tokenizer.vocab_size != run.tokenizer.vocab_size:
             print("textdiffusion: note: the AR run has another tokenizer; its pane counts its own tokens", file=sys.stderr)

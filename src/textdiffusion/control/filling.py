@@ -111,7 +111,7 @@ def _fixed_plan(run, template: Template, *, num: int, steps: int, sampler, seed:
     """The plan that fills a template whose holes have fixed sizes, and its finish (the texts and
     the fills of a generation)."""
     continuation = isinstance(template.parts[-1], Hole) and len(template.holes) == 1
-    if run.process.name == "ar" and not continuation:  # (a continuation decodes left to right below)
+    if run.process.left_to_right and not continuation:  # (a continuation decodes left to right below)
         if not run.cfg.data.fim_rate:
             raise UsageError("the AR twin reads only the text to the left, so it can continue a prompt but not "
                              "infill; train it with fill-in-the-middle (--set data.fim_rate=0.5) or use a masked "

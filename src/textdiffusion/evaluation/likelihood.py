@@ -117,7 +117,7 @@ def continuation_logprob(run, head: list[int], cont: list[int], *, mc_samples: i
 def _greedy(run, window: torch.Tensor, n_head: int, n_cont: int) -> bool | None:
     model, process = run.model, run.process
     target = window[0, 1 + n_head:]
-    if process.name == "ar":
+    if process.left_to_right:
         return bool((model(window[:, :-1])[0, n_head:].argmax(-1) == target).all())
     if process.name == "masked":
         x = window[:, 1:].clone()

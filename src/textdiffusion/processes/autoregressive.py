@@ -26,6 +26,7 @@ class AutoregressiveObjective:
     exact_likelihood = True  # nelbo is the exact NLL (the chain rule, one pass)
     continuous = False
     keeps_decided = True  # a generated token is final
+    left_to_right = True
     draws_revealed_only = False
     attn = "causal"
 

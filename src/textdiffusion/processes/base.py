@@ -35,9 +35,11 @@ class Objective(Protocol):
     where tokens unmask, so top-k/top-p need filter only those rows), ``exact_likelihood``
     (``nelbo`` is the exact NLL, not a bound: one draw scores a text; the AR twin) and
     ``continuous`` (x_t is a noisy vector per position, not a token: the Gaussian process, whose
-    network reads embeddings) and ``keeps_decided`` (a token the reverse step has decided never
+    network reads embeddings), ``keeps_decided`` (a token the reverse step has decided never
     changes again: absorbing processes and the AR twin, so a server may stream it before the last
-    step; uniform and Gaussian processes revise every token until the end)."""
+    step; uniform and Gaussian processes revise every token until the end) and ``left_to_right``
+    (each token is read from the text before it, in order: the AR twin, which continues a prompt,
+    fills a hole only through fill-in-the-middle training, and verifies a drafter's tokens)."""
 
     name: str
     mask_id: int | None
@@ -47,6 +49,7 @@ class Objective(Protocol):
     exact_likelihood: bool
     continuous: bool
     keeps_decided: bool
+    left_to_right: bool
 
     def loss(self, model, batch: torch.Tensor, gen: torch.Generator | None = None,
              fixed: torch.Tensor | None = None) -> LossOutput:

@@ -48,6 +48,7 @@ class GaussianProcess:
     exact_likelihood = False
     continuous = True  # x_t is noisy embeddings; the network reads vectors
     keeps_decided = False  # every position moves until the last step
+    left_to_right = False
 
     @classmethod
     def from_config(cls, p, tokenizer) -> GaussianProcess:

@@ -61,6 +61,7 @@ class MaskedProcess:
     exact_likelihood = False  # nelbo is a bound, estimated by Monte Carlo over t
     continuous = False
     keeps_decided = True  # an unmasked token is absorbed: it never changes again
+    left_to_right = False  # (block diffusion too: inside a block, any order)
 
     def prior(self, shape: tuple[int, ...], device=None, gen: torch.Generator | None = None) -> torch.Tensor:
         """x_1: every position is [MASK] (``gen`` is unused: the prior is deterministic)."""

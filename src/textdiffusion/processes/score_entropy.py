@@ -59,6 +59,7 @@ class ScoreEntropyProcess:
         self.exact_likelihood = False
         self.continuous = False
         self.keeps_decided = kind == "absorb"
+        self.left_to_right = False
         self.draws_revealed_only = False  # the analytic step may draw every position (SEDD's own draw)
 
     def prior(self, shape, device=None, gen=None):

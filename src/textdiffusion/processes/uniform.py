@@ -54,6 +54,7 @@ class UniformProcess:
     exact_likelihood = False
     continuous = False
     keeps_decided = False  # every token may be replaced until the last step
+    left_to_right = False
 
     @classmethod
     def from_config(cls, p, tokenizer) -> UniformProcess:

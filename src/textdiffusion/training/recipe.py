@@ -263,7 +263,7 @@ def _lead(cfg: Config, run_dir: Path, world, progress: bool) -> TrainResult:
         cfg = finetune_config(cfg, cfg.train.init)
     if cfg.train.device in ("cpu", "auto"):  # the size before the corpus is read, in host memory (on a
         # GPU, and with the tokenizer's exact size, train() checks again before allocating)
-        from .trainer import resolve_device
+        from ..runtime import resolve_device
 
         if resolve_device(cfg.train.device).type == "cpu":
             check_training_memory(cfg, cfg.data.vocab_size if cfg.data.tokenizer == "bpe" else 260)

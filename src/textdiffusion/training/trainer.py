@@ -31,6 +31,7 @@ from ..fileio import write_atomic
 from ..limits import check_training_memory
 from ..processes.base import RowShard
 from ..runs import build_model
+from ..runtime import resolve_device
 from ..tokenizers import Tokenizer
 from . import distributed, mfu
 from .adapt import Annealed, annealed_mask
@@ -90,20 +91,6 @@ def lr_at(step: int, cfg) -> float:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-
-
-def resolve_device(name: str, world: World | None = None) -> torch.device:
-    if world is not None and world.distributed:  # torchrun: this process's GPU (LOCAL_RANK), or the CPU
-        return world._device
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"device {name} asked for, but CUDA is not available here")
-    return device
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """Our own models saved for transformers (``textdiffusion export --format transformers``,
-``Pipeline.save_pretrained(dir, format="transformers")``; textdiffusion/hf.py): read back
+``Pipeline.save_pretrained(dir, format="transformers")``; integrations/hf.py): read back
 without transformers. config.json carries our whole config under ``textdiffusion`` and the
 special ids under ``textdiffusion_specials``; the weights are our module's under ``denoiser.``."""
 
@@ -11,11 +11,11 @@ from pathlib import Path
 from ...errors import CheckpointError, ConfigError, TokenizerError
 
 CARD: dict = {}
+PREFIX = "denoiser."  # our module's parameters inside the PreTrainedModel (integrations/hf.py writes them)
 
 
 def load(folder: Path, device="cpu", dtype: str | None = None, raw: dict | None = None):
     from ...config import Config
-    from ...hf import PREFIX
     from ...loaded import LoadedRun, build_model
     from ...tokenizers import HFTokenizer
     from . import hf_config

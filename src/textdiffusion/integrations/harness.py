@@ -19,7 +19,7 @@ from lm_eval.api.model import LM
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm.auto import tqdm
 
-from .errors import UsageError
+from ..errors import UsageError
 
 NAME = "textdiffusion"
 log = logging.getLogger("lm_eval.textdiffusion")  # under lm_eval's logger: its handlers and level
@@ -37,7 +37,8 @@ class TextDiffusionLM(LM):
                  sampler: str | None = None, steps: int | None = None, batch_size=None, max_batch_size=None,
                  **options):
         super().__init__()
-        from .pipeline import Pipeline
+        from ..pretrained import task_defaults
+        from ..runs import load_named
 
         if int(mc_samples) < 1:
             raise UsageError(f"mc_samples must be at least 1 (got {mc_samples})")
@@ -48,8 +49,8 @@ class TextDiffusionLM(LM):
                 log.warning("textdiffusion: device %s asked for, but CUDA is not available here: running on the CPU",
                             device)
                 device = "cpu"
-        self.pipe = Pipeline.from_pretrained(str(pretrained), device)
-        self.run = self.pipe.run
+        self.run, card = load_named(str(pretrained), device)
+        self.defaults = task_defaults(card, "generate")  # the card's sampling settings, as Pipeline.generate's
         self.mc_samples, self.seed = int(mc_samples), int(seed)
         self.sampler, self.steps, self.options = sampler, None if steps is None else int(steps), options
         self.stderrs: list[float] = []  # nats, one per loglikelihood request (0 for AR: exact)
@@ -73,7 +74,7 @@ class TextDiffusionLM(LM):
 
     def score(self, head: list[int], cont: list[int]) -> tuple[float, float, bool]:
         """(log-likelihood in nats, its Monte Carlo standard error, greedy) of ``cont`` after ``head``."""
-        from .evaluation.likelihood import continuation_logprob
+        from ..evaluation.likelihood import continuation_logprob
 
         if not cont:
             return 0.0, 0.0, True
@@ -83,8 +84,8 @@ class TextDiffusionLM(LM):
         return ll, se, greedy
 
     def _greedy_by_sampling(self, head: list[int], cont: list[int]) -> bool:
-        from .control.continuation import prompt_task
-        from .errors import UsageError
+        from ..control.continuation import prompt_task
+        from ..errors import UsageError
 
         try:
             res = prompt_task(self.run, self.run.tokenizer.decode(head), length=len(cont), steps=len(cont),
@@ -148,9 +149,8 @@ class TextDiffusionLM(LM):
             if len(ids) > context - length:  # keep the end of a long prompt, as lm_eval's models do
                 ids = ids[len(ids) - (context - length):]
             text = tok.decode(ids) if len(ids) else ""
-            res = self.pipe.generate(text, length=length, steps=self.steps, sampler=self.sampler, seed=self.seed,
-                                     stop_at_eot=True, **options)
-            row = res.tokens[0, len(ids):].tolist()
+            gen = self._continue(text, length, options)
+            row = gen.tokens[0, len(ids):].tolist()
             new = tok.decode(row[: row.index(tok.eot_id)] if tok.eot_id in row else row)
             for stop in until:
                 if stop and stop in new:
@@ -159,13 +159,25 @@ class TextDiffusionLM(LM):
         return out
 
 
+    def _continue(self, text: str, length: int, options: dict):
+        """One continuation of ``text`` (``length`` tokens, stopping at end-of-text) with this
+        model's sampler settings, completed from its card: the generation."""
+        from ..control.continuation import continue_prompt
+        from ..pretrained import fill_settings
+
+        settings = fill_settings({**options, "steps": self.steps, "sampler": self.sampler}, self.defaults)
+        steps, sampler = settings.pop("steps"), settings.pop("sampler")
+        out, _, _ = continue_prompt(self.run, text, length=length, steps=steps, sampler=sampler, seed=self.seed,
+                                    stop_at_eot=True, **settings)
+        return out
+
 def register() -> None:
     """``textdiffusion`` in lm_eval's model registry, beside its own models."""
     import lm_eval.models  # noqa: F401  (its own placeholders first: lm_eval fills an empty registry only)
     from lm_eval.api.registry import model_registry
 
     if NAME not in model_registry:
-        model_registry.register(NAME, target="textdiffusion.harness:TextDiffusionLM")
+        model_registry.register(NAME, target="textdiffusion.integrations.harness:TextDiffusionLM")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,11 +20,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import UsageError
-from .fileio import umask_mode
+from ..errors import UsageError
+from ..fileio import umask_mode
 
 MODEL_TYPE = "textdiffusion"
-PREFIX = "denoiser."  # our module's parameters inside the PreTrainedModel
 
 
 def _require():
@@ -68,14 +67,14 @@ def classes() -> tuple[type, type]:
 
         def __init__(self, config):
             super().__init__(config)
-            from .config import Config
-            from .models.transformer import Transformer
-            from .processes.registry import PROCESSES
+            from ..config import Config
+            from ..models.transformer import Transformer
+            from ..processes.registry import PROCESSES
 
             cfg = Config.from_dict(json.loads(json.dumps(config.textdiffusion)))
             backbone = PROCESSES[cfg.process.name].backbone
             if backbone == "embedding":
-                from .models.continuous import EmbeddingDenoiser
+                from ..models.continuous import EmbeddingDenoiser
 
                 self.denoiser = EmbeddingDenoiser(cfg.model, cfg.process.embed_dim, cfg.process.self_cond)
             else:
@@ -139,7 +138,7 @@ def hf_tokenizer(tokenizer):
     transformers = _require()
     from tokenizers import Tokenizer as RustTokenizer
 
-    from .tokenizers import SPECIALS, HFTokenizer, to_hf_json
+    from ..tokenizers import SPECIALS, HFTokenizer, to_hf_json
 
     rust = RustTokenizer.from_str(to_hf_json(tokenizer))
     if isinstance(tokenizer, HFTokenizer):
@@ -160,7 +159,8 @@ def save_transformers(run, directory: str | Path, dtype: str = "float32", card: 
     """Write ``run`` (a LoadedRun) as a transformers model directory (see the module docstring)."""
     import torch
 
-    from .runs import DTYPES, portable
+    from ..models.adapters.exported import PREFIX
+    from ..runs import DTYPES, portable
 
     _require()
     register()
@@ -170,7 +170,7 @@ def save_transformers(run, directory: str | Path, dtype: str = "float32", card: 
         raise FileExistsError(f"{out} exists and is not empty: choose another directory")
     cfg = portable(run.cfg)
     tok = run.tokenizer
-    is_ar = run.cfg.process.name == "ar"
+    is_ar = run.process.left_to_right
     config = config_cls(textdiffusion=cfg.to_dict(), textdiffusion_specials=specials_of(tok),
                         architectures=["TextDiffusionModel"], vocab_size=run.cfg.model.vocab_size,
                         eos_token_id=tok.eot_id, pad_token_id=tok.pad_id,
