@@ -240,6 +240,25 @@ def test_a_shared_drafter_is_never_moved_to_another_device():
     assert next(dmodel.parameters()).device.type == "meta"
 
 
+def test_draft_with_a_path_loads_the_drafter_where_the_model_is(cycle_dir):
+    """``Pipeline.draft_with(PATH)`` on an AR model on another device (the meta device stands in
+    for a GPU) loads the drafter on that device, so generation never meets a drafter on the CPU.
+    Catches loading a path on the default device (planted: the sampler's own CPU load, which left
+    every GPU pipeline refusing its own drafter)."""
+    from markov import tokenizer as cycle_tokenizer
+
+    from textdiffusion import Pipeline
+    from textdiffusion.runs import LoadedRun
+
+    t = cycle_tokenizer()
+    cfg = Config(model=ModelConfig(n_layer=1, n_head=2, d_model=16, context=24), process=ProcessConfig(name="ar"))
+    cfg.model.vocab_size = t.vocab_size
+    model, process = build_model(cfg, t)
+    pipe = Pipeline(LoadedRun(cycle_dir, cfg, t, model.to("meta"), process, "random"))
+    pipe.draft_with(str(cycle_dir), draft_len=4)
+    assert next(pipe.drafter.model.parameters()).device.type == "meta"
+
+
 def test_a_request_cannot_name_a_drafter_to_load():
     """A server's requests may not set --draft (a path the server would load) or a loaded
     drafter: the field is unknown to them (the operator's side)."""

@@ -133,12 +133,12 @@ class Pipeline:
         if not self.run.process.left_to_right:
             raise UsageError(f"a drafter speeds up an AR model; {self.run.run_dir} is a {self.run.process.name!r} "
                              f"model: serve an AR run (process ar) with --draft, or drop --draft")
-        from .sampling.speculative import SpeculativeSampler
+        from .sampling.speculative import SpeculativeSampler, load_drafter
 
-        path = isinstance(drafter, (str, Path))  # the sampler loads it (once per path) and checks it now
-        drafter = SpeculativeSampler(draft=str(drafter) if path else "", draft_run=None if path else drafter,
-                                     draft_len=draft_len, draft_steps=draft_steps, draft_confidence=draft_confidence,
-                                     tokenizer=self.tokenizer).drafter
+        if isinstance(drafter, (str, Path)):  # loaded on this model's device (once per path and device)
+            drafter = load_drafter(str(drafter), next(self.run.model.parameters()).device)
+        drafter = SpeculativeSampler(draft_run=drafter, draft_len=draft_len, draft_steps=draft_steps,
+                                     draft_confidence=draft_confidence, tokenizer=self.tokenizer).drafter  # checked
         self.drafter = drafter
         speculative = {"sampler": "speculative", "draft_run": drafter, "draft_len": draft_len, "draft_steps": draft_steps,
                        "draft_confidence": draft_confidence}

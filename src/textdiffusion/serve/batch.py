@@ -83,7 +83,8 @@ class Group:
 def group_key(plan, state) -> tuple:
     """What rows must share to be stepped by one network call: the sampler family (its ``step``)
     and the network object itself, so a guided request (its own wrapper around the run's model,
-    control/guidance.py) or a drafter never shares a plain request's call."""
+    control/guidance.py) never shares a plain request's call. (Speculative rows of different
+    drafters share a group; their ``step`` drafts each drafter's rows apart.)"""
     return (state.family, id(plan.model))
 
 
@@ -108,7 +109,7 @@ class Batch:
 
     def start(self, job: Job) -> None:
         job.started = time.monotonic()
-        states = [plan.start() for plan in job.task.plans]  # (an error fails the job: step_all's guard)
+        states = [plan.start() for plan in job.task.plans]  # (an error fails the job: Scheduler._loop's guard)
         for i, (plan, state) in enumerate(zip(job.task.plans, states)):
             job.rows.append(list(state.rows))
             job.committed += [""] * len(state.rows)

@@ -42,14 +42,14 @@ async def endpoint(request: Request):
     """Any POST endpoint: which one is the request's path."""
     from starlette.responses import JSONResponse, StreamingResponse
 
-    app, rid = request.app.state, request.state.rid
-    cfg, kind = app.settings, ENDPOINTS[request.url.path]
+    state, rid = request.app.state, request.state.rid
+    cfg, kind = state.settings, ENDPOINTS[request.url.path]
     try:
         body = await read_body(request, cfg.max_body)
-        p = parse(body, kind, context=app.pipe.run.cfg.model.context, max_steps=cfg.max_steps)
+        p = parse(body, kind, context=state.pipe.run.cfg.model.context, max_steps=cfg.max_steps)
         if p.model is not None and p.model != cfg.name:
             raise BadRequest(f"no model {p.model!r}: this server serves {cfg.name!r}", "model", status=404)
-        task, commit, seed = build_task(app.pipe, p)
+        task, commit, seed = build_task(state.pipe, p)
     except Exception as exc:  # noqa: BLE001
         return error_response(exc, rid)
     loop = asyncio.get_running_loop()
@@ -61,13 +61,13 @@ async def endpoint(request: Request):
     job = Job(task, notify, watch=p.stream, frames=p.include_denoising, commit=commit,
               deadline=time.monotonic() + cfg.timeout, id=rid)
     try:
-        app.scheduler.submit(job)
+        state.scheduler.submit(job)
     except Exception as exc:  # noqa: BLE001
         return error_response(exc, rid)
     meta = {"id": f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}", "created": int(time.time()),
             "model": cfg.name, "seed": seed}
     if p.stream:
-        stream = Stream(job, updates, p, meta, task, app.scheduler, app.pipe.run)
+        stream = Stream(job, updates, p, meta, task, state.scheduler, state.pipe.run)
         return StreamingResponse(stream.events(), media_type="text/event-stream",
                                  headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
     what, payload = await wait(request, job, updates)
@@ -76,7 +76,7 @@ async def endpoint(request: Request):
     if what == "response":
         return payload
     result, usage = payload
-    return JSONResponse(respond(kind, p, result, usage, task, meta, app.pipe.run))
+    return JSONResponse(respond(kind, p, result, usage, task, meta, state.pipe.run))
 
 
 async def wait(request: Request, job: Job, updates: asyncio.Queue) -> tuple[str, object]:

@@ -39,6 +39,8 @@ class Reporter:
         if job.first_commit is not None and not job.watch:
             return None
         mine = [r for r in job.all_rows() if id(r) in index]
+        if not mine:  # none of its rows took part in this step
+            return None
         early = self.process.keeps_decided and not mine[0].sampler.remasks
         grew = False
         for k, r in enumerate(job.all_rows()):

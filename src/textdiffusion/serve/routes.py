@@ -12,9 +12,9 @@ from .errors import answer
 from .metrics import prometheus
 
 
-def model_card(app) -> dict:
-    run, cfg = app.pipe.run, app.settings
-    drafter = getattr(app.pipe, "drafter", None)
+def model_card(state) -> dict:
+    run, cfg = state.pipe.run, state.settings
+    drafter = getattr(state.pipe, "drafter", None)
     return {"id": cfg.name, "object": "model", "created": int(_created(run)), "owned_by": "textdiffusion",
             "process": run.process.name, "context": run.cfg.model.context,
             "chat": bool(run.cfg.data.sft), "labels": list(run.labels or []),
@@ -44,12 +44,12 @@ async def health():
 
 
 async def ready(request: Request):
-    app = request.app.state
-    if not app.scheduler.alive:
+    state = request.app.state
+    if not state.scheduler.alive:
         return answer(503, "the scheduler is not running: the server cannot generate (see its log)")
-    if app.draining:
+    if state.draining:
         return answer(503, "draining: the server is finishing its requests before it stops")
-    return {"status": "ready", "queue": app.scheduler.queue_depth, "running": app.scheduler.running}
+    return {"status": "ready", "queue": state.scheduler.queue_depth, "running": state.scheduler.running}
 
 
 async def metrics(request: Request):
@@ -63,8 +63,8 @@ async def demo(request: Request):
 
     from .demo import page
 
-    app = request.app.state
-    return HTMLResponse(page(app.settings.name, app.pipe.run))
+    state = request.app.state
+    return HTMLResponse(page(state.settings.name, state.pipe.run))
 
 
 GET = [("/v1/models", models), ("/v1/models/{name}", one_model), ("/health", health), ("/ready", ready),

@@ -8,8 +8,8 @@ the queue and the thread that owns the model; each turn of its loop
 
     expires  jobs past their deadline, and drops waiting jobs whose client went away;
     admits   pending jobs, first come first served, while the rows in flight stay <= max_batch,
-             and starts them into the batch (``Batch.start``);
-    steps    every group of the batch once (``Batch.step_all``: start, step, release, report).
+             and starts them into the batch (``Batch.start``; an error fails that job alone);
+    steps    every group of the batch once (``Batch.step_all``: step, report, release, finish).
 
 Cancelled jobs (a client that went away) and jobs past their deadline have their rows marked
 done and released at the next step.
