@@ -176,7 +176,7 @@ def table(rows: list[dict], before: dict | None) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--label", default="before", help="this run's name in OUT/LABEL.json (default before)")
-    p.add_argument("--compare", type=Path, default=None, metavar="FILE", help="a earlier run's JSON to put beside this one")
+    p.add_argument("--compare", type=Path, default=None, metavar="FILE", help="an earlier run's JSON to put beside this one")
     p.add_argument("--out", type=Path, default=Path("bench/out/sampler_overhead"))
     p.add_argument("--batches", type=lambda s: [int(x) for x in s.split(",")], default=[1, 64, 1024])
     p.add_argument("--length", type=int, default=64, help="free positions per row (default 64)")

@@ -218,11 +218,9 @@ class Pipeline:
                  defaults: dict | None = None) -> tuple[int, str | None, dict]:
         """(steps, sampler, options) of a call: what it gives, the rest from the card's
         ``defaults`` (default: its generate settings), else the usual defaults."""
-        from .pretrained import fill_settings
+        from .pretrained import call_settings
 
-        out = fill_settings({**options, "steps": steps, "sampler": sampler},
-                            self.defaults if defaults is None else defaults)
-        return out.pop("steps"), out.pop("sampler"), out
+        return call_settings(steps, sampler, options, self.defaults if defaults is None else defaults)
 
     def _recorder(self, trace: bool, then):
         from .sampling.trace import TraceRecorder

@@ -85,7 +85,6 @@ class TextDiffusionLM(LM):
 
     def _greedy_by_sampling(self, head: list[int], cont: list[int]) -> bool:
         from ..control.continuation import prompt_task
-        from ..errors import UsageError
 
         try:
             res = prompt_task(self.run, self.run.tokenizer.decode(head), length=len(cont), steps=len(cont),
@@ -158,18 +157,17 @@ class TextDiffusionLM(LM):
             out.append(new)
         return out
 
-
     def _continue(self, text: str, length: int, options: dict):
         """One continuation of ``text`` (``length`` tokens, stopping at end-of-text) with this
         model's sampler settings, completed from its card: the generation."""
         from ..control.continuation import continue_prompt
-        from ..pretrained import fill_settings
+        from ..pretrained import call_settings
 
-        settings = fill_settings({**options, "steps": self.steps, "sampler": self.sampler}, self.defaults)
-        steps, sampler = settings.pop("steps"), settings.pop("sampler")
-        out, _, _ = continue_prompt(self.run, text, length=length, steps=steps, sampler=sampler, seed=self.seed,
+        steps, sampler, settings = call_settings(self.steps, self.sampler, options, self.defaults)
+        gen, _, _ = continue_prompt(self.run, text, length=length, steps=steps, sampler=sampler, seed=self.seed,
                                     stop_at_eot=True, **settings)
-        return out
+        return gen
+
 
 def register() -> None:
     """``textdiffusion`` in lm_eval's model registry, beside its own models."""

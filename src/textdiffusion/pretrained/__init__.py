@@ -121,6 +121,13 @@ def fill_settings(given: dict, defaults: dict) -> dict:
     return out
 
 
+def call_settings(steps: int | None, sampler: str | None, options: dict, defaults: dict) -> tuple[int, str | None, dict]:
+    """(steps, sampler, options) of one generate call: what it gives, the rest from a card's
+    ``defaults`` (``fill_settings``)."""
+    out = fill_settings({**options, "steps": steps, "sampler": sampler}, defaults)
+    return out.pop("steps"), out.pop("sampler"), out
+
+
 def resolve(name_or_dir: str | Path | None) -> Path:
     """The folder of a shipped model name (default: the English model), or the given path."""
     name = DEFAULT if name_or_dir is None else str(name_or_dir)
