@@ -69,8 +69,12 @@ class ProductDenoiser(nn.Module):
     def forward(self, x, t=None, attn_mask=None, **_):
         start = time.perf_counter()
         B, T = x.shape
-        certain = torch.full((B, T, self.log_q.shape[1]), -1e4).scatter_(-1, x.clamp(max=self.log_q.shape[1] - 1)[..., None], 0.0)
-        out = torch.where((x == self.mask_id)[..., None], self.log_q[:T].expand(B, T, -1), certain)
+        V = self.log_q.shape[1]
+        out = self.log_q[:T].expand(B, T, V).clone()  # one write of the (B, T, V) output: the masked positions'
+        b, i = (x != self.mask_id).nonzero(as_tuple=True)
+        if b.numel():  # the known positions: certain of their token
+            out[b, i] = -1e4
+            out[b, i, x[b, i].clamp(max=V - 1)] = 0.0
         self.seconds += time.perf_counter() - start
         self.calls += 1
         return out

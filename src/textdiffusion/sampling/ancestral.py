@@ -29,6 +29,7 @@ from collections.abc import Callable
 import torch
 
 from .base import Canvas, Generators, Row, Sampler, State, StepOutput, padded_call, time_grid
+from .batched import categorical, stack_fixed, stack_tokens, uniforms
 from .filters import ban, filter_logits, validate_sampling_args
 
 RowFilter = Callable[[torch.Tensor], torch.Tensor]  # (N, V) log-probabilities -> filtered (N, V)
@@ -38,6 +39,7 @@ class AncestralSampler(Sampler):
     name = "ancestral"
     family = "ancestral"  # ancestral, euler, tau-leaping and remdm rows batch together
     stop_when_unmasked = True  # a masked model is done once nothing is masked (ReMDM is not)
+    batched = True  # on a process that draws only revealed tokens, a step runs over all rows at once
 
     def __init__(self, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                  banned_ids: tuple[int, ...] = (), cache: bool = True):
@@ -74,6 +76,10 @@ class AncestralSampler(Sampler):
         """The process's exact reverse draw (analytic for score-entropy models)."""
         return process.reverse_step
 
+    def probabilities(self, process, t: float, s: float) -> tuple[float, float]:
+        """(P(reveal a masked token), P(re-mask a decoded token)) for the step t -> s."""
+        return process.unmask_probability(t, s), 0.0
+
     def _unmasked(self, row: Row, process) -> bool:
         return self.stop_when_unmasked and process.supports_cache and not bool((row.tokens == process.mask_id).any())
 
@@ -81,8 +87,9 @@ class AncestralSampler(Sampler):
     def start(self, model, process, canvas: Canvas, steps: int, gen: Generators = None) -> State:
         state = self._rows(process, canvas, steps, gen)
         grid = time_grid(steps, canvas.t_start)  # the row's, never the sampler object's: it keeps no call's state
+        times = grid.tolist()
         for row in state.rows:
-            row.data["grid"] = grid
+            row.data["grid"], row.data["times"] = grid, times
             row.done = self._unmasked(row, process)  # an edit whose span drew no mask: nothing to do
         return state
 
@@ -103,6 +110,8 @@ class AncestralSampler(Sampler):
     def step(self, state: State, model) -> StepOutput:
         process = state.process
         rows = state.active()
+        if process.draws_revealed_only and all(r.sampler.batched for r in rows):
+            return self._step_revealing(state, model, rows)
         time_cond = model.cfg.reads_time
         stale = [r for r in rows if r.data.get("log_p") is None
                  or not (r.sampler.cache and process.supports_cache and not time_cond)]
@@ -126,11 +135,114 @@ class AncestralSampler(Sampler):
         return state.output(changed, dists, x0=x0 if len(state.rows) == 1 else None)
 
 
+    # the batched step of a process that draws only the tokens it reveals (masked) --------------
+    def _step_revealing(self, state: State, model, rows: list[Row]) -> StepOutput:
+        """Every row's step at once: one network call over the rows whose cached prediction is
+        stale; each row's uniforms and draws from its own generator, in the order its step alone
+        draws them (sampling/batched.py); the filtering only where a token is drawn (the network's
+        logits are cached raw: a filtered (T, V) per row and step cost more than the network)."""
+        process = state.process
+        stale = [r for r in rows if r.data.get("logits") is None or not r.sampler.cache or model.cfg.reads_time]
+        if stale:
+            t = torch.tensor([r.data["times"][r.step] for r in stale], device=stale[0].tokens.device)
+            logits = padded_call(lambda x, mask: model(x, t, **({} if mask is None else {"attn_mask": mask})),
+                                 [r.tokens for r in stale])
+            state.calls += 1
+            for r, lg in zip(stale, logits):
+                r.data["logits"], r.nfe = lg, r.nfe + 1
+        x = stack_tokens(rows)
+        B, T = x.shape
+        u = uniforms(rows, T, x.device)
+        odds, chances = {}, []
+        for r in rows:  # rows at one step share one computation of the step's probabilities
+            key = (type(r.sampler), getattr(r.sampler, "eta", None), r.data["times"][r.step], r.data["times"][r.step + 1])
+            if key not in odds:
+                odds[key] = r.sampler.probabilities(process, key[2], key[3])
+            chances.append(odds[key])
+        reveal, remask = torch.tensor(chances, dtype=u.dtype, device=x.device).unbind(1)  # compared as u is: float32
+        masked = x == process.mask_id
+        unmask = masked & (u < reveal[:, None])
+        x0 = x.clone()
+        counts = unmask.sum(1).tolist()
+        if sum(counts):
+            x0[unmask] = self._draw(process, rows, unmask, counts)
+        fixed = stack_fixed(rows, T)
+        x_s = torch.where(unmask & ~fixed, x0, x)  # (a fixed mask token is drawn, as alone, and kept)
+        if bool((remask > 0).any()):
+            back = ~masked & (u < remask[:, None]) & ~fixed
+            x_s = torch.where(back, torch.full_like(x_s, process.mask_id), x_s)
+        return self._advance(state, rows, x, x_s, x0, unmask)
+
+    def _draw(self, process, rows: list[Row], unmask: torch.Tensor, counts: list[int]) -> torch.Tensor:
+        """(N,) the drawn tokens where ``unmask``, row by row: each row's logits there filtered by
+        its options (the same rows the filter sees stepped alone), drawn with its generator."""
+        picks = [r.data["logits"][unmask[b, : r.length]] for b, r in enumerate(rows) if counts[b]]
+        picked = [r for b, r in enumerate(rows) if counts[b]]
+        logits = torch.cat(picks) if len(picks) > 1 else picks[0]
+        groups: dict[tuple, list[int]] = {}
+        start = 0
+        for r, lg in zip(picked, picks):
+            smp = r.sampler
+            groups.setdefault((tuple(smp.banned_ids), smp.temperature, smp.top_k, smp.top_p), []).append(
+                (start, start + lg.shape[0], smp))
+            start += lg.shape[0]
+        if len(groups) == 1:
+            (spans,) = groups.values()
+            log_p = spans[0][2]._filtered(process, logits)
+        else:
+            log_p = None
+            for spans in groups.values():
+                idx = torch.cat([torch.arange(a, b, device=logits.device) for a, b, _ in spans])
+                part = spans[0][2]._filtered(process, logits[idx])
+                log_p = part.new_empty(logits.shape[0], part.shape[-1]) if log_p is None else log_p
+                log_p[idx] = part
+        return categorical(log_p, [c for c in counts if c], [r.gen for r in picked])
+
+    def _filtered(self, process, logits: torch.Tensor) -> torch.Tensor:
+        """(N, V) the log-probabilities a token is drawn from, of (N, V) logits at drawn positions:
+        this row's step alone filters its whole (T, V) prediction and then draws at these rows;
+        every filter works along the vocabulary only, so these rows come out the same."""
+        row_filter = self._row_filter(process)
+        top_k, top_p = (0, 1.0) if row_filter is not None else (self.top_k, self.top_p)
+        log_p = filter_logits(process.log_probs(ban(logits, self.banned_ids)), self.temperature, top_k, top_p)
+        return row_filter(log_p) if row_filter is not None else log_p
+
+    def _advance(self, state: State, rows: list[Row], x: torch.Tensor, x_s: torch.Tensor, x0: torch.Tensor,
+                 unmask: torch.Tensor) -> StepOutput:
+        """Each row takes its new tokens and its step; the step's record (its distributions and
+        the model's guess only when someone listens)."""
+        process = state.process
+        changed = x_s != x
+        moved, left = changed.any(1).tolist(), (x_s == process.mask_id).any(1).tolist()
+        dists, guess = {}, None
+        for b, r in enumerate(rows):
+            if state.report:
+                dists[r] = (0, r.sampler._reported(process, r))
+                if len(state.rows) == 1:  # drawn where a token unmasks, the most likely token at other masks
+                    guess = torch.where((x[b] == process.mask_id) & ~unmask[b], dists[r][1].argmax(-1), x0[b])[None]
+            r.tokens = x_s[b, : r.length]
+            if moved[b]:
+                r.data["logits"] = None  # x changed: the cached prediction is stale
+            r.step += 1
+            r.done = r.step >= r.steps or (r.sampler.stop_when_unmasked and process.supports_cache and not left[b])
+        if len(rows) == len(state.rows) and not state.report:
+            return StepOutput(x_s, None, changed, nfe=state.calls)
+        return state.output({r: changed[b, : r.length] for b, r in enumerate(rows)}, dists, x0=guess)
+
+    def _reported(self, process, row: Row) -> torch.Tensor:
+        """(T, V) what the trace shows the row's tokens were drawn from (top-k/top-p deferred to the
+        drawn rows are not in it)."""
+        row_filter = self._row_filter(process)
+        top_k, top_p = (0, 1.0) if row_filter is not None else (self.top_k, self.top_p)
+        return filter_logits(process.log_probs(ban(row.data["logits"], self.banned_ids)), self.temperature, top_k, top_p)
+
+
 class EulerSampler(AncestralSampler):
     """Score-entropy models: first-order (Euler / tau-leaping) steps with the model's reverse
     rates instead of the analytic posterior; the last step is analytic. Same loop and options."""
 
     name = "euler"
+    batched = False
 
     def _row_filter(self, process) -> None:
         return None  # euler_step redraws whole rows: filter them all
