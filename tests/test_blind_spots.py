@@ -229,7 +229,7 @@ def _estimate_per_token(model, length: int) -> float:
     rows (no machine has the petabytes: the refusal, which prints the estimate, is certain; in
     petabytes, the largest unit, it prints 5 or more significant digits)."""
     from textdiffusion.errors import UsageError
-    from textdiffusion.limits import check_sampling_memory
+    from textdiffusion.limits.memory import check_sampling_memory
 
     rows = 10**12
     with pytest.raises(UsageError, match="need about") as refused:
@@ -264,7 +264,7 @@ def _peak_bytes(fn) -> int:
 
 def test_the_sampling_memory_estimate_matches_what_sampling_allocates():
     """``check_sampling_memory`` estimates a request's activations: "the widest layer and the
-    logits with their softmax" (limits.py), erring high by at most a small factor. On a real
+    logits with their softmax" (limits/memory.py), erring high by at most a small factor. On a real
     model with a 4,004-token vocabulary (where the logits dominate), the estimate for 4 rows of
     64 tokens must (a) hold the logits a real network call returns (their exact bytes, B*T*V*4)
     and at most 5 times them (the logits, their softmax and the sampler's probabilities are 3
@@ -272,7 +272,7 @@ def test_the_sampling_memory_estimate_matches_what_sampling_allocates():
     (measured with torch.profiler for the ancestral and the confidence sampler; about 0.7-0.9 of
     the estimate). Sizes only, no timing.
     Catches: the estimate off by 10x either way (planted: ``need = 10 * rows * length * ...`` and
-    ``need = rows * length * ... / 10`` in limits.py ``check_sampling_memory``)."""
+    ``need = rows * length * ... / 10`` in limits/memory.py ``check_sampling_memory``)."""
     from textdiffusion.tokenizers import CharTokenizer
 
     tok = CharTokenizer([chr(0x4E00 + i) for i in range(4000)])
@@ -311,14 +311,14 @@ VARIANTS = [
 
 @pytest.mark.parametrize("process, settings", VARIANTS, ids=[f"{p}-{'-'.join(s) or 'plain'}" for p, s in VARIANTS])
 def test_the_training_memory_counts_the_parameters_of_the_real_module(process, settings):
-    """The parameters behind the training-memory estimate (``limits.training_memory``) equal the
+    """The parameters behind the training-memory estimate (``limits.memory.training_memory``) equal the
     parameters of the network ``build_model`` makes, for our models and the public models'
     variants (RMSNorm, SwiGLU, grouped-query attention, learned positions, tied embeddings, the
     DiT variants, labels, the Gaussian embedding denoiser with self-conditioning).
     Catches a count that drifts from the module (planted: the hand-written layout formula it
     replaced, which counted a label table for unlabelled models and missed the adaLN variants:
     off on 9 of the 10)."""
-    from textdiffusion.limits import training_memory
+    from textdiffusion.limits.memory import training_memory
 
     name = "gaussian" if process == "gaussian-sc" else process
     cfg = Config(model=ModelConfig(n_layer=2, n_head=2, d_model=32, context=32, **settings),

@@ -168,7 +168,7 @@ def test_sizes_are_checked_before_anything_is_allocated(stopped, tmp_path):
     (counted: the projected-time refusal comes after two network calls, not by running out the
     clock; a wall-clock bound here failed on a busy machine)."""
     from textdiffusion import Pipeline
-    from textdiffusion.limits import time_limit
+    from textdiffusion.limits.budget import time_limit
     from textdiffusion.training.recipe import train_run
 
     text = tmp_path / "text.txt"

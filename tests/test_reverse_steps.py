@@ -164,13 +164,13 @@ def test_remdm_keeps_the_forward_masked_fraction_at_every_step(schedule):
     proc = MaskedProcess(V, MASK, schedule)
     sampler = ReMDMSampler(eta=0.1)
     steps, B, L = 8, 64, 1024
-    sampler.set_timesteps(steps)
+    grid = sampler.timesteps(steps)
     gen = torch.Generator().manual_seed(3)
     x = torch.full((B, L), MASK)
     log_p = proc.log_probs(torch.zeros(B, L, V, dtype=torch.float64))
     remasked_any = False
     for i in range(steps):
-        t, s = float(sampler.timesteps[i]), float(sampler.timesteps[i + 1])
+        t, s = float(grid[i]), float(grid[i + 1])
         out = sampler.transition(log_p, x, t, s, proc, gen)
         back = (x != MASK) & (out.x_prev == MASK)
         decoded = int((x != MASK).sum())
@@ -184,3 +184,26 @@ def test_remdm_keeps_the_forward_masked_fraction_at_every_step(schedule):
         frac = float((x == MASK).double().mean())
         assert abs(frac - expected) <= 5 * frac_sd + 1e-9, (schedule, i, frac, expected)
     assert remasked_any and not (x == MASK).any()
+
+
+def test_a_remasking_candidate_is_drawn_from_its_distribution_by_one_uniform():
+    """``inverse_cdf`` (the remasking family's candidate draw: one float64 uniform a position)
+    picks the token whose cumulative interval holds u * total: at the interval edges exactly,
+    never a token of zero probability (one between two others, and the last, where u * total
+    rounded up to the total would land), and with each token's probability over many draws.
+    Catches: ``searchsorted`` without ``right=True`` (u on an edge picks the token before it,
+    and u = 0 picks a zero-probability first token), no fallback for the rounded-up total (the
+    zero-probability last token), and an off-by-one pick (every frequency shifted); each seen
+    failing."""
+    from textdiffusion.sampling.remasking import inverse_cdf
+
+    probs = torch.tensor([0.0, 0.5, 0.0, 0.2, 0.3, 0.0], dtype=torch.float64)
+    log_p = probs.log()[None].expand(6, -1)
+    u = torch.tensor([0.0, 0.25, 0.5, 0.7, 1.0 - 2.0**-53, 1.0], dtype=torch.float64)
+    assert inverse_cdf(log_p, u).tolist() == [1, 1, 3, 4, 4, 4]  # (u = 1: a total rounded up)
+    law = torch.softmax(torch.randn(12, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 2, -1)
+    law[[0, 11]] = 0.0  # the first and last tokens impossible
+    n = 60_000
+    draws = inverse_cdf((law / law.sum()).log()[None].expand(n, -1),
+                        torch.rand(n, dtype=torch.float64, generator=torch.Generator().manual_seed(4)))
+    _counts_within(torch.bincount(draws, minlength=12), law / law.sum(), n, "inverse-cdf draws")

@@ -41,6 +41,30 @@ def test_sampler_contract(process, name, time_cond):
         assert out.nfe == 12  # one call per token
 
 
+FAMILIES = [("masked", "ancestral", {}), ("masked", "remdm", {}), ("masked", "confidence", {}),
+            ("masked", "semi-ar", {"block_length": 4}), ("masked", "threshold", {"block_length": 4}),
+            ("sedd-absorb", "euler", {}), ("uniform", "ancestral", {}), ("gaussian", "ddpm", {}), ("ar", "ar", {})]
+
+
+@pytest.mark.parametrize("process, name, options", FAMILIES, ids=[f"{p}-{n}" for p, n, _ in FAMILIES])
+def test_a_sampler_is_its_options_fixed_when_it_is_built(process, name, options):
+    """A sampler is one row's options: once built, none can be set (an AttributeError that says to
+    build another), so a sampler shared by a server's requests carries no option and no call's
+    state from one into another; and every family generates with that in force (a ``start`` or
+    ``step`` keeping a call's state on the sampler would raise).
+    Catches: options that can be set after building (planted: ``Sampler.__setattr__`` removed) and
+    a call's state kept on the sampler (planted: ``self.grid = grid`` in ``AncestralSampler.start``);
+    each seen failing."""
+    model, objective = _model(process, time_cond=process not in ("masked", "ar"))
+    sampler = build_sampler(name, objective, tokenizer(), **options)
+    out = sampler.generate(model, objective, length=8, steps=4, prompt=torch.tensor([0, 1]),
+                           gen=torch.Generator().manual_seed(0))
+    assert out.tokens.shape == (1, 10)
+    with pytest.raises(AttributeError, match="build another sampler"):
+        sampler.temperature = 0.5
+    assert sampler.temperature == 1.0
+
+
 def test_ancestral_cache_skips_calls_when_nothing_changes():
     model, objective = _model()
     sampler = build_sampler("ancestral", objective, tokenizer())
@@ -69,7 +93,7 @@ def test_top_k_top_p_on_the_drawn_rows_only_give_the_same_samples(name):
     kw = dict(length=16, steps=64, batch_size=3, prompt=torch.tensor([0, 1, 2]))  # steps > tokens: cached steps too
     deferred = build_sampler(name, objective, tokenizer(), temperature=0.9, top_k=6, top_p=0.7)
     full = build_sampler(name, objective, tokenizer(), temperature=0.9, top_k=6, top_p=0.7)
-    full._row_filter = lambda process: None  # the whole-tensor filter, as before
+    object.__setattr__(full, "_row_filter", lambda process: None)  # the whole-tensor filter (past the freeze)
     assert deferred._row_filter(objective) is not None
     a = deferred.generate(model, objective, gen=torch.Generator().manual_seed(5), trace=True, **kw)
     b = full.generate(model, objective, gen=torch.Generator().manual_seed(5), trace=True, **kw)

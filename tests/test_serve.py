@@ -473,14 +473,14 @@ def test_a_request_that_fails_inside_a_batched_step_fails_alone(cycle_pipe, monk
     generators (the innocent texts differ from alone)."""
     from textdiffusion.sampling.ancestral import AncestralSampler
 
-    real = AncestralSampler.transition
+    real = AncestralSampler._filtered  # (where a step filters a row's logits for its draws)
 
     def faulty(self, *args, **kwargs):
         if self.top_k == 7:
             raise RuntimeError("planted fault")
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(AncestralSampler, "transition", faulty)
+    monkeypatch.setattr(AncestralSampler, "_filtered", faulty)
     good = [{"prompt": "abc"[: 1 + i % 3], "max_tokens": 6 + i, "seed": i, "temperature": 1.0, "steps": 8,
              "sampler": "ancestral"} for i in range(5)]
     bad = {"prompt": "ab", "max_tokens": 6, "seed": 9, "sampler": "ancestral", "steps": 8, "top_k": 7}

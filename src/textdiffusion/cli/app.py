@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             from ..sampling.registry import spec
 
             spec(args.sampler)
-        from ..limits import time_limit
+        from ..limits.budget import time_limit
         from ..sampling.registry import options_named
 
         with time_limit(getattr(args, "max_seconds", None)), options_named("flag"):

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from ..errors import UsageError
-from ..limits import DEFAULT_MAX_SECONDS
+from ..limits.budget import DEFAULT_MAX_SECONDS
 
 
 def int_at_least(low: int):

@@ -29,7 +29,15 @@ from collections.abc import Callable
 import torch
 
 from .base import Canvas, Generators, Row, Sampler, State, StepOutput, padded_call, time_grid
-from .batched import categorical, stack_fixed, stack_tokens, uniforms
+from .batched import (
+    by_options,
+    categorical,
+    gather_cached,
+    network_call,
+    stack_fixed,
+    stack_tokens,
+    uniforms,
+)
 from .filters import ban, filter_logits, validate_sampling_args
 
 RowFilter = Callable[[torch.Tensor], torch.Tensor]  # (N, V) log-probabilities -> filtered (N, V)
@@ -46,12 +54,12 @@ class AncestralSampler(Sampler):
         validate_sampling_args(temperature, top_k, top_p)
         self.banned_ids = list(banned_ids)  # ids that are never text (mask, pad, unknown)
         self.temperature, self.top_k, self.top_p, self.cache = temperature, top_k, top_p, cache
-        self.timesteps: torch.Tensor | None = None
 
-    def set_timesteps(self, num_steps: int, t_start: float = 1.0) -> None:
-        """For a loop of your own over ``transition`` (diffusers' form): the grid in ``timesteps``.
-        ``start``/``step`` never read it (each row keeps its own grid)."""
-        self.timesteps = time_grid(num_steps, t_start)
+    @staticmethod
+    def timesteps(num_steps: int, t_start: float = 1.0) -> torch.Tensor:
+        """For a loop of your own over ``transition`` (diffusers' form): the grid t_0 = t_start >
+        ... > t_N = 0. ``start``/``step`` keep each row's own grid; a sampler keeps no call's state."""
+        return time_grid(num_steps, t_start)
 
     def transition(self, log_p_x0: torch.Tensor, x_t: torch.Tensor, t: float, s: float, process,
                    gen: torch.Generator | None = None, fixed: torch.Tensor | None = None,
@@ -101,10 +109,7 @@ class AncestralSampler(Sampler):
                              [r.tokens for r in rows])
         state.calls += 1
         for r, lg in zip(rows, logits):
-            smp = r.sampler
-            top_k, top_p = (0, 1.0) if smp._row_filter(process) is not None else (smp.top_k, smp.top_p)
-            r.data["log_p"] = filter_logits(process.log_probs(ban(lg[None], smp.banned_ids)), smp.temperature,
-                                            top_k, top_p)
+            r.data["log_p"] = r.sampler._log_p(process, lg[None])
             r.nfe += 1
 
     def step(self, state: State, model) -> StepOutput:
@@ -141,15 +146,14 @@ class AncestralSampler(Sampler):
         stale; each row's uniforms and draws from its own generator, in the order its step alone
         draws them (sampling/batched.py); the filtering only where a token is drawn (the network's
         logits are cached raw: a filtered (T, V) per row and step cost more than the network)."""
-        process = state.process
-        stale = [r for r in rows if r.data.get("logits") is None or not r.sampler.cache or model.cfg.reads_time]
+        process, every = state.process, model.cfg.reads_time
+        stale = [r for r in rows if every or r.data.get("source") is None or not r.sampler.cache]
         if stale:
             t = torch.tensor([r.data["times"][r.step] for r in stale], device=stale[0].tokens.device)
-            logits = padded_call(lambda x, mask: model(x, t, **({} if mask is None else {"attn_mask": mask})),
-                                 [r.tokens for r in stale])
+            out = network_call(model, stale, stack_tokens(stale), t)
             state.calls += 1
-            for r, lg in zip(stale, logits):
-                r.data["logits"], r.nfe = lg, r.nfe + 1
+            for i, r in enumerate(stale):
+                r.data["source"], r.nfe = (out, i), r.nfe + 1
         x = stack_tokens(rows)
         B, T = x.shape
         u = uniforms(rows, T, x.device)
@@ -163,9 +167,9 @@ class AncestralSampler(Sampler):
         masked = x == process.mask_id
         unmask = masked & (u < reveal[:, None])
         x0 = x.clone()
-        counts = unmask.sum(1).tolist()
-        if sum(counts):
-            x0[unmask] = self._draw(process, rows, unmask, counts)
+        b, p = unmask.nonzero(as_tuple=True)
+        if b.numel():
+            x0[b, p] = self._draw(process, rows, b, p, unmask.sum(1).tolist())
         fixed = stack_fixed(rows, T)
         x_s = torch.where(unmask & ~fixed, x0, x)  # (a fixed mask token is drawn, as alone, and kept)
         if bool((remask > 0).any()):
@@ -173,38 +177,29 @@ class AncestralSampler(Sampler):
             x_s = torch.where(back, torch.full_like(x_s, process.mask_id), x_s)
         return self._advance(state, rows, x, x_s, x0, unmask)
 
-    def _draw(self, process, rows: list[Row], unmask: torch.Tensor, counts: list[int]) -> torch.Tensor:
-        """(N,) the drawn tokens where ``unmask``, row by row: each row's logits there filtered by
-        its options (the same rows the filter sees stepped alone), drawn with its generator."""
-        picks = [r.data["logits"][unmask[b, : r.length]] for b, r in enumerate(rows) if counts[b]]
-        picked = [r for b, r in enumerate(rows) if counts[b]]
-        logits = torch.cat(picks) if len(picks) > 1 else picks[0]
-        groups: dict[tuple, list[int]] = {}
-        start = 0
-        for r, lg in zip(picked, picks):
-            smp = r.sampler
-            groups.setdefault((tuple(smp.banned_ids), smp.temperature, smp.top_k, smp.top_p), []).append(
-                (start, start + lg.shape[0], smp))
-            start += lg.shape[0]
-        if len(groups) == 1:
-            (spans,) = groups.values()
-            log_p = spans[0][2]._filtered(process, logits)
-        else:
-            log_p = None
-            for spans in groups.values():
-                idx = torch.cat([torch.arange(a, b, device=logits.device) for a, b, _ in spans])
-                part = spans[0][2]._filtered(process, logits[idx])
-                log_p = part.new_empty(logits.shape[0], part.shape[-1]) if log_p is None else log_p
-                log_p[idx] = part
-        return categorical(log_p, [c for c in counts if c], [r.gen for r in picked])
+    def _draw(self, process, rows: list[Row], b: torch.Tensor, p: torch.Tensor, counts: list[int]) -> torch.Tensor:
+        """(N,) the tokens drawn at row b[n], position p[n] (row-major): each row's logits there
+        filtered by its options (the same rows its filter sees stepped alone), drawn with its
+        generator."""
+        logits = gather_cached(rows, b, p)
+        picked = [r for r, c in zip(rows, counts) if c]
+        drawn = [c for c in counts if c]
+        log_p = by_options(picked, drawn, logits, lambda smp, lg: smp._filtered(process, lg))
+        return categorical(log_p, drawn, [r.gen for r in picked])
+
+    def _log_p(self, process, logits: torch.Tensor) -> torch.Tensor:
+        """(..., V) p_theta(x0 | x_t) filtered by this row's options, top-k/top-p left out where
+        ``_row_filter`` applies them to the drawn rows only."""
+        row_filter = self._row_filter(process)
+        top_k, top_p = (0, 1.0) if row_filter is not None else (self.top_k, self.top_p)
+        return filter_logits(process.log_probs(ban(logits, self.banned_ids)), self.temperature, top_k, top_p)
 
     def _filtered(self, process, logits: torch.Tensor) -> torch.Tensor:
         """(N, V) the log-probabilities a token is drawn from, of (N, V) logits at drawn positions:
         this row's step alone filters its whole (T, V) prediction and then draws at these rows;
         every filter works along the vocabulary only, so these rows come out the same."""
         row_filter = self._row_filter(process)
-        top_k, top_p = (0, 1.0) if row_filter is not None else (self.top_k, self.top_p)
-        log_p = filter_logits(process.log_probs(ban(logits, self.banned_ids)), self.temperature, top_k, top_p)
+        log_p = self._log_p(process, logits)
         return row_filter(log_p) if row_filter is not None else log_p
 
     def _advance(self, state: State, rows: list[Row], x: torch.Tensor, x_s: torch.Tensor, x0: torch.Tensor,
@@ -217,25 +212,18 @@ class AncestralSampler(Sampler):
         dists, guess = {}, None
         for b, r in enumerate(rows):
             if state.report:
-                dists[r] = (0, r.sampler._reported(process, r))
+                out, i = r.data["source"]
+                dists[r] = (0, r.sampler._log_p(process, out[i, : r.length]))  # what the trace shows
                 if len(state.rows) == 1:  # drawn where a token unmasks, the most likely token at other masks
                     guess = torch.where((x[b] == process.mask_id) & ~unmask[b], dists[r][1].argmax(-1), x0[b])[None]
             r.tokens = x_s[b, : r.length]
             if moved[b]:
-                r.data["logits"] = None  # x changed: the cached prediction is stale
+                r.data["source"] = None  # x changed: the cached prediction is stale
             r.step += 1
             r.done = r.step >= r.steps or (r.sampler.stop_when_unmasked and process.supports_cache and not left[b])
         if len(rows) == len(state.rows) and not state.report:
             return StepOutput(x_s, None, changed, nfe=state.calls)
         return state.output({r: changed[b, : r.length] for b, r in enumerate(rows)}, dists, x0=guess)
-
-    def _reported(self, process, row: Row) -> torch.Tensor:
-        """(T, V) what the trace shows the row's tokens were drawn from (top-k/top-p deferred to the
-        drawn rows are not in it)."""
-        row_filter = self._row_filter(process)
-        top_k, top_p = (0, 1.0) if row_filter is not None else (self.top_k, self.top_p)
-        return filter_logits(process.log_probs(ban(row.data["logits"], self.banned_ids)), self.temperature, top_k, top_p)
-
 
 class EulerSampler(AncestralSampler):
     """Score-entropy models: first-order (Euler / tau-leaping) steps with the model's reverse

@@ -27,6 +27,7 @@ read only the left context (AR, block diffusion) accept prompt canvases only.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +37,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UsageError
-from ..limits import check_projected_time, check_sampling_memory, check_steps, max_seconds
+from ..limits.budget import check_projected_time, check_steps, max_seconds
+from ..limits.memory import check_sampling_memory
 
 
 @dataclass
@@ -302,6 +304,16 @@ class Sampler:
         for method in ("start", "step"):  # inference only, whoever drives the loop (a server too)
             if method in cls.__dict__:
                 setattr(cls, method, torch.no_grad()(cls.__dict__[method]))
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _building(cls.__dict__["__init__"])
+
+    def __setattr__(self, name: str, value) -> None:
+        """A sampler is one row's options, fixed when it is built: a call's state lives in its rows
+        (``Row.data``), so a sampler shared by requests or rows can never carry one into another."""
+        if not self.__dict__.get("_building"):
+            raise AttributeError(f"a sampler's options are fixed when it is built: {type(self).__name__}.{name} "
+                                 f"cannot be set; build another sampler with the options you want")
+        object.__setattr__(self, name, value)
 
     def start(self, model, process, canvas: Canvas, steps: int, gen: Generators = None) -> State:
         raise NotImplementedError
@@ -348,6 +360,21 @@ class Sampler:
                 left = max((r.steps - r.step for r in state.active()), default=0)
                 check_projected_time(time.perf_counter() - t_step, left, budget, done=2)
         return state.generation(time.perf_counter() - start, states)
+
+
+def _building(init):
+    """``init`` allowed to set attributes (an __init__ calling its parent's counts once)."""
+
+    @functools.wraps(init)
+    def build(self, *args, **kwargs):
+        depth = self.__dict__.get("_building", 0)
+        object.__setattr__(self, "_building", depth + 1)
+        try:
+            init(self, *args, **kwargs)
+        finally:
+            object.__setattr__(self, "_building", depth)
+
+    return build
 
 
 @dataclass

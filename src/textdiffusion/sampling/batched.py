@@ -34,7 +34,44 @@ def stack_tokens(rows: Sequence[Row]) -> torch.Tensor:
 
 def stack_fixed(rows: Sequence[Row], T: int) -> torch.Tensor:
     """(B, T) the rows' fixed positions; padding counts as fixed (never drawn, never revealed)."""
+    if all(r.length == T for r in rows):
+        return torch.stack([r.fixed for r in rows])
     return torch.stack([F.pad(r.fixed, (0, T - r.length), value=True) for r in rows])
+
+
+def network_call(model, rows: Sequence[Row], x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """(B, T, V) the network's output for the (B, T) ``x`` of ``rows`` (right-padded rows: padding
+    fed as id 0, and no position attends to it), at times ``t``."""
+    B, T = x.shape
+    if all(r.length == T for r in rows):
+        return model(x, t)
+    lengths = torch.tensor([r.length for r in rows], device=x.device)
+    real = torch.arange(T, device=x.device)[None, :] < lengths[:, None]
+    return model(x.clamp_min(0), t, attn_mask=real[:, None, :].expand(B, T, T))
+
+
+def gather_cached(rows: Sequence[Row], b: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """(N, V) the cached network output of row ``b[n]`` at position ``p[n]``: each row's cache is
+    row ``i`` of the output of the call it last took part in (``row.data["source"] = (out, i)``),
+    gathered with one index per call rather than one per row."""
+    sources: dict[int, int] = {}
+    group, index = [], []
+    for r in rows:
+        out, i = r.data["source"]
+        group.append(sources.setdefault(id(out), len(sources)))
+        index.append(i)
+    index_t = torch.tensor(index, device=b.device)
+    if len(sources) == 1:
+        return rows[0].data["source"][0][index_t[b], p]
+    outs = {id(r.data["source"][0]): r.data["source"][0] for r in rows}
+    first = next(iter(outs.values()))
+    gathered = first.new_empty(b.shape[0], first.shape[-1])
+    group_t = torch.tensor(group, device=b.device)[b]
+    for key, g in sources.items():
+        sel = group_t == g
+        gathered[sel] = outs[key][index_t[b[sel]], p[sel]]
+    return gathered
+
 
 
 def uniforms(rows: Sequence[Row], T: int, device) -> torch.Tensor:
@@ -51,8 +88,8 @@ def categorical(log_p: torch.Tensor, counts: Sequence[int], gens: Sequence[torch
     blocks, ``counts[i]`` rows drawn with ``gens[i]``: block i's draws are
     ``sample_categorical(log_p[block i], gens[i])`` exactly (float64, as it draws)."""
     probs = log_p.double().exp()
-    if not bool(torch.isfinite(probs).all()) or bool((probs.sum(-1) <= 0).any()):
-        raise RuntimeError("probability tensor contains either inf, nan or element < 0, or sums to zero")
+    if not bool(torch.isfinite(probs.sum())):  # (a row of no mass is a row of NaN: log_softmax of all -inf)
+        raise RuntimeError("probability tensor contains either inf or nan")
     q = torch.empty_like(probs)
     start = 0
     for n, g in zip(counts, gens):
@@ -60,3 +97,49 @@ def categorical(log_p: torch.Tensor, counts: Sequence[int], gens: Sequence[torch
             q[start : start + n].exponential_(1, generator=g)
             start += n
     return (probs / q).argmax(-1)
+
+
+def by_options(rows: Sequence[Row], counts: Sequence[int], values: torch.Tensor, fn):
+    """``fn(sampler, values[rows of those options])`` once for each set of options among the rows
+    (their sampler's class, banned ids, temperature, top-k and top-p), reassembled in row order:
+    ``values`` (N, ...) come in consecutive blocks, ``counts[i]`` of them row i's. ``fn`` returns a
+    tensor or a tuple of tensors, each (n, ...) for its n values."""
+    groups: dict[tuple, tuple] = {}
+    start = 0
+    for r, n in zip(rows, counts):
+        smp = r.sampler
+        key = (type(smp), tuple(smp.banned_ids), smp.temperature, smp.top_k, smp.top_p)
+        groups.setdefault(key, (smp, []))[1].extend(range(start, start + n))
+        start += n
+    if len(groups) == 1:
+        ((smp, _),) = groups.values()
+        return fn(smp, values)
+    outs = None
+    for smp, idx in groups.values():
+        index = torch.tensor(idx, dtype=torch.long, device=values.device)
+        part = fn(smp, values[index])
+        part = part if isinstance(part, tuple) else (part,)
+        if outs is None:
+            outs = tuple(p.new_empty((values.shape[0], *p.shape[1:])) for p in part)
+        for out, p in zip(outs, part):
+            out[index] = p
+    return outs if len(outs) > 1 else outs[0]
+
+
+CHUNK = 1 << 20  # elements of a (positions, V) piece: float64 pieces of 8 MB stay in reused memory
+
+
+def chunks(counts: Sequence[int], vocab: int, size: int = CHUNK):
+    """(lo, hi, first, last): consecutive rows ``first:last`` whose ``counts`` positions, entries
+    ``lo:hi`` of the row-major list, hold about ``size`` // ``vocab`` positions (one row at least).
+    A (B * T, V) intermediate of a whole batch is hundreds of MB: each one freshly mapped and
+    page-faulted in cost more than the arithmetic."""
+    per = max(1, size // max(vocab, 1))
+    lo = first = n = 0
+    for b, c in enumerate(counts):
+        n += c
+        if n >= per:
+            yield lo, lo + n, first, b + 1
+            lo, first, n = lo + n, b + 1, 0
+    if first < len(counts):
+        yield lo, lo + n, first, len(counts)

@@ -51,8 +51,8 @@ from .base import (
     require_prompt_canvas,
     time_grid,
 )
-from .filters import draw_and_rank, sample_categorical, validate_sampling_args
-from .remasking import STRATEGIES, masked_time, reveal_step, top_k_mask
+from .filters import draw_and_rank, validate_sampling_args
+from .remasking import STRATEGIES, draw_candidates, masked_time, reveal_step, top_k_mask
 
 
 def split_steps(steps: int, num_blocks: int) -> list[int]:
@@ -225,7 +225,7 @@ class ThresholdSampler(SemiAutoregressiveSampler):
 def reveal_above(log_p, block, eligible, k, threshold: float, gen, scores=None) -> StepOutput:
     """Every eligible token above ``threshold``, but at least one and at least ``k`` (confidence:
     the candidate's probability under ``scores``, the model's own when greedy)."""
-    candidate = sample_categorical(log_p, gen)
+    candidate = draw_candidates(log_p, eligible, gen)
     confidence = (log_p if scores is None else scores).gather(-1, candidate[..., None]).squeeze(-1).exp()
     above = (eligible & (confidence > threshold)).sum(1)
     k = torch.minimum(torch.maximum(above, k).clamp_min(1), eligible.sum(1))

@@ -37,12 +37,12 @@ class ContinuousSampler(Sampler):
         validate_sampling_args(temperature, top_k, top_p)
         self.banned_ids = list(banned_ids)
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
-        self.timesteps: torch.Tensor | None = None
 
-    def set_timesteps(self, num_steps: int, t_start: float = 1.0) -> None:
-        """For a loop of your own over ``transition``: the grid in ``timesteps`` (``start`` and
-        ``step`` never read it)."""
-        self.timesteps = time_grid(num_steps, t_start)
+    @staticmethod
+    def timesteps(num_steps: int, t_start: float = 1.0) -> torch.Tensor:
+        """For a loop of your own over ``transition`` (diffusers' form): the grid t_0 = t_start >
+        ... > t_N = 0. ``start``/``step`` keep each row's own grid; a sampler keeps no call's state."""
+        return time_grid(num_steps, t_start)
 
     def transition(self, logits: torch.Tensor, z_t: torch.Tensor, t: float, s: float, process,
                    embeddings: torch.Tensor, gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,7 +3,8 @@ LLaDA "low-confidence remasking" and its relatives), and ReMDM, which may also r
 already decoded.
 
 Order strategies (``RemaskingSampler(strategy=...)``; each step samples a candidate for every
-masked position, then keeps the k highest-scoring ones):
+masked position, by one float64 uniform through its cumulative distribution (``inverse_cdf``),
+then keeps the k highest-scoring ones):
 
     confidence     probability of the sampled candidate (LLaDA's low-confidence remasking)
     margin         gap between the two most likely tokens (top-1 minus top-2 probability)
@@ -42,8 +43,9 @@ import torch
 
 from ..errors import UsageError
 from .ancestral import AncestralSampler
-from .base import Canvas, Generators, Sampler, State, StepOutput, padded_call
-from .filters import draw_and_rank, sample_categorical, validate_sampling_args
+from .base import Canvas, Generators, Sampler, State, StepOutput
+from .batched import by_options, chunks, network_call, stack_fixed, stack_tokens
+from .filters import draw_and_rank, validate_sampling_args
 
 STRATEGIES = ("confidence", "margin", "entropy", "random", "top-prob", "left-to-right")
 REVEAL_SCHEDULES = ("linear", "cosine", "dream")
@@ -89,6 +91,32 @@ def reveal_count(masked_now: torch.Tensor, masked_at_start: torch.Tensor, step: 
     return torch.minimum(k.clamp_min(1), masked_now)
 
 
+def reveal_counts(masked_now: torch.Tensor, masked_at_start: torch.Tensor, steps: list[int], totals: list[int],
+                  schedules: list[str]) -> torch.Tensor:
+    """(B,) ``reveal_count`` of every row at once: row b at step ``steps[b]`` of ``totals[b]`` under
+    ``schedules[b]`` (each row's count computed as it is alone, in the same dtypes)."""
+    if len(set(schedules)) == 1 and len(set(steps)) == 1 and len(set(totals)) == 1:
+        return reveal_count(masked_now, masked_at_start, steps[0], totals[0], schedules[0])
+    k = torch.empty_like(masked_now)
+    for schedule in set(schedules):
+        rows = [b for b, s in enumerate(schedules) if s == schedule]
+        index = torch.tensor(rows, device=masked_now.device)
+        now, start = masked_now[index], masked_at_start[index]
+        step = torch.tensor([steps[b] for b in rows], device=now.device)
+        total = torch.tensor([totals[b] for b in rows], device=now.device)
+        if schedule == "linear":
+            part = torch.minimum(torch.ceil(now.double() / (total - step)).long().clamp_min(1), now)
+        elif schedule == "cosine":
+            turn = torch.tensor([math.cos(0.5 * math.pi * (steps[b] + 1) / totals[b]) for b in rows],
+                                dtype=torch.float64, device=now.device)
+            part = torch.minimum((now - torch.floor(start.double() * turn).long()).clamp_min(1), now)
+        else:
+            part = torch.stack([reveal_count(now[i : i + 1], start[i : i + 1], steps[b], totals[b], schedule)[0]
+                                for i, b in enumerate(rows)])
+        k[index] = part
+    return k
+
+
 def top_k_mask(scores: torch.Tensor, eligible: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """(B, T) bool: the k[b] highest ``scores`` among the ``eligible`` positions of each row, ties
     to the leftmost. Compared in float32 (float64 scores are rounded): positions the network cannot
@@ -100,12 +128,38 @@ def top_k_mask(scores: torch.Tensor, eligible: torch.Tensor, k: torch.Tensor) ->
     return eligible & (rank < k[:, None])
 
 
+def inverse_cdf(log_p: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """(N,) one draw from each row of (N, V) log-probabilities, by its (N,) float64 uniform: the
+    token whose interval of the cumulative distribution holds it (float64 throughout, so the tail
+    keeps its mass: Zheng et al. 2024). One uniform a draw, where ``sample_categorical``'s
+    exponential race draws V: a remasking step draws a candidate at every masked position, and
+    V exponentials each cost more than the network (64 x 4096 of them: 6 ms a row and step)."""
+    probs = log_p.double().exp()
+    cdf = probs.cumsum(-1)
+    pick = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(-1).clamp_max(probs.shape[-1] - 1)
+    empty = probs.gather(-1, pick[:, None]).squeeze(-1) <= 0  # u * total rounded up to the total
+    if bool(empty.any()):
+        pick[empty] = probs.shape[-1] - 1 - (probs[empty] > 0).flip(-1).int().argmax(-1)
+    return pick
+
+
+def draw_candidates(log_p: torch.Tensor, eligible: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+    """(B, T) a candidate token at every ``eligible`` position, drawn from ``log_p`` (B, T, V) with
+    one float64 uniform each (row-major order); 0 elsewhere."""
+    candidate = torch.zeros(eligible.shape, dtype=torch.long, device=eligible.device)
+    n = int(eligible.sum())
+    if n:
+        candidate[eligible] = inverse_cdf(log_p[eligible], torch.rand(n, dtype=torch.float64, generator=gen,
+                                                                      device=eligible.device))
+    return candidate
+
+
 def reveal_step(log_p: torch.Tensor, x_t: torch.Tensor, eligible: torch.Tensor, k: torch.Tensor, strategy: str,
                 gen: torch.Generator | None = None, scores: torch.Tensor | None = None) -> StepOutput:
-    """Sample a candidate everywhere from ``log_p``, then reveal the k[b] best ``eligible``
-    positions of row b, ranked by ``scores`` (log-probabilities; default ``log_p``: see
+    """Draw a candidate at every ``eligible`` position from ``log_p``, then reveal the k[b] best
+    of row b, ranked by ``scores`` (log-probabilities; default ``log_p``: see
     filters.draw_and_rank for greedy)."""
-    candidate = sample_categorical(log_p, gen)  # (B, T)
+    candidate = draw_candidates(log_p, eligible, gen)  # (B, T)
     changed = top_k_mask(order_scores(log_p if scores is None else scores, candidate, strategy, gen), eligible, k)
     return StepOutput(torch.where(changed, candidate, x_t), torch.where(eligible, candidate, x_t), changed)
 
@@ -149,22 +203,80 @@ class RemaskingSampler(Sampler):
         return state
 
     def step(self, state: State, model) -> StepOutput:
+        """Every row's step at once: one network call; the filtering, the candidates and their
+        scores at the masked positions only; each row's uniforms from its own generator (its
+        candidates', then a random order's), as its step alone draws them."""
         process, rows = state.process, state.active()
-        t = torch.cat([masked_time(process, r.tokens[None], r.fixed[None]) for r in rows])
-        logits = padded_call(lambda x, mask: model(x, t, **({} if mask is None else {"attn_mask": mask})),
-                             [r.tokens for r in rows])
+        x = stack_tokens(rows)
+        B, T = x.shape
+        masked = x == process.mask_id
+        logits = self._call(state, model, rows, x)
+        at = masked.nonzero(as_tuple=True)
+        counts = masked.sum(1).tolist()
+        chosen, ranks = [], []
+        for lo, hi, first, last in chunks(counts, logits.shape[-1]):  # a few MB at a time: no page faults
+            span = (at[0][lo:hi], at[1][lo:hi])
+            log_p, ranked = by_options(rows[first:last], counts[first:last], logits[span],
+                                       lambda smp, lg: draw_and_rank(process, lg, smp))
+            u = torch.cat([torch.rand(n, dtype=torch.float64, generator=r.gen, device=x.device)
+                           for r, n in zip(rows[first:last], counts[first:last])])
+            chosen.append(inverse_cdf(log_p, u))
+            ranks.append(row_scores(rows[first:last], ranked, chosen[-1], span, counts[first:last]).float())
+        chosen = torch.cat(chosen)
+        scores = torch.full((B, T), float("-inf"), dtype=torch.float32, device=x.device)
+        scores[at] = torch.cat(ranks)
+        start = torch.cat([r.data["masked_at_start"] for r in rows])
+        k = reveal_counts(masked.sum(1), start, [r.step for r in rows], [r.steps for r in rows],
+                          [r.sampler.schedule for r in rows])
+        changed = top_k_mask(scores, masked, k)
+        candidate = x.clone()
+        candidate[at] = chosen
+        x_s = torch.where(changed, candidate, x)
+        left = (x_s == process.mask_id).any(1).tolist()
+        dists = {}
+        for b, r in enumerate(rows):
+            if state.report:
+                dists[r] = (0, draw_and_rank(process, logits[b, : r.length][None], r.sampler)[0][0])
+            r.tokens, r.nfe, r.step = x_s[b, : r.length], r.nfe + 1, r.step + 1
+            r.done = r.step >= r.steps or not left[b]
+        if len(rows) == len(state.rows) and not state.report:
+            return StepOutput(x_s, None, changed, nfe=state.calls)
+        return state.output({r: changed[b, : r.length] for b, r in enumerate(rows)}, dists)
+
+    def _call(self, state: State, model, rows: list, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, V) the network's logits of every row (right-padded rows: no position attends to
+        padding), at the time each row's masked fraction says (a time-conditioned model's input:
+        computed row by row, as a row alone computes it)."""
+        B, T = x.shape
+        if model.cfg.reads_time:
+            t = torch.cat([masked_time(state.process, r.tokens[None], r.fixed[None]) for r in rows])
+        else:
+            t = masked_time(state.process, x, stack_fixed(rows, T))
         state.calls += 1
-        changed, dists = {}, {}
-        for r, lg in zip(rows, logits):
-            smp = r.sampler
-            log_p, scores = draw_and_rank(process, lg[None], smp)
-            masked = r.tokens[None] == process.mask_id
-            k = reveal_count(masked.sum(1), r.data["masked_at_start"], r.step, r.steps, smp.schedule)
-            out = smp.transition(log_p, r.tokens[None], k, process.mask_id, r.gen, scores)
-            changed[r], dists[r] = out.changed[0], (0, log_p[0])
-            r.tokens, r.nfe, r.step = out.x_prev[0], r.nfe + 1, r.step + 1
-            r.done = r.step >= r.steps or not bool((r.tokens == process.mask_id).any())
-        return state.output(changed, dists)
+        return network_call(model, rows, x, t)
+
+
+def row_scores(rows: list, ranked: torch.Tensor, chosen: torch.Tensor, at: tuple[torch.Tensor, torch.Tensor],
+               counts: list[int]) -> torch.Tensor:
+    """(N,) how much each masked position wants to be revealed (``order_scores``), each row by its
+    own strategy; a random order's coins drawn row by row with the row's generator."""
+    strategies = {r.sampler.strategy for r in rows}
+    if len(strategies) == 1 and not strategies & {"random", "left-to-right"}:
+        return order_scores(ranked, chosen, strategies.pop())
+    out = torch.empty(chosen.shape[0], dtype=ranked.dtype, device=chosen.device)
+    start = 0
+    for r, n in zip(rows, counts):
+        if not n:
+            continue
+        span, strategy = slice(start, start + n), r.sampler.strategy
+        if strategy == "random":
+            out[span] = torch.rand(r.length, generator=r.gen, device=chosen.device)[at[1][span]].to(out.dtype)
+        elif strategy == "left-to-right":
+            out[span] = -at[1][span].to(out.dtype)
+        else:
+            out[span] = order_scores(ranked[span], chosen[span], strategy)
+        start += n
+    return out
 
 
 class ReMDMSampler(AncestralSampler):

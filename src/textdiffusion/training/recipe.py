@@ -27,7 +27,7 @@ from ..data import (
     split_texts,
 )
 from ..errors import UsageError
-from ..limits import check_training_memory
+from ..limits.memory import check_training_memory
 from ..runs import read_run
 from ..tokenizers import Tokenizer, train_tokenizer
 from . import distributed

@@ -28,7 +28,7 @@ from ..control.guidance import Conditioned, drop_condition
 from ..data import Rows, RowSampler, WindowSampler
 from ..errors import TrainingError, UsageError, first_line
 from ..fileio import write_atomic
-from ..limits import check_training_memory
+from ..limits.memory import check_training_memory
 from ..processes.base import RowShard
 from ..runs import build_model
 from ..runtime import resolve_device

@@ -1,67 +1,21 @@
-"""Sizes checked before they are allocated: the memory a training run or a sampling request
-implies, estimated from the config (nothing is allocated: parameters are counted on the meta
-device), against what the machine has; and the
-time a sampling request implies, projected from its first step.
+"""Memory checked before it is allocated: what a training run or a sampling request implies,
+estimated from the config (nothing is allocated: parameters are counted on the meta device),
+against what the machine has.
 
 The estimates are deliberately simple (float32 weights, gradients, AdamW's two moments, EMA,
 the activations backward keeps, the logits and their softmax) and err on the high side by at
 most a small factor: they exist to refuse, in a second and with the estimate in the message,
-what would otherwise fail after minutes in the allocator or run for days.
+what would otherwise fail after minutes in the allocator.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-from contextvars import ContextVar
 
-from .errors import UsageError
+from ..errors import UsageError
+from .units import human_bytes, human_count
 
 FLOAT = 4  # bytes per float32
-MAX_STEPS = 1_000_000  # sampling steps: no sampler here has use for more
-DEFAULT_MAX_SECONDS = 3600.0  # the command line's --max-seconds for one sampling request
-
-_max_seconds: ContextVar[float | None] = ContextVar("max_seconds", default=None)
-
-
-@contextlib.contextmanager
-def time_limit(seconds: float | None):
-    """Within this block, every sampler refuses (after its first step) a request projected to take
-    longer than ``seconds`` (None: no limit, the Python API's default)."""
-    token = _max_seconds.set(seconds)
-    try:
-        yield
-    finally:
-        _max_seconds.reset(token)
-
-
-def max_seconds() -> float | None:
-    return _max_seconds.get()
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("bytes", "KB", "MB", "GB", "TB", "PB"):
-        if n < 1000 or unit == "PB":
-            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} PB"  # pragma: no cover
-
-
-def human_count(n: float) -> str:
-    for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= size:
-            return f"{n / size:,.1f}{unit}"
-    return f"{n:.0f}"
-
-
-def human_seconds(s: float) -> str:
-    if s < 120:
-        return f"{s:.0f} s"
-    if s < 7200:
-        return f"{s / 60:.0f} minutes"
-    if s < 2 * 86400:
-        return f"{s / 3600:.1f} hours"
-    return f"{s / 86400:.1f} days"
 
 
 def available_memory(device=None) -> int | None:
@@ -100,8 +54,8 @@ def _activations_per_token(model_cfg, vocab_size: int, training: bool) -> float:
 
 def training_memory(cfg, vocab_size: int) -> dict[str, int]:
     """Estimated peak bytes of a training run, by part."""
-    from .models import parameter_count
-    from .processes.registry import PROCESSES
+    from ..models import parameter_count
+    from ..processes.registry import PROCESSES
 
     tc, L = cfg.train, cfg.model.context
     spec = PROCESSES.get(cfg.process.name)  # (an unknown name is refused where the run is built)
@@ -146,21 +100,3 @@ def check_sampling_memory(model, rows: int, length: int) -> None:
         raise UsageError(f"{rows:,} samples of {length:,} tokens need about {human_bytes(need)} of memory and this "
                          f"machine has {human_bytes(have)} available: ask for fewer samples (--num) or a shorter "
                          f"--length")
-
-
-def check_steps(steps) -> None:
-    if steps is not None and steps > MAX_STEPS:
-        raise UsageError(f"steps={steps:,} is more than {MAX_STEPS:,}: no sampler has use for that many (each step is "
-                         f"a pass of the network); lower --steps")
-
-
-def check_projected_time(seconds_per_step: float, steps_left: int, max_seconds: float | None, done: int = 1) -> None:
-    """After ``done`` steps: refuse a request whose remaining steps would take longer than
-    ``max_seconds`` at the speed of the last step."""
-    if max_seconds is None or steps_left <= 0:
-        return
-    projected = seconds_per_step * steps_left
-    if projected > max_seconds:
-        raise UsageError(f"{steps_left + done:,} steps would take about {human_seconds(projected + seconds_per_step * done)} "
-                         f"here (a step takes {seconds_per_step * 1000:,.0f} ms); lower --steps or --num, or raise "
-                         f"--max-seconds (now {max_seconds:g})")
