@@ -316,3 +316,30 @@ def test_each_row_keeps_its_own_options_whoever_steps_it(process, a, b, c, time_
     _same_dists([d for d in first if d], [d for d in hook_a if d], "row A, stepped by C")
     _same_dists([d for d in second if d], [d for d in hook_b if d], "row B, joined late and stepped by C")
     assert not torch.equal(alone_a[len(PROMPT):], alone_b[1 : 1 + FREE])  # the rows are not one text
+
+
+def test_the_ancestral_cache_keeps_no_calls_output_alive_for_a_few_rows():
+    """A batched ancestral step caches each row's prediction as its slot in the output of the
+    call it last took part in; rows that keep theirs for many steps (more steps than tokens) must
+    not keep whole outputs alive: after every step, every output a row still holds is used by at
+    least a quarter of its rows, and a finished row holds none. Catches: no compaction (planted:
+    ``compact(rows)`` removed from ``AncestralSampler._advance``: outputs held by one row of 16)
+    and finished rows keeping theirs; each seen failing."""
+    model, proc = _model("masked")
+    smp = build_sampler("ancestral", proc, tokenizer())
+    state = smp.start(model, proc, prompt_canvas(torch.tensor([0, 1]), 16, 6, "cpu"), 48, torch.Generator().manual_seed(2))
+    kept_long = False
+    with torch.no_grad():
+        while not state.finished:
+            smp.step(state, model)
+            users: dict[int, list] = {}
+            for r in state.rows:
+                source = r.data.get("source")
+                if r.done:
+                    assert source is None, "a finished row keeps a call's output"
+                elif source is not None:
+                    users.setdefault(id(source[0]), [source[0], 0])[1] += 1
+            for out, n in users.values():
+                assert 4 * n >= out.shape[0], f"an output of {out.shape[0]} rows kept alive by {n}"
+            kept_long |= len(users) > 1
+    assert kept_long, "no row kept an older prediction: the check above saw nothing"

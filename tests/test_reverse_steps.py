@@ -193,8 +193,8 @@ def test_a_remasking_candidate_is_drawn_from_its_distribution_by_one_uniform():
     rounded up to the total would land), and with each token's probability over many draws.
     Catches: ``searchsorted`` without ``right=True`` (u on an edge picks the token before it,
     and u = 0 picks a zero-probability first token), no fallback for the rounded-up total (the
-    zero-probability last token), and an off-by-one pick (every frequency shifted); each seen
-    failing."""
+    zero-probability last token), an off-by-one pick (every frequency shifted), and a NaN
+    distribution drawn from instead of refused; each seen failing."""
     from textdiffusion.sampling.remasking import inverse_cdf
 
     probs = torch.tensor([0.0, 0.5, 0.0, 0.2, 0.3, 0.0], dtype=torch.float64)
@@ -207,3 +207,6 @@ def test_a_remasking_candidate_is_drawn_from_its_distribution_by_one_uniform():
     draws = inverse_cdf((law / law.sum()).log()[None].expand(n, -1),
                         torch.rand(n, dtype=torch.float64, generator=torch.Generator().manual_seed(4)))
     _counts_within(torch.bincount(draws, minlength=12), law / law.sum(), n, "inverse-cdf draws")
+    broken = torch.tensor([[0.0, float("nan"), -1.0]], dtype=torch.float64)  # a network's NaN: refused, as multinomial does
+    with pytest.raises(RuntimeError, match="nan"):
+        inverse_cdf(broken, torch.tensor([0.5], dtype=torch.float64))

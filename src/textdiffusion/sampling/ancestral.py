@@ -32,6 +32,8 @@ from .base import Canvas, Generators, Row, Sampler, State, StepOutput, padded_ca
 from .batched import (
     by_options,
     categorical,
+    chunks,
+    compact,
     gather_cached,
     network_call,
     stack_fixed,
@@ -158,12 +160,12 @@ class AncestralSampler(Sampler):
         B, T = x.shape
         u = uniforms(rows, T, x.device)
         odds, chances = {}, []
-        for r in rows:  # rows at one step share one computation of the step's probabilities
-            key = (type(r.sampler), getattr(r.sampler, "eta", None), r.data["times"][r.step], r.data["times"][r.step + 1])
+        for r in rows:  # a sampler's rows at one step share one computation of the step's probabilities
+            key = (id(r.sampler), r.data["times"][r.step], r.data["times"][r.step + 1])
             if key not in odds:
-                odds[key] = r.sampler.probabilities(process, key[2], key[3])
+                odds[key] = r.sampler.probabilities(process, key[1], key[2])
             chances.append(odds[key])
-        reveal, remask = torch.tensor(chances, dtype=u.dtype, device=x.device).unbind(1)  # compared as u is: float32
+        reveal, remask = torch.tensor(chances, dtype=u.dtype, device=x.device).unbind(1)  # compared in u's dtype, as alone
         masked = x == process.mask_id
         unmask = masked & (u < reveal[:, None])
         x0 = x.clone()
@@ -181,11 +183,18 @@ class AncestralSampler(Sampler):
         """(N,) the tokens drawn at row b[n], position p[n] (row-major): each row's logits there
         filtered by its options (the same rows its filter sees stepped alone), drawn with its
         generator."""
-        logits = gather_cached(rows, b, p)
         picked = [r for r, c in zip(rows, counts) if c]
         drawn = [c for c in counts if c]
-        log_p = by_options(picked, drawn, logits, lambda smp, lg: smp._filtered(process, lg))
-        return categorical(log_p, drawn, [r.gen for r in picked])
+        tokens = []
+        for lo, hi, first, last in chunks(drawn, self._vocab(rows[0])):  # whole rows, a few MB at a time
+            logits = gather_cached(rows, b[lo:hi], p[lo:hi])
+            log_p = by_options(picked[first:last], drawn[first:last], logits, lambda smp, lg: smp._filtered(process, lg))
+            tokens.append(categorical(log_p, drawn[first:last], [r.gen for r in picked[first:last]]))
+        return torch.cat(tokens) if len(tokens) > 1 else tokens[0]
+
+    @staticmethod
+    def _vocab(row: Row) -> int:
+        return row.data["source"][0].shape[-1]
 
     def _log_p(self, process, logits: torch.Tensor) -> torch.Tensor:
         """(..., V) p_theta(x0 | x_t) filtered by this row's options, top-k/top-p left out where
@@ -221,6 +230,9 @@ class AncestralSampler(Sampler):
                 r.data["source"] = None  # x changed: the cached prediction is stale
             r.step += 1
             r.done = r.step >= r.steps or (r.sampler.stop_when_unmasked and process.supports_cache and not left[b])
+            if r.done:
+                r.data["source"] = None
+        compact(rows)
         if len(rows) == len(state.rows) and not state.report:
             return StepOutput(x_s, None, changed, nfe=state.calls)
         return state.output({r: changed[b, : r.length] for b, r in enumerate(rows)}, dists, x0=guess)

@@ -315,6 +315,14 @@ class Sampler:
                                  f"cannot be set; build another sampler with the options you want")
         object.__setattr__(self, name, value)
 
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"a sampler's options are fixed when it is built: {type(self).__name__}.{name} "
+                             f"cannot be deleted; build another sampler with the options you want")
+
+    def set_timesteps(self, num_steps: int, t_start: float = 1.0) -> None:
+        raise AttributeError("a sampler keeps no call's state: use grid = sampler.timesteps(num_steps) for a loop of "
+                             "your own")
+
     def start(self, model, process, canvas: Canvas, steps: int, gen: Generators = None) -> State:
         raise NotImplementedError
 

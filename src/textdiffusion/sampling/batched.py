@@ -11,6 +11,10 @@ returns ``argmax(p / q)`` (ATen's one-sample path, the exponential form of the G
 trick): ``categorical`` does exactly that with each row's generator on its own rows, so a batched
 draw is the per-row ``sample_categorical`` to the token, and leaves every generator where the
 per-row draw leaves it.
+
+"The same numbers as alone" needs each row's own generator (``row_generators`` gives every row
+one). Rows that share one generator (the global one: ``gen=None``) draw from the same law, but
+a batched step draws all their uniforms before all their tokens.
 """
 
 from __future__ import annotations
@@ -50,6 +54,24 @@ def network_call(model, rows: Sequence[Row], x: torch.Tensor, t: torch.Tensor) -
     return model(x.clamp_min(0), t, attn_mask=real[:, None, :].expand(B, T, T))
 
 
+def compact(rows: Sequence[Row]) -> None:
+    """Keep no call's whole output alive for a few rows: the rows still holding an output of which
+    fewer than a quarter of its rows are used get a copy of their own rows of it (a row that kept
+    its prediction through several steps would otherwise keep every row of that call), so what
+    the caches hold is at most four times what they use."""
+    users: dict[int, list[Row]] = {}
+    for r in rows:
+        if r.data.get("source") is not None:
+            users.setdefault(id(r.data["source"][0]), []).append(r)
+    for group in users.values():
+        out = group[0].data["source"][0]
+        if 4 * len(group) >= out.shape[0]:
+            continue
+        kept = out[torch.tensor([r.data["source"][1] for r in group], device=out.device)]
+        for i, r in enumerate(group):
+            r.data["source"] = (kept, i)
+
+
 def gather_cached(rows: Sequence[Row], b: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     """(N, V) the cached network output of row ``b[n]`` at position ``p[n]``: each row's cache is
     row ``i`` of the output of the call it last took part in (``row.data["source"] = (out, i)``),
@@ -75,8 +97,8 @@ def gather_cached(rows: Sequence[Row], b: torch.Tensor, p: torch.Tensor) -> torc
 
 
 def uniforms(rows: Sequence[Row], T: int, device) -> torch.Tensor:
-    """(B, T) float32: row b's ``torch.rand(T_b)`` from its own generator, padded with 1 (never
-    below a probability)."""
+    """(B, T) in the default dtype: row b's ``torch.rand(T_b)`` from its own generator, padded with
+    1 (never below a probability)."""
     u = torch.ones(len(rows), T, device=device)
     for b, r in enumerate(rows):
         torch.rand(r.length, generator=r.gen, device=device, out=u[b, : r.length])

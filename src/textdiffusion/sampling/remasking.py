@@ -136,7 +136,10 @@ def inverse_cdf(log_p: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     V exponentials each cost more than the network (64 x 4096 of them: 6 ms a row and step)."""
     probs = log_p.double().exp()
     cdf = probs.cumsum(-1)
-    pick = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(-1).clamp_max(probs.shape[-1] - 1)
+    total = cdf[:, -1]
+    if not bool((torch.isfinite(total) & (total > 0)).all()):  # as torch.multinomial refuses them
+        raise RuntimeError("probability tensor contains either inf, nan or element < 0, or sums to zero")
+    pick = torch.searchsorted(cdf, (u * total)[:, None], right=True).squeeze(-1).clamp_max(probs.shape[-1] - 1)
     empty = probs.gather(-1, pick[:, None]).squeeze(-1) <= 0  # u * total rounded up to the total
     if bool(empty.any()):
         pick[empty] = probs.shape[-1] - 1 - (probs[empty] > 0).flip(-1).int().argmax(-1)
