@@ -96,17 +96,16 @@ class AncestralSampler(Sampler):
     # state machine -------------------------------------------------------------------------
     def start(self, model, process, canvas: Canvas, steps: int, gen: Generators = None) -> State:
         state = self._rows(process, canvas, steps, gen)
-        grid = time_grid(steps, canvas.t_start)  # the row's, never the sampler object's: it keeps no call's state
-        times = grid.tolist()
+        times = time_grid(steps, canvas.t_start).tolist()  # the row's, never the sampler object's: it keeps no call's state
         for row in state.rows:
-            row.data["grid"], row.data["times"] = grid, times
+            row.data["times"] = times
             row.done = self._unmasked(row, process)  # an edit whose span drew no mask: nothing to do
         return state
 
     def _predict(self, state: State, model, rows: list[Row]) -> None:
         """One network call over ``rows``: each row's filtered p_theta(x0 | x_t) at its own time."""
         process = state.process
-        t = torch.tensor([float(r.data["grid"][r.step]) for r in rows], device=rows[0].tokens.device)
+        t = torch.tensor([r.data["times"][r.step] for r in rows], device=rows[0].tokens.device)
         logits = padded_call(lambda x, mask: model(x, t, **({} if mask is None else {"attn_mask": mask})),
                              [r.tokens for r in rows])
         state.calls += 1
@@ -126,8 +125,8 @@ class AncestralSampler(Sampler):
             self._predict(state, model, stale)
         changed, dists, x0 = {}, {}, None
         for r in rows:
-            smp, grid = r.sampler, r.data["grid"]
-            t, s = float(grid[r.step]), float(grid[r.step + 1])
+            smp, times = r.sampler, r.data["times"]
+            t, s = times[r.step], times[r.step + 1]
             log_p = r.data["log_p"]
             out = smp.transition(log_p, r.tokens[None], t, s, process, r.gen, r.fixed[None],
                                  smp._row_filter(process))

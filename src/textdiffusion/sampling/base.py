@@ -286,9 +286,15 @@ def padded_call(fn: Callable[..., torch.Tensor], inputs: list[torch.Tensor]) -> 
         return list(fn(torch.stack(inputs), None))
     pad = [(0, 0) * (x.dim() - 1) + (0, T - x.shape[0]) for x in inputs]
     batch = torch.stack([F.pad(x, tuple(p)) for x, p in zip(inputs, pad)])
-    real = torch.arange(T, device=batch.device)[None, :] < torch.tensor(lengths, device=batch.device)[:, None]
-    out = fn(batch, real[:, None, :].expand(len(inputs), T, T))
+    out = fn(batch, padding_mask(lengths, T, batch.device))
     return [o[:n] for o, n in zip(out, lengths)]
+
+
+def padding_mask(lengths: list[int], T: int, device) -> torch.Tensor:
+    """(B, T, T) bool: row b's queries attend to its first ``lengths[b]`` positions, never to the
+    padding after them."""
+    real = torch.arange(T, device=device)[None, :] < torch.tensor(lengths, device=device)[:, None]
+    return real[:, None, :].expand(len(lengths), T, T)
 
 
 class Sampler:

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from .base import HOLE, Row
+from .base import HOLE, Row, padding_mask
 
 
 def stack_tokens(rows: Sequence[Row]) -> torch.Tensor:
@@ -46,12 +46,10 @@ def stack_fixed(rows: Sequence[Row], T: int) -> torch.Tensor:
 def network_call(model, rows: Sequence[Row], x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """(B, T, V) the network's output for the (B, T) ``x`` of ``rows`` (right-padded rows: padding
     fed as id 0, and no position attends to it), at times ``t``."""
-    B, T = x.shape
+    T = x.shape[1]
     if all(r.length == T for r in rows):
         return model(x, t)
-    lengths = torch.tensor([r.length for r in rows], device=x.device)
-    real = torch.arange(T, device=x.device)[None, :] < lengths[:, None]
-    return model(x.clamp_min(0), t, attn_mask=real[:, None, :].expand(B, T, T))
+    return model(x.clamp_min(0), t, attn_mask=padding_mask([r.length for r in rows], T, x.device))
 
 
 def compact(rows: Sequence[Row]) -> None:
