@@ -278,7 +278,7 @@ def context_length(data: Path) -> int:
 def train_twin(twin: str, out: Path, data: Path, args, say) -> Path:
     """Train (or continue, or reuse) the ``twin`` run in ``out``; returns its folder."""
     from textdiffusion.config import Config
-    from textdiffusion.training.checkpoint import read_state
+    from textdiffusion.runs.checkpoint import read_state
 
     run = out / twin
     model = {"n_layer": args.layers, "d_model": args.width, "n_head": args.heads, "context": context_length(data)}

@@ -1,4 +1,4 @@
-"""Public diffusion LLMs through our samplers (models/adapters): tiny random LLaDA and Dream
+"""Public diffusion LLMs through our samplers (runs/adapters): tiny random LLaDA and Dream
 checkpoints in their real layouts load, give the logits of a reference forward written from the
 public modeling code's equations (tests/public_models.py), decode greedily exactly as their
 published loops do, and run through generate, infill and the threshold and semi-AR samplers."""

@@ -184,8 +184,7 @@ def test_load_run_takes_a_shipped_model_name():
     """load_run("english") was refused ("run directory not found: english") although the README
     says a shipped model's name works wherever a run directory does. An unknown name is a
     CheckpointError that lists the shipped names."""
-    from textdiffusion.pretrained import resolve
-    from textdiffusion.runs import load_run
+    from textdiffusion.runs import load_run, resolve
 
     run = load_run("english")
     assert run.run_dir == resolve("english") and run.process.name == "masked"

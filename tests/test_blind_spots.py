@@ -175,7 +175,7 @@ def _prompt_dropping(run):
     (``guided_model``: classifier-free guidance on the prompt)."""
     import copy
 
-    from textdiffusion.loaded import LoadedRun
+    from textdiffusion.runs.loaded import LoadedRun
 
     cfg = copy.deepcopy(run.cfg)
     cfg.data.sft, cfg.train.prompt_drop = True, 0.1

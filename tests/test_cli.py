@@ -273,7 +273,7 @@ def test_sft_train_and_chat(runs, tmp_path):
 
 def test_fine_tune_a_shipped_model_by_name(corpus, tmp_path):
     """--init takes a shipped model's name: its tokenizer, model and process carry over."""
-    from textdiffusion.pretrained import available
+    from textdiffusion.sampling.cards import available
 
     r = cli("train", "--init", "english", "--data", corpus, "--out", tmp_path / "mine", "--set", "train.max_steps=2",
             "--set", "train.batch_size=2", "--set", "train.eval_batches=1", "--quiet", env_cache=tmp_path / "cache")

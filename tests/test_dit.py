@@ -1,4 +1,4 @@
-"""MDLM's, BD3-LM's and SEDD's released checkpoints (models/adapters/mdlm.py, bd3lm.py, sedd.py) on our Transformer:
+"""MDLM's, BD3-LM's and SEDD's released checkpoints (runs/adapters/mdlm.py, bd3lm.py, sedd.py) on our Transformer:
 tiny random ones in their release layouts give the outputs of a reference forward written from
 their DiT code (tests/public_dit.py), sample by their rule, and run through the commands."""
 

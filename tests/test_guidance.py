@@ -15,8 +15,8 @@ from textdiffusion.config import load_config
 from textdiffusion.control import Conditioned, guided_model
 from textdiffusion.control.guidance import drop_condition
 from textdiffusion.runs import load_run
+from textdiffusion.runs.checkpoint import CheckpointError
 from textdiffusion.sampling import build_sampler
-from textdiffusion.training.checkpoint import CheckpointError
 from textdiffusion.training.classifier import classify, load_classifier, train_classifier
 from textdiffusion.training.recipe import train_run
 
@@ -167,8 +167,8 @@ def test_a_guided_prompt_of_several_rows_is_sampled_with_the_cached_default(cycl
     import copy
 
     from textdiffusion.control.continuation import continue_prompt
-    from textdiffusion.loaded import LoadedRun
     from textdiffusion.runs import load_run
+    from textdiffusion.runs.loaded import LoadedRun
 
     run = load_run(cycle_dir)
     cfg = copy.deepcopy(run.cfg)

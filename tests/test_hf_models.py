@@ -1,5 +1,5 @@
 """Any transformers masked LM as a diffusion denoiser and any causal LM as an AR model
-(models/adapters/hf_masked.py, hf_causal.py): tiny models made by transformers itself, saved with
+(runs/adapters/hf_masked.py, hf_causal.py): tiny models made by transformers itself, saved with
 save_pretrained, give their own forward's logits through our loaders, and decode through our
 samplers (AR greedy = transformers' own greedy generate)."""
 

@@ -8,8 +8,8 @@ import torch
 from markov import tokenizer
 
 from textdiffusion import Pipeline, Result
+from textdiffusion.runs.checkpoint import CheckpointError
 from textdiffusion.tokenizers import MASK_GLYPH
-from textdiffusion.training.checkpoint import CheckpointError
 
 CONTEXT = 24
 
@@ -153,7 +153,7 @@ def test_terminal_watch_redraws_by_screen_rows_and_leaves_the_text_once():
 
 
 def test_model_card_settings_fill_what_a_call_leaves_unset():
-    from textdiffusion.pretrained import fill_settings
+    from textdiffusion.sampling.cards import fill_settings
 
     card = {"sampler": "threshold", "steps": 32, "threshold": 0.8, "temperature": 0.7}
     out = fill_settings({"steps": None, "sampler": None, "temperature": None, "threshold": None}, card)

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from textdiffusion import Pipeline
-from textdiffusion.pretrained import DEFAULT, available
+from textdiffusion.runs import DEFAULT
+from textdiffusion.sampling.cards import available
 from textdiffusion.tokenizers import MASK_GLYPH
 
 ENGLISH = ("It is a wise father that knows his own child. I will tell you what I think of it, "

@@ -17,7 +17,7 @@ from markov import MarkovChain, tokenizer
 
 from textdiffusion.config import Config, DataConfig, ModelConfig, TrainConfig
 from textdiffusion.errors import CheckpointError, TextDiffusionError, TokenizerError, UsageError
-from textdiffusion.training.checkpoint import checkpoint_dir
+from textdiffusion.runs.checkpoint import checkpoint_dir
 from textdiffusion.training.trainer import train
 
 REPO = Path(__file__).resolve().parent.parent

@@ -198,7 +198,7 @@ def test_registry_checks_options_naming_the_flag_without_torch():
                                  ("nope", {}, "unknown sampler")]:
         with options_named("flag"), pytest.raises(ValueError, match=message):  # as the command line names them
             make_options(name, given)
-    code = ("import sys; from textdiffusion.sampling import SAMPLERS; from textdiffusion.pretrained import "
+    code = ("import sys; from textdiffusion.sampling import SAMPLERS; from textdiffusion.sampling.cards import "
             "check_settings; check_settings({'sampler': 'threshold', 'threshold': 0.8}, 'card'); "
             "print(len(SAMPLERS), 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -20,7 +20,7 @@ import torchrun_job
 from markov import ALPHABET, MarkovChain
 
 from textdiffusion.runs import build_model, read_run
-from textdiffusion.training.checkpoint import checkpoint_dir, is_sharded_checkpoint, load_weights
+from textdiffusion.runs.checkpoint import checkpoint_dir, is_sharded_checkpoint, load_weights
 
 JOB = Path(__file__).with_name("torchrun_job.py")
 LAUNCH_TIMEOUT = 240  # seconds; a launch takes about 10 here

@@ -7,7 +7,7 @@ from markov import MarkovChain, tokenizer
 
 from textdiffusion.config import Config, ModelConfig, ProcessConfig, TrainConfig
 from textdiffusion.runs import load_run
-from textdiffusion.training.checkpoint import CheckpointError, checkpoint_dir
+from textdiffusion.runs.checkpoint import CheckpointError, checkpoint_dir
 from textdiffusion.training.trainer import lr_at, train
 
 
@@ -80,7 +80,7 @@ def test_checkpoint_round_trip_and_ema(splits, tmp_path):
     test once did, a run that loaded nothing matched too)."""
     from safetensors.torch import load_file
 
-    from textdiffusion.training.checkpoint import load_weights
+    from textdiffusion.runs.checkpoint import load_weights
 
     train(_cfg(), tmp_path / "r", splits, tokenizer(), progress=False)
     run = load_run(tmp_path / "r")

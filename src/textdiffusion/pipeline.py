@@ -56,7 +56,7 @@ class Pipeline:
         self.card = dict(card or {})  # card.json: description, generate settings
         # sampling settings used when a call does not name its own (a shipped model's card.json):
         # for generate and edit, and for infill (the card's "infill" section, else the same)
-        from .pretrained import task_defaults
+        from .sampling.cards import task_defaults
 
         self.defaults = task_defaults(self.card, "generate")
         self.infill_defaults = task_defaults(self.card, "infill")
@@ -72,8 +72,10 @@ class Pipeline:
         already busy (runtime.auto_threads; torch's own default of one per core ran 3-30x slower on
         a busy machine), unless OMP_NUM_THREADS is set; 0 is that choice always; N sets N."""
         from .runs import load_named
+        from .sampling.cards import card
 
-        return cls(*load_named(name_or_dir, device, threads))
+        run = load_named(name_or_dir, device, threads)
+        return cls(run, card(run.run_dir))
 
     def save_pretrained(self, directory: str | Path, dtype: str = "float32", card: dict | None = None,
                         format: str = "textdiffusion") -> Path:
@@ -100,7 +102,7 @@ class Pipeline:
         if self.run.labels:
             (out / "labels.json").write_text(json.dumps(self.run.labels))
         state = {k: v.detach().to(DTYPES[dtype]).contiguous().cpu() for k, v in self.run.model.state_dict().items()}
-        from .training.checkpoint import write_safetensors
+        from .runs.checkpoint import write_safetensors
 
         write_safetensors(ckpt / "model.safetensors", state)
         (ckpt / "state.json").write_text(json.dumps({"step": None, "inference_only": True, "dtype": dtype}))
@@ -142,7 +144,7 @@ class Pipeline:
         self.drafter = drafter
         speculative = {"sampler": "speculative", "draft_run": drafter, "draft_len": draft_len, "draft_steps": draft_steps,
                        "draft_confidence": draft_confidence}
-        from .pretrained import BASE_DEFAULTS
+        from .sampling.cards import BASE_DEFAULTS
 
         keep = {k: v for k, v in self.defaults.items() if k in BASE_DEFAULTS}  # the card's temperature, top-p, ...
         self.defaults = {**keep, **speculative}
@@ -218,7 +220,7 @@ class Pipeline:
                  defaults: dict | None = None) -> tuple[int, str | None, dict]:
         """(steps, sampler, options) of a call: what it gives, the rest from the card's
         ``defaults`` (default: its generate settings), else the usual defaults."""
-        from .pretrained import call_settings
+        from .sampling.cards import call_settings
 
         return call_settings(steps, sampler, options, self.defaults if defaults is None else defaults)
 

@@ -125,7 +125,7 @@ def classifier_of(args):
 def load(run_dir: str | None, device: str, threads: int = 0):
     """A run directory, a saved pipeline, or a shipped model name (None: the default model), with
     ``threads`` CPU threads for torch (0: the cores not already busy; runtime.auto_threads)."""
-    from ..pretrained import resolve
+    from ..runs import resolve
 
     folder = resolve(run_dir)  # an unknown name fails here, before torch loads
     if not Path(folder).exists():
@@ -147,7 +147,8 @@ def unescape(text: str, raw: bool) -> str:
 def with_card(args, name_or_dir, task: str = "generate"):
     """The model's folder; the sampling options left unset in ``args`` are filled from its card
     (its ``task`` settings: "generate", or "infill" for holes)."""
-    from ..pretrained import fill_settings, generation_defaults, resolve
+    from ..runs import resolve
+    from ..sampling.cards import fill_settings, generation_defaults
 
     folder = resolve(name_or_dir)
     given = {**sampler_options(args), "steps": args.steps, "sampler": args.sampler}
@@ -182,8 +183,8 @@ def checkpoint_folder(run: str | None, which: str) -> str | None:
     """``run`` itself (``which`` = last), or its best checkpoint's folder (RUN/best)."""
     if which == "last":
         return run
-    from ..pretrained import resolve
-    from ..training.checkpoint import best_dir
+    from ..runs import resolve
+    from ..runs.checkpoint import best_dir
 
     return str(best_dir(resolve(run)))
 

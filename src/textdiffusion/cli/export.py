@@ -44,8 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args) -> int:
     args.run = checkpoint_folder(args.run, args.checkpoint)
     from ..pipeline import Pipeline
-    from ..pretrained import check_settings
     from ..sampling import build_sampler
+    from ..sampling.cards import check_settings
     from ..sampling.registry import options_named
 
     pipe = Pipeline.from_pretrained(args.run)

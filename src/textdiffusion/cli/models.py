@@ -15,7 +15,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
-    from ..pretrained import available
+    from ..sampling.cards import available
 
     models = available()
     if args.json:

@@ -71,7 +71,8 @@ def main(args) -> int:
     except ImportError as exc:
         raise UsageError(f"the server needs {exc.name}: pip install 'textdiffusion[serve]'") from None
     from ..pipeline import Pipeline
-    from ..pretrained import card, resolve
+    from ..runs import resolve
+    from ..sampling.cards import card
     from ..serve.app import Settings, create_app
 
     folder = resolve(args.model)

@@ -75,7 +75,7 @@ def _main(args) -> int:
         if args.labels:
             overrides.append("data.labels=true")
         if args.init:  # a run directory or a shipped model's name (fine-tune the shipped model)
-            from ..pretrained import resolve
+            from ..runs import resolve
             from ..training.adapt import read_init
 
             init = resolve(args.init)

@@ -37,8 +37,8 @@ class TextDiffusionLM(LM):
                  sampler: str | None = None, steps: int | None = None, batch_size=None, max_batch_size=None,
                  **options):
         super().__init__()
-        from ..pretrained import task_defaults
         from ..runs import load_named
+        from ..sampling.cards import card, task_defaults
 
         if int(mc_samples) < 1:
             raise UsageError(f"mc_samples must be at least 1 (got {mc_samples})")
@@ -49,8 +49,8 @@ class TextDiffusionLM(LM):
                 log.warning("textdiffusion: device %s asked for, but CUDA is not available here: running on the CPU",
                             device)
                 device = "cpu"
-        self.run, card = load_named(str(pretrained), device)
-        self.defaults = task_defaults(card, "generate")  # the card's sampling settings, as Pipeline.generate's
+        self.run = load_named(str(pretrained), device)
+        self.defaults = task_defaults(card(self.run.run_dir), "generate")  # the card's sampling settings, as Pipeline.generate's
         self.mc_samples, self.seed = int(mc_samples), int(seed)
         self.sampler, self.steps, self.options = sampler, None if steps is None else int(steps), options
         self.stderrs: list[float] = []  # nats, one per loglikelihood request (0 for AR: exact)
@@ -161,7 +161,7 @@ class TextDiffusionLM(LM):
         """One continuation of ``text`` (``length`` tokens, stopping at end-of-text) with this
         model's sampler settings, completed from its card: the generation."""
         from ..control.continuation import continue_prompt
-        from ..pretrained import call_settings
+        from ..sampling.cards import call_settings
 
         steps, sampler, settings = call_settings(self.steps, self.sampler, options, self.defaults)
         gen, _, _ = continue_prompt(self.run, text, length=length, steps=steps, sampler=sampler, seed=self.seed,

@@ -12,7 +12,7 @@ The directory holds config.json (``model_type: textdiffusion``, the whole textdi
 under ``textdiffusion`` and the special ids), model.safetensors (our parameter names under
 ``denoiser.``), tokenizer.json / tokenizer_config.json / special_tokens_map.json (ids exactly
 ours) and card.json (the process's sampler settings); ``textdiffusion generate --model DIR``
-and every command read it back without transformers (models/adapters/exported.py).
+and every command read it back without transformers (runs/adapters/exported.py).
 """
 
 from __future__ import annotations
@@ -159,8 +159,8 @@ def save_transformers(run, directory: str | Path, dtype: str = "float32", card: 
     """Write ``run`` (a LoadedRun) as a transformers model directory (see the module docstring)."""
     import torch
 
-    from ..models.adapters.exported import PREFIX
     from ..runs import DTYPES, portable
+    from ..runs.adapters.exported import PREFIX
 
     _require()
     register()

@@ -42,7 +42,7 @@ class Annealed:
 
 
 # ---- a transformers causal LM as the starting point (train --init HF_DIR) -------------------------
-# GPT-2, LLaMA, Mistral and Qwen2 folders load natively into our Transformer (models/adapters/gpt2.py,
+# GPT-2, LLaMA, Mistral and Qwen2 folders load natively into our Transformer (runs/adapters/gpt2.py,
 # qwen2.py), so their weights start a run of ours: AR fine-tuning, or conversion into a diffusion model. A causal
 # LM has no mask token; the run gets one: the first embedding row the tokenizer leaves unused (Qwen2
 # pads its embedding to a multiple of 64), else one row appended. Its input embedding starts at zero
@@ -56,7 +56,7 @@ def causal_lm_folder(path) -> bool:
     architecture), not one of our runs."""
     from pathlib import Path
 
-    from ..models.adapters import detect
+    from ..runs.adapters import detect
 
     return Path(path).is_dir() and detect(path) == "hf_causal"
 
@@ -68,10 +68,10 @@ def read_causal_lm(folder, context: int | None = None):
 
     from ..config import Config, ProcessConfig
     from ..errors import CheckpointError, ConfigError
-    from ..models.adapters import hf_config
-    from ..models.adapters.common import tokenizer_of
-    from ..models.adapters.hf_causal import NATIVE, describe, layout
-    from ..models.adapters.hf_masked import special_token
+    from ..runs.adapters import hf_config
+    from ..runs.adapters.common import tokenizer_of
+    from ..runs.adapters.hf_causal import NATIVE, describe, layout
+    from ..runs.adapters.hf_masked import special_token
     from ..tokenizers import HFTokenizer
 
     folder = Path(folder)
@@ -104,9 +104,9 @@ def load_causal_lm(model, folder, tokenizer) -> str:
     from pathlib import Path
 
     from ..errors import CheckpointError
-    from ..models.adapters import hf_config
-    from ..models.adapters.common import read_mapped
-    from ..models.adapters.hf_causal import layout
+    from ..runs.adapters import hf_config
+    from ..runs.adapters.common import read_mapped
+    from ..runs.adapters.hf_causal import layout
 
     folder = Path(folder)
     state = read_mapped(folder, layout(hf_config(folder)).rename(folder), None)
@@ -143,7 +143,7 @@ def load_init(model, init, tokenizer) -> str:
     """``train.init``'s weights into ``model``: a run's checkpoint, or a causal-LM folder's."""
     from pathlib import Path
 
-    from .checkpoint import checkpoint_dir, load_weights
+    from ..runs.checkpoint import checkpoint_dir, load_weights
 
     if causal_lm_folder(init):
         return load_causal_lm(model, init, tokenizer)

@@ -29,7 +29,7 @@ from ..errors import UsageError, first_line
 from ..models.classifier import NoisyClassifier
 from ..processes.registry import PROCESSES
 from ..runs import load_run
-from .checkpoint import CheckpointError, write_safetensors
+from ..runs.checkpoint import CheckpointError, write_safetensors
 
 T_MIN = 0.02
 GUIDABLE = tuple(s.name for s in PROCESSES.values() if s.guidable)  # processes a noisy-input classifier steers

@@ -29,9 +29,9 @@ from ..data import (
 from ..errors import UsageError
 from ..limits.memory import check_training_memory
 from ..runs import read_run
+from ..runs.checkpoint import CheckpointError, checkpoint_dir
 from ..tokenizers import Tokenizer, train_tokenizer
 from . import distributed
-from .checkpoint import CheckpointError, checkpoint_dir
 from .trainer import TrainResult, train
 
 

@@ -31,11 +31,7 @@ from ..fileio import write_atomic
 from ..limits.memory import check_training_memory
 from ..processes.base import RowShard
 from ..runs import build_model
-from ..runtime import resolve_device
-from ..tokenizers import Tokenizer
-from . import distributed, mfu
-from .adapt import Annealed, annealed_mask
-from .checkpoint import (
+from ..runs.checkpoint import (
     CheckpointError,
     checkpoint_dir,
     is_sharded_checkpoint,
@@ -48,6 +44,10 @@ from .checkpoint import (
     save_checkpoint,
     save_sharded,
 )
+from ..runtime import resolve_device
+from ..tokenizers import Tokenizer
+from . import distributed, mfu
+from .adapt import Annealed, annealed_mask
 from .distributed import World, gradient_sync, parallelize
 from .regularization import NoisyInputs, replacement_ids
 

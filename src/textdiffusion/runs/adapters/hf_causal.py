@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from ...config import ModelConfig
 from ...errors import CheckpointError, UsageError
-from ..transformer import KVCache
+from ...models.transformer import KVCache
 from .common import Descriptor, build_run
 from .hf_masked import key_padding, require_transformers, special_token, transformers_run
 

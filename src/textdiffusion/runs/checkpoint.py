@@ -1,5 +1,5 @@
 """Checkpoints: safetensors weights + optimizer/RNG state, written atomically (a run directory's
-``checkpoint/``; ``runs.py`` reads whole run directories).
+``checkpoint/``; ``runs/__init__.py`` reads whole run directories).
 
 A run directory holds::
 

@@ -16,7 +16,7 @@ PREFIX = "denoiser."  # our module's parameters inside the PreTrainedModel (inte
 
 def load(folder: Path, device="cpu", dtype: str | None = None, raw: dict | None = None):
     from ...config import Config
-    from ...loaded import LoadedRun, build_model
+    from ..loaded import LoadedRun, build_model
     from ...tokenizers import HFTokenizer
     from . import hf_config
     from .common import DTYPES, read_mapped

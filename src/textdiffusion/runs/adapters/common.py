@@ -13,7 +13,7 @@ import torch
 
 from ...config import Config, ModelConfig, ProcessConfig
 from ...errors import CheckpointError
-from ...loaded import DTYPES, LoadedRun
+from ..loaded import DTYPES, LoadedRun
 
 
 @dataclass(frozen=True)

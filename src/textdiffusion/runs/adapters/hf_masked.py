@@ -105,7 +105,7 @@ def load(folder: Path, device="cpu", dtype: str | None = None, raw: dict | None 
 def transformers_run(folder: Path, raw: dict, desc: Descriptor, hf, wrapper, process_name: str, context: int,
                      device):
     """The ``LoadedRun`` of a model transformers loaded, behind our ``wrapper`` module."""
-    from ...loaded import LoadedRun
+    from ..loaded import LoadedRun
     from ...processes.registry import PROCESSES
 
     vocab = int(hf.get_output_embeddings().weight.shape[0])

@@ -1,5 +1,14 @@
-"""Run directories: what a trained run is (config, tokenizer, the model and its process) and how
-one is read back (``load_run``). The checkpoint files inside are ``training/checkpoint.py``'s.
+"""Runs: what a trained run is and how one is written and read back, below every command that
+samples, trains, evaluates or serves one.
+
+* ``loaded.py``: ``LoadedRun`` (config, tokenizer, the model and its process) and ``build_model``;
+* ``checkpoint.py``: the checkpoint files (weights, optimizer, RNG states) training writes;
+* ``adapters/``: public checkpoints (LLaDA, Dream, MDLM, BD3-LM, SEDD, transformers models, our own
+  exports) read into the same ``LoadedRun``;
+* ``shipped.py``: the models shipped in the package, by name, and their cards as written;
+* here: ``load_run`` (any of those by path or name), ``read_run``, ``portable``, ``load_named``.
+
+Importing this package loads no torch (the CLI checks names and paths first).
 
 A run directory holds::
 
@@ -7,7 +16,7 @@ A run directory holds::
     tokenizer.json     the tokenizer, so the run needs nothing else to sample or evaluate
     metrics.jsonl      one JSON object per logged step / validation
     labels.json        class names (runs trained with labels)
-    checkpoint/        the latest checkpoint (training/checkpoint.py)
+    checkpoint/        the latest checkpoint (runs/checkpoint.py)
     best/              the weights of the lowest validation loss, a model folder of its own
     curves.png         the validation curve, drawn when `textdiffusion train` ends
 """
@@ -16,20 +25,35 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from ..config import Config
+from ..errors import CheckpointError, ConfigError, TokenizerError
+from .shipped import DEFAULT, read_card, resolve, shipped
 
-from .config import Config
-from .errors import CheckpointError, ConfigError, TokenizerError
-from .loaded import DTYPES, LoadedRun, build_model
-from .tokenizers import Tokenizer, load_tokenizer
-from .training.checkpoint import checkpoint_dir, load_weights
+if TYPE_CHECKING:
+    import torch
 
-__all__ = ["DTYPES", "LoadedRun", "build_model", "load_named", "load_run", "portable", "read_run"]
+    from ..tokenizers import Tokenizer
+    from .loaded import LoadedRun
+
+__all__ = ["DEFAULT", "DTYPES", "LoadedRun", "build_model", "load_named", "load_run", "portable", "read_card",
+           "read_run", "resolve", "shipped"]
+
+
+def __getattr__(name: str):
+    """``DTYPES``, ``LoadedRun`` and ``build_model`` from loaded.py, imported (with torch) when asked for."""
+    if name in ("DTYPES", "LoadedRun", "build_model"):
+        from . import loaded
+
+        return getattr(loaded, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def read_run(run_dir: str | Path) -> tuple[Config, Tokenizer]:
     """Config and tokenizer of a run directory, with one-line errors for anything wrong."""
+    from ..tokenizers import load_tokenizer
+
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"run directory not found: {run_dir}")
@@ -64,10 +88,11 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", dtype: str
     """A run directory, a saved model, a shipped model's name (``english``, ``code``: as on the
     command line, the name wins over a folder of that name, which ``./english`` reads), or a public
     model's directory (transformers layout: LLaDA, Dream, masked and causal LMs, our own
-    transformers exports; models/adapters). ``dtype`` (public models only): the weights'
+    transformers exports; runs/adapters). ``dtype`` (public models only): the weights'
     precision, None = as stored."""
-    from .models.adapters import detect, load_adapted
-    from .pretrained import resolve
+    from .adapters import detect, load_adapted
+    from .checkpoint import checkpoint_dir, load_weights
+    from .loaded import LoadedRun, build_model
 
     try:
         run_dir = resolve(run_dir)
@@ -87,17 +112,16 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", dtype: str
     return LoadedRun(run_dir, cfg, tokenizer, model, process, weights)
 
 
-def load_named(name_or_dir: str | Path | None = None, device: str = "cpu", threads: int | None = None) -> tuple[LoadedRun, dict]:
-    """(the run, its card) for a shipped model's name (None: the default), a run directory or a
-    saved model, on ``device`` ("auto": a GPU if there is one), with torch's CPU threads set as
-    ``threads`` asks (``runtime.api_threads``): what ``Pipeline.from_pretrained`` and lm_eval's
-    model load."""
-    from .errors import UsageError
-    from .pretrained import card, resolve
-    from .runtime import api_threads, resolve_device
+def load_named(name_or_dir: str | Path | None = None, device: str = "cpu", threads: int | None = None) -> LoadedRun:
+    """The run of a shipped model's name (None: the default), a run directory or a saved model,
+    on ``device`` ("auto": a GPU if there is one), with torch's CPU threads set as ``threads``
+    asks (``runtime.api_threads``): what ``Pipeline.from_pretrained`` and lm_eval's model load
+    (its card: ``sampling.cards.card(run.run_dir)``)."""
+    from ..errors import UsageError
+    from ..runtime import api_threads, resolve_device
 
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 0):
         raise UsageError(f"threads must be a whole number >= 0 (0: the cores not already busy); got {threads!r}")
     folder = resolve(name_or_dir)
     api_threads(threads)
-    return load_run(folder, resolve_device(device)), card(folder)
+    return load_run(folder, resolve_device(device))

@@ -1,6 +1,6 @@
 """What a loaded run is made of: the network and the process a config describes
 (``build_model``), the ``LoadedRun`` every command samples from, and the precisions weights load
-in. Below both readers of runs: ``runs.py`` (our run directories) and ``models/adapters/``
+in. Below both readers of runs: ``runs/__init__.py`` (our run directories) and ``runs/adapters/``
 (public checkpoints) build the same ``LoadedRun`` from here.
 """
 
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from .config import Config
-from .errors import ConfigError, UsageError
-from .tokenizers import Tokenizer
+from ..config import Config
+from ..errors import ConfigError, UsageError
+from ..tokenizers import Tokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -44,16 +44,16 @@ def build_model(cfg: Config, tokenizer: Tokenizer):
     """The backbone and the process (a diffusion process, or the AR objective) a config describes:
     the process from its registry entry, the network the entry names (full or causal attention
     over ids, or the embedding denoiser of the Gaussian process)."""
-    from .processes.registry import PROCESSES
+    from ..processes.registry import PROCESSES
 
     spec = PROCESSES.get(cfg.process.name)
     if spec is None:
         raise ConfigError(f"unknown process {cfg.process.name!r} (choose {', '.join(PROCESSES)})")
     process = spec.load().from_config(cfg.process, tokenizer)
     if spec.backbone == "embedding":  # continuous inputs: the backbone reads noisy embeddings, not ids
-        from .models.continuous import EmbeddingDenoiser
+        from ..models.continuous import EmbeddingDenoiser
 
         return EmbeddingDenoiser(cfg.model, cfg.process.embed_dim, cfg.process.self_cond), process
-    from .models.transformer import Transformer
+    from ..models.transformer import Transformer
 
     return Transformer(cfg.model, attn=spec.backbone), process

@@ -1,30 +1,21 @@
-"""Models shipped inside the package (trained by this project's own CLI; see MODEL_CARD.md).
-
-Each is a folder here holding what ``Pipeline.save_pretrained`` writes (config.json,
-tokenizer.json, checkpoint/model.safetensors) and a card.json: a one-line ``description``, the
-``generate`` settings (sampler, steps, temperature, ...) the model was measured with, used when a
-call does not name its own, and optionally ``infill`` settings for filling holes (else the
-``generate`` ones). ``resolve(name_or_dir)`` maps a shipped name to its folder and passes
-any other path through.
+"""A model card's sampling settings: the ``generate`` (and ``infill``) sections of a shipped
+model's card.json (``runs/shipped.py`` reads it), or a public model family's defaults, checked
+against the samplers' own options, and how one call's settings are completed from them.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..errors import UsageError
-
-HERE = Path(__file__).resolve().parent
-DEFAULT = "english"
+from ..runs.shipped import read_card, shipped
 
 
 def available() -> dict[str, dict]:
     """Shipped name -> a short description (from its config and card.json)."""
     out = {}
-    for d in sorted(HERE.iterdir()):
-        if (d / "config.json").exists():
-            out[d.name] = {**card(d), "path": str(d)}
+    for name, d in shipped().items():
+        out[name] = {**card(d), "path": str(d)}
     return out
 
 
@@ -32,7 +23,7 @@ BASE_DEFAULTS = {"steps": 64, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
 
 
 def _settings() -> tuple[str, ...]:
-    from ..sampling.registry import option_names
+    from .registry import option_names
 
     return ("sampler", *BASE_DEFAULTS, *option_names(cli_only=True))
 
@@ -40,7 +31,7 @@ def _settings() -> tuple[str, ...]:
 def check_settings(settings: dict, where: str) -> dict:
     """Known keys with values of the right kind (a card is edited by hand), else a ValueError;
     with a sampler named, its options are checked as the sampler checks them (sampling/registry.py)."""
-    from ..sampling.registry import SAMPLERS, check_kind, make_options, option_field, options_named
+    from .registry import SAMPLERS, check_kind, make_options, option_field, options_named
 
     if not isinstance(settings, dict):
         raise UsageError(f"{where}: the generate settings must be a JSON object")
@@ -70,21 +61,13 @@ def check_settings(settings: dict, where: str) -> dict:
 
 
 def card(folder: str | Path) -> dict:
-    """A model folder's card.json (empty for run directories and saved pipelines without one; a
-    public model's directory gets its family's sampling defaults, models/adapters)."""
+    """A model folder's card (``runs.shipped.read_card``), its settings checked as the samplers
+    check theirs (a card.json is edited by hand; a public family's defaults are ours)."""
+    data = read_card(folder)
     path = Path(folder) / "card.json"
-    if not path.is_file():
-        from ..models.adapters import card_for
-
-        return card_for(folder) if Path(folder).is_dir() else {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read {path}: {exc}") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"cannot read {path}: not a JSON object")
-    for task in TASKS:
-        check_settings(data.get(task, {}), f"{path} ({task})")
+    if path.is_file():
+        for task in TASKS:
+            check_settings(data.get(task, {}), f"{path} ({task})")
     return data
 
 
@@ -128,14 +111,3 @@ def call_settings(steps: int | None, sampler: str | None, options: dict, default
     return out.pop("steps"), out.pop("sampler"), out
 
 
-def resolve(name_or_dir: str | Path | None) -> Path:
-    """The folder of a shipped model name (default: the English model), or the given path."""
-    name = DEFAULT if name_or_dir is None else str(name_or_dir)
-    shipped = available()
-    if name in shipped:
-        return Path(shipped[name]["path"])
-    path = Path(name)
-    if path.exists() or name_or_dir is not None and ("/" in name or name.startswith(".")):
-        return path
-    names = ", ".join(shipped) or "none are installed yet"
-    raise FileNotFoundError(f"no model named {name!r} (shipped models: {names}); pass a run directory")
