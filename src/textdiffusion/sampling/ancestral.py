@@ -155,15 +155,17 @@ class AncestralSampler(Sampler):
             state.calls += 1
             for i, r in enumerate(stale):
                 r.data["source"], r.nfe = (out, i), r.nfe + 1
-        x = stack_tokens(rows)
-        B, T = x.shape
-        u = uniforms(rows, T, x.device)
-        odds, chances = {}, []
-        for r in rows:  # a sampler's rows at one step share one computation of the step's probabilities
-            key = (id(r.sampler), r.data["times"][r.step], r.data["times"][r.step + 1])
+        lengths, odds, chances = [], {}, []
+        for r in rows:  # one pass: a sampler's rows at one step share one computation of its probabilities
+            times = r.data["times"]
+            key = (id(r.sampler), times[r.step], times[r.step + 1])
             if key not in odds:
                 odds[key] = r.sampler.probabilities(process, key[1], key[2])
             chances.append(odds[key])
+            lengths.append(r.length)
+        x = stack_tokens(rows, lengths)
+        B, T = x.shape
+        u = uniforms(rows, T, x.device, lengths)
         reveal, remask = torch.tensor(chances, dtype=u.dtype, device=x.device).unbind(1)  # compared in u's dtype, as alone
         masked = x == process.mask_id
         unmask = masked & (u < reveal[:, None])
@@ -171,12 +173,12 @@ class AncestralSampler(Sampler):
         b, p = unmask.nonzero(as_tuple=True)
         if b.numel():
             x0[b, p] = self._draw(process, rows, b, p, unmask.sum(1).tolist())
-        fixed = stack_fixed(rows, T)
+        fixed = stack_fixed(rows, T, lengths)
         x_s = torch.where(unmask & ~fixed, x0, x)  # (a fixed mask token is drawn, as alone, and kept)
         if bool((remask > 0).any()):
             back = ~masked & (u < remask[:, None]) & ~fixed
             x_s = torch.where(back, torch.full_like(x_s, process.mask_id), x_s)
-        return self._advance(state, rows, x, x_s, x0, unmask)
+        return self._advance(state, rows, x, x_s, x0, unmask, lengths)
 
     def _draw(self, process, rows: list[Row], b: torch.Tensor, p: torch.Tensor, counts: list[int]) -> torch.Tensor:
         """(N,) the tokens drawn at row b[n], position p[n] (row-major): each row's logits there
@@ -200,7 +202,8 @@ class AncestralSampler(Sampler):
         ``_row_filter`` applies them to the drawn rows only."""
         row_filter = self._row_filter(process)
         top_k, top_p = (0, 1.0) if row_filter is not None else (self.top_k, self.top_p)
-        return filter_logits(process.log_probs(ban(logits, self.banned_ids)), self.temperature, top_k, top_p)
+        return filter_logits(process.log_probs(ban(logits, self.banned_ids)), self.temperature, top_k, top_p,
+                             normalized=True)
 
     def _filtered(self, process, logits: torch.Tensor) -> torch.Tensor:
         """(N, V) the log-probabilities a token is drawn from, of (N, V) logits at drawn positions:
@@ -211,12 +214,14 @@ class AncestralSampler(Sampler):
         return row_filter(log_p) if row_filter is not None else log_p
 
     def _advance(self, state: State, rows: list[Row], x: torch.Tensor, x_s: torch.Tensor, x0: torch.Tensor,
-                 unmask: torch.Tensor) -> StepOutput:
+                 unmask: torch.Tensor, lengths: list[int]) -> StepOutput:
         """Each row takes its new tokens and its step; the step's record (its distributions and
         the model's guess only when someone listens)."""
         process = state.process
         changed = x_s != x
         moved, left = changed.any(1).tolist(), (x_s == process.mask_id).any(1).tolist()
+        T = x.shape[1]
+        new = x_s.unbind(0)  # one call for every row's view (a row shorter than T: its own slice)
         dists, guess = {}, None
         for b, r in enumerate(rows):
             if state.report:
@@ -224,12 +229,10 @@ class AncestralSampler(Sampler):
                 dists[r] = (0, r.sampler._log_p(process, out[i, : r.length]))  # what the trace shows
                 if len(state.rows) == 1:  # drawn where a token unmasks, the most likely token at other masks
                     guess = torch.where((x[b] == process.mask_id) & ~unmask[b], dists[r][1].argmax(-1), x0[b])[None]
-            r.tokens = x_s[b, : r.length]
-            if moved[b]:
-                r.data["source"] = None  # x changed: the cached prediction is stale
+            r.tokens = new[b] if lengths[b] == T else new[b][: lengths[b]]
             r.step += 1
             r.done = r.step >= r.steps or (r.sampler.stop_when_unmasked and process.supports_cache and not left[b])
-            if r.done:
+            if moved[b] or r.done:  # x changed (the cached prediction is stale), or the row has finished
                 r.data["source"] = None
         compact(rows)
         if len(rows) == len(state.rows) and not state.report:

@@ -27,20 +27,22 @@ import torch.nn.functional as F
 from .base import HOLE, Row, padding_mask
 
 
-def stack_tokens(rows: Sequence[Row]) -> torch.Tensor:
+def stack_tokens(rows: Sequence[Row], lengths: Sequence[int] | None = None) -> torch.Tensor:
     """(B, T) the rows' tokens, right-padded with HOLE to the longest (a padded position is
-    neither masked nor text)."""
-    T = max(r.length for r in rows)
-    if all(r.length == T for r in rows):
+    neither masked nor text); ``lengths``: the rows' lengths, when the caller has them."""
+    lengths = [r.length for r in rows] if lengths is None else lengths
+    T = max(lengths)
+    if min(lengths) == T:
         return torch.stack([r.tokens for r in rows])
-    return torch.stack([F.pad(r.tokens, (0, T - r.length), value=HOLE) for r in rows])
+    return torch.stack([F.pad(r.tokens, (0, T - n), value=HOLE) for r, n in zip(rows, lengths)])
 
 
-def stack_fixed(rows: Sequence[Row], T: int) -> torch.Tensor:
+def stack_fixed(rows: Sequence[Row], T: int, lengths: Sequence[int] | None = None) -> torch.Tensor:
     """(B, T) the rows' fixed positions; padding counts as fixed (never drawn, never revealed)."""
-    if all(r.length == T for r in rows):
+    lengths = [r.length for r in rows] if lengths is None else lengths
+    if min(lengths) == T:
         return torch.stack([r.fixed for r in rows])
-    return torch.stack([F.pad(r.fixed, (0, T - r.length), value=True) for r in rows])
+    return torch.stack([F.pad(r.fixed, (0, T - n), value=True) for r, n in zip(rows, lengths)])
 
 
 def network_call(model, rows: Sequence[Row], x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -94,12 +96,17 @@ def gather_cached(rows: Sequence[Row], b: torch.Tensor, p: torch.Tensor) -> torc
 
 
 
-def uniforms(rows: Sequence[Row], T: int, device) -> torch.Tensor:
+def uniforms(rows: Sequence[Row], T: int, device, lengths: Sequence[int]) -> torch.Tensor:
     """(B, T) in the default dtype: row b's ``torch.rand(T_b)`` from its own generator, padded with
     1 (never below a probability)."""
+    if min(lengths) == T:
+        u = torch.empty(len(rows), T, device=device)
+        for r, u_b in zip(rows, u.unbind(0)):
+            torch.rand(T, generator=r.gen, device=device, out=u_b)
+        return u
     u = torch.ones(len(rows), T, device=device)
-    for b, r in enumerate(rows):
-        torch.rand(r.length, generator=r.gen, device=device, out=u[b, : r.length])
+    for b, (r, n) in enumerate(zip(rows, lengths)):
+        torch.rand(n, generator=r.gen, device=device, out=u[b, :n])
     return u
 
 
@@ -124,13 +131,19 @@ def by_options(rows: Sequence[Row], counts: Sequence[int], values: torch.Tensor,
     (their sampler's class, banned ids, temperature, top-k and top-p), reassembled in row order:
     ``values`` (N, ...) come in consecutive blocks, ``counts[i]`` of them row i's. ``fn`` returns a
     tensor or a tuple of tensors, each (n, ...) for its n values."""
-    groups: dict[tuple, tuple] = {}
+    samplers: dict[int, list] = {}  # (rows of one request share their sampler: its key is made once)
     start = 0
     for r, n in zip(rows, counts):
-        smp = r.sampler
-        key = (type(smp), tuple(smp.banned_ids), smp.temperature, smp.top_k, smp.top_p)
-        groups.setdefault(key, (smp, []))[1].extend(range(start, start + n))
+        samplers.setdefault(id(r.sampler), [r.sampler]).append((start, n))
         start += n
+    if len(samplers) == 1:
+        return fn(rows[0].sampler, values)
+    groups: dict[tuple, tuple] = {}
+    for smp, *spans in samplers.values():
+        key = (type(smp), tuple(smp.banned_ids), smp.temperature, smp.top_k, smp.top_p)
+        idx = groups.setdefault(key, (smp, []))[1]
+        for lo, n in spans:
+            idx.extend(range(lo, lo + n))
     if len(groups) == 1:
         ((smp, _),) = groups.values()
         return fn(smp, values)

@@ -8,12 +8,17 @@ from ..errors import UsageError
 from ..processes.base import sample_categorical, upcast  # noqa: F401  (the reverse steps draw with it too)
 
 
-def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                  normalized: bool = False) -> torch.Tensor:
     """Return log-probabilities (float32 or float64, ..., V) after temperature, top-k and nucleus filtering.
 
-    temperature == 0 means greedy: all mass on the argmax.
+    temperature == 0 means greedy: all mass on the argmax. ``normalized``: ``logits`` are
+    log-probabilities already (a process's ``log_probs``), returned as they are when no filter
+    applies (a second log-softmax would be a pass over (..., V) that changes nothing).
     """
     logits = upcast(logits)
+    if normalized and temperature == 1.0 and not (top_k and top_k < logits.shape[-1]) and top_p >= 1.0:
+        return logits
     if temperature == 0:
         out = torch.full_like(logits, float("-inf"))
         return out.scatter(-1, logits.argmax(-1, keepdim=True), 0.0)
@@ -38,7 +43,7 @@ def draw_and_rank(process, logits: torch.Tensor, sampler) -> tuple[torch.Tensor,
     "certain"), so positions are ranked by the model's own probabilities, as LLaDA's, Dream's and
     Fast-dLLM's greedy decoding do."""
     raw = process.log_probs(ban(logits, sampler.banned_ids))
-    log_p = filter_logits(raw, sampler.temperature, sampler.top_k, sampler.top_p)
+    log_p = filter_logits(raw, sampler.temperature, sampler.top_k, sampler.top_p, normalized=True)
     return log_p, (upcast(raw) if sampler.temperature == 0 else log_p)
 
 

@@ -134,7 +134,7 @@ def inverse_cdf(log_p: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     keeps its mass: Zheng et al. 2024). One uniform a draw, where ``sample_categorical``'s
     exponential race draws V: a remasking step draws a candidate at every masked position, and
     V exponentials each cost more than the network (64 x 4096 of them: 6 ms a row and step)."""
-    probs = log_p.double().exp()
+    probs = log_p.exp().double() if log_p.dtype == torch.float32 else log_p.double().exp()  # (exp: 2x the speed in float32)
     cdf = probs.cumsum(-1)
     total = cdf[:, -1]
     if not bool((torch.isfinite(total) & (total > 0)).all()):  # as torch.multinomial refuses them
