@@ -197,12 +197,12 @@ class AncestralSampler(Sampler):
     def _vocab(row: Row) -> int:
         return row.data["source"][0].shape[-1]
 
-    def _log_p(self, process, logits: torch.Tensor) -> torch.Tensor:
+    def _log_p(self, process, logits: torch.Tensor, owned: bool = False) -> torch.Tensor:
         """(..., V) p_theta(x0 | x_t) filtered by this row's options, top-k/top-p left out where
-        ``_row_filter`` applies them to the drawn rows only."""
+        ``_row_filter`` applies them to the drawn rows only (``owned``: as ``filters.ban``)."""
         row_filter = self._row_filter(process)
         top_k, top_p = (0, 1.0) if row_filter is not None else (self.top_k, self.top_p)
-        return filter_logits(process.log_probs(ban(logits, self.banned_ids)), self.temperature, top_k, top_p,
+        return filter_logits(process.log_probs(ban(logits, self.banned_ids, owned)), self.temperature, top_k, top_p,
                              normalized=True)
 
     def _filtered(self, process, logits: torch.Tensor) -> torch.Tensor:
@@ -210,7 +210,7 @@ class AncestralSampler(Sampler):
         this row's step alone filters its whole (T, V) prediction and then draws at these rows;
         every filter works along the vocabulary only, so these rows come out the same."""
         row_filter = self._row_filter(process)
-        log_p = self._log_p(process, logits)
+        log_p = self._log_p(process, logits, owned=True)  # (the logits gathered at the drawn positions: a copy)
         return row_filter(log_p) if row_filter is not None else log_p
 
     def _advance(self, state: State, rows: list[Row], x: torch.Tensor, x_s: torch.Tensor, x0: torch.Tensor,

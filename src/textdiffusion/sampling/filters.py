@@ -36,21 +36,24 @@ def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0
     return torch.log_softmax(logits, dim=-1)
 
 
-def draw_and_rank(process, logits: torch.Tensor, sampler) -> tuple[torch.Tensor, torch.Tensor]:
+def draw_and_rank(process, logits: torch.Tensor, sampler, owned: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(log-probabilities to draw candidates from: the process's, with the sampler's banned ids,
     temperature, top-k and top-p; log-probabilities a remasking order ranks positions by). They
     are the same, except greedy: its filtered distribution is one-hot (every candidate would be
     "certain"), so positions are ranked by the model's own probabilities, as LLaDA's, Dream's and
-    Fast-dLLM's greedy decoding do."""
-    raw = process.log_probs(ban(logits, sampler.banned_ids))
+    Fast-dLLM's greedy decoding do. ``owned``: ``logits`` are the caller's own copy, which may be
+    written (a pass over (..., V) saved)."""
+    raw = process.log_probs(ban(logits, sampler.banned_ids, owned))
     log_p = filter_logits(raw, sampler.temperature, sampler.top_k, sampler.top_p, normalized=True)
     return log_p, (upcast(raw) if sampler.temperature == 0 else log_p)
 
 
-def ban(logits: torch.Tensor, ids: list[int]) -> torch.Tensor:
-    """Give ``ids`` (tokens that are never text: mask, pad, unknown) zero probability."""
+def ban(logits: torch.Tensor, ids: list[int], owned: bool = False) -> torch.Tensor:
+    """Give ``ids`` (tokens that are never text: mask, pad, unknown) zero probability; written into
+    a copy unless the caller ``owned`` the logits (or upcasting made one)."""
     if ids:
-        logits = upcast(logits).clone()
+        up = upcast(logits)
+        logits = up.clone() if up is logits and not owned else up
         logits[..., ids] = float("-inf")
     return logits
 

@@ -220,7 +220,7 @@ class RemaskingSampler(Sampler):
         for lo, hi, first, last in chunks(counts, logits.shape[-1]):  # a few MB at a time: no page faults
             span = (at[0][lo:hi], at[1][lo:hi])
             log_p, ranked = by_options(rows[first:last], counts[first:last], logits[span],
-                                       lambda smp, lg: draw_and_rank(process, lg, smp))
+                                       lambda smp, lg: draw_and_rank(process, lg, smp, owned=True))  # (a gathered copy)
             u = torch.cat([torch.rand(n, dtype=torch.float64, generator=r.gen, device=x.device)
                            for r, n in zip(rows[first:last], counts[first:last])])
             chosen.append(inverse_cdf(log_p, u))
