@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from ..config import Config
 from ..errors import CheckpointError, ConfigError, TokenizerError
-from .shipped import DEFAULT, read_card, resolve, shipped
+from .shipped import DEFAULT, read_card, resolve, shipped_models
 
 if TYPE_CHECKING:
     import torch
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from .loaded import LoadedRun
 
 __all__ = ["DEFAULT", "DTYPES", "LoadedRun", "build_model", "load_named", "load_run", "portable", "read_card",
-           "read_run", "resolve", "shipped"]
+           "read_run", "resolve", "shipped_models"]
 
 
 def __getattr__(name: str):

@@ -21,7 +21,7 @@ HERE = Path(__file__).resolve().parent.parent / "pretrained"
 DEFAULT = "english"
 
 
-def shipped() -> dict[str, Path]:
+def shipped_models() -> dict[str, Path]:
     """Shipped name -> its folder."""
     return {d.name: d for d in sorted(HERE.iterdir()) if (d / "config.json").exists()} if HERE.is_dir() else {}
 
@@ -47,7 +47,7 @@ def read_card(folder: str | Path) -> dict:
 def resolve(name_or_dir: str | Path | None) -> Path:
     """The folder of a shipped model name (default: the English model), or the given path."""
     name = DEFAULT if name_or_dir is None else str(name_or_dir)
-    names = shipped()
+    names = shipped_models()
     if name in names:
         return names[name]
     path = Path(name)

@@ -189,7 +189,7 @@ class AncestralSampler(Sampler):
         tokens = []
         for lo, hi, first, last in chunks(drawn, self._vocab(rows[0])):  # whole rows, a few MB at a time
             logits = gather_cached(rows, b[lo:hi], p[lo:hi])
-            log_p = by_options(picked[first:last], drawn[first:last], logits, lambda smp, lg: smp._filtered(process, lg))
+            log_p = by_options(picked[first:last], drawn[first:last], logits, lambda smp, lg: smp._filtered(process, lg, owned=True))  # (gathered: a copy)
             tokens.append(categorical(log_p, drawn[first:last], [r.gen for r in picked[first:last]]))
         return torch.cat(tokens) if len(tokens) > 1 else tokens[0]
 
@@ -205,12 +205,13 @@ class AncestralSampler(Sampler):
         return filter_logits(process.log_probs(ban(logits, self.banned_ids, owned)), self.temperature, top_k, top_p,
                              normalized=True)
 
-    def _filtered(self, process, logits: torch.Tensor) -> torch.Tensor:
+    def _filtered(self, process, logits: torch.Tensor, owned: bool = False) -> torch.Tensor:
         """(N, V) the log-probabilities a token is drawn from, of (N, V) logits at drawn positions:
         this row's step alone filters its whole (T, V) prediction and then draws at these rows;
-        every filter works along the vocabulary only, so these rows come out the same."""
+        every filter works along the vocabulary only, so these rows come out the same
+        (``owned``: as ``filters.ban``)."""
         row_filter = self._row_filter(process)
-        log_p = self._log_p(process, logits, owned=True)  # (the logits gathered at the drawn positions: a copy)
+        log_p = self._log_p(process, logits, owned)
         return row_filter(log_p) if row_filter is not None else log_p
 
     def _advance(self, state: State, rows: list[Row], x: torch.Tensor, x_s: torch.Tensor, x0: torch.Tensor,

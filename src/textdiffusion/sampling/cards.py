@@ -8,13 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UsageError
-from ..runs.shipped import read_card, shipped
+from ..runs.shipped import read_card, shipped_models
 
 
 def available() -> dict[str, dict]:
     """Shipped name -> a short description (from its config and card.json)."""
     out = {}
-    for name, d in shipped().items():
+    for name, d in shipped_models().items():
         out[name] = {**card(d), "path": str(d)}
     return out
 
