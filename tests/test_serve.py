@@ -60,6 +60,30 @@ def sft_pipe(tmp_path_factory):
     return Pipeline.from_pretrained(out)
 
 
+@contextlib.contextmanager
+def paced(url, frames: list):
+    """The server's scheduler takes its next step only once the stream has delivered the last
+    step's frame to ``frames`` (bounded: 60 s a step): each step's committed text then arrives on
+    its own. Unpaced, a busy machine lets the scheduler run ahead, and the stream sends the text of
+    all the reports waiting for it once (by design), so how many pieces arrive would depend on
+    the machine's speed."""
+    batch = url.app.state.scheduler.batch
+    step_all, taken = batch.step_all, [0]
+
+    def step():
+        deadline = time.monotonic() + 60
+        while len(frames) < taken[0] and time.monotonic() < deadline:
+            time.sleep(0.002)
+        step_all()
+        taken[0] += 1
+
+    batch.step_all = step
+    try:
+        yield
+    finally:
+        batch.step_all = step_all
+
+
 def test_the_openai_client_gets_completions_streams_and_fim(cycle_pipe):
     """models, completions, streaming (committed text grows monotonically and ends as the text
     returned without streaming), denoising frames (valid trace-v1 frames whose masks only
@@ -77,19 +101,20 @@ def test_the_openai_client_gets_completions_streams_and_fim(cycle_pipe):
         assert usage["denoising_steps"] == 12 and usage["nfe"] == 12 and usage["tokens_per_forward"] == 1.0
         assert 0 < usage["time_to_first_commit_s"] <= usage["seconds"] + usage["queued_seconds"] + 0.05
 
-        stream = c.completions.create(model="tiny", prompt="abc", max_tokens=12, temperature=0, stream=True,
-                                      stream_options={"include_usage": True, "include_denoising": True},
-                                      extra_body=settings)
         shown, frames, usage = [], [], None
-        for chunk in stream:
-            extra = chunk.model_extra or {}
-            if "diffusion_frame" in extra:
-                frames.append(extra["diffusion_frame"])
-                assert len(extra["diffusion_texts"]) == 1
-            for choice in chunk.choices:
-                if choice.text:
-                    shown.append((shown[-1] if shown else "") + choice.text)
-            usage = chunk.usage or usage
+        with paced(url, frames):  # each step's text on its own (a busy machine would merge some)
+            stream = c.completions.create(model="tiny", prompt="abc", max_tokens=12, temperature=0, stream=True,
+                                          stream_options={"include_usage": True, "include_denoising": True},
+                                          extra_body=settings)
+            for chunk in stream:
+                extra = chunk.model_extra or {}
+                if "diffusion_frame" in extra:
+                    frames.append(extra["diffusion_frame"])
+                    assert len(extra["diffusion_texts"]) == 1
+                for choice in chunk.choices:
+                    if choice.text:
+                        shown.append((shown[-1] if shown else "") + choice.text)
+                usage = chunk.usage or usage
         assert shown[-1] == out.choices[0].text
         assert len(shown) >= 4  # the text arrived in pieces, each a prefix of the final text
         assert all(shown[-1].startswith(s) for s in shown)
@@ -105,11 +130,13 @@ def test_the_openai_client_gets_completions_streams_and_fim(cycle_pipe):
         random_order = {**settings, "sampler": "random", "steps": 6}
         final = c.completions.create(model="tiny", prompt="abc", max_tokens=12, temperature=0,
                                      extra_body=random_order).choices[0].text
-        shown = []
-        for chunk in c.completions.create(model="tiny", prompt="abc", max_tokens=12, temperature=0, stream=True,
-                                          extra_body=random_order):
-            shown += [(shown[-1] if shown else "") + ch.text for ch in chunk.choices if ch.text]
-        assert shown[-1] == final and all(final.startswith(s) for s in shown) and len(shown) >= 2
+        shown, frames = [], []
+        with paced(url, frames):
+            for chunk in c.completions.create(model="tiny", prompt="abc", max_tokens=12, temperature=0, stream=True,
+                                              stream_options={"include_denoising": True}, extra_body=random_order):
+                frames += [chunk.model_extra["diffusion_frame"]] if "diffusion_frame" in (chunk.model_extra or {}) else []
+                shown += [(shown[-1] if shown else "") + ch.text for ch in chunk.choices if ch.text]
+        assert shown[-1] == final and all(final.startswith(s) for s in shown) and len(shown) >= 2 and len(frames) == 6
 
         fim = c.completions.create(model="tiny", prompt="ab", suffix="fgh", max_tokens=3, temperature=0,
                                  extra_body={"steps": 3})
