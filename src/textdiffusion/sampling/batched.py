@@ -99,14 +99,9 @@ def gather_cached(rows: Sequence[Row], b: torch.Tensor, p: torch.Tensor) -> torc
 def uniforms(rows: Sequence[Row], T: int, device, lengths: Sequence[int]) -> torch.Tensor:
     """(B, T) in the default dtype: row b's ``torch.rand(T_b)`` from its own generator, padded with
     1 (never below a probability)."""
-    if min(lengths) == T:
-        u = torch.empty(len(rows), T, device=device)
-        for r, u_b in zip(rows, u.unbind(0)):
-            torch.rand(T, generator=r.gen, device=device, out=u_b)
-        return u
     u = torch.ones(len(rows), T, device=device)
-    for b, (r, n) in enumerate(zip(rows, lengths)):
-        torch.rand(n, generator=r.gen, device=device, out=u[b, :n])
+    for r, n, u_b in zip(rows, lengths, u.unbind(0)):  # (one unbind: no slicing for a full-length row)
+        torch.rand(n, generator=r.gen, device=device, out=u_b if n == T else u_b[:n])
     return u
 
 
